@@ -1,0 +1,92 @@
+"""Fan-out actor: consumes transcripts of its partitions, publishes ordered results per session."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+from actors.fanout.ordering import SessionOrder
+from actors.runtime import settings, topology
+from actors.runtime.actor import Actor, RuntimeSettings
+from actors.runtime.bus import Bus
+from actors.runtime.consumer import Delivery, PullLoop
+from actors.runtime.partition import owned_partitions
+from schemas import ClientResult, Transcript
+
+log = logging.getLogger("tolk.fanout")
+
+
+def session_subject(session_id: str) -> str:
+    return f"tolk.session.{session_id}.out"
+
+
+@dataclass
+class FanoutSettings:
+    gap_timeout_s: float = 10.0  # skip a missing seq after this long (never expected: logged)
+    session_idle_s: float = 600.0
+
+
+class FanoutActor(Actor):
+    name = "fanout"
+
+    def __init__(self, bus: Bus, runtime: RuntimeSettings, cfg: FanoutSettings, topo: topology.Topology) -> None:
+        super().__init__(bus, runtime)
+        self.cfg = cfg
+        self.sessions: dict[str, SessionOrder] = {}
+        partitions = owned_partitions(topo.partitions, runtime.replicas, runtime.replica_index)
+        self.loops = [
+            PullLoop(bus.js, "TOLK_TRANSCRIPTS", f"fanout-p{p}", Transcript, self._handle, batch=256, fetch_timeout=1.0)
+            for p in partitions
+        ]
+
+    async def start(self) -> None:
+        pass
+
+    async def run(self) -> None:
+        tasks = [asyncio.create_task(loop.run(), name=f"fanout.{loop.durable}") for loop in self.loops]
+        sweeper = asyncio.create_task(self._sweep(), name="fanout.sweep")
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            sweeper.cancel()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(sweeper, *tasks, return_exceptions=True)
+
+    async def drain(self) -> None:
+        for loop in self.loops:
+            loop.stop()
+
+    async def _handle(self, items: list[Delivery[Transcript]]) -> None:
+        now = time.monotonic()
+        for d in items:
+            t = d.msg
+            order = self.sessions.get(t.session_id)
+            if order is None:
+                order = self.sessions[t.session_id] = SessionOrder(t.session_id)
+            await self._deliver(order, order.offer(t, now))
+            await d.raw.ack()
+
+    async def _deliver(self, order: SessionOrder, results: list[ClientResult]) -> None:
+        for r in results:
+            await self.bus.send(session_subject(order.session_id), r)
+        if order.ended:
+            self.sessions.pop(order.session_id, None)
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            now = time.monotonic()
+            for order in list(self.sessions.values()):
+                released = order.skip_gap(now, self.cfg.gap_timeout_s)
+                if released:
+                    log.warning("%s: skipped a gap before seq %d", order.session_id, released[0].seq)
+                    await self._deliver(order, released)
+                elif now - order.touched > self.cfg.session_idle_s:
+                    self.sessions.pop(order.session_id, None)
+
+
+async def create(bus: Bus, runtime: RuntimeSettings) -> Actor:
+    return FanoutActor(bus, runtime, settings.load(FanoutSettings), topology.load())

@@ -1,0 +1,137 @@
+"""Actor lifecycle shared by every process: connect, start, heartbeat, run, drain on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from actors.runtime import settings as settings_mod
+from actors.runtime.bus import Bus
+from schemas import ActorHeartbeat, encode
+
+log = logging.getLogger("tolk.actor")
+
+HEARTBEAT_BUCKET = "tolk_actors"
+
+
+def _default_instance() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}".replace(".", "-")
+
+
+@dataclass
+class RuntimeSettings:
+    """Settings every actor process has (env: TOLK_NATS_URL, TOLK_REPLICAS, ...)."""
+
+    nats_url: str = "nats://127.0.0.1:4222"
+    log_level: str = "INFO"
+    # Partitioned actors (segmenter, fan-out) own partitions p with p % replicas == replica_index.
+    replicas: int = 1
+    replica_index: int = 0
+    instance: str = field(default_factory=_default_instance)
+    heartbeat_s: float = 5.0
+    drain_timeout_s: float = 20.0
+
+
+class Actor(ABC):
+    """One concern, one process. Subclasses must not import other actors."""
+
+    name: ClassVar[str]
+
+    def __init__(self, bus: Bus, runtime: RuntimeSettings) -> None:
+        self.bus = bus
+        self.runtime = runtime
+        self.ready = False
+
+    @abstractmethod
+    async def start(self) -> None:
+        """Load models and bind consumers; `ready` is set by the runtime once this returns."""
+
+    @abstractmethod
+    async def run(self) -> None:
+        """Serve until `drain()` is called, then return once in-flight work is settled."""
+
+    @abstractmethod
+    async def drain(self) -> None:
+        """Stop taking new work; `run()` finishes what it holds."""
+
+    async def close(self) -> None:
+        """Release resources after `run()` returned (executors, files)."""
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s[%(process)d] %(message)s",
+    )
+
+
+async def _heartbeat(actor: Actor, started: float) -> None:
+    kv = await actor.bus.kv(HEARTBEAT_BUCKET)
+    key = f"{actor.name}.{actor.runtime.instance}"
+    while True:
+        beat = ActorHeartbeat(
+            actor=actor.name,
+            instance=actor.runtime.instance,
+            pid=os.getpid(),
+            started_at=started,
+            ready=actor.ready,
+        )
+        try:
+            await kv.put(key, encode(beat))
+        except Exception as exc:  # NATS briefly away: keep beating, expiry reports us if it lasts
+            log.warning("heartbeat failed: %s", exc)
+        await asyncio.sleep(actor.runtime.heartbeat_s)
+
+
+async def serve(factory: Callable[[Bus, RuntimeSettings], Awaitable[Actor]]) -> None:
+    runtime = settings_mod.load(RuntimeSettings)
+    configure_logging(runtime.log_level)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    started = time.time()
+    bus = await Bus.connect(runtime.nats_url, name=f"tolk-{runtime.instance}")
+    actor = await factory(bus, runtime)
+    log.info("%s starting (instance %s)", actor.name, runtime.instance)
+    await actor.start()
+    actor.ready = True
+    beat = asyncio.create_task(_heartbeat(actor, started), name="heartbeat")
+    main = asyncio.create_task(actor.run(), name=f"{actor.name}.run")
+    stopper = asyncio.create_task(stop.wait(), name="stop-signal")
+    log.info("%s ready", actor.name)
+    try:
+        await asyncio.wait({main, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        if main.done():
+            if main.exception() is not None:
+                log.error("%s crashed", actor.name, exc_info=main.exception())
+            main.result()  # exit non-zero: the supervisor restarts us
+        else:
+            log.info("%s draining", actor.name)
+            await actor.drain()
+            try:
+                await asyncio.wait_for(asyncio.shield(main), runtime.drain_timeout_s)
+            except TimeoutError:
+                log.warning("%s: drain timed out; unfinished work will be redelivered", actor.name)
+    finally:
+        for task in (main, stopper, beat):
+            task.cancel()
+        for task in (main, stopper, beat):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        with contextlib.suppress(Exception):
+            kv = await bus.kv(HEARTBEAT_BUCKET)
+            await kv.delete(f"{actor.name}.{runtime.instance}")
+        await actor.close()
+        await bus.close()
+        log.info("%s stopped", actor.name)

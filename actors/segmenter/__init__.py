@@ -1,0 +1,1 @@
+"""Segmenter actor: client audio → VAD-endpointed utterances (partial windows + finals)."""

@@ -1,0 +1,176 @@
+"""Segmenter actor: per-session VAD state for the partitions this replica owns."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+from actors.runtime import settings, topology
+from actors.runtime.actor import Actor, RuntimeSettings
+from actors.runtime.bus import Bus
+from actors.runtime.consumer import Delivery, PullLoop
+from actors.runtime.executor import BoundedExecutor
+from actors.runtime.partition import owned_partitions
+from actors.segmenter.audio import Resampler, decode_pcm, to_int16_bytes
+from actors.segmenter.segmenter import Cut, SegmenterConfig, UtteranceSegmenter
+from actors.segmenter.vad import DualVad, SileroModel, Vote, WebRtcStream
+from schemas import AudioChunk, ResultKind, Segment, SegmentKind, Transcript
+
+log = logging.getLogger("tolk.segmenter")
+
+
+@dataclass
+class SegmenterSettings:
+    """Env: TOLK_VAD_VOTE, TOLK_ENDPOINT_MS, ... (README "Configuration")."""
+
+    vad_vote: Vote = Vote.AND
+    webrtc_aggressiveness: int = 2
+    silero_threshold: float = 0.5
+    endpoint_ms: int = 500
+    max_utterance_s: float = 15.0
+    partial_every_ms: int = 700
+    pre_speech_ms: int = 1000
+    min_speech_ms: int = 250
+    session_idle_s: float = 600.0  # forget a session that sent nothing (its client vanished)
+    workers: int = 1
+
+
+class SessionState:
+    def __init__(self, chunk: AudioChunk, seg: UtteranceSegmenter, partition: int) -> None:
+        self.session_id = chunk.session_id
+        self.partition = partition
+        self.language = chunk.language
+        self.sample_rate = chunk.sample_rate
+        self.resampler = Resampler(chunk.sample_rate)
+        self.segmenter = seg
+        self.seq = 0
+        self.last_chunk = 0
+        self.touched = time.monotonic()
+        self.ended = False
+
+
+class SegmenterActor(Actor):
+    name = "segmenter"
+
+    def __init__(self, bus: Bus, runtime: RuntimeSettings, cfg: SegmenterSettings, topo: topology.Topology) -> None:
+        super().__init__(bus, runtime)
+        self.cfg = cfg
+        self.topo = topo
+        self.partitions = owned_partitions(topo.partitions, runtime.replicas, runtime.replica_index)
+        self.executor = BoundedExecutor(workers=cfg.workers, backlog=len(self.partitions), name="vad")
+        self.sessions: dict[str, SessionState] = {}
+        self.silero: SileroModel | None = None
+        self.seg_config = SegmenterConfig(
+            endpoint_ms=cfg.endpoint_ms,
+            max_utterance_s=cfg.max_utterance_s,
+            partial_every_ms=cfg.partial_every_ms,
+            pre_speech_ms=cfg.pre_speech_ms,
+            min_speech_ms=cfg.min_speech_ms,
+        )
+        self.loops = [
+            PullLoop(bus.js, "TOLK_AUDIO", f"segmenter-p{p}", AudioChunk, self._handle(p), batch=64, fetch_timeout=1.0)
+            for p in self.partitions
+        ]
+
+    async def start(self) -> None:
+        self.silero = await self.executor.run(SileroModel)
+        log.info("segmenter owns partitions %s", self.partitions)
+
+    async def run(self) -> None:
+        tasks = [asyncio.create_task(loop.run(), name=f"segmenter.{loop.durable}") for loop in self.loops]
+        tasks.append(asyncio.create_task(self._reap(), name="segmenter.reap"))
+        try:
+            await asyncio.gather(*tasks[:-1])
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def drain(self) -> None:
+        for loop in self.loops:
+            loop.stop()
+
+    async def close(self) -> None:
+        self.executor.shutdown()
+
+    def _handle(self, partition: int):  # type: ignore[no-untyped-def]
+        async def handle(items: list[Delivery[AudioChunk]]) -> None:
+            for d in items:  # in stream order: a session's chunks stay ordered
+                await self._chunk(d, partition)
+
+        return handle
+
+    def _state(self, chunk: AudioChunk, partition: int) -> SessionState:
+        state = self.sessions.get(chunk.session_id)
+        if state is None:
+            assert self.silero is not None
+            vad = DualVad(
+                WebRtcStream(self.cfg.webrtc_aggressiveness),
+                self.silero.stream(self.cfg.silero_threshold),
+                self.cfg.vad_vote,
+            )
+            state = SessionState(chunk, UtteranceSegmenter(vad, self.seg_config), partition)
+            self.sessions[chunk.session_id] = state
+        return state
+
+    async def _chunk(self, d: Delivery[AudioChunk], partition: int) -> None:
+        chunk = d.msg
+        state = self._state(chunk, partition)
+        if state.ended or chunk.chunk_seq <= state.last_chunk:
+            await d.raw.ack()  # redelivery of something already applied
+            return
+        if chunk.sample_rate != state.sample_rate:
+            log.error("%s: sample rate changed mid-session; chunk dropped", chunk.session_id)
+            await d.raw.term()
+            return
+        state.last_chunk = chunk.chunk_seq
+        state.touched = time.monotonic()
+        cuts = await self.executor.run(self._segment, state, chunk)
+        for cut in cuts:
+            await self._emit(state, cut)
+        if chunk.end:
+            state.ended = True
+            state.seq += 1
+            await self.bus.publish(
+                f"tolk.transcript.{partition}.{state.session_id}",
+                Transcript(session_id=state.session_id, utterance_id=state.segmenter.utterance_id,
+                           seq=state.seq, kind=ResultKind.END, partition=partition),
+                msg_id=f"{state.session_id}:{state.seq}",
+            )
+            self.sessions.pop(state.session_id, None)
+        await d.raw.ack()
+
+    @staticmethod
+    def _segment(state: SessionState, chunk: AudioChunk) -> list[Cut]:
+        samples = state.resampler.push(decode_pcm(chunk.data, chunk.encoding), last=chunk.end)
+        cuts = state.segmenter.push(samples, chunk.received_at)
+        if chunk.end:
+            cuts += state.segmenter.flush(chunk.received_at)
+        return cuts
+
+    async def _emit(self, state: SessionState, cut: Cut) -> None:
+        state.seq += 1
+        kind = SegmentKind.FINAL if cut.final else SegmentKind.PARTIAL
+        seg = Segment(
+            session_id=state.session_id, utterance_id=cut.utterance_id, seq=state.seq, kind=kind,
+            audio=to_int16_bytes(cut.audio), start=round(cut.start, 3), end=round(cut.end, 3),
+            language=state.language, speech_end_wall=cut.speech_end_wall, partition=state.partition,
+        )
+        await self.bus.publish(
+            f"tolk.segment.{kind.value}.{state.partition}.{state.session_id}", seg,
+            msg_id=f"{state.session_id}:{state.seq}",
+        )
+
+    async def _reap(self) -> None:
+        while True:
+            await asyncio.sleep(30)
+            cutoff = time.monotonic() - self.cfg.session_idle_s
+            for sid in [s for s, st in self.sessions.items() if st.touched < cutoff]:
+                log.info("%s: idle for %.0fs; state dropped", sid, self.cfg.session_idle_s)
+                self.sessions.pop(sid, None)
+
+
+async def create(bus: Bus, runtime: RuntimeSettings) -> Actor:
+    return SegmenterActor(bus, runtime, settings.load(SegmenterSettings), topology.load())

@@ -1,0 +1,201 @@
+"""Per-session utterance state machine: INACTIVE → ACTIVE ⇄ SILENCE → (endpoint) INACTIVE.
+
+Pure computation on 16 kHz float32 frames: no NATS, no clocks of its own, so it is unit-tested
+directly on real recordings. The caller passes the wall time each chunk arrived so results can
+report latency from the end of speech.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+from actors.segmenter.vad import FRAME, SAMPLE_RATE, VadStream
+
+FRAME_S = FRAME / SAMPLE_RATE
+
+
+class State(enum.Enum):
+    INACTIVE = "inactive"
+    ACTIVE = "active"
+    SILENCE = "silence"
+
+
+@dataclass(frozen=True)
+class SegmenterConfig:
+    endpoint_ms: int = 500  # silence that ends an utterance
+    max_utterance_s: float = 15.0  # longer speech is cut at its quietest point
+    partial_every_ms: int = 700  # new speech between partial windows
+    pre_speech_ms: int = 1000  # audio kept before the onset (soft starts, Whisper context)
+    onset_ms: int = 64  # consecutive speech needed to open an utterance
+    min_speech_ms: int = 250  # shorter blips are dropped
+    tail_pad_ms: int = 200  # silence kept after the last speech frame
+
+    def frames(self, ms: float) -> int:
+        return max(1, round(ms / 1000 / FRAME_S))
+
+
+@dataclass(frozen=True)
+class Cut:
+    final: bool
+    utterance_id: int
+    audio: np.ndarray  # float32, 16 kHz
+    start: float  # stream seconds
+    end: float
+    speech_end_wall: float
+
+
+class UtteranceSegmenter:
+    def __init__(self, vad: VadStream, config: SegmenterConfig | None = None) -> None:
+        self.vad = vad
+        self.cfg = cfg = config or SegmenterConfig()
+        self.state = State.INACTIVE
+        self._endpoint = cfg.frames(cfg.endpoint_ms)
+        self._max = cfg.frames(cfg.max_utterance_s * 1000)
+        self._partial = cfg.frames(cfg.partial_every_ms)
+        self._onset = cfg.frames(cfg.onset_ms)
+        self._min_speech = cfg.frames(cfg.min_speech_ms)
+        self._pad = cfg.frames(cfg.tail_pad_ms) if cfg.tail_pad_ms else 0
+        self._pending = np.zeros(0, dtype=np.float32)
+        self._n = 0  # frames consumed so far (stream clock)
+        self._pre: deque[tuple[np.ndarray, float]] = deque(maxlen=cfg.frames(cfg.pre_speech_ms))
+        self._onset_run = 0
+        self.utterance_id = 0
+        self._reset_utterance()
+
+    def _reset_utterance(self) -> None:
+        self._frames: list[np.ndarray] = []
+        self._walls: list[float] = []
+        self._energy: list[float] = []
+        self._start = 0  # absolute frame index of self._frames[0]
+        self._last_speech = -1  # absolute frame index
+        self._speech_frames = 0
+        self._silence = 0
+        self._since_partial = 0
+        self._partials = 0
+
+    # ------------------------------------------------------------------ input
+    def push(self, samples: np.ndarray, wall: float) -> list[Cut]:
+        buf = np.concatenate([self._pending, samples.astype(np.float32, copy=False)])
+        usable = len(buf) - len(buf) % FRAME
+        self._pending = buf[usable:]
+        cuts: list[Cut] = []
+        for i in range(0, usable, FRAME):
+            cuts.extend(self._frame(buf[i : i + FRAME], wall))
+        return cuts
+
+    def flush(self, wall: float) -> list[Cut]:
+        """End of stream: the partial frame is zero-padded and any open utterance is finalised."""
+        cuts: list[Cut] = []
+        if len(self._pending):
+            frame = np.zeros(FRAME, dtype=np.float32)
+            frame[: len(self._pending)] = self._pending
+            self._pending = np.zeros(0, dtype=np.float32)
+            cuts.extend(self._frame(frame, wall))
+        if self.state is not State.INACTIVE:
+            cuts.extend(self._finalise())
+        return cuts
+
+    # ------------------------------------------------------------------ machine
+    def _frame(self, frame: np.ndarray, wall: float) -> list[Cut]:
+        idx = self._n
+        self._n += 1
+        speech = self.vad.speech(frame, self.state is not State.INACTIVE)
+        if self.state is State.INACTIVE:
+            self._pre.append((frame, wall))
+            self._onset_run = self._onset_run + 1 if speech else 0
+            if self._onset_run >= self._onset:
+                self._open(idx)
+            return []
+
+        self._append(frame, wall)
+        if speech:
+            self.state = State.ACTIVE
+            self._silence = 0
+            self._last_speech = idx
+            self._speech_frames += 1
+        else:
+            self.state = State.SILENCE
+            self._silence += 1
+        self._since_partial += 1
+
+        if self._silence >= self._endpoint:
+            return self._finalise()
+        if len(self._frames) >= self._max:
+            return self._cut_at_quietest()
+        if self._since_partial >= self._partial and self.state is State.ACTIVE:
+            self._since_partial = 0
+            self._partials += 1
+            return [self._cut(len(self._frames), final=False, end_frame=idx + 1)]
+        return []
+
+    def _open(self, idx: int) -> None:
+        self.utterance_id += 1
+        self._reset_utterance()
+        self._start = idx - len(self._pre) + 1
+        for frame, wall in self._pre:
+            self._append(frame, wall)
+        self._pre.clear()
+        self._last_speech = idx
+        self._speech_frames = self._onset_run
+        self._since_partial = self._onset_run
+        self._onset_run = 0
+        self.state = State.ACTIVE
+
+    def _append(self, frame: np.ndarray, wall: float) -> None:
+        self._frames.append(frame)
+        self._walls.append(wall)
+        self._energy.append(float(np.sqrt(np.mean(frame * frame)) + 1e-9))
+
+    def _cut(self, upto: int, final: bool, end_frame: int) -> Cut:
+        audio = np.concatenate(self._frames[:upto]) if upto else np.zeros(0, dtype=np.float32)
+        wall_idx = min(max(0, end_frame - 1 - self._start), len(self._walls) - 1)
+        return Cut(
+            final=final,
+            utterance_id=self.utterance_id,
+            audio=audio,
+            start=self._start * FRAME_S,
+            end=end_frame * FRAME_S,
+            speech_end_wall=self._walls[wall_idx],
+        )
+
+    def _finalise(self) -> list[Cut]:
+        """Close the utterance at its last speech frame (+ pad); trailing silence seeds pre-roll."""
+        keep = min(len(self._frames), self._last_speech - self._start + 1 + self._pad)
+        wanted = self._speech_frames >= self._min_speech or self._partials > 0
+        cuts = [self._cut(keep, final=True, end_frame=self._last_speech + 1)] if wanted else []
+        for frame, wall in zip(self._frames[keep:], self._walls[keep:], strict=True):
+            self._pre.append((frame, wall))
+        self._reset_utterance()
+        self.state = State.INACTIVE
+        self._onset_run = 0
+        return cuts
+
+    def _cut_at_quietest(self) -> list[Cut]:
+        """Cap reached: split at the lowest-energy point of the later half, keep the rest open."""
+        energy = np.asarray(self._energy)
+        window = 5
+        smooth = np.convolve(energy, np.ones(window) / window, mode="same")
+        lo = len(smooth) // 2
+        split = lo + int(np.argmin(smooth[lo:]))
+        split = max(1, min(split, len(self._frames) - 1))
+        head = self._cut(split, final=True, end_frame=self._start + split)
+        rest_frames = self._frames[split:]
+        rest_walls = self._walls[split:]
+        rest_energy = self._energy[split:]
+        new_start = self._start + split
+        last_speech = self._last_speech
+        state = self.state
+        silence = self._silence
+        self.utterance_id += 1
+        self._reset_utterance()
+        self._frames, self._walls, self._energy = rest_frames, rest_walls, rest_energy
+        self._start = new_start
+        self._last_speech = max(last_speech, new_start)
+        self._speech_frames = len(rest_frames)  # continuing speech: do not drop it as a blip
+        self._silence = silence
+        self.state = state
+        return [head]

@@ -1,0 +1,1 @@
+"""STT actor: batched faster-whisper over a durable consumer shared by all replicas."""

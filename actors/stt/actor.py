@@ -1,0 +1,227 @@
+"""STT actor: finals before partials, stale partials skipped, one model call per batch."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+
+import numpy as np
+
+from actors.runtime import settings
+from actors.runtime.actor import Actor, RuntimeSettings
+from actors.runtime.bus import Bus
+from actors.runtime.consumer import Delivery, PullLoop
+from actors.runtime.executor import BoundedExecutor
+from actors.stt.engine import SttRequest, WhisperEngine, WhisperOptions
+from actors.stt.models import resolve
+from schemas import ResultKind, Segment, SegmentKind, Transcript, Word
+
+log = logging.getLogger("tolk.stt")
+
+STREAM = "TOLK_SEGMENTS"
+
+
+@dataclass
+class SttSettings:
+    """Env: TOLK_MODEL, TOLK_DEVICE, TOLK_BATCH_SIZE, ... (README "Configuration")."""
+
+    model: str = "tiny.en"  # tiny.en | base | /path/to/ctranslate2-whisper
+    model_cache: str = "~/.cache/tolk/models"
+    device: str = "auto"
+    compute_type: str = "auto"
+    cpu_threads: int = 2
+    batch_size: int = 8
+    beam_size: int = 1
+    partial_window_s: float = 10.0
+    final_window_s: float = 0.0  # 0 = auto: full 30 s on CUDA, fitted (≥10 s) on CPU
+    no_speech_threshold: float = 0.6
+    logprob_threshold: float = -1.0
+    compression_threshold: float = 2.4
+
+
+def transcript_subject(seg: Segment) -> str:
+    return f"tolk.transcript.{seg.partition}.{seg.session_id}"
+
+
+class SttActor(Actor):
+    name = "stt"
+
+    def __init__(self, bus: Bus, runtime: RuntimeSettings, cfg: SttSettings) -> None:
+        super().__init__(bus, runtime)
+        self.cfg = cfg
+        self.engine: WhisperEngine | None = None
+        self.executor = BoundedExecutor(workers=1, backlog=1, name="whisper")
+        self._finals: deque[Delivery[Segment]] = deque()
+        self._partials: deque[Delivery[Segment]] = deque()
+        self._wake = asyncio.Event()
+        self._space = asyncio.Condition()
+        self._stopping = False
+        # (session, utterance) → newest partial seq transcribed, or -1 once finalised.
+        self._progress: OrderedDict[tuple[str, int], int] = OrderedDict()
+        self._loops = {
+            "final": PullLoop(bus.js, STREAM, "stt-final", Segment, self._enqueue_final, batch=cfg.batch_size),
+            "partial": PullLoop(bus.js, STREAM, "stt-partial", Segment, self._enqueue_partial, batch=cfg.batch_size),
+        }
+
+    async def start(self) -> None:
+        path = resolve(self.cfg.model, self.cfg.model_cache)
+        options = WhisperOptions(
+            device=self.cfg.device,
+            compute_type=self.cfg.compute_type,
+            cpu_threads=self.cfg.cpu_threads,
+            beam_size=self.cfg.beam_size,
+            no_speech_threshold=self.cfg.no_speech_threshold,
+            logprob_threshold=self.cfg.logprob_threshold,
+            compression_threshold=self.cfg.compression_threshold,
+        )
+        self.engine = await self.executor.run(WhisperEngine, path, options)
+        if self.cfg.final_window_s <= 0:
+            self.cfg.final_window_s = 30.0 if self.engine.device == "cuda" else 10.0
+        # Warm-up: the first call pays one-off allocation costs; keep them out of user latency.
+        await self.executor.run(self.engine.transcribe_batch, [SttRequest(np.zeros(16000, np.float32), "en")])
+
+    # ------------------------------------------------------------------ intake
+    async def _wait_space(self, queue: deque[Delivery[Segment]]) -> None:
+        async with self._space:
+            await self._space.wait_for(lambda: len(queue) < self.cfg.batch_size or self._stopping)
+
+    async def _enqueue_final(self, items: list[Delivery[Segment]]) -> None:
+        self._finals.extend(items)
+        self._wake.set()
+        await self._wait_space(self._finals)
+
+    async def _enqueue_partial(self, items: list[Delivery[Segment]]) -> None:
+        self._partials.extend(items)
+        self._wake.set()
+        await self._wait_space(self._partials)
+
+    # ------------------------------------------------------------------ work
+    async def run(self) -> None:
+        fetchers = [asyncio.create_task(loop.run(), name=f"stt.fetch.{k}") for k, loop in self._loops.items()]
+        try:
+            while True:
+                if self._finals:
+                    batch = [self._finals.popleft() for _ in range(min(self.cfg.batch_size, len(self._finals)))]
+                    await self._transcribe(batch, self.cfg.final_window_s)
+                elif self._partials:
+                    batch = await self._fresh_partials()
+                    if batch:
+                        await self._transcribe(batch, self.cfg.partial_window_s)
+                elif self._stopping:
+                    break
+                else:
+                    self._wake.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), 1.0)
+                    continue
+                async with self._space:
+                    self._space.notify_all()
+        finally:
+            for loop in self._loops.values():
+                loop.stop()
+            async with self._space:
+                self._space.notify_all()
+            for task in fetchers:
+                task.cancel()
+            await asyncio.gather(*fetchers, return_exceptions=True)
+
+    async def _fresh_partials(self) -> list[Delivery[Segment]]:
+        """Newest partial per utterance; the rest are superseded and only need their slot filled."""
+        newest: dict[tuple[str, int], Delivery[Segment]] = {}
+        stale: list[Delivery[Segment]] = []
+        final_keys = {(d.msg.session_id, d.msg.utterance_id) for d in self._finals}
+        while self._partials:
+            d = self._partials.popleft()
+            key = (d.msg.session_id, d.msg.utterance_id)
+            done = self._progress.get(key)
+            if key in final_keys or done == -1 or (done is not None and done >= d.msg.seq):
+                stale.append(d)
+                continue
+            prev = newest.get(key)
+            if prev is not None:
+                if prev.msg.seq > d.msg.seq:
+                    stale.append(d)
+                    continue
+                stale.append(prev)
+            newest[key] = d
+        for d in stale:
+            await self._publish(d, Transcript(
+                session_id=d.msg.session_id, utterance_id=d.msg.utterance_id, seq=d.msg.seq,
+                kind=ResultKind.PARTIAL, partition=d.msg.partition, stale=True,
+                start=d.msg.start, end=d.msg.end, speech_end_wall=d.msg.speech_end_wall,
+            ))
+        batch = list(newest.values())[: self.cfg.batch_size]
+        for d in list(newest.values())[self.cfg.batch_size :]:
+            self._partials.appendleft(d)
+        return batch
+
+    async def _transcribe(self, batch: list[Delivery[Segment]], window_s: float) -> None:
+        assert self.engine is not None
+        requests = [
+            SttRequest(
+                audio=np.frombuffer(d.msg.audio, "<i2").astype(np.float32) / 32768.0,
+                language=d.msg.language,
+                word_timestamps=d.msg.kind is SegmentKind.FINAL,
+            )
+            for d in batch
+        ]
+        try:
+            results = await self.executor.run(self.engine.transcribe_batch, requests, window_s)
+        except Exception:
+            log.exception("transcription of %d segment(s) failed; nak for redelivery", len(batch))
+            for d in batch:
+                await d.raw.nak(delay=1.0)
+            return
+        for d, r in zip(batch, results, strict=True):
+            seg = d.msg
+            final = seg.kind is SegmentKind.FINAL
+            self._mark(seg, final)
+            if r.rejected and r.rejected != "empty":
+                log.info("%s/%d: %s guard blanked the text", seg.session_id, seg.utterance_id, r.rejected)
+            words = tuple(
+                Word(word=w.word, start=round(seg.start + w.start, 3), end=round(seg.start + w.end, 3),
+                     probability=w.probability)
+                for w in r.words
+            )
+            await self._publish(d, Transcript(
+                session_id=seg.session_id, utterance_id=seg.utterance_id, seq=seg.seq,
+                kind=ResultKind.FINAL if final else ResultKind.PARTIAL, partition=seg.partition,
+                text=r.text, language=r.language, start=seg.start, end=seg.end, words=words,
+                speech_end_wall=seg.speech_end_wall, no_speech_prob=r.no_speech_prob, avg_logprob=r.avg_logprob,
+            ))
+
+    def _mark(self, seg: Segment, final: bool) -> None:
+        key = (seg.session_id, seg.utterance_id)
+        self._progress[key] = -1 if final else max(seg.seq, self._progress.get(key, 0))
+        self._progress.move_to_end(key)
+        while len(self._progress) > 10_000:
+            self._progress.popitem(last=False)
+
+    async def _publish(self, d: Delivery[Segment], t: Transcript) -> None:
+        """Ack only once the transcript is stored; a failure redelivers this one segment only."""
+        try:
+            await self.bus.publish(transcript_subject(d.msg), t, msg_id=f"{t.session_id}:{t.seq}")
+        except Exception:
+            log.exception("%s/%d: publishing transcript failed; nak", t.session_id, t.seq)
+            with contextlib.suppress(Exception):
+                await d.raw.nak(delay=1.0)
+            return
+        await d.raw.ack()
+
+    async def drain(self) -> None:
+        self._stopping = True
+        for loop in self._loops.values():
+            loop.stop()
+        self._wake.set()
+        async with self._space:
+            self._space.notify_all()
+
+    async def close(self) -> None:
+        self.executor.shutdown()
+
+
+async def create(bus: Bus, runtime: RuntimeSettings) -> Actor:
+    return SttActor(bus, runtime, settings.load(SttSettings))

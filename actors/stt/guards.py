@@ -1,0 +1,51 @@
+"""Hallucination guards: Whisper invents text on silence and loops on noise; catch both."""
+
+from __future__ import annotations
+
+import zlib
+
+
+def compression_ratio(text: str) -> float:
+    raw = text.encode()
+    return len(raw) / max(1, len(zlib.compress(raw)))
+
+
+def collapse_repeats(text: str, max_repeats: int = 2, max_n: int = 6) -> str:
+    """Cut a run of the same word n-gram repeated more than `max_repeats` times down to it once."""
+    words = text.split()
+    changed = True
+    while changed:
+        changed = False
+        for n in range(1, max_n + 1):
+            i = 0
+            while i + n * (max_repeats + 1) <= len(words):
+                gram = [w.lower().strip(".,!?") for w in words[i : i + n]]
+                j = i + n
+                count = 1
+                while j + n <= len(words) and [w.lower().strip(".,!?") for w in words[j : j + n]] == gram:
+                    count += 1
+                    j += n
+                if count > max_repeats:
+                    words = words[: i + n] + words[j:]
+                    changed = True
+                i += 1
+    return " ".join(words)
+
+
+def reject_reason(
+    text: str,
+    no_speech_prob: float,
+    avg_logprob: float,
+    no_speech_threshold: float,
+    logprob_threshold: float,
+    compression_threshold: float,
+) -> str | None:
+    if not text.strip():
+        return "empty"
+    if no_speech_prob > no_speech_threshold and avg_logprob < logprob_threshold:
+        return "no_speech"
+    if compression_ratio(text) > compression_threshold:
+        return "repetition"
+    if avg_logprob < logprob_threshold - 0.5:
+        return "low_confidence"
+    return None

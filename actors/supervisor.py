@@ -1,0 +1,158 @@
+"""`tolk up`: one machine, every actor its own child process, supervised.
+
+Starts the embedded nats-server (unless --nats-url), applies the topology, starts the pipeline
+actors, waits until they report ready, then the edge. Crashed actors are restarted with backoff.
+SIGINT/SIGTERM drain: the edge stops first (no new audio), then the pipeline, then NATS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from actors.runtime import topology
+from actors.runtime.actor import HEARTBEAT_BUCKET
+from actors.runtime.bus import Bus
+from actors.runtime.embedded import EmbeddedNats, die_with_parent
+from schemas import ActorHeartbeat, DecodeError, decode
+
+log = logging.getLogger("tolk.up")
+
+PIPELINE = ("segmenter", "stt", "fanout")
+
+
+@dataclass
+class Child:
+    name: str
+    env: dict[str, str]
+    proc: asyncio.subprocess.Process | None = None
+    restarts: int = 0
+    started: float = 0.0
+
+    async def spawn(self) -> None:
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "actors.cli", "actor", self.name, env=self.env, preexec_fn=die_with_parent
+        )
+        self.started = time.monotonic()
+        log.info("started %s (pid %d)", self.name, self.proc.pid)
+
+    async def stop(self, timeout: float) -> None:
+        if not self.proc or self.proc.returncode is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(self.proc.wait(), timeout)
+        except TimeoutError:
+            log.warning("%s did not stop in %.0fs; killing", self.name, timeout)
+            self.proc.kill()
+            await self.proc.wait()
+
+
+@dataclass
+class UpOptions:
+    nats_url: str | None
+    data_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 8080
+    nats_port: int = -1
+    extra_env: dict[str, str] = field(default_factory=dict)
+    ready_timeout_s: float = 300.0
+
+
+class Supervisor:
+    def __init__(self, opts: UpOptions) -> None:
+        self.opts = opts
+        self.nats: EmbeddedNats | None = None
+        self.children: list[Child] = []
+        self._stop = asyncio.Event()
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self._stop.set)
+        try:
+            url = await self._nats()
+            bus = await Bus.connect(url, name="tolk-up")
+            try:
+                await topology.apply(bus.js, topology.load())
+                env = {**os.environ, **self.opts.extra_env, "TOLK_NATS_URL": url}
+                self.children = [Child(name, env) for name in PIPELINE]
+                for child in self.children:
+                    await child.spawn()
+                if not await self._wait_ready(bus):
+                    return 1
+                edge = Child("edge", {**env, "TOLK_HOST": self.opts.host, "TOLK_PORT": str(self.opts.port)})
+                await edge.spawn()
+                self.children.insert(0, edge)
+                print(f"Tolk is up: ws://{self.opts.host}:{self.opts.port}/v1/listen  (NATS {url})", flush=True)
+            finally:
+                await bus.close()
+            await self._watch()
+            return 0
+        finally:
+            await self.shutdown()
+
+    async def _nats(self) -> str:
+        if self.opts.nats_url:
+            return self.opts.nats_url
+        self.nats = EmbeddedNats(self.opts.data_dir, port=self.opts.nats_port)
+        return await self.nats.start()
+
+    async def _wait_ready(self, bus: Bus) -> bool:
+        kv = await bus.js.key_value(HEARTBEAT_BUCKET)
+        deadline = time.monotonic() + self.opts.ready_timeout_s
+        pids = {c.proc.pid for c in self.children if c.proc}
+        while time.monotonic() < deadline and not self._stop.is_set():
+            ready: set[str] = set()
+            try:
+                for key in await kv.keys():
+                    entry = await kv.get(key)
+                    if entry.value:
+                        beat = decode(entry.value, ActorHeartbeat)
+                        if beat.ready and beat.pid in pids:
+                            ready.add(beat.actor)
+            except (DecodeError, Exception):  # no keys yet
+                pass
+            if ready >= set(PIPELINE):
+                return True
+            dead = [c.name for c in self.children if c.proc and c.proc.returncode is not None]
+            if dead:
+                log.error("actor(s) %s exited during start-up; see their log above", ", ".join(dead))
+                return False
+            await asyncio.sleep(0.2)
+        if not self._stop.is_set():
+            log.error("actors not ready after %.0fs", self.opts.ready_timeout_s)
+        return False
+
+    async def _watch(self) -> None:
+        """Restart crashed children (backoff grows with quick repeat crashes)."""
+        while not self._stop.is_set():
+            for child in self.children:
+                if child.proc and child.proc.returncode is not None:
+                    quick = time.monotonic() - child.started < 30
+                    child.restarts = child.restarts + 1 if quick else 0
+                    delay = min(30.0, 0.5 * 2**child.restarts)
+                    log.error("%s exited with %s; restarting in %.1fs", child.name, child.proc.returncode, delay)
+                    await asyncio.sleep(delay)
+                    if not self._stop.is_set():
+                        await child.spawn()
+            try:
+                await asyncio.wait_for(self._stop.wait(), 0.5)
+            except TimeoutError:
+                pass
+
+    async def shutdown(self) -> None:
+        # Edge first (stops new audio), then the pipeline drains, then NATS.
+        for child in self.children:
+            if child.name == "edge":
+                await child.stop(timeout=15)
+        await asyncio.gather(*(c.stop(timeout=30) for c in self.children if c.name != "edge"))
+        if self.nats:
+            await self.nats.stop()
+        log.info("all stopped")

@@ -1,0 +1,134 @@
+"""Edge process: aiohttp routes, NATS connection, graceful shutdown. Protocol lives in protocol.py."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+
+import msgspec
+from aiohttp import web
+
+from actors.runtime import settings, topology
+from actors.runtime.actor import Actor, RuntimeSettings
+from actors.runtime.bus import Bus
+from edge.protocol import ErrorCode, ProtocolError
+from edge.session import ClientSession, Limits
+from schemas import ActorHeartbeat, DecodeError, decode
+
+log = logging.getLogger("tolk.edge")
+
+REQUIRED_ACTORS = ("segmenter", "stt", "fanout")
+
+
+@dataclass
+class EdgeSettings:
+    """Env: TOLK_HOST, TOLK_PORT, TOLK_MAX_FRAME_BYTES, ... (README "Configuration")."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    max_frame_bytes: int = 1 << 20
+    idle_timeout_s: float = 30.0
+    drain_timeout_s: float = 60.0  # after `stop`, how long to wait for the last final
+    result_queue: int = 256
+    ws_heartbeat_s: float = 20.0
+    shutdown_grace_s: float = 5.0
+
+
+class Edge(Actor):
+    name = "edge"
+
+    def __init__(self, bus: Bus, runtime: RuntimeSettings, cfg: EdgeSettings, topo: topology.Topology) -> None:
+        super().__init__(bus, runtime)
+        self.cfg = cfg
+        self.partitions = topo.partitions
+        self.instance = runtime.instance
+        self.sessions: dict[str, ClientSession] = {}
+        self.limits = Limits(cfg.max_frame_bytes, cfg.idle_timeout_s, cfg.drain_timeout_s, cfg.result_queue)
+        self.accepting = True
+        self._stopped = asyncio.Event()
+        self._runner: web.AppRunner | None = None
+        self._ready_cache: tuple[float, dict[str, int]] = (0.0, {})
+        self.app = web.Application(client_max_size=cfg.max_frame_bytes)
+        self.app.add_routes([
+            web.get("/v1/listen", self.listen),
+            web.get("/healthz", self.healthz),
+            web.get("/readyz", self.readyz),
+        ])
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        self._runner = web.AppRunner(self.app, handle_signals=False, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.cfg.host, self.cfg.port)
+        await site.start()
+        log.info("edge listening on http://%s:%d", self.cfg.host, self.cfg.port)
+
+    async def run(self) -> None:
+        await self._stopped.wait()
+
+    async def drain(self) -> None:
+        """Refuse new sessions, give open ones a short grace, then tell the rest to reconnect."""
+        self.accepting = False
+        deadline = time.monotonic() + self.cfg.shutdown_grace_s
+        while self.sessions and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        for session in list(self.sessions.values()):
+            await session.fail(ProtocolError(ErrorCode.SHUTTING_DOWN, "server restarting; reconnect"))
+        self._stopped.set()
+
+    async def close(self) -> None:
+        if self._runner:
+            await self._runner.cleanup()
+
+    # ------------------------------------------------------------------ routes
+    async def listen(self, request: web.Request) -> web.StreamResponse:
+        ws = web.WebSocketResponse(
+            # base64 text frames are 4/3 larger: let them in, then enforce the decoded size ourselves
+            max_msg_size=(self.cfg.max_frame_bytes * 4) // 3 + 4096,
+            heartbeat=self.cfg.ws_heartbeat_s,
+        )
+        await ws.prepare(request)
+        session = ClientSession(self, ws, self.limits)
+        if not self.accepting:
+            await session.fail(ProtocolError(ErrorCode.SHUTTING_DOWN, "server restarting; reconnect"))
+            return ws
+        await session.serve()
+        return ws
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        alive = await self._alive_actors()
+        missing = [a for a in REQUIRED_ACTORS if not alive.get(a)]
+        ok = self.accepting and self.bus.nc.is_connected and not missing
+        body = {"ready": ok, "nats": self.bus.nc.is_connected, "actors": alive, "missing": missing,
+                "sessions": len(self.sessions)}
+        return web.json_response(body, status=200 if ok else 503)
+
+    async def _alive_actors(self) -> dict[str, int]:
+        """Ready actor instances by name, from heartbeats in KV (cached for 2 s)."""
+        at, counts = self._ready_cache
+        if time.monotonic() - at < 2.0:
+            return counts
+        counts = {}
+        with contextlib.suppress(Exception):
+            kv = await self.bus.kv("tolk_actors")
+            for key in await kv.keys():
+                entry = await kv.get(key)
+                if entry.value:
+                    try:
+                        beat = decode(entry.value, ActorHeartbeat)
+                    except (DecodeError, msgspec.ValidationError):
+                        continue
+                    if beat.ready:
+                        counts[beat.actor] = counts.get(beat.actor, 0) + 1
+        self._ready_cache = (time.monotonic(), counts)
+        return counts
+
+
+async def create(bus: Bus, runtime: RuntimeSettings) -> Actor:
+    return Edge(bus, runtime, settings.load(EdgeSettings), topology.load())

@@ -1,0 +1,190 @@
+"""The client protocol of `GET /v1/listen`, as pure functions: parse, validate, render.
+
+Kept free of aiohttp and NATS so every rule (and every error code) is unit-testable.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from actors.runtime.partition import valid_session_id
+from schemas import ClientResult, Encoding, ResultKind
+from schemas.languages import WHISPER_LANGUAGES
+
+MIN_RATE, MAX_RATE = 8000, 48000
+
+
+class Close(enum.IntEnum):
+    NORMAL = 1000
+    GOING_AWAY = 1001
+    UNSUPPORTED_DATA = 1003
+    INVALID_PAYLOAD = 1007
+    POLICY = 1008
+    TOO_BIG = 1009
+    INTERNAL = 1011
+    TRY_AGAIN = 1013
+
+
+class ErrorCode(enum.StrEnum):
+    INVALID_JSON = "invalid_json"
+    INVALID_START = "invalid_start"
+    UNSUPPORTED_ENCODING = "unsupported_encoding"
+    UNSUPPORTED_SAMPLE_RATE = "unsupported_sample_rate"
+    UNSUPPORTED_LANGUAGE = "unsupported_language"
+    INVALID_SESSION_ID = "invalid_session_id"
+    SESSION_IN_USE = "session_in_use"
+    AUDIO_BEFORE_START = "audio_before_start"
+    INVALID_FRAME = "invalid_frame"
+    FRAME_TOO_LARGE = "frame_too_large"
+    INVALID_BASE64 = "invalid_base64"
+    IDLE_TIMEOUT = "idle_timeout"
+    UNKNOWN_TYPE = "unknown_type"
+    DRAIN_TIMEOUT = "drain_timeout"
+    SHUTTING_DOWN = "shutting_down"
+    INTERNAL = "internal_error"
+
+
+CLOSE_FOR: dict[ErrorCode, Close | None] = {
+    ErrorCode.INVALID_JSON: Close.INVALID_PAYLOAD,
+    ErrorCode.INVALID_START: Close.POLICY,
+    ErrorCode.UNSUPPORTED_ENCODING: Close.UNSUPPORTED_DATA,
+    ErrorCode.UNSUPPORTED_SAMPLE_RATE: Close.UNSUPPORTED_DATA,
+    ErrorCode.UNSUPPORTED_LANGUAGE: Close.UNSUPPORTED_DATA,
+    ErrorCode.INVALID_SESSION_ID: Close.POLICY,
+    ErrorCode.SESSION_IN_USE: Close.POLICY,
+    ErrorCode.AUDIO_BEFORE_START: Close.POLICY,
+    ErrorCode.INVALID_FRAME: Close.INVALID_PAYLOAD,
+    ErrorCode.FRAME_TOO_LARGE: Close.TOO_BIG,
+    ErrorCode.INVALID_BASE64: Close.INVALID_PAYLOAD,
+    ErrorCode.IDLE_TIMEOUT: Close.POLICY,
+    ErrorCode.UNKNOWN_TYPE: None,  # reported, session continues (forward compatibility)
+    ErrorCode.DRAIN_TIMEOUT: Close.INTERNAL,
+    ErrorCode.SHUTTING_DOWN: Close.GOING_AWAY,
+    ErrorCode.INTERNAL: Close.INTERNAL,
+}
+
+
+class ProtocolError(Exception):
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    @property
+    def close(self) -> Close | None:
+        return CLOSE_FOR[self.code]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"type": "error", "code": self.code.value, "message": self.message}
+
+
+@dataclass(frozen=True)
+class Start:
+    sample_rate: int
+    encoding: Encoding
+    language: str
+    session_id: str | None
+
+
+@dataclass(frozen=True)
+class Stop:
+    pass
+
+
+@dataclass(frozen=True)
+class Audio:
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Unknown:
+    type: str
+
+
+ClientMessage = Start | Stop | Audio | Unknown
+
+
+def parse_text(text: str, max_frame: int) -> ClientMessage:
+    try:
+        obj = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ProtocolError(ErrorCode.INVALID_JSON, f"text frames must be JSON objects: {exc}") from exc
+    if not isinstance(obj, dict) or not isinstance(obj.get("type"), str):
+        raise ProtocolError(ErrorCode.INVALID_JSON, 'text frames must be JSON objects with a string "type"')
+    kind = obj["type"]
+    if kind == "start":
+        return parse_start(obj)
+    if kind == "stop":
+        return Stop()
+    if kind == "audio":
+        return Audio(decode_base64(obj.get("data"), max_frame))
+    return Unknown(kind)
+
+
+def parse_start(obj: dict[str, Any]) -> Start:
+    rate = obj.get("sample_rate", 16000)
+    if isinstance(rate, bool) or not isinstance(rate, int):
+        raise ProtocolError(ErrorCode.INVALID_START, "sample_rate must be an integer")
+    if not MIN_RATE <= rate <= MAX_RATE:
+        raise ProtocolError(
+            ErrorCode.UNSUPPORTED_SAMPLE_RATE, f"sample_rate {rate} outside {MIN_RATE}-{MAX_RATE} Hz"
+        )
+    enc = obj.get("encoding", Encoding.PCM_S16LE.value)
+    try:
+        encoding = Encoding(enc)
+    except ValueError:
+        supported = ", ".join(e.value for e in Encoding)
+        raise ProtocolError(ErrorCode.UNSUPPORTED_ENCODING, f"encoding {enc!r} not supported ({supported})") from None
+    language = obj.get("language", "auto")
+    if not isinstance(language, str) or (language != "auto" and language not in WHISPER_LANGUAGES):
+        raise ProtocolError(ErrorCode.UNSUPPORTED_LANGUAGE, f"language {language!r}: use an ISO 639-1 code or 'auto'")
+    sid = obj.get("session_id")
+    if sid is not None and (not isinstance(sid, str) or not valid_session_id(sid)):
+        raise ProtocolError(ErrorCode.INVALID_SESSION_ID, "session_id must be 1-64 chars of A-Z a-z 0-9 _ -")
+    return Start(rate, encoding, language, sid)
+
+
+def decode_base64(data: Any, max_frame: int) -> bytes:
+    if not isinstance(data, str):
+        raise ProtocolError(ErrorCode.INVALID_BASE64, '"data" must be a base64 string')
+    if len(data) > (max_frame * 4) // 3 + 4:
+        raise ProtocolError(ErrorCode.FRAME_TOO_LARGE, f"audio frame larger than {max_frame} bytes")
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ProtocolError(ErrorCode.INVALID_BASE64, f"malformed base64: {exc}") from exc
+
+
+def check_audio(data: bytes, encoding: Encoding, max_frame: int) -> None:
+    if len(data) > max_frame:
+        raise ProtocolError(ErrorCode.FRAME_TOO_LARGE, f"audio frame of {len(data)} bytes exceeds {max_frame}")
+    width = encoding.sample_width
+    if len(data) % width:
+        raise ProtocolError(
+            ErrorCode.INVALID_FRAME, f"{encoding.value} frames must be a multiple of {width} bytes, got {len(data)}"
+        )
+
+
+def render_result(r: ClientResult, now: float | None = None) -> dict[str, Any]:
+    if r.kind is ResultKind.END:
+        return {"type": "done", "session_id": r.session_id}
+    latency = ((now or time.time()) - r.speech_end_wall) * 1000 if r.speech_end_wall else None
+    return {
+        "type": r.kind.value,
+        "session_id": r.session_id,
+        "utterance_id": r.utterance_id,
+        "seq": r.seq,
+        "text": r.text,
+        "stable_text": r.stable_text,
+        "language": r.language,
+        "start": r.start,
+        "end": r.end,
+        "words": [{"word": w.word, "start": w.start, "end": w.end, "probability": w.probability} for w in r.words],
+        "latency_ms": round(latency, 1) if latency is not None else None,
+    }

@@ -1,0 +1,237 @@
+"""One WebSocket client: AWAIT_START → STREAMING → DRAINING → CLOSED.
+
+The reader task turns frames into AudioChunks on JetStream; the writer task turns this session's
+results (core NATS, from fan-out) into JSON. Either side failing closes only this session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import aiohttp
+from aiohttp import web
+
+from actors.runtime.partition import partition_for
+from edge.protocol import (
+    Audio,
+    Close,
+    ErrorCode,
+    ProtocolError,
+    Start,
+    Stop,
+    Unknown,
+    check_audio,
+    parse_text,
+    render_result,
+)
+from schemas import AudioChunk, ClientResult, DecodeError, ResultKind, SessionRecord, decode, encode
+
+if TYPE_CHECKING:
+    from edge.app import Edge
+
+log = logging.getLogger("tolk.edge.session")
+
+
+class Phase(enum.Enum):
+    AWAIT_START = "await_start"
+    STREAMING = "streaming"
+    DRAINING = "draining"
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_frame_bytes: int
+    idle_timeout_s: float
+    drain_timeout_s: float
+    result_queue: int
+
+
+class ClientSession:
+    def __init__(self, edge: Edge, ws: web.WebSocketResponse, limits: Limits) -> None:
+        self.edge = edge
+        self.ws = ws
+        self.limits = limits
+        self.phase = Phase.AWAIT_START
+        self.start: Start | None = None
+        self.session_id = ""
+        self.partition = 0
+        self.chunk_seq = 0
+        self.results: asyncio.Queue[ClientResult] = asyncio.Queue(maxsize=limits.result_queue)
+        self.done = asyncio.Event()
+        self._sub = None
+        self._writer: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    async def serve(self) -> None:
+        try:
+            await self._read_loop()
+        except ProtocolError as err:
+            await self.fail(err)
+        except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+            pass
+        except Exception:
+            log.exception("%s: internal error", self.session_id or "session")
+            await self.fail(ProtocolError(ErrorCode.INTERNAL, "internal error; please reconnect"))
+        finally:
+            await self._cleanup()
+
+    async def fail(self, err: ProtocolError) -> None:
+        log.info("%s: %s (%s)", self.session_id or "pre-start", err.code.value, err.message)
+        if self.ws.closed:
+            return
+        with contextlib.suppress(Exception):
+            await self.ws.send_json(err.to_json())
+        if err.close is not None:
+            self.phase = Phase.CLOSED
+            with contextlib.suppress(Exception):
+                await self.ws.close(code=err.close, message=err.code.value.encode())
+
+    async def _cleanup(self) -> None:
+        if self.phase in (Phase.STREAMING, Phase.DRAINING) and not self.done.is_set():
+            # Client vanished or failed mid-stream: tell the pipeline so it frees the session.
+            with contextlib.suppress(Exception):
+                await self._publish(b"", end=True)
+        self.phase = Phase.CLOSED
+        if self._writer:
+            self._writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._writer
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+        if self.session_id:
+            self.edge.sessions.pop(self.session_id, None)
+            await self._record("closed")
+        if not self.ws.closed:
+            with contextlib.suppress(Exception):
+                await self.ws.close()
+
+    # ------------------------------------------------------------------ reading
+    async def _read_loop(self) -> None:
+        while self.phase is not Phase.CLOSED:
+            timeout = self.limits.drain_timeout_s if self.phase is Phase.DRAINING else self.limits.idle_timeout_s
+            try:
+                msg = await self.ws.receive(timeout=timeout)
+            except TimeoutError:
+                if self.phase is Phase.DRAINING:
+                    raise ProtocolError(ErrorCode.DRAIN_TIMEOUT, "results did not complete in time") from None
+                raise ProtocolError(ErrorCode.IDLE_TIMEOUT, f"no message for {timeout:.0f} s") from None
+            if msg.type == aiohttp.WSMsgType.BINARY:
+                await self._on_audio(msg.data)
+            elif msg.type == aiohttp.WSMsgType.TEXT:
+                await self._on_text(msg.data)
+            elif msg.type == aiohttp.WSMsgType.ERROR:
+                exc = self.ws.exception()
+                if isinstance(exc, aiohttp.WebSocketError) and exc.code == Close.TOO_BIG:
+                    raise ProtocolError(ErrorCode.FRAME_TOO_LARGE, f"frame exceeds {self.limits.max_frame_bytes} bytes")
+                return
+            else:  # CLOSE / CLOSING / CLOSED
+                return
+            if self.done.is_set():
+                return
+
+    async def _on_text(self, text: str) -> None:
+        message = parse_text(text, self.limits.max_frame_bytes)
+        match message:
+            case Start():
+                if self.phase is not Phase.AWAIT_START:
+                    raise ProtocolError(ErrorCode.INVALID_START, "session already started")
+                await self._begin(message)
+            case Audio(data=data):
+                await self._on_audio(data)
+            case Stop():
+                if self.phase is Phase.AWAIT_START:
+                    raise ProtocolError(ErrorCode.INVALID_START, 'send {"type":"start"} first')
+                if self.phase is Phase.STREAMING:
+                    self.phase = Phase.DRAINING
+                    await self._publish(b"", end=True)
+                    await self._record("draining")
+            case Unknown(type=kind):
+                if self.phase is Phase.AWAIT_START:
+                    raise ProtocolError(ErrorCode.INVALID_START, f'expected {{"type":"start"}}, got {kind!r}')
+                await self.fail(ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown message type {kind!r} ignored"))
+
+    async def _on_audio(self, data: bytes) -> None:
+        if self.phase is Phase.AWAIT_START or self.start is None:
+            raise ProtocolError(ErrorCode.AUDIO_BEFORE_START, 'send {"type":"start"} before audio')
+        check_audio(data, self.start.encoding, self.limits.max_frame_bytes)
+        if self.phase is not Phase.STREAMING or not data:
+            return  # audio after stop is ignored: the stream is already being flushed
+        await self._publish(data, end=False)
+
+    # ------------------------------------------------------------------ start
+    async def _begin(self, start: Start) -> None:
+        sid = start.session_id or uuid.uuid4().hex
+        if sid in self.edge.sessions:
+            raise ProtocolError(ErrorCode.SESSION_IN_USE, f"session {sid} is already streaming")
+        self.start = start
+        self.session_id = sid
+        self.partition = partition_for(sid, self.edge.partitions)
+        self.edge.sessions[sid] = self
+        # Subscribe before any audio is published, so no result can be missed.
+        self._sub = await self.edge.bus.nc.subscribe(
+            f"tolk.session.{sid}.out", cb=self._on_result, pending_msgs_limit=self.limits.result_queue * 4
+        )
+        self._writer = asyncio.create_task(self._write_loop(), name=f"edge.write.{sid}")
+        self.phase = Phase.STREAMING
+        await self._record("streaming")
+        await self.ws.send_json({
+            "type": "started", "session_id": sid, "sample_rate": start.sample_rate,
+            "encoding": start.encoding.value, "language": start.language,
+        })
+
+    async def _publish(self, data: bytes, end: bool) -> None:
+        assert self.start is not None
+        self.chunk_seq += 1
+        chunk = AudioChunk(
+            session_id=self.session_id, chunk_seq=self.chunk_seq, sample_rate=self.start.sample_rate,
+            encoding=self.start.encoding, language=self.start.language, data=data,
+            received_at=time.time(), end=end,
+        )
+        await self.edge.bus.publish(
+            f"tolk.audio.{self.partition}.{self.session_id}", chunk, msg_id=f"{self.session_id}:a{self.chunk_seq}"
+        )
+
+    async def _record(self, status: str) -> None:
+        if self.start is None:
+            return
+        now = time.time()
+        rec = SessionRecord(
+            session_id=self.session_id, status=status, sample_rate=self.start.sample_rate,
+            encoding=self.start.encoding, language=self.start.language, partition=self.partition,
+            created_at=now, updated_at=now, edge=self.edge.instance,
+        )
+        try:
+            kv = await self.edge.bus.kv("tolk_sessions")
+            await kv.put(self.session_id, encode(rec))
+        except Exception as exc:  # state is advisory here; streaming goes on
+            log.warning("%s: session record not written: %s", self.session_id, exc)
+
+    # ------------------------------------------------------------------ results
+    async def _on_result(self, msg) -> None:  # type: ignore[no-untyped-def]
+        try:
+            result = decode(msg.data, ClientResult)
+        except DecodeError as exc:
+            log.error("%s: dropping undecodable result: %s", self.session_id, exc)
+            return
+        if result.kind is ResultKind.PARTIAL and self.results.full():
+            return  # a slow reader loses partials first; the next partial or the final supersedes it
+        await self.results.put(result)
+
+    async def _write_loop(self) -> None:
+        while True:
+            result = await self.results.get()
+            await self.ws.send_json(render_result(result))
+            if result.kind is ResultKind.END:
+                self.done.set()
+                self.phase = Phase.CLOSED
+                await self.ws.close(code=Close.NORMAL, message=b"done")
+                return

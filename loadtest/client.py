@@ -1,0 +1,126 @@
+"""A WebSocket client that streams a clip like a microphone and records what comes back, and when."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+
+@dataclass
+class SessionRun:
+    session_id: str = ""
+    started: dict[str, Any] = field(default_factory=dict)
+    results: list[dict[str, Any]] = field(default_factory=list)
+    received_at: list[float] = field(default_factory=list)  # wall clock per result
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    done: bool = False
+    close_code: int | None = None
+    t0: float = 0.0  # wall clock when stream time 0 was sent
+    pace: float = 1.0
+    sent_seconds: float = 0.0
+
+    @property
+    def finals(self) -> list[dict[str, Any]]:
+        return [r for r in self.results if r["type"] == "final"]
+
+    @property
+    def partials(self) -> list[dict[str, Any]]:
+        return [r for r in self.results if r["type"] == "partial"]
+
+    def text(self) -> str:
+        return " ".join(r["text"] for r in self.finals if r["text"])
+
+    def sent_wall(self, stream_s: float) -> float:
+        """When the audio at `stream_s` left the client (audio is sent at `pace` × real time)."""
+        return self.t0 + stream_s / self.pace
+
+    def final_latencies(self) -> list[float]:
+        """Seconds from sending the end of an utterance's speech to receiving its final."""
+        out = []
+        for r, at in zip(self.results, self.received_at, strict=True):
+            if r["type"] == "final" and r["text"]:
+                out.append(at - self.sent_wall(min(r["end"], self.sent_seconds)))
+        return out
+
+    def first_partial_latencies(self) -> list[float]:
+        """Seconds from sending an utterance's first audio to its first partial (or final if none)."""
+        seen: set[int] = set()
+        out = []
+        for r, at in zip(self.results, self.received_at, strict=True):
+            if r["type"] in ("partial", "final") and r["utterance_id"] not in seen and r["text"]:
+                seen.add(r["utterance_id"])
+                words = r.get("words") or []
+                speech_start = words[0]["start"] if words else r["start"]
+                out.append(at - self.sent_wall(speech_start))
+        return out
+
+
+async def stream_pcm(
+    url: str,
+    pcm: bytes,
+    sample_rate: int,
+    *,
+    pace: float = 1.0,
+    chunk_ms: int = 100,
+    language: str = "en",
+    encoding: str = "pcm_s16le",
+    base64_frames: bool = False,
+    session_id: str | None = None,
+    timeout: float = 120.0,
+) -> SessionRun:
+    """Stream `pcm` at `pace` × real time, send stop, collect results until `done` and close."""
+    import base64
+
+    run = SessionRun(pace=pace)
+    width = 2 if encoding == "pcm_s16le" else 4
+    step = int(sample_rate * chunk_ms / 1000) * width
+    start: dict[str, Any] = {"type": "start", "sample_rate": sample_rate, "encoding": encoding, "language": language}
+    if session_id:
+        start["session_id"] = session_id
+    async with aiohttp.ClientSession() as http, http.ws_connect(url, max_msg_size=0) as ws:
+        await ws.send_json(start)
+        first = await ws.receive_json(timeout=30)
+        if first.get("type") != "started":
+            run.errors.append(first)
+            return run
+        run.started = first
+        run.session_id = first["session_id"]
+
+        async def reader() -> None:
+            async for msg in ws:
+                if msg.type != aiohttp.WSMsgType.TEXT:
+                    continue
+                data = json.loads(msg.data)
+                if data["type"] == "error":
+                    run.errors.append(data)
+                elif data["type"] == "done":
+                    run.done = True
+                else:
+                    run.results.append(data)
+                    run.received_at.append(time.time())
+
+        read_task = asyncio.create_task(reader())
+        run.t0 = time.time()
+        for i, off in enumerate(range(0, len(pcm), step)):
+            due = run.t0 + (i * chunk_ms / 1000) / pace
+            delay = due - time.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            frame = pcm[off : off + step]
+            if base64_frames:
+                await ws.send_str(json.dumps({"type": "audio", "data": base64.b64encode(frame).decode()}))
+            else:
+                await ws.send_bytes(frame)
+            run.sent_seconds = (off + len(frame)) / width / sample_rate
+        await ws.send_json({"type": "stop"})
+        try:
+            await asyncio.wait_for(read_task, timeout)
+        except TimeoutError:
+            read_task.cancel()
+        run.close_code = ws.close_code
+    return run

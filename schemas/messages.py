@@ -1,0 +1,140 @@
+"""Typed payloads of every NATS subject (see README "Subjects")."""
+
+from __future__ import annotations
+
+import enum
+
+import msgspec
+
+SCHEMA_VERSION = 1
+
+
+class Encoding(enum.StrEnum):
+    PCM_S16LE = "pcm_s16le"
+    PCM_F32LE = "pcm_f32le"
+
+    @property
+    def sample_width(self) -> int:
+        return 2 if self is Encoding.PCM_S16LE else 4
+
+
+class SegmentKind(enum.StrEnum):
+    PARTIAL = "partial"
+    FINAL = "final"
+
+
+class ResultKind(enum.StrEnum):
+    PARTIAL = "partial"
+    FINAL = "final"
+    # Marks the end of a session's results: everything with a lower seq has been published.
+    END = "end"
+
+
+class _Msg(msgspec.Struct, kw_only=True, forbid_unknown_fields=False, omit_defaults=False):
+    """Base: unknown fields are tolerated so a newer producer can add optional ones."""
+
+    v: int = SCHEMA_VERSION
+
+
+class AudioChunk(_Msg, frozen=True):
+    """Raw client audio as received by the edge (``tolk.audio.<partition>.<session>``).
+
+    Format travels with every chunk so the segmenter is stateless with respect to session setup
+    and a redelivered chunk is self-describing.
+    """
+
+    session_id: str
+    chunk_seq: int
+    sample_rate: int
+    encoding: Encoding
+    language: str
+    data: bytes
+    received_at: float  # edge wall clock (unix seconds) when the frame arrived
+    end: bool = False  # client sent `stop`: flush and finish the session
+
+
+class Segment(_Msg, frozen=True):
+    """A window of 16 kHz mono PCM for STT (``tolk.segment.{partial,final}.<partition>.<session>``).
+
+    Partials carry the whole utterance so far, so STT replicas need no per-session state.
+    """
+
+    session_id: str
+    utterance_id: int
+    seq: int  # per-session order of everything the segmenter emits
+    kind: SegmentKind
+    audio: bytes  # int16 little-endian, 16 kHz, mono
+    start: float  # stream seconds
+    end: float
+    language: str  # requested language, or "auto"
+    speech_end_wall: float  # edge wall clock of the audio at `end` (latency reference)
+    partition: int
+
+
+class Word(msgspec.Struct, frozen=True):
+    word: str
+    start: float
+    end: float
+    probability: float
+
+
+class Transcript(_Msg, frozen=True):
+    """STT output, or the segmenter's END marker (``tolk.transcript.<partition>.<session>``)."""
+
+    session_id: str
+    utterance_id: int
+    seq: int
+    kind: ResultKind
+    partition: int
+    text: str = ""
+    language: str = ""
+    start: float = 0.0
+    end: float = 0.0
+    words: tuple[Word, ...] = ()
+    speech_end_wall: float = 0.0
+    # True when STT skipped a partial superseded by a newer window of the same utterance.
+    # Published anyway so fan-out can advance its ordering without waiting for a gap.
+    stale: bool = False
+    no_speech_prob: float = 0.0
+    avg_logprob: float = 0.0
+
+
+class ClientResult(_Msg, frozen=True):
+    """What fan-out sends to the edge serving a session (``tolk.session.<session>.out``)."""
+
+    session_id: str
+    utterance_id: int
+    seq: int
+    kind: ResultKind
+    text: str = ""
+    stable_text: str = ""
+    language: str = ""
+    start: float = 0.0
+    end: float = 0.0
+    words: tuple[Word, ...] = ()
+    speech_end_wall: float = 0.0
+
+
+class SessionRecord(_Msg):
+    """Session state in KV bucket ``tolk_sessions`` (key = session id)."""
+
+    session_id: str
+    status: str  # "streaming" | "draining" | "closed"
+    sample_rate: int
+    encoding: Encoding
+    language: str
+    partition: int
+    created_at: float
+    updated_at: float
+    edge: str = ""
+
+
+class ActorHeartbeat(_Msg):
+    """Liveness in KV bucket ``tolk_actors`` (key = ``<actor>.<instance>``, TTL expires the dead)."""
+
+    actor: str
+    instance: str
+    pid: int
+    started_at: float
+    ready: bool
+    detail: str = ""
