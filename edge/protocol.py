@@ -156,9 +156,12 @@ def decode_base64(data: Any, max_frame: int) -> bytes:
     if len(data) > (max_frame * 4) // 3 + 4:
         raise ProtocolError(ErrorCode.FRAME_TOO_LARGE, f"audio frame larger than {max_frame} bytes")
     try:
-        return base64.b64decode(data, validate=True)
+        raw = base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise ProtocolError(ErrorCode.INVALID_BASE64, f"malformed base64: {exc}") from exc
+    if len(raw) > max_frame:
+        raise ProtocolError(ErrorCode.FRAME_TOO_LARGE, f"audio frame of {len(raw)} bytes exceeds {max_frame}")
+    return raw
 
 
 def check_audio(data: bytes, encoding: Encoding, max_frame: int) -> None:

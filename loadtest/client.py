@@ -48,16 +48,19 @@ class SessionRun:
         return out
 
     def first_partial_latencies(self) -> list[float]:
-        """Seconds from sending an utterance's first audio to its first partial (or final if none)."""
-        seen: set[int] = set()
-        out = []
+        """Seconds from sending an utterance's first word to its first result (partial or final).
+
+        The first word's time comes from the final's word timings (partials carry none, and an
+        utterance's `start` includes up to 1 s of pre-roll before speech).
+        """
+        speech_start = {
+            r["utterance_id"]: r["words"][0]["start"] for r in self.finals if r["text"] and r.get("words")
+        }
+        first: dict[int, float] = {}
         for r, at in zip(self.results, self.received_at, strict=True):
-            if r["type"] in ("partial", "final") and r["utterance_id"] not in seen and r["text"]:
-                seen.add(r["utterance_id"])
-                words = r.get("words") or []
-                speech_start = words[0]["start"] if words else r["start"]
-                out.append(at - self.sent_wall(speech_start))
-        return out
+            if r["text"] and r["utterance_id"] in speech_start:
+                first.setdefault(r["utterance_id"], at)
+        return [at - self.sent_wall(speech_start[u]) for u, at in first.items()]
 
 
 async def stream_pcm(

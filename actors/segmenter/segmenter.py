@@ -29,6 +29,7 @@ class SegmenterConfig:
     endpoint_ms: int = 500  # silence that ends an utterance
     max_utterance_s: float = 15.0  # longer speech is cut at its quietest point
     partial_every_ms: int = 700  # new speech between partial windows
+    first_partial_ms: int = 400  # the first window comes sooner: the user sees text start quickly
     pre_speech_ms: int = 1000  # audio kept before the onset (soft starts, Whisper context)
     onset_ms: int = 64  # consecutive speech needed to open an utterance
     min_speech_ms: int = 250  # shorter blips are dropped
@@ -56,6 +57,7 @@ class UtteranceSegmenter:
         self._endpoint = cfg.frames(cfg.endpoint_ms)
         self._max = cfg.frames(cfg.max_utterance_s * 1000)
         self._partial = cfg.frames(cfg.partial_every_ms)
+        self._first_partial = cfg.frames(min(cfg.first_partial_ms, cfg.partial_every_ms))
         self._onset = cfg.frames(cfg.onset_ms)
         self._min_speech = cfg.frames(cfg.min_speech_ms)
         self._pad = cfg.frames(cfg.tail_pad_ms) if cfg.tail_pad_ms else 0
@@ -126,7 +128,8 @@ class UtteranceSegmenter:
             return self._finalise()
         if len(self._frames) >= self._max:
             return self._cut_at_quietest()
-        if self._since_partial >= self._partial and self.state is State.ACTIVE:
+        due = self._first_partial if self._partials == 0 else self._partial
+        if self._since_partial >= due and self.state is State.ACTIVE:
             self._since_partial = 0
             self._partials += 1
             return [self._cut(len(self._frames), final=False, end_frame=idx + 1)]
@@ -196,6 +199,10 @@ class UtteranceSegmenter:
         self._start = new_start
         self._last_speech = max(last_speech, new_start)
         self._speech_frames = len(rest_frames)  # continuing speech: do not drop it as a blip
+        self._since_partial = 0
         self._silence = silence
         self.state = state
-        return [head]
+        # The partials shown so far ran past the cut: re-show the remainder under its own id at once.
+        self._partials = 1
+        tail = self._cut(len(self._frames), final=False, end_frame=self._start + len(self._frames))
+        return [head, tail]

@@ -1,0 +1,123 @@
+"""Fixtures: a real nats-server per test run, and a real `tolk up` (subprocess) for end-to-end tests."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import pytest
+import pytest_asyncio
+
+from actors.runtime import topology
+from actors.runtime.bus import Bus
+from actors.runtime.embedded import EmbeddedNats
+from loadtest.speech import speech_dir
+
+TOLK = str(Path(sys.executable).parent / "tolk")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not (speech_dir() / "manifest.tsv").exists():
+        raise pytest.UsageError(f"real speech corpus not found at {speech_dir()} (set TOLK_SPEECH_DIR)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest_asyncio.fixture(scope="session")
+async def nats_url(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
+    server = EmbeddedNats(tmp_path_factory.mktemp("nats"))
+    url = await server.start()
+    yield url
+    await server.stop()
+
+
+@pytest_asyncio.fixture(scope="session")
+async def bus(nats_url: str) -> AsyncIterator[Bus]:
+    b = await Bus.connect(nats_url, name="tests")
+    await topology.apply(b.js, topology.load())
+    yield b
+    await b.close()
+
+
+@dataclass
+class Running:
+    proc: subprocess.Popen[bytes]
+    http: str
+    ws: str
+    log: Path
+
+    def descendants(self) -> list[psutil.Process]:
+        try:
+            return psutil.Process(self.proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+
+
+def wait_ready(http: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"tolk up exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
+        try:
+            with urllib.request.urlopen(f"{http}/readyz", timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"tolk up not ready in {timeout}s:\n{log.read_text()[-4000:]}")
+
+
+def start_tolk(tmp: Path, extra_args: list[str] | None = None, env: dict[str, str] | None = None) -> Running:
+    port = free_port()
+    log = tmp / "tolk-up.log"
+    args = [TOLK, "up", "--data-dir", str(tmp / "data"), "--port", str(port), *(extra_args or [])]
+    full_env = {**os.environ, "TOLK_IDLE_TIMEOUT_S": "4", "TOLK_MODEL_CACHE": str(tmp / "models"), **(env or {})}
+    full_env.pop("TOLK_NATS_URL", None)
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen(args, stdout=fh, stderr=subprocess.STDOUT, env=full_env)
+    http = f"http://127.0.0.1:{port}"
+    wait_ready(http, proc, log)
+    return Running(proc, http, f"ws://127.0.0.1:{port}/v1/listen", log)
+
+
+def stop_tolk(run: Running, timeout: float = 90) -> None:
+    """SIGTERM must stop everything: exit 0, and no process of the tree left behind."""
+    children = run.descendants()
+    assert children, "tolk up should have child processes"
+    run.proc.send_signal(signal.SIGTERM)
+    try:
+        code = run.proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        for c in children:
+            c.kill()
+        run.proc.kill()
+        raise AssertionError(f"tolk up did not stop within {timeout}s:\n{run.log.read_text()[-4000:]}") from None
+    _, alive = psutil.wait_procs(children, timeout=10)
+    assert not alive, f"orphans left after SIGTERM: {[p.pid for p in alive]}"
+    assert code == 0, f"tolk up exited {code}:\n{run.log.read_text()[-4000:]}"
+
+
+@pytest.fixture(scope="session")
+def tolk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    run = start_tolk(tmp_path_factory.mktemp("tolk"))
+    yield run
+    stop_tolk(run)
+
+
+def run_async(coro):  # type: ignore[no-untyped-def]
+    return asyncio.get_event_loop().run_until_complete(coro)

@@ -1,0 +1,230 @@
+"""End to end through a real `tolk up`: real nats-server, real models, real speech over WebSocket."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import nats
+import numpy as np
+import pytest
+import soxr
+
+from loadtest.client import SessionRun, stream_pcm
+from loadtest.speech import Clip, clips
+from loadtest.wer import corpus_wer
+from tests.conftest import Running
+
+pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.e2e]
+
+WER_BOUND = 0.15
+
+
+async def stream_many(ws: str, cs: list[Clip], pace: float, concurrency: int) -> dict[str, SessionRun]:
+    sem = asyncio.Semaphore(concurrency)
+
+    async def one(c: Clip) -> tuple[str, SessionRun]:
+        async with sem:
+            pcm, rate = c.pcm16()
+            return c.name, await stream_pcm(ws, pcm, rate, pace=pace, timeout=180)
+
+    # Longest first, so the long clip overlaps the short ones instead of trailing them.
+    return dict(await asyncio.gather(*(one(c) for c in sorted(cs, key=lambda c: -c.seconds))))
+
+
+def check_ordering(run: SessionRun) -> None:
+    assert run.done, f"{run.session_id}: no done (errors {run.errors})"
+    assert run.close_code == 1000
+    assert not run.errors
+    seqs = [r["seq"] for r in run.results]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs), "results out of order or duplicated"
+    assert all(r["session_id"] == run.session_id for r in run.results)
+    finalised: set[int] = set()
+    last_utt = 0
+    for r in run.results:
+        utt = r["utterance_id"]
+        assert utt >= last_utt, "utterances out of order"
+        last_utt = utt
+        assert utt not in finalised, f"{r['type']} after the final of utterance {utt}"
+        if r["type"] == "final":
+            finalised.add(utt)
+            words = [w["start"] for w in r["words"]]
+            assert words == sorted(words)
+        assert r["latency_ms"] is not None and r["latency_ms"] > 0
+        assert r["stable_text"] == r["text"][: len(r["stable_text"])] or r["type"] == "partial"
+
+
+def check_partials(c: Clip, run: SessionRun) -> None:
+    if c.seconds <= 3:
+        return
+    # An utterance of >= 2 s (at most 1 s of it pre-roll) always gets a partial window 400 ms after
+    # its onset, and STT never skips an utterance's first partial: so it must have shown one.
+    partial_utts = {r["utterance_id"] for r in run.partials}
+    for f in run.finals:
+        if f["end"] - f["start"] >= 2.0:
+            assert f["utterance_id"] in partial_utts, f"{c.name}: final {f['text']!r} had no partial before it"
+    assert run.partials, f"{c.name}: no partial at all"
+
+
+def report(label: str, runs: dict[str, SessionRun], by_name: dict[str, Clip]) -> float:
+    pairs = [(by_name[n].reference, r.text()) for n, r in runs.items()]
+    wer = corpus_wer(pairs)
+    finals = sorted(x for r in runs.values() for x in r.final_latencies())
+    firsts = sorted(x for r in runs.values() for x in r.first_partial_latencies())
+    print(f"\n{label}: corpus WER {wer:.3f} over {len(runs)} clips; final latency p50 "
+          f"{finals[len(finals) // 2]:.2f}s; first partial p50 {firsts[len(firsts) // 2]:.2f}s")
+    for n, r in runs.items():
+        print(f"  {n}: WER {corpus_wer([(by_name[n].reference, r.text())]):.3f}")
+    return wer
+
+
+async def test_english_clips_at_real_time(tolk: Running) -> None:
+    english = clips("en")
+    runs = await stream_many(tolk.ws, english, pace=1.0, concurrency=5)
+    by_name = {c.name: c for c in english}
+    for name, run in runs.items():
+        check_ordering(run)
+        check_partials(by_name[name], run)
+    assert report("real time", runs, by_name) <= WER_BOUND
+
+
+async def test_english_clips_at_four_times_real_time(tolk: Running) -> None:
+    english = clips("en")
+    runs = await stream_many(tolk.ws, english, pace=4.0, concurrency=3)
+    for run in runs.values():
+        check_ordering(run)
+    assert report("4x real time", runs, {c.name: c for c in english}) <= WER_BOUND
+
+
+async def test_two_concurrent_sessions_never_mix(tolk: Running) -> None:
+    a, b = next(c for c in clips("en") if c.name.startswith("en_jfk")), clips("en")[-1]
+    (pa, ra), (pb, rb) = a.pcm16(), b.pcm16()
+    run_a, run_b = await asyncio.gather(stream_pcm(tolk.ws, pa, ra), stream_pcm(tolk.ws, pb, rb))
+    assert run_a.session_id != run_b.session_id
+    for run, own, other in ((run_a, a, b), (run_b, b, a)):
+        check_ordering(run)
+        assert corpus_wer([(own.reference, run.text())]) < 0.2
+        assert corpus_wer([(other.reference, run.text())]) > 0.8
+
+
+async def test_base64_frames_and_float_audio_at_48k(tolk: Running) -> None:
+    c = next(c for c in clips("en") if c.name.startswith("en_jfk"))
+    pcm, rate = c.pcm16()
+    b64 = await stream_pcm(tolk.ws, pcm, rate, base64_frames=True, pace=2.0)
+    samples = np.frombuffer(pcm, "<i2").astype(np.float32) / 32768
+    f32 = soxr.resample(samples, rate, 48000).astype("<f4").tobytes()
+    flt = await stream_pcm(tolk.ws, f32, 48000, encoding="pcm_f32le", pace=2.0, chunk_ms=40)
+    for run in (b64, flt):
+        check_ordering(run)
+        assert corpus_wer([(c.reference, run.text())]) < 0.1
+
+
+# ---------------------------------------------------------------------- bad input
+async def expect_error(ws_url: str, steps: list[Any], code: str | None, close: int, timeout: float = 15) -> None:
+    async with aiohttp.ClientSession() as http, http.ws_connect(ws_url) as ws:
+        try:
+            for step in steps:
+                if isinstance(step, bytes):
+                    await ws.send_bytes(step)
+                elif isinstance(step, dict):
+                    await ws.send_str(json.dumps(step))
+                elif isinstance(step, str):
+                    await ws.send_str(step)
+        except ConnectionError:
+            pass  # the server may close while a huge frame is still being written; read why below
+        seen = []
+        async with asyncio.timeout(timeout):
+            async for msg in ws:
+                if msg.type == aiohttp.WSMsgType.TEXT:
+                    seen.append(json.loads(msg.data))
+        errors = [m for m in seen if m["type"] == "error"]
+        if code is not None:
+            assert errors and errors[-1]["code"] == code and errors[-1]["message"], seen
+        assert ws.close_code == close
+
+
+START = {"type": "start", "sample_rate": 16000, "encoding": "pcm_s16le", "language": "en"}
+
+BAD = [
+    ([b"\x00\x00" * 160], "audio_before_start", 1008),
+    ([{"type": "audio", "data": base64.b64encode(b"\0\0").decode()}], "audio_before_start", 1008),
+    ([{"type": "stop"}], "invalid_start", 1008),
+    (["this is not json"], "invalid_json", 1007),
+    ([{"type": "start", "sample_rate": "fast"}], "invalid_start", 1008),
+    ([{**START, "sample_rate": 96000}], "unsupported_sample_rate", 1003),
+    ([{**START, "sample_rate": 4000}], "unsupported_sample_rate", 1003),
+    ([{**START, "encoding": "opus"}], "unsupported_encoding", 1003),
+    ([{**START, "language": "xx-nope"}], "unsupported_language", 1003),
+    ([{**START, "session_id": "../etc"}], "invalid_session_id", 1008),
+    ([START, b"\x00" * 321], "invalid_frame", 1007),
+    ([{**START, "encoding": "pcm_f32le"}, b"\x00" * 6], "invalid_frame", 1007),
+    ([START, b"\x00" * ((1 << 20) + 2)], "frame_too_large", 1009),
+    ([START, b"\x00" * (3 << 20)], "frame_too_large", 1009),
+    ([START, {"type": "audio", "data": "not*base64!"}], "invalid_base64", 1007),
+    ([START, {"type": "audio", "data": 12}], "invalid_base64", 1007),
+    ([START, START], "invalid_start", 1008),
+    ([], "idle_timeout", 1008),
+    ([START, b"\x00\x00" * 1600], "idle_timeout", 1008),
+]
+
+
+async def test_bad_input_gets_clear_errors_and_others_keep_working(tolk: Running) -> None:
+    good = next(c for c in clips("en") if c.name.startswith("en_librispeech_61"))
+    pcm, rate = good.pcm16()
+    healthy = asyncio.create_task(stream_pcm(tolk.ws, pcm, rate))
+    for steps, code, close in BAD:
+        await expect_error(tolk.ws, steps, code, close)
+    run = await healthy
+    check_ordering(run)
+    assert corpus_wer([(good.reference, run.text())]) < 0.15
+
+
+async def test_session_id_in_use_and_unknown_types(tolk: Running) -> None:
+    async with aiohttp.ClientSession() as http, http.ws_connect(tolk.ws) as ws:
+        await ws.send_json({**START, "session_id": "dup-check"})
+        assert (await ws.receive_json(timeout=10))["type"] == "started"
+        await expect_error(tolk.ws, [{**START, "session_id": "dup-check"}], "session_in_use", 1008)
+        await ws.send_json({"type": "set_colour", "colour": "red"})
+        msg = await ws.receive_json(timeout=10)
+        assert msg["type"] == "error" and msg["code"] == "unknown_type"
+        await ws.send_bytes(b"\x00\x00" * 1600)
+        await ws.send_json({"type": "stop"})
+        msgs = [await ws.receive_json(timeout=30)]
+        assert msgs[-1]["type"] == "done"
+        assert (await ws.receive()).type == aiohttp.WSMsgType.CLOSE and ws.close_code == 1000
+
+
+async def test_client_vanishing_mid_stream_harms_nobody(tolk: Running) -> None:
+    c = next(c for c in clips("en") if c.name.startswith("en_jfk"))
+    pcm, rate = c.pcm16()
+    async with aiohttp.ClientSession() as http, http.ws_connect(tolk.ws) as ws:
+        await ws.send_json(START)
+        await ws.receive_json(timeout=10)
+        await ws.send_bytes(pcm[: len(pcm) // 2])
+    run = await stream_pcm(tolk.ws, pcm, rate, pace=2.0)
+    check_ordering(run)
+    assert corpus_wer([(c.reference, run.text())]) < 0.1
+
+
+async def test_garbage_on_internal_subjects_crashes_no_actor(tolk: Running) -> None:
+    ports = next((Path(tolk.log).parent / "data" / "run").glob("*.ports"))
+    url = json.loads(ports.read_text())["nats"][0]
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    for subject in ("tolk.audio.0.junk", "tolk.segment.final.0.junk", "tolk.segment.partial.0.junk",
+                    "tolk.transcript.0.junk"):
+        for payload in (b"", b"\xff\xfe garbage", json.dumps({"v": 1}).encode()):
+            await js.publish(subject, payload)
+    await nc.close()
+    c = next(c for c in clips("en") if c.name.startswith("en_jfk"))
+    pcm, rate = c.pcm16()
+    run = await stream_pcm(tolk.ws, pcm, rate, pace=2.0)
+    check_ordering(run)
+    assert corpus_wer([(c.reference, run.text())]) < 0.1
+    log = Path(tolk.log).read_text()
+    assert "exited with" not in log, "an actor crashed on garbage"
+    assert "terminating undecodable message" in log

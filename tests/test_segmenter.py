@@ -1,0 +1,149 @@
+"""Segmenter state machine on real recordings: endpoints, partials, caps, silence, resampling."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soxr
+
+from actors.segmenter.audio import Resampler, decode_pcm
+from actors.segmenter.segmenter import Cut, SegmenterConfig, State, UtteranceSegmenter
+from actors.segmenter.vad import DualVad, SileroModel, Vote, WebRtcStream
+from loadtest.speech import Clip, clips
+from schemas import Encoding
+
+
+@pytest.fixture(scope="module")
+def silero() -> SileroModel:
+    return SileroModel()
+
+
+def clip(prefix: str) -> Clip:
+    return next(c for c in clips() if c.name.startswith(prefix))
+
+
+def samples(c: Clip) -> np.ndarray:
+    pcm, rate = c.pcm16()
+    assert rate == 16000
+    return decode_pcm(pcm, Encoding.PCM_S16LE)
+
+
+def run(silero: SileroModel, audio: np.ndarray, cfg: SegmenterConfig | None = None,
+        vote: Vote = Vote.AND, chunk: int = 1600) -> tuple[list[Cut], UtteranceSegmenter]:
+    seg = UtteranceSegmenter(DualVad(WebRtcStream(2), silero.stream(0.5), vote), cfg)
+    cuts: list[Cut] = []
+    for i in range(0, len(audio), chunk):
+        cuts += seg.push(audio[i : i + chunk], wall=i / 16000)
+    cuts += seg.flush(wall=len(audio) / 16000)
+    return cuts, seg
+
+
+def finals(cuts: list[Cut]) -> list[Cut]:
+    return [c for c in cuts if c.final]
+
+
+def test_jfk_endpoints_at_the_pauses(silero: SileroModel) -> None:
+    cuts, seg = run(silero, samples(clip("en_jfk")))
+    f = finals(cuts)
+    # "And so, my fellow Americans | ask not | what your country can do for you | ask what you can do..."
+    assert len(f) == 4
+    ends = [round(c.end, 1) for c in f]
+    assert ends[0] == pytest.approx(2.2, abs=0.4) and ends[1] == pytest.approx(4.4, abs=0.4)
+    assert [c.utterance_id for c in f] == [1, 2, 3, 4]
+    assert all(b.start >= a.end for a, b in zip(f, f[1:], strict=False))
+    assert seg.state is State.INACTIVE
+
+
+def test_partials_precede_finals_and_grow(silero: SileroModel) -> None:
+    cuts, _ = run(silero, samples(clip("en_librispeech_2412")))
+    for utt in {c.utterance_id for c in cuts}:
+        mine = [c for c in cuts if c.utterance_id == utt]
+        assert mine[-1].final and not any(c.final for c in mine[:-1])
+        lengths = [len(c.audio) for c in mine[:-1]]
+        assert lengths == sorted(lengths)
+        if mine[-1].end - mine[-1].start > 1.5:
+            assert len(mine) >= 2, f"utterance {utt} of {mine[-1].end - mine[-1].start:.1f}s had no partial"
+
+
+def test_partial_cadence(silero: SileroModel) -> None:
+    cfg = SegmenterConfig(partial_every_ms=700)
+    cuts, _ = run(silero, samples(clip("en_librispeech_2412")), cfg)
+    by_utt: dict[int, list[Cut]] = {}
+    for c in cuts:
+        if not c.final:
+            by_utt.setdefault(c.utterance_id, []).append(c)
+    gaps = [b.end - a.end for ps in by_utt.values() for a, b in zip(ps, ps[1:], strict=False)]
+    assert gaps and all(0.6 <= g <= 1.5 for g in gaps)
+
+
+def test_first_partial_comes_early(silero: SileroModel) -> None:
+    cuts, _ = run(silero, samples(clip("en_librispeech_2412")), SegmenterConfig(first_partial_ms=400))
+    first = next(c for c in cuts if not c.final)
+    later = [c for c in cuts if not c.final and c.utterance_id == first.utterance_id][1]
+    assert later.end - first.end == pytest.approx(0.7, abs=0.1)
+    assert first.end - first.start <= 1.0 + 0.4 + 0.1  # pre-roll + first window
+
+
+def test_silence_and_noise_yield_nothing(silero: SileroModel) -> None:
+    rng = np.random.default_rng(1)
+    for audio in (np.zeros(16000 * 5, np.float32),
+                  (rng.standard_normal(16000 * 5) * 0.05).astype(np.float32),
+                  (rng.standard_normal(16000 * 5) * 0.002).astype(np.float32)):
+        cuts, _ = run(silero, audio)
+        assert cuts == []
+
+
+def test_quietly_recorded_speech_is_found(silero: SileroModel) -> None:
+    c = clip("en_fleurs_004")  # peak level ~ -50 dBFS
+    f = finals(run(silero, samples(c))[0])
+    assert f and f[0].end - f[0].start > 0.6 * c.seconds
+
+
+def test_long_speech_is_capped_at_the_quietest_point(silero: SileroModel) -> None:
+    audio = samples(clip("en_gb0_bush"))[: 16000 * 60]
+    cfg = SegmenterConfig(max_utterance_s=6.0, endpoint_ms=2000)
+    cuts = run(silero, audio, cfg)[0]
+    f = finals(cuts)
+    assert len(f) >= 8
+    # Each cap cut re-shows the remainder at once as the next utterance's partial.
+    for i, c in enumerate(cuts[:-1]):
+        if c.final and c.end - c.start >= 5.0:
+            nxt = cuts[i + 1]
+            assert not nxt.final and nxt.utterance_id == c.utterance_id + 1 and nxt.start == c.end
+    assert all(c.end - c.start <= 6.0 + 1e-6 for c in f)
+    # Cuts land in low-energy spots: quieter than the utterance around them.
+    for c in f[:-1]:
+        tail = c.audio[-1600:]
+        assert np.sqrt(np.mean(tail**2)) < np.sqrt(np.mean(c.audio**2))
+
+
+def test_endpoint_silence_is_configurable(silero: SileroModel) -> None:
+    audio = samples(clip("en_jfk"))
+    short = finals(run(silero, audio, SegmenterConfig(endpoint_ms=300))[0])
+    long = finals(run(silero, audio, SegmenterConfig(endpoint_ms=1500))[0])
+    assert len(short) > len(long) >= 1
+
+
+def test_chunk_size_does_not_change_the_result(silero: SileroModel) -> None:
+    audio = samples(clip("en_jfk"))
+    a = [(c.start, c.end) for c in finals(run(silero, audio, chunk=320)[0])]
+    b = [(c.start, c.end) for c in finals(run(silero, audio, chunk=16000)[0])]
+    assert a == b
+
+
+@pytest.mark.parametrize("rate", [8000, 22050, 44100, 48000])
+def test_resampled_input_segments_alike(silero: SileroModel, rate: int) -> None:
+    audio16 = samples(clip("en_jfk"))
+    native = soxr.resample(audio16, 16000, rate).astype(np.float32)
+    res = Resampler(rate)
+    step = rate // 10
+    out = np.concatenate([res.push(native[i : i + step]) for i in range(0, len(native), step)] + [res.push(
+        np.zeros(0, np.float32), last=True)])
+    assert abs(len(out) - len(audio16)) < 320
+    f = finals(run(silero, out)[0])
+    assert len(f) == 4
+
+
+def test_f32_decoding_is_clipped_and_nan_safe() -> None:
+    raw = np.array([0.5, np.nan, 2.0, -3.0], dtype="<f4").tobytes()
+    assert decode_pcm(raw, Encoding.PCM_F32LE).tolist() == [0.5, 0.0, 1.0, -1.0]

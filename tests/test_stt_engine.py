@@ -1,0 +1,87 @@
+"""The faster-whisper adapter with real weights: accuracy, guards, batching, word timings, models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from actors.stt.engine import SttRequest, WhisperEngine
+from actors.stt.models import ModelError, resolve
+from loadtest.speech import Clip, clips
+from loadtest.wer import corpus_wer
+
+
+@pytest.fixture(scope="module")
+def tiny() -> WhisperEngine:
+    return WhisperEngine(resolve("tiny.en", "/nonexistent"))
+
+
+def audio(c: Clip) -> np.ndarray:
+    pcm, _ = c.pcm16()
+    return np.frombuffer(pcm, "<i2").astype(np.float32) / 32768
+
+
+def clip(prefix: str) -> Clip:
+    return next(c for c in clips() if c.name.startswith(prefix))
+
+
+def test_transcribes_real_speech(tiny: WhisperEngine) -> None:
+    c = clip("en_jfk")
+    r = tiny.transcribe_batch([SttRequest(audio(c), "en", word_timestamps=True)])[0]
+    assert corpus_wer([(c.reference, r.text)]) < 0.1
+    assert r.language == "en" and r.rejected is None
+    starts = [w.start for w in r.words]
+    assert starts == sorted(starts) and r.words[-1].end <= c.seconds + 0.5
+    assert " ".join(w.word for w in r.words).split() == r.text.split()
+
+
+def test_batch_equals_singles(tiny: WhisperEngine) -> None:
+    cs = [clip("en_librispeech_61"), clip("en_fleurs_003"), clip("en_ljspeech_LJ050")]
+    reqs = [SttRequest(audio(c), "en") for c in cs]
+    batched = [r.text for r in tiny.transcribe_batch(reqs, window_s=30)]
+    single = [tiny.transcribe_batch([q], window_s=30)[0].text for q in reqs]
+    assert batched == single
+
+
+def test_fitted_window_keeps_accuracy(tiny: WhisperEngine) -> None:
+    cs = [c for c in clips("en") if c.seconds < 14]
+    pairs = [(c.reference, tiny.transcribe_batch([SttRequest(audio(c), "en")], window_s=10)[0].text) for c in cs]
+    assert corpus_wer(pairs) < 0.15
+    assert WhisperEngine.window_frames(300, 10) == 1000
+    assert WhisperEngine.window_frames(1450, 10) == 1600
+    assert WhisperEngine.window_frames(1450, 30) == 3000
+
+
+def test_silence_and_noise_give_no_text(tiny: WhisperEngine) -> None:
+    rng = np.random.default_rng(0)
+    reqs = [
+        SttRequest(np.zeros(16000 * 3, np.float32), "en", True),
+        SttRequest((rng.standard_normal(16000 * 3) * 0.1).astype(np.float32), "en", True),
+        SttRequest((rng.standard_normal(16000 * 2) * 0.003).astype(np.float32), "en", True),
+    ]
+    for r in tiny.transcribe_batch(reqs):
+        assert r.text == "" and r.words == [] and r.rejected
+
+
+def test_model_resolution_errors(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="not a folder"):
+        resolve("large-v3", str(tmp_path))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelError, match="missing"):
+        resolve(str(tmp_path / "empty"), str(tmp_path))
+
+
+def test_base_model_is_assembled_and_multilingual(tmp_path: Path) -> None:
+    path = resolve("base", str(tmp_path))
+    assert (path / "model.bin").stat().st_size > 140_000_000
+    assert resolve("base", str(tmp_path)) == path  # second call reuses the joined file
+    engine = WhisperEngine(path)
+    assert engine.multilingual
+    de = clip("de_fleurs_001")
+    en = clip("en_jfk")
+    out = engine.transcribe_batch([SttRequest(audio(de), "auto"), SttRequest(audio(en), "auto")])
+    assert [r.language for r in out] == ["de", "en"]
+    assert corpus_wer([(en.reference, out[1].text)]) < 0.2
+    assert corpus_wer([(de.reference, out[0].text)]) < 0.5
