@@ -49,6 +49,8 @@ class Edge(Actor):
         self.limits = Limits(cfg.max_frame_bytes, cfg.idle_timeout_s, cfg.drain_timeout_s, cfg.result_queue)
         self.accepting = True
         self._stopped = asyncio.Event()
+        self._no_sessions = asyncio.Event()
+        self._no_sessions.set()
         self._runner: web.AppRunner | None = None
         self._ready_cache: tuple[float, dict[str, int]] = (0.0, {})
         self.app = web.Application(client_max_size=cfg.max_frame_bytes)
@@ -72,9 +74,8 @@ class Edge(Actor):
     async def drain(self) -> None:
         """Refuse new sessions, give open ones a short grace, then tell the rest to reconnect."""
         self.accepting = False
-        deadline = time.monotonic() + self.cfg.shutdown_grace_s
-        while self.sessions and time.monotonic() < deadline:
-            await asyncio.sleep(0.1)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._no_sessions.wait(), self.cfg.shutdown_grace_s)
         for session in list(self.sessions.values()):
             await session.fail(ProtocolError(ErrorCode.SHUTTING_DOWN, "server restarting; reconnect"))
         self._stopped.set()
@@ -82,6 +83,16 @@ class Edge(Actor):
     async def close(self) -> None:
         if self._runner:
             await self._runner.cleanup()
+
+    def register(self, session: ClientSession) -> None:
+        self.sessions[session.session_id] = session
+        self._no_sessions.clear()
+
+    def unregister(self, session: ClientSession) -> None:
+        if self.sessions.get(session.session_id) is session:
+            del self.sessions[session.session_id]
+        if not self.sessions:
+            self._no_sessions.set()
 
     # ------------------------------------------------------------------ routes
     async def listen(self, request: web.Request) -> web.StreamResponse:

@@ -178,7 +178,7 @@ def render_result(r: ClientResult, now: float | None = None) -> dict[str, Any]:
     if r.kind is ResultKind.END:
         return {"type": "done", "session_id": r.session_id}
     latency = ((now or time.time()) - r.speech_end_wall) * 1000 if r.speech_end_wall else None
-    return {
+    out: dict[str, Any] = {
         "type": r.kind.value,
         "session_id": r.session_id,
         "utterance_id": r.utterance_id,
@@ -190,4 +190,8 @@ def render_result(r: ClientResult, now: float | None = None) -> dict[str, Any]:
         "end": r.end,
         "words": [{"word": w.word, "start": w.start, "end": w.end, "probability": w.probability} for w in r.words],
         "latency_ms": round(latency, 1) if latency is not None else None,
+        "speech_start": r.speech_start,
     }
+    if r.kind is ResultKind.FINAL:
+        out["endpoint"] = r.endpoint.value
+    return out

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import web
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 
 from actors.runtime.partition import partition_for
 from edge.protocol import (
@@ -66,7 +68,7 @@ class ClientSession:
         self.chunk_seq = 0
         self.results: asyncio.Queue[ClientResult] = asyncio.Queue(maxsize=limits.result_queue)
         self.done = asyncio.Event()
-        self._sub = None
+        self._sub: Subscription | None = None
         self._writer: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -108,7 +110,7 @@ class ClientSession:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()
         if self.session_id:
-            self.edge.sessions.pop(self.session_id, None)
+            self.edge.unregister(self)
             await self._record("closed")
         if not self.ws.closed:
             with contextlib.suppress(Exception):
@@ -175,7 +177,7 @@ class ClientSession:
         self.start = start
         self.session_id = sid
         self.partition = partition_for(sid, self.edge.partitions)
-        self.edge.sessions[sid] = self
+        self.edge.register(self)
         # Subscribe before any audio is published, so no result can be missed.
         self._sub = await self.edge.bus.nc.subscribe(
             f"tolk.session.{sid}.out", cb=self._on_result, pending_msgs_limit=self.limits.result_queue * 4
@@ -216,7 +218,7 @@ class ClientSession:
             log.warning("%s: session record not written: %s", self.session_id, exc)
 
     # ------------------------------------------------------------------ results
-    async def _on_result(self, msg) -> None:  # type: ignore[no-untyped-def]
+    async def _on_result(self, msg: Msg) -> None:
         try:
             result = decode(msg.data, ClientResult)
         except DecodeError as exc:

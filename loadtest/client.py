@@ -40,27 +40,35 @@ class SessionRun:
         return self.t0 + stream_s / self.pace
 
     def final_latencies(self) -> list[float]:
-        """Seconds from sending the end of an utterance's speech to receiving its final."""
+        """Seconds from sending the end of speech to receiving the final, for finals ended by a pause.
+
+        Finals cut at max_duration (no pause to wait for) or by `stop` are not "after end of speech".
+        """
         out = []
         for r, at in zip(self.results, self.received_at, strict=True):
-            if r["type"] == "final" and r["text"]:
-                out.append(at - self.sent_wall(min(r["end"], self.sent_seconds)))
+            if r["type"] == "final" and r["text"] and r.get("endpoint") == "silence":
+                out.append(at - self.sent_wall(r["end"]))
         return out
 
     def first_partial_latencies(self) -> list[float]:
-        """Seconds from sending an utterance's first word to its first result (partial or final).
+        """Seconds from sending an utterance's speech onset to its first text (partial or final).
 
-        The first word's time comes from the final's word timings (partials carry none, and an
-        utterance's `start` includes up to 1 s of pre-roll before speech).
+        Utterances continuing a max_duration cut have no onset of their own and are skipped.
         """
-        speech_start = {
-            r["utterance_id"]: r["words"][0]["start"] for r in self.finals if r["text"] and r.get("words")
-        }
-        first: dict[int, float] = {}
+        continued = set()
+        for r in self.finals:
+            if r.get("endpoint") == "max_duration":
+                continued.add(r["utterance_id"] + 1)
+        first: dict[int, tuple[float, float]] = {}
         for r, at in zip(self.results, self.received_at, strict=True):
-            if r["text"] and r["utterance_id"] in speech_start:
-                first.setdefault(r["utterance_id"], at)
-        return [at - self.sent_wall(speech_start[u]) for u, at in first.items()]
+            u = r["utterance_id"]
+            if r["text"] and u not in continued and u not in first:
+                first[u] = (at, r["speech_start"])
+        return [at - self.sent_wall(onset) for at, onset in first.values()]
+
+    @property
+    def cap_cuts(self) -> int:
+        return sum(r.get("endpoint") == "max_duration" for r in self.finals)
 
 
 async def stream_pcm(

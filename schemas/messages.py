@@ -23,6 +23,15 @@ class SegmentKind(enum.StrEnum):
     FINAL = "final"
 
 
+class Endpoint(enum.StrEnum):
+    """Why an utterance ended (finals only)."""
+
+    NONE = ""  # partials
+    SILENCE = "silence"  # the speaker paused for endpoint_ms
+    MAX_DURATION = "max_duration"  # cut at the quietest point of an over-long utterance
+    STOP = "stop"  # the client sent stop (or vanished)
+
+
 class ResultKind(enum.StrEnum):
     PARTIAL = "partial"
     FINAL = "final"
@@ -30,7 +39,7 @@ class ResultKind(enum.StrEnum):
     END = "end"
 
 
-class _Msg(msgspec.Struct, kw_only=True, forbid_unknown_fields=False, omit_defaults=False):
+class _Msg(msgspec.Struct, kw_only=True, frozen=True):
     """Base: unknown fields are tolerated so a newer producer can add optional ones."""
 
     v: int = SCHEMA_VERSION
@@ -69,6 +78,8 @@ class Segment(_Msg, frozen=True):
     language: str  # requested language, or "auto"
     speech_end_wall: float  # edge wall clock of the audio at `end` (latency reference)
     partition: int
+    speech_start: float = 0.0  # stream seconds of the VAD onset (`start` includes pre-roll)
+    endpoint: Endpoint = Endpoint.NONE
 
 
 class Word(msgspec.Struct, frozen=True):
@@ -97,6 +108,8 @@ class Transcript(_Msg, frozen=True):
     stale: bool = False
     no_speech_prob: float = 0.0
     avg_logprob: float = 0.0
+    speech_start: float = 0.0
+    endpoint: Endpoint = Endpoint.NONE
 
 
 class ClientResult(_Msg, frozen=True):
@@ -113,9 +126,11 @@ class ClientResult(_Msg, frozen=True):
     end: float = 0.0
     words: tuple[Word, ...] = ()
     speech_end_wall: float = 0.0
+    speech_start: float = 0.0
+    endpoint: Endpoint = Endpoint.NONE
 
 
-class SessionRecord(_Msg):
+class SessionRecord(_Msg, frozen=True):
     """Session state in KV bucket ``tolk_sessions`` (key = session id)."""
 
     session_id: str
@@ -129,7 +144,7 @@ class SessionRecord(_Msg):
     edge: str = ""
 
 
-class ActorHeartbeat(_Msg):
+class ActorHeartbeat(_Msg, frozen=True):
     """Liveness in KV bucket ``tolk_actors`` (key = ``<actor>.<instance>``, TTL expires the dead)."""
 
     actor: str

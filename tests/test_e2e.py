@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import nats
 import numpy as np
 import pytest
 import soxr
 
+import nats
 from loadtest.client import SessionRun, stream_pcm
 from loadtest.speech import Clip, clips
 from loadtest.wer import corpus_wer
@@ -210,10 +210,13 @@ async def test_client_vanishing_mid_stream_harms_nobody(tolk: Running) -> None:
     assert corpus_wer([(c.reference, run.text())]) < 0.1
 
 
-async def test_garbage_on_internal_subjects_crashes_no_actor(tolk: Running) -> None:
+def embedded_nats_url(tolk: Running) -> str:
     ports = next((Path(tolk.log).parent / "data" / "run").glob("*.ports"))
-    url = json.loads(ports.read_text())["nats"][0]
-    nc = await nats.connect(url)
+    return str(json.loads(ports.read_text())["nats"][0])
+
+
+async def test_garbage_on_internal_subjects_crashes_no_actor(tolk: Running) -> None:
+    nc = await nats.connect(embedded_nats_url(tolk))
     js = nc.jetstream()
     for subject in ("tolk.audio.0.junk", "tolk.segment.final.0.junk", "tolk.segment.partial.0.junk",
                     "tolk.transcript.0.junk"):
@@ -225,6 +228,6 @@ async def test_garbage_on_internal_subjects_crashes_no_actor(tolk: Running) -> N
     run = await stream_pcm(tolk.ws, pcm, rate, pace=2.0)
     check_ordering(run)
     assert corpus_wer([(c.reference, run.text())]) < 0.1
-    log = Path(tolk.log).read_text()
+    log = tolk.log.read_text()
     assert "exited with" not in log, "an actor crashed on garbage"
     assert "terminating undecodable message" in log

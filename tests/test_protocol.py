@@ -20,7 +20,7 @@ from edge.protocol import (
     parse_text,
     render_result,
 )
-from schemas import ClientResult, Encoding, ResultKind, Word
+from schemas import ClientResult, Encoding, Endpoint, ResultKind, Word
 
 MAX = 1 << 20
 
@@ -94,12 +94,14 @@ def test_check_audio() -> None:
 def test_render_result() -> None:
     r = ClientResult(session_id="s", utterance_id=1, seq=4, kind=ResultKind.FINAL, text="hi there",
                      stable_text="hi there", language="en", start=0.5, end=1.5,
-                     words=(Word(word="hi", start=0.5, end=0.9, probability=0.8),), speech_end_wall=100.0)
+                     words=(Word(word="hi", start=0.5, end=0.9, probability=0.8),), speech_end_wall=100.0,
+                     speech_start=0.6, endpoint=Endpoint.SILENCE)
     out = render_result(r, now=100.25)
     assert out == {
         "type": "final", "session_id": "s", "utterance_id": 1, "seq": 4, "text": "hi there",
         "stable_text": "hi there", "language": "en", "start": 0.5, "end": 1.5,
         "words": [{"word": "hi", "start": 0.5, "end": 0.9, "probability": 0.8}], "latency_ms": 250.0,
+        "speech_start": 0.6, "endpoint": "silence",
     }
     end = ClientResult(session_id="s", utterance_id=1, seq=5, kind=ResultKind.END)
     assert render_result(end) == {"type": "done", "session_id": "s"}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import soxr
@@ -50,7 +52,9 @@ def test_jfk_endpoints_at_the_pauses(silero: SileroModel) -> None:
     ends = [round(c.end, 1) for c in f]
     assert ends[0] == pytest.approx(2.2, abs=0.4) and ends[1] == pytest.approx(4.4, abs=0.4)
     assert [c.utterance_id for c in f] == [1, 2, 3, 4]
-    assert all(b.start >= a.end for a, b in zip(f, f[1:], strict=False))
+    assert [c.endpoint.value for c in f] == ["silence", "silence", "silence", "stop"]
+    assert all(c.start <= c.speech_start < c.end for c in cuts)
+    assert all(b.start >= a.end for a, b in itertools.pairwise(f))
     assert seg.state is State.INACTIVE
 
 
@@ -72,7 +76,7 @@ def test_partial_cadence(silero: SileroModel) -> None:
     for c in cuts:
         if not c.final:
             by_utt.setdefault(c.utterance_id, []).append(c)
-    gaps = [b.end - a.end for ps in by_utt.values() for a, b in zip(ps, ps[1:], strict=False)]
+    gaps = [b.end - a.end for ps in by_utt.values() for a, b in itertools.pairwise(ps)]
     assert gaps and all(0.6 <= g <= 1.5 for g in gaps)
 
 
@@ -110,6 +114,7 @@ def test_long_speech_is_capped_at_the_quietest_point(silero: SileroModel) -> Non
         if c.final and c.end - c.start >= 5.0:
             nxt = cuts[i + 1]
             assert not nxt.final and nxt.utterance_id == c.utterance_id + 1 and nxt.start == c.end
+            assert c.endpoint.value == "max_duration"
     assert all(c.end - c.start <= 6.0 + 1e-6 for c in f)
     # Cuts land in low-energy spots: quieter than the utterance around them.
     for c in f[:-1]:

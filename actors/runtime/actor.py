@@ -63,7 +63,7 @@ class Actor(ABC):
     async def drain(self) -> None:
         """Stop taking new work; `run()` finishes what it holds."""
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027 - optional hook, not abstract
         """Release resources after `run()` returned (executors, files)."""
 
 

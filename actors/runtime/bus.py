@@ -6,11 +6,11 @@ import logging
 from typing import Any
 
 import msgspec
-import nats
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
+import nats
 from schemas import encode
 
 log = logging.getLogger("tolk.bus")

@@ -34,6 +34,7 @@ class EmbeddedNats:
         self.port = port  # -1: the server picks a free port and reports it in its ports file
         self.proc: asyncio.subprocess.Process | None = None
         self.url = ""
+        self._stderr_task: asyncio.Task[None] | None = None
 
     async def start(self, timeout: float = 20.0) -> str:
         store = self.data_dir / "jetstream"
@@ -62,7 +63,7 @@ class EmbeddedNats:
             await asyncio.sleep(0.05)
         ports = json.loads(ports_file.read_text())
         self.url = ports["nats"][0]
-        asyncio.create_task(self._log_stderr())
+        self._stderr_task = asyncio.create_task(self._log_stderr(), name="nats-server.stderr")
         log.info("nats-server ready at %s (store %s)", self.url, store)
         return self.url
 
@@ -74,14 +75,17 @@ class EmbeddedNats:
                 log.warning("%s", text)
 
     async def stop(self, timeout: float = 10.0) -> None:
-        if not self.proc or self.proc.returncode is not None:
-            return
-        self.proc.terminate()
-        try:
-            await asyncio.wait_for(self.proc.wait(), timeout)
-        except TimeoutError:
-            self.proc.kill()
-            await self.proc.wait()
+        if self.proc and self.proc.returncode is None:
+            self.proc.terminate()
+            try:
+                await asyncio.wait_for(self.proc.wait(), timeout)
+            except TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+        if self._stderr_task:
+            self._stderr_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._stderr_task
 
 
 def die_with_parent() -> None:

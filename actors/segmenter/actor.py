@@ -31,6 +31,7 @@ class SegmenterSettings:
     endpoint_ms: int = 500
     max_utterance_s: float = 15.0
     partial_every_ms: int = 700
+    first_partial_ms: int = 300
     pre_speech_ms: int = 1000
     min_speech_ms: int = 250
     session_idle_s: float = 600.0  # forget a session that sent nothing (its client vanished)
@@ -66,6 +67,7 @@ class SegmenterActor(Actor):
             endpoint_ms=cfg.endpoint_ms,
             max_utterance_s=cfg.max_utterance_s,
             partial_every_ms=cfg.partial_every_ms,
+            first_partial_ms=cfg.first_partial_ms,
             pre_speech_ms=cfg.pre_speech_ms,
             min_speech_ms=cfg.min_speech_ms,
         )
@@ -157,6 +159,7 @@ class SegmenterActor(Actor):
             session_id=state.session_id, utterance_id=cut.utterance_id, seq=state.seq, kind=kind,
             audio=to_int16_bytes(cut.audio), start=round(cut.start, 3), end=round(cut.end, 3),
             language=state.language, speech_end_wall=cut.speech_end_wall, partition=state.partition,
+            speech_start=round(cut.speech_start, 3), endpoint=cut.endpoint,
         )
         await self.bus.publish(
             f"tolk.segment.{kind.value}.{state.partition}.{state.session_id}", seg,

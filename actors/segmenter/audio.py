@@ -31,4 +31,4 @@ class Resampler:
 
 
 def to_int16_bytes(samples: np.ndarray) -> bytes:
-    return (np.clip(samples, -1.0, 1.0) * 32767).astype("<i2").tobytes()
+    return bytes((np.clip(samples, -1.0, 1.0) * 32767).astype("<i2").tobytes())

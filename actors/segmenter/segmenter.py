@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from actors.segmenter.vad import FRAME, SAMPLE_RATE, VadStream
+from schemas import Endpoint
 
 FRAME_S = FRAME / SAMPLE_RATE
 
@@ -29,7 +30,7 @@ class SegmenterConfig:
     endpoint_ms: int = 500  # silence that ends an utterance
     max_utterance_s: float = 15.0  # longer speech is cut at its quietest point
     partial_every_ms: int = 700  # new speech between partial windows
-    first_partial_ms: int = 400  # the first window comes sooner: the user sees text start quickly
+    first_partial_ms: int = 300  # the first window comes sooner: the user sees text start quickly
     pre_speech_ms: int = 1000  # audio kept before the onset (soft starts, Whisper context)
     onset_ms: int = 64  # consecutive speech needed to open an utterance
     min_speech_ms: int = 250  # shorter blips are dropped
@@ -44,9 +45,11 @@ class Cut:
     final: bool
     utterance_id: int
     audio: np.ndarray  # float32, 16 kHz
-    start: float  # stream seconds
+    start: float  # stream seconds (includes pre-roll)
     end: float
     speech_end_wall: float
+    speech_start: float  # stream seconds of the onset
+    endpoint: Endpoint = Endpoint.NONE
 
 
 class UtteranceSegmenter:
@@ -58,7 +61,7 @@ class UtteranceSegmenter:
         self._max = cfg.frames(cfg.max_utterance_s * 1000)
         self._partial = cfg.frames(cfg.partial_every_ms)
         self._first_partial = cfg.frames(min(cfg.first_partial_ms, cfg.partial_every_ms))
-        self._onset = cfg.frames(cfg.onset_ms)
+        self._onset_frames = cfg.frames(cfg.onset_ms)
         self._min_speech = cfg.frames(cfg.min_speech_ms)
         self._pad = cfg.frames(cfg.tail_pad_ms) if cfg.tail_pad_ms else 0
         self._pending = np.zeros(0, dtype=np.float32)
@@ -73,6 +76,7 @@ class UtteranceSegmenter:
         self._walls: list[float] = []
         self._energy: list[float] = []
         self._start = 0  # absolute frame index of self._frames[0]
+        self._onset_at = 0  # absolute frame index where speech was detected
         self._last_speech = -1  # absolute frame index
         self._speech_frames = 0
         self._silence = 0
@@ -98,7 +102,7 @@ class UtteranceSegmenter:
             self._pending = np.zeros(0, dtype=np.float32)
             cuts.extend(self._frame(frame, wall))
         if self.state is not State.INACTIVE:
-            cuts.extend(self._finalise())
+            cuts.extend(self._finalise(Endpoint.STOP))
         return cuts
 
     # ------------------------------------------------------------------ machine
@@ -109,7 +113,7 @@ class UtteranceSegmenter:
         if self.state is State.INACTIVE:
             self._pre.append((frame, wall))
             self._onset_run = self._onset_run + 1 if speech else 0
-            if self._onset_run >= self._onset:
+            if self._onset_run >= self._onset_frames:
                 self._open(idx)
             return []
 
@@ -125,7 +129,7 @@ class UtteranceSegmenter:
         self._since_partial += 1
 
         if self._silence >= self._endpoint:
-            return self._finalise()
+            return self._finalise(Endpoint.SILENCE)
         if len(self._frames) >= self._max:
             return self._cut_at_quietest()
         due = self._first_partial if self._partials == 0 else self._partial
@@ -139,6 +143,7 @@ class UtteranceSegmenter:
         self.utterance_id += 1
         self._reset_utterance()
         self._start = idx - len(self._pre) + 1
+        self._onset_at = idx - self._onset_run + 1
         for frame, wall in self._pre:
             self._append(frame, wall)
         self._pre.clear()
@@ -153,7 +158,7 @@ class UtteranceSegmenter:
         self._walls.append(wall)
         self._energy.append(float(np.sqrt(np.mean(frame * frame)) + 1e-9))
 
-    def _cut(self, upto: int, final: bool, end_frame: int) -> Cut:
+    def _cut(self, upto: int, final: bool, end_frame: int, endpoint: Endpoint = Endpoint.NONE) -> Cut:
         audio = np.concatenate(self._frames[:upto]) if upto else np.zeros(0, dtype=np.float32)
         wall_idx = min(max(0, end_frame - 1 - self._start), len(self._walls) - 1)
         return Cut(
@@ -163,13 +168,15 @@ class UtteranceSegmenter:
             start=self._start * FRAME_S,
             end=end_frame * FRAME_S,
             speech_end_wall=self._walls[wall_idx],
+            speech_start=self._onset_at * FRAME_S,
+            endpoint=endpoint,
         )
 
-    def _finalise(self) -> list[Cut]:
+    def _finalise(self, endpoint: Endpoint) -> list[Cut]:
         """Close the utterance at its last speech frame (+ pad); trailing silence seeds pre-roll."""
         keep = min(len(self._frames), self._last_speech - self._start + 1 + self._pad)
         wanted = self._speech_frames >= self._min_speech or self._partials > 0
-        cuts = [self._cut(keep, final=True, end_frame=self._last_speech + 1)] if wanted else []
+        cuts = [self._cut(keep, final=True, end_frame=self._last_speech + 1, endpoint=endpoint)] if wanted else []
         for frame, wall in zip(self._frames[keep:], self._walls[keep:], strict=True):
             self._pre.append((frame, wall))
         self._reset_utterance()
@@ -185,7 +192,7 @@ class UtteranceSegmenter:
         lo = len(smooth) // 2
         split = lo + int(np.argmin(smooth[lo:]))
         split = max(1, min(split, len(self._frames) - 1))
-        head = self._cut(split, final=True, end_frame=self._start + split)
+        head = self._cut(split, final=True, end_frame=self._start + split, endpoint=Endpoint.MAX_DURATION)
         rest_frames = self._frames[split:]
         rest_walls = self._walls[split:]
         rest_energy = self._energy[split:]
@@ -197,6 +204,7 @@ class UtteranceSegmenter:
         self._reset_utterance()
         self._frames, self._walls, self._energy = rest_frames, rest_walls, rest_energy
         self._start = new_start
+        self._onset_at = new_start
         self._last_speech = max(last_speech, new_start)
         self._speech_frames = len(rest_frames)  # continuing speech: do not drop it as a blip
         self._since_partial = 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass
@@ -33,10 +34,13 @@ class SttSettings:
     model_cache: str = "~/.cache/tolk/models"
     device: str = "auto"
     compute_type: str = "auto"
-    cpu_threads: int = 2
-    batch_size: int = 8
+    cpu_threads: int = 0  # 0 = auto: cores / workers (oversubscribing cores hurts latency)
+    workers: int = 2
+    batch_size: int = 8  # finals per model call
+    # Partials per model call: a final that arrives mid-batch waits for it, so keep partial calls short.
+    partial_batch_size: int = 3
     beam_size: int = 1
-    partial_window_s: float = 10.0
+    partial_window_s: float = 6.0  # partials are provisional: a shorter encoder window is cheaper
     final_window_s: float = 0.0  # 0 = auto: full 30 s on CUDA, fitted (≥10 s) on CPU
     no_speech_threshold: float = 0.6
     logprob_threshold: float = -1.0
@@ -54,15 +58,18 @@ class SttActor(Actor):
         super().__init__(bus, runtime)
         self.cfg = cfg
         self.engine: WhisperEngine | None = None
-        self.executor = BoundedExecutor(workers=1, backlog=1, name="whisper")
+        # Two lanes, each one model call at a time: finals never wait for a partial batch to finish.
+        self.final_lane = BoundedExecutor(workers=1, backlog=0, name="whisper-final")
+        self.partial_lane = BoundedExecutor(workers=1, backlog=0, name="whisper-partial")
         self._finals: deque[Delivery[Segment]] = deque()
         self._partials: deque[Delivery[Segment]] = deque()
-        self._wake = asyncio.Event()
+        self._wake_final = asyncio.Event()
+        self._wake_partial = asyncio.Event()
         self._space = asyncio.Condition()
         self._stopping = False
         # (session, utterance) → newest partial seq transcribed, or -1 once finalised.
         self._progress: OrderedDict[tuple[str, int], int] = OrderedDict()
-        self._stats = {"batches": 0, "items": 0, "busy_s": 0.0, "audio_s": 0.0, "stale": 0}
+        self._stats: dict[str, float] = dict.fromkeys(("batches", "items", "busy_s", "audio_s", "stale"), 0.0)
         self._stats_at = time.monotonic()
         self._loops = {
             "final": PullLoop(bus.js, STREAM, "stt-final", Segment, self._enqueue_final, batch=cfg.batch_size),
@@ -74,17 +81,22 @@ class SttActor(Actor):
         options = WhisperOptions(
             device=self.cfg.device,
             compute_type=self.cfg.compute_type,
-            cpu_threads=self.cfg.cpu_threads,
+            cpu_threads=self.cfg.cpu_threads or max(1, (os.cpu_count() or 2) // self.cfg.workers),
+            workers=self.cfg.workers,
             beam_size=self.cfg.beam_size,
             no_speech_threshold=self.cfg.no_speech_threshold,
             logprob_threshold=self.cfg.logprob_threshold,
             compression_threshold=self.cfg.compression_threshold,
         )
-        self.engine = await self.executor.run(WhisperEngine, path, options)
+        self.engine = await self.final_lane.run(WhisperEngine, path, options)
         if self.cfg.final_window_s <= 0:
             self.cfg.final_window_s = 30.0 if self.engine.device == "cuda" else 10.0
         # Warm-up: the first call pays one-off allocation costs; keep them out of user latency.
-        await self.executor.run(self.engine.transcribe_batch, [SttRequest(np.zeros(16000, np.float32), "en")])
+        warm = [SttRequest(np.zeros(16000, np.float32), "en")]
+        await asyncio.gather(
+            self.final_lane.run(self.engine.transcribe_batch, warm),
+            self.partial_lane.run(self.engine.transcribe_batch, warm),
+        )
 
     # ------------------------------------------------------------------ intake
     async def _wait_space(self, queue: deque[Delivery[Segment]]) -> None:
@@ -93,43 +105,63 @@ class SttActor(Actor):
 
     async def _enqueue_final(self, items: list[Delivery[Segment]]) -> None:
         self._finals.extend(items)
-        self._wake.set()
+        self._wake_final.set()
         await self._wait_space(self._finals)
 
     async def _enqueue_partial(self, items: list[Delivery[Segment]]) -> None:
         self._partials.extend(items)
-        self._wake.set()
+        self._wake_partial.set()
         await self._wait_space(self._partials)
 
     # ------------------------------------------------------------------ work
     async def run(self) -> None:
         fetchers = [asyncio.create_task(loop.run(), name=f"stt.fetch.{k}") for k, loop in self._loops.items()]
+        lanes = [
+            asyncio.create_task(self._final_lane(), name="stt.finals"),
+            asyncio.create_task(self._partial_lane(), name="stt.partials"),
+        ]
         try:
-            while True:
-                if self._finals:
-                    batch = [self._finals.popleft() for _ in range(min(self.cfg.batch_size, len(self._finals)))]
-                    await self._transcribe(batch + self._first_partials(batch), self.cfg.final_window_s)
-                elif self._partials:
-                    batch = await self._fresh_partials()
-                    if batch:
-                        await self._transcribe(batch, self.cfg.partial_window_s)
-                elif self._stopping:
-                    break
-                else:
-                    self._wake.clear()
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), 1.0)
-                    continue
-                async with self._space:
-                    self._space.notify_all()
+            await asyncio.gather(*lanes)
         finally:
             for loop in self._loops.values():
                 loop.stop()
             async with self._space:
                 self._space.notify_all()
-            for task in fetchers:
+            for task in fetchers + lanes:
                 task.cancel()
-            await asyncio.gather(*fetchers, return_exceptions=True)
+            await asyncio.gather(*fetchers, *lanes, return_exceptions=True)
+
+    async def _idle(self, wake: asyncio.Event, queue: deque[Delivery[Segment]]) -> bool:
+        """Wait for this lane's work; False once draining and its queue is empty."""
+        if self._stopping and not queue:
+            return False
+        wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(wake.wait(), 1.0)
+        return True
+
+    async def _final_lane(self) -> None:
+        while True:
+            if self._finals:
+                batch = [self._finals.popleft() for _ in range(min(self.cfg.batch_size, len(self._finals)))]
+                firsts = self._first_partials(batch)
+                await self._transcribe(self.final_lane, batch + firsts, self.cfg.final_window_s)
+                await self._made_space()
+            elif not await self._idle(self._wake_final, self._finals):
+                return
+
+    async def _partial_lane(self) -> None:
+        while True:
+            batch = await self._fresh_partials() if self._partials else []
+            if batch:
+                await self._transcribe(self.partial_lane, batch, self.cfg.partial_window_s)
+                await self._made_space()
+            elif not self._partials and not await self._idle(self._wake_partial, self._partials):
+                return
+
+    async def _made_space(self) -> None:
+        async with self._space:
+            self._space.notify_all()
 
     def _first_partials(self, finals: list[Delivery[Segment]]) -> list[Delivery[Segment]]:
         """An utterance that never had a partial shown gets its newest one in the finals' call.
@@ -174,13 +206,15 @@ class SttActor(Actor):
                 session_id=d.msg.session_id, utterance_id=d.msg.utterance_id, seq=d.msg.seq,
                 kind=ResultKind.PARTIAL, partition=d.msg.partition, stale=True,
                 start=d.msg.start, end=d.msg.end, speech_end_wall=d.msg.speech_end_wall,
+                speech_start=d.msg.speech_start,
             ))
-        batch = list(newest.values())[: self.cfg.batch_size]
-        for d in list(newest.values())[self.cfg.batch_size :]:
+        # Oldest first: every session's partials advance, none starves behind chattier ones.
+        ordered = sorted(newest.values(), key=lambda d: d.msg.speech_end_wall)
+        for d in reversed(ordered[self.cfg.partial_batch_size :]):
             self._partials.appendleft(d)
-        return batch
+        return ordered[: self.cfg.partial_batch_size]
 
-    async def _transcribe(self, batch: list[Delivery[Segment]], window_s: float) -> None:
+    async def _transcribe(self, lane: BoundedExecutor, batch: list[Delivery[Segment]], window_s: float) -> None:
         assert self.engine is not None
         requests = [
             SttRequest(
@@ -192,7 +226,7 @@ class SttActor(Actor):
         ]
         began = time.monotonic()
         try:
-            results = await self.executor.run(self.engine.transcribe_batch, requests, window_s)
+            results = await lane.run(self.engine.transcribe_batch, requests, window_s)
             self._account(len(batch), time.monotonic() - began, sum(len(r.audio) for r in requests) / 16000)
         except Exception:
             log.exception("transcription of %d segment(s) failed; nak for redelivery", len(batch))
@@ -215,6 +249,7 @@ class SttActor(Actor):
                 kind=ResultKind.FINAL if final else ResultKind.PARTIAL, partition=seg.partition,
                 text=r.text, language=r.language, start=seg.start, end=seg.end, words=words,
                 speech_end_wall=seg.speech_end_wall, no_speech_prob=r.no_speech_prob, avg_logprob=r.avg_logprob,
+                speech_start=seg.speech_start, endpoint=seg.endpoint,
             ))
 
     def _account(self, items: int, busy: float, audio: float) -> None:
@@ -227,11 +262,11 @@ class SttActor(Actor):
         now = time.monotonic()
         if now - self._stats_at >= 30 and st["batches"]:
             log.info(
-                "stt: %d batches, %.1f segments/batch, busy %.0f%%, RTF %.3f, %d stale partials skipped",
+                "stt: %.0f batches, %.1f segments/batch, busy %.0f%%, RTF %.3f, %.0f stale partials skipped",
                 st["batches"], st["items"] / st["batches"], 100 * st["busy_s"] / (now - self._stats_at),
                 st["busy_s"] / max(st["audio_s"], 1e-9), st["stale"],
             )
-            self._stats = {k: 0 for k in st}  # type: ignore[misc]
+            self._stats = dict.fromkeys(st, 0.0)
             self._stats_at = now
 
     def _mark(self, seg: Segment, final: bool) -> None:
@@ -256,12 +291,14 @@ class SttActor(Actor):
         self._stopping = True
         for loop in self._loops.values():
             loop.stop()
-        self._wake.set()
+        self._wake_final.set()
+        self._wake_partial.set()
         async with self._space:
             self._space.notify_all()
 
     async def close(self) -> None:
-        self.executor.shutdown()
+        self.final_lane.shutdown()
+        self.partial_lane.shutdown()
 
 
 async def create(bus: Bus, runtime: RuntimeSettings) -> Actor:

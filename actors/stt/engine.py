@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -58,6 +58,7 @@ class WhisperOptions:
     device: str = "auto"  # auto | cpu | cuda
     compute_type: str = "auto"  # auto → int8 on CPU, float16 on CUDA
     cpu_threads: int = 2
+    workers: int = 2  # concurrent model calls (weights shared): finals never queue behind partials
     beam_size: int = 1
     no_speech_threshold: float = 0.6
     logprob_threshold: float = -1.0
@@ -84,20 +85,27 @@ class WhisperEngine:
             compute = "float16" if self.device == "cuda" else "int8"
         self.compute_type = compute
         self.model = WhisperModel(
-            str(model_dir), device=self.device, compute_type=compute, cpu_threads=opts.cpu_threads, num_workers=1
+            str(model_dir),
+            device=self.device,
+            compute_type=compute,
+            cpu_threads=opts.cpu_threads,
+            num_workers=opts.workers,
         )
         self.multilingual = bool(self.model.model.is_multilingual)
-        self._tokenizers: dict[str, object] = {}
+        self._tokenizers: dict[str, Any] = {}
         log.info("whisper %s on %s/%s (multilingual=%s)", model_dir, self.device, compute, self.multilingual)
 
-    def _tokenizer(self, language: str):  # type: ignore[no-untyped-def]
+    def _tokenizer(self, language: str) -> Any:
         from faster_whisper.tokenizer import Tokenizer
 
         key = language if self.multilingual else "en"
         tok = self._tokenizers.get(key)
         if tok is None:
             tok = Tokenizer(
-                self.model.hf_tokenizer, self.multilingual, task="transcribe", language=key if self.multilingual else None
+                self.model.hf_tokenizer,
+                self.multilingual,
+                task="transcribe",
+                language=key if self.multilingual else None,
             )
             self._tokenizers[key] = tok
         return tok
@@ -110,7 +118,7 @@ class WhisperEngine:
         return language in _LANGUAGE_CODES if self.multilingual else language == "en"
 
     def _mel(self, audio: np.ndarray) -> np.ndarray:
-        return self.model.feature_extractor(audio)[..., :-1]
+        return np.asarray(self.model.feature_extractor(audio)[..., :-1])
 
     @staticmethod
     def window_frames(longest_frames: int, window_s: float) -> int:
@@ -167,7 +175,8 @@ class WhisperEngine:
                 text, tokens = "", []
             tokens_out.append(tokens)
             results.append(SttResult(text, lang, float(out.no_speech_prob), float(avg_logprob), rejected=reason))
-        self._add_words(requests, results, tokens_out, tokenizers, encoded, frames, [pad_or_trim(m, width) for m in mels])
+        padded = [pad_or_trim(m, width) for m in mels]
+        self._add_words(requests, results, tokens_out, tokenizers, encoded, frames, padded)
         return results
 
     def _languages(self, requests: list[SttRequest], encoded: object) -> list[str]:
@@ -186,7 +195,7 @@ class WhisperEngine:
         requests: list[SttRequest],
         results: list[SttResult],
         tokens: list[list[int]],
-        tokenizers: list,  # type: ignore[type-arg]
+        tokenizers: list[Any],
         encoded: object,
         frames: list[int],
         mels: list[np.ndarray],
@@ -208,7 +217,7 @@ class WhisperEngine:
             else:  # a subset: re-encode just those items (CTranslate2 cannot slice encoder output)
                 source = self.model.encode(np.stack([mels[i] for i in idxs]))
             alignments = self.model.find_alignment(
-                tok, [tokens[i] for i in idxs], source, [frames[i] for i in idxs]  # type: ignore[arg-type]
+                tok, [tokens[i] for i in idxs], source, [frames[i] for i in idxs]
             )
             for i, alignment in zip(idxs, alignments, strict=True):
                 merge_punctuations(alignment, "\"'“¿([{-", "\"'.。,，!！?？:：”)]}、")

@@ -1,0 +1,250 @@
+"""Microphone benchmark: N concurrent real-time sessions of real speech through a real `tolk up`.
+
+    python -m loadtest.mic --sessions 1 2 4 6 8 [--seconds 60] [--clips en_jfk ...] [--url ws://...]
+
+Each session streams a long "microphone" made of corpus clips (1 s of silence between them, a
+different order per session) at real-time pace. Reports first-partial and final latency (p50/p95,
+from the client's own clock: when the audio left it → when the text arrived), corpus WER, CPU and
+RSS per actor process, and the largest N whose p95 final latency stays ≤ 2 s. The report is printed
+and saved under loadtest/reports/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+from loadtest.client import SessionRun, stream_pcm
+from loadtest.speech import Clip, clips
+from loadtest.wer import corpus_wer
+
+REPORTS = Path(__file__).resolve().parent / "reports"
+GOAL_P95_FINAL_S = 2.0
+
+
+@dataclass
+class Row:
+    sessions: int
+    audio_s: float
+    wer: float
+    first_partial_p50: float
+    first_partial_p95: float
+    final_p50: float
+    final_p95: float
+    finals: int
+    errors: int
+    cpu: dict[str, float]  # % of one core, per actor
+    rss_mib: dict[str, float]  # peak
+
+
+def pct(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+def mic_stream(cs: list[Clip], offset: int, seconds: float) -> tuple[bytes, str]:
+    """Clips in rotated order, joined with 1 s of silence, until `seconds` of audio."""
+    parts: list[bytes] = []
+    refs: list[str] = []
+    total = 0.0
+    i = offset
+    while total < seconds:
+        c = cs[i % len(cs)]
+        pcm, rate = c.pcm16()
+        assert rate == 16000
+        parts += [pcm, b"\x00\x00" * 16000]
+        refs.append(c.reference)
+        total += c.seconds + 1
+        i += 1
+    return b"".join(parts), " ".join(refs)
+
+
+class ActorSampler:
+    """CPU and peak RSS per actor process of a `tolk up` tree, sampled once a second."""
+
+    def __init__(self, root_pid: int) -> None:
+        self.root = psutil.Process(root_pid)
+        self.peak: dict[str, float] = {}
+        self.cpu0: dict[int, tuple[str, float]] = {}
+        self.t0 = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    def procs(self) -> dict[str, psutil.Process]:
+        out = {}
+        for p in [self.root, *self.root.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):
+                cmd = p.cmdline()
+                name = cmd[cmd.index("actor") + 1] if "actor" in cmd else (
+                    "nats-server" if "nats-server" in " ".join(cmd[:1]) else "supervisor")
+                out[name] = p
+        return out
+
+    def start(self) -> None:
+        self.t0 = time.monotonic()
+        for name, p in self.procs().items():
+            with contextlib.suppress(psutil.Error):
+                t = p.cpu_times()
+                self.cpu0[p.pid] = (name, t.user + t.system)
+        self._task = asyncio.create_task(self._sample())
+
+    async def _sample(self) -> None:
+        while True:
+            for name, p in self.procs().items():
+                with contextlib.suppress(psutil.Error):
+                    self.peak[name] = max(self.peak.get(name, 0.0), p.memory_info().rss / 2**20)
+            await asyncio.sleep(1.0)
+
+    async def stop(self) -> tuple[dict[str, float], dict[str, float]]:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        wall = time.monotonic() - self.t0
+        cpu = {}
+        for p in self.procs().values():
+            with contextlib.suppress(psutil.Error):
+                if p.pid in self.cpu0:
+                    name, before = self.cpu0[p.pid]
+                    t = p.cpu_times()
+                    cpu[name] = round(100 * (t.user + t.system - before) / wall, 1)
+        return cpu, {k: round(v, 1) for k, v in self.peak.items()}
+
+
+async def run_level(url: str, n: int, cs: list[Clip], seconds: float, sampler: ActorSampler | None) -> Row:
+    streams = [mic_stream(cs, i * 3, seconds) for i in range(n)]
+
+    async def one(i: int) -> SessionRun:
+        await asyncio.sleep(i * 0.37)  # staggered like real users, not in lockstep
+        pcm, _ = streams[i]
+        return await stream_pcm(url, pcm, 16000, pace=1.0, timeout=120)
+
+    if sampler:
+        sampler.start()
+    runs = await asyncio.gather(*(one(i) for i in range(n)))
+    cpu, rss = await sampler.stop() if sampler else ({}, {})
+    finals = [x for r in runs for x in r.final_latencies()]
+    firsts = [x for r in runs for x in r.first_partial_latencies()]
+    return Row(
+        sessions=n,
+        audio_s=round(sum(len(s[0]) / 32000 for s in streams), 1),
+        wer=round(corpus_wer([(ref, r.text()) for (_, ref), r in zip(streams, runs, strict=True)]), 4),
+        first_partial_p50=round(pct(firsts, 50), 3), first_partial_p95=round(pct(firsts, 95), 3),
+        final_p50=round(pct(finals, 50), 3), final_p95=round(pct(finals, 95), 3),
+        finals=len(finals), errors=sum(len(r.errors) + (not r.done) for r in runs),
+        cpu=cpu, rss_mib=rss,
+    )
+
+
+def start_tolk(data: Path, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = open(data / "tolk-up.log", "wb")
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "tolk"), "up", "--data-dir", str(data), "--port", str(port)],
+        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env},
+    )
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
+                if r.status == 200:
+                    return proc, f"ws://127.0.0.1:{port}/v1/listen"
+        if proc.poll() is not None:
+            break
+        time.sleep(0.5)
+    proc.kill()
+    raise SystemExit(f"tolk up did not become ready; see {data / 'tolk-up.log'}")
+
+
+def render(rows: list[Row], args: argparse.Namespace, machine: str) -> str:
+    held = [r.sessions for r in rows if r.final_p95 <= GOAL_P95_FINAL_S and r.errors == 0]
+    actors = sorted({k for r in rows for k in r.cpu} | {k for r in rows for k in r.rss_mib})
+    lines = [
+        "# Tolk microphone benchmark",
+        "",
+        f"- command: `python -m loadtest.mic {' '.join(sys.argv[1:])}`",
+        f"- machine: {machine}",
+        f"- model: {os.environ.get('TOLK_MODEL', 'tiny.en')}; each session streams ≈{args.seconds:.0f} s of real "
+        "speech at real-time pace",
+        "- latency is client-side: audio leaving the client → text arriving (final: from the end of speech, so it "
+        "includes the 500 ms endpoint silence)",
+        "",
+        "| sessions | WER | first partial p50 / p95 (s) | final p50 / p95 (s) | finals | errors |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(f"| {r.sessions} | {r.wer:.3f} | {r.first_partial_p50:.2f} / {r.first_partial_p95:.2f} | "
+                     f"{r.final_p50:.2f} / {r.final_p95:.2f} | {r.finals} | {r.errors} |")
+    lines += ["", "CPU (% of one core) and peak RSS (MiB) per process:", "",
+              "| sessions | " + " | ".join(actors) + " |", "|---:|" + "---:|" * len(actors)]
+    for r in rows:
+        cells = [f"{r.cpu.get(a, 0):.0f}% / {r.rss_mib.get(a, 0):.0f}" for a in actors]
+        lines.append(f"| {r.sessions} | " + " | ".join(cells) + " |")
+    lines += ["", f"Largest N with p95 final ≤ {GOAL_P95_FINAL_S:.0f} s and no errors: "
+              f"**{max(held) if held else 'none'}**", ""]
+    return "\n".join(lines)
+
+
+async def main_async(args: argparse.Namespace) -> int:
+    wanted = args.clips
+    cs = [c for c in clips("en") if not wanted or any(c.name.startswith(p) for p in wanted)]
+    if not cs:
+        raise SystemExit("no clips match")
+    proc = None
+    tmp = None
+    url = args.url
+    if url is None:
+        tmp = tempfile.TemporaryDirectory(prefix="tolk-bench-")
+        proc, url = start_tolk(Path(tmp.name), {})
+    rows = []
+    try:
+        for n in args.sessions:
+            sampler = ActorSampler(proc.pid) if proc else None
+            row = await run_level(url, n, cs, args.seconds, sampler)
+            print(f"sessions={n}: WER {row.wer:.3f}, final p50/p95 {row.final_p50:.2f}/{row.final_p95:.2f} s, "
+                  f"first partial p50/p95 {row.first_partial_p50:.2f}/{row.first_partial_p95:.2f} s", flush=True)
+            rows.append(row)
+    finally:
+        if proc:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=90)
+        if tmp:
+            tmp.cleanup()
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB"
+    report = render(rows, args, machine)
+    print("\n" + report)
+    REPORTS.mkdir(exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    (REPORTS / f"mic-{stamp}.md").write_text(report)
+    (REPORTS / "mic-latest.md").write_text(report)
+    (REPORTS / f"mic-{stamp}.json").write_text(json.dumps([asdict(r) for r in rows], indent=2))
+    return 0
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--sessions", type=int, nargs="+", default=[1, 2, 4, 6, 8])
+    p.add_argument("--seconds", type=float, default=60.0, help="audio per session")
+    p.add_argument("--clips", nargs="*", default=[], help="clip name prefixes (default: every English clip)")
+    p.add_argument("--url", default=None, help="benchmark a running edge instead of starting `tolk up`")
+    return asyncio.run(main_async(p.parse_args()))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
