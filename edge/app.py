@@ -31,7 +31,7 @@ class EdgeSettings:
     port: int = 8080
     max_frame_bytes: int = 1 << 20
     idle_timeout_s: float = 30.0
-    drain_timeout_s: float = 60.0  # after `stop`, how long to wait for the last final
+    stop_timeout_s: float = 60.0  # after `stop`, how long to wait for the last final
     result_queue: int = 256
     ws_heartbeat_s: float = 20.0
     shutdown_grace_s: float = 5.0
@@ -46,7 +46,7 @@ class Edge(Actor):
         self.partitions = topo.partitions
         self.instance = runtime.instance
         self.sessions: dict[str, ClientSession] = {}
-        self.limits = Limits(cfg.max_frame_bytes, cfg.idle_timeout_s, cfg.drain_timeout_s, cfg.result_queue)
+        self.limits = Limits(cfg.max_frame_bytes, cfg.idle_timeout_s, cfg.stop_timeout_s, cfg.result_queue)
         self.accepting = True
         self._stopped = asyncio.Event()
         self._no_sessions = asyncio.Event()
@@ -65,7 +65,10 @@ class Edge(Actor):
         self._runner = web.AppRunner(self.app, handle_signals=False, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.cfg.host, self.cfg.port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            raise SystemExit(f"edge: cannot listen on {self.cfg.host}:{self.cfg.port}: {exc.strerror}") from None
         log.info("edge listening on http://%s:%d", self.cfg.host, self.cfg.port)
 
     async def run(self) -> None:

@@ -52,7 +52,7 @@ class Phase(enum.Enum):
 class Limits:
     max_frame_bytes: int
     idle_timeout_s: float
-    drain_timeout_s: float
+    stop_timeout_s: float
     result_queue: int
 
 
@@ -119,7 +119,7 @@ class ClientSession:
     # ------------------------------------------------------------------ reading
     async def _read_loop(self) -> None:
         while self.phase is not Phase.CLOSED:
-            timeout = self.limits.drain_timeout_s if self.phase is Phase.DRAINING else self.limits.idle_timeout_s
+            timeout = self.limits.stop_timeout_s if self.phase is Phase.DRAINING else self.limits.idle_timeout_s
             try:
                 msg = await self.ws.receive(timeout=timeout)
             except TimeoutError:

@@ -135,3 +135,34 @@ async def stream_pcm(
             read_task.cancel()
         run.close_code = ws.close_code
     return run
+
+
+def main() -> None:
+    """`python -m loadtest.client FILE.wav [--url ...]`: stream a WAV like a microphone, print results."""
+    import argparse
+    import wave
+
+    p = argparse.ArgumentParser(description="stream a 16-bit PCM WAV file to Tolk at real-time pace")
+    p.add_argument("wav")
+    p.add_argument("--url", default="ws://127.0.0.1:8080/v1/listen")
+    p.add_argument("--language", default="en")
+    p.add_argument("--pace", type=float, default=1.0, help="1 = real time")
+    args = p.parse_args()
+    with wave.open(args.wav) as w:
+        if w.getsampwidth() != 2:
+            raise SystemExit("only 16-bit PCM WAV files")
+        rate, channels, frames = w.getframerate(), w.getnchannels(), w.readframes(w.getnframes())
+    if channels > 1:
+        import numpy as np
+
+        frames = np.frombuffer(frames, "<i2").reshape(-1, channels)[:, 0].tobytes()
+    run = asyncio.run(stream_pcm(args.url, frames, rate, pace=args.pace, language=args.language))
+    for r in run.results:
+        print(json.dumps(r, ensure_ascii=False))
+    for e in run.errors:
+        print(json.dumps(e, ensure_ascii=False))
+    print(f"# done={run.done} close={run.close_code}")
+
+
+if __name__ == "__main__":
+    main()

@@ -103,6 +103,17 @@ def test_quietly_recorded_speech_is_found(silero: SileroModel) -> None:
     assert f and f[0].end - f[0].start > 0.6 * c.seconds
 
 
+def test_quiet_speaker_after_a_loud_one_is_found(silero: SileroModel) -> None:
+    """Silero's recurrent state remembers loud audio; a pause must reset it (regression)."""
+    loud, quiet = samples(clip("en_fleurs_001")), samples(clip("en_fleurs_002"))
+    assert np.abs(loud).max() > 40 * np.abs(quiet).max()
+    audio = np.concatenate([loud, np.zeros(16000, np.float32), quiet])
+    offset = (len(loud) + 16000) / 16000
+    f = [c for c in finals(run(silero, audio)[0]) if c.end > offset]
+    covered = sum(c.end - max(c.start, offset) for c in f)
+    assert covered > 0.8 * len(quiet) / 16000
+
+
 def test_long_speech_is_capped_at_the_quietest_point(silero: SileroModel) -> None:
     audio = samples(clip("en_gb0_bush"))[: 16000 * 60]
     cfg = SegmenterConfig(max_utterance_s=6.0, endpoint_ms=2000)

@@ -27,3 +27,17 @@ async def test_up_with_external_nats(nats_url: str, tmp_path: Path) -> None:
     finally:
         stop_tolk(run)
     assert not (tmp_path / "data" / "jetstream").exists()
+
+
+def test_sigkilled_supervisor_leaves_no_orphans(tmp_path: Path) -> None:
+    """Children die with their parent (PDEATHSIG), so even `kill -9 tolk-up` leaves nothing behind."""
+    import psutil
+
+    run = start_tolk(tmp_path)
+    children = run.descendants()
+    assert any("nats-server" in " ".join(p.cmdline()) for p in children)
+    run.proc.kill()
+    run.proc.wait(timeout=10)
+    gone, alive = psutil.wait_procs(children, timeout=30)
+    assert not alive, f"orphans after SIGKILL: {[(p.pid, p.cmdline()) for p in alive]}"
+    assert len(gone) == len(children)

@@ -35,6 +35,7 @@ class SegmenterConfig:
     onset_ms: int = 64  # consecutive speech needed to open an utterance
     min_speech_ms: int = 250  # shorter blips are dropped
     tail_pad_ms: int = 200  # silence kept after the last speech frame
+    vad_reset_ms: int = 1000  # a pause this long resets the VAD's recurrent state
 
     def frames(self, ms: float) -> int:
         return max(1, round(ms / 1000 / FRAME_S))
@@ -64,6 +65,8 @@ class UtteranceSegmenter:
         self._onset_frames = cfg.frames(cfg.onset_ms)
         self._min_speech = cfg.frames(cfg.min_speech_ms)
         self._pad = cfg.frames(cfg.tail_pad_ms) if cfg.tail_pad_ms else 0
+        self._reset_after = cfg.frames(cfg.vad_reset_ms)
+        self._quiet_run = 0  # consecutive non-speech frames while INACTIVE
         self._pending = np.zeros(0, dtype=np.float32)
         self._n = 0  # frames consumed so far (stream clock)
         self._pre: deque[tuple[np.ndarray, float]] = deque(maxlen=cfg.frames(cfg.pre_speech_ms))
@@ -113,6 +116,9 @@ class UtteranceSegmenter:
         if self.state is State.INACTIVE:
             self._pre.append((frame, wall))
             self._onset_run = self._onset_run + 1 if speech else 0
+            self._quiet_run = 0 if speech else self._quiet_run + 1
+            if self._quiet_run == self._reset_after:
+                self.vad.reset()
             if self._onset_run >= self._onset_frames:
                 self._open(idx)
             return []

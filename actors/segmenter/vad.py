@@ -25,6 +25,9 @@ class VadStream(Protocol):
 
     def speech(self, frame: np.ndarray, active: bool) -> bool: ...
 
+    def reset(self) -> None:
+        """Forget recurrent context (called after a long pause)."""
+
 
 class Vote(enum.StrEnum):
     AND = "and"  # both must hear speech (rejects noise; may clip soft onsets)
@@ -64,6 +67,9 @@ class WebRtcStream:
         x = self._agc(frame) if self._agc else frame
         pcm = (np.clip(x[:_WEBRTC_SAMPLES], -1.0, 1.0) * 32767).astype("<i2").tobytes()
         return bool(self._vad.is_speech(pcm, SAMPLE_RATE))
+
+    def reset(self) -> None:
+        pass  # stateless per frame; the gain keeps tracking the level
 
 
 class SileroModel:
@@ -105,6 +111,12 @@ class SileroStream:
         self.last_probability = prob
         return prob >= (self._continue if active else self._threshold)
 
+    def reset(self) -> None:
+        # Silero's state carries the level of earlier audio: after a loud speaker it misses a quiet one
+        # (measured: 22% of speech frames found instead of 86%). A pause is a safe point to forget.
+        self._state = np.zeros((2, 1, 128), dtype=np.float32)
+        self._context = np.zeros(_SILERO_CONTEXT, dtype=np.float32)
+
 
 class DualVad:
     """Both detectors always run (so each keeps its state); the vote decides."""
@@ -128,6 +140,10 @@ class DualVad:
                 return w
             case Vote.HYSTERESIS:
                 return (w or s) if active else (w and s)
+
+    def reset(self) -> None:
+        self._webrtc.reset()
+        self._silero.reset()
 
 
 def bundled_silero_path() -> Path:
