@@ -71,6 +71,9 @@ class Segment(_Msg, frozen=True):
     session_id: str
     utterance_id: int
     seq: int  # per-session order of everything the segmenter emits
+    # Finals are numbered 1, 2, 3... per session; a partial carries the number its utterance's final
+    # will get. Fan-out orders finals by it and shows a partial only once every earlier final is out.
+    final_index: int
     kind: SegmentKind
     audio: bytes  # int16 little-endian, 16 kHz, mono
     start: float  # stream seconds
@@ -90,11 +93,15 @@ class Word(msgspec.Struct, frozen=True):
 
 
 class Transcript(_Msg, frozen=True):
-    """STT output, or the segmenter's END marker (``tolk.transcript.<partition>.<session>``)."""
+    """STT output, or the segmenter's END marker (``tolk.transcript.<partition>.<session>``).
+
+    STT publishes every final, and the partials it transcribes; superseded partials are acked unseen.
+    """
 
     session_id: str
     utterance_id: int
     seq: int
+    final_index: int  # see Segment; END carries the number of finals + 1
     kind: ResultKind
     partition: int
     text: str = ""
@@ -103,9 +110,6 @@ class Transcript(_Msg, frozen=True):
     end: float = 0.0
     words: tuple[Word, ...] = ()
     speech_end_wall: float = 0.0
-    # True when STT skipped a partial superseded by a newer window of the same utterance.
-    # Published anyway so fan-out can advance its ordering without waiting for a gap.
-    stale: bool = False
     no_speech_prob: float = 0.0
     avg_logprob: float = 0.0
     speech_start: float = 0.0

@@ -1,25 +1,57 @@
-"""Fan-out ordering: released strictly by seq, partial never after its final, gaps bounded."""
+"""Fan-out ordering: finals strictly by final_index, partials never block, never after their final."""
 
 from __future__ import annotations
 
 from actors.fanout.ordering import SessionOrder, stable_prefix
 from schemas import ResultKind, Transcript
 
-
-def t(seq: int, utt: int, kind: ResultKind, text: str = "", stale: bool = False) -> Transcript:
-    return Transcript(session_id="s", utterance_id=utt, seq=seq, kind=kind, partition=0, text=text, stale=stale)
-
-
 P, F, E = ResultKind.PARTIAL, ResultKind.FINAL, ResultKind.END
 
 
-def test_out_of_order_is_released_in_order() -> None:
+def t(seq: int, utt: int, kind: ResultKind, text: str = "", fi: int | None = None) -> Transcript:
+    # In these scenarios utterance n's final is the n-th final of the session.
+    return Transcript(session_id="s", utterance_id=utt, seq=seq, final_index=fi or utt, kind=kind, partition=0,
+                      text=text)
+
+
+def seqs(out: list) -> list[int]:  # type: ignore[type-arg]
+    return [r.seq for r in out]
+
+
+def test_finals_are_released_in_order() -> None:
     o = SessionOrder("s")
-    assert o.offer(t(3, 1, F, "hello world"), 0) == []
-    assert o.offer(t(2, 1, P, "hello wor"), 0) == []
-    out = o.offer(t(1, 1, P, "hello"), 0)
-    assert [r.seq for r in out] == [1, 2, 3]
-    assert [r.kind for r in out] == [P, P, F]
+    assert o.offer(t(6, 2, F, "second"), 0) == []
+    out = o.offer(t(3, 1, F, "first"), 0)
+    assert seqs(out) == [3, 6] and [r.kind for r in out] == [F, F]
+
+
+def test_partials_do_not_wait_for_missing_partials() -> None:
+    o = SessionOrder("s")
+    # seq 1 and 2 (older partials) were superseded in STT and never published: nothing waits for them
+    assert seqs(o.offer(t(3, 1, P, "hello wor"), 0)) == [3]
+    assert seqs(o.offer(t(4, 1, F, "hello world"), 0)) == [4]
+
+
+def test_older_partial_is_dropped() -> None:
+    o = SessionOrder("s")
+    o.offer(t(3, 1, P, "the cat sat"), 0)
+    assert o.offer(t(2, 1, P, "the cat"), 0) == []
+
+
+def test_partial_never_follows_its_final() -> None:
+    o = SessionOrder("s")
+    o.offer(t(4, 1, F, "done"), 0)
+    assert o.offer(t(3, 1, P, "late partial"), 0) == []
+    assert o.offer(t(4, 1, F, "done"), 0) == []  # redelivered final
+
+
+def test_partial_of_next_utterance_waits_for_earlier_final() -> None:
+    o = SessionOrder("s")
+    assert o.offer(t(5, 2, P, "next one"), 0) == []  # final 1 not out yet: held
+    assert o.offer(t(6, 2, P, "next one two"), 0) == []  # newer replaces the held one
+    out = o.offer(t(4, 1, F, "first"), 0)
+    assert seqs(out) == [4, 6]
+    assert out[1].text == "next one two"
 
 
 def test_stable_text_is_agreed_prefix() -> None:
@@ -31,39 +63,27 @@ def test_stable_text_is_agreed_prefix() -> None:
     assert stable_prefix("a b c", "a x c") == "a"
 
 
-def test_stale_and_empty_partials_are_skipped_but_advance() -> None:
+def test_empty_partials_and_silent_finals() -> None:
     o = SessionOrder("s")
-    out = o.offer(t(1, 1, P, stale=True), 0) + o.offer(t(2, 1, P, ""), 0) + o.offer(t(3, 1, F, "ok"), 0)
-    assert [(r.seq, r.kind) for r in out] == [(3, F)]
+    assert o.offer(t(1, 1, P, ""), 0) == []
+    assert o.offer(t(2, 1, F, ""), 0) == []  # nothing shown, nothing said
+    o.offer(t(3, 2, P, "uh"), 0)
+    cleared = o.offer(t(4, 2, F, ""), 0)
+    assert len(cleared) == 1 and cleared[0].text == ""  # clears the shown partial
 
 
-def test_partial_never_follows_final_and_duplicates_dropped() -> None:
+def test_end_comes_after_every_final() -> None:
     o = SessionOrder("s")
-    o.offer(t(1, 1, F, "done"), 0)
-    assert o.offer(t(1, 1, F, "done"), 0) == []  # redelivery
-    # A (buggy or replayed) partial of a finalised utterance is never shown.
-    o.next_seq = 2
-    assert o.offer(t(2, 1, P, "late partial"), 0) == []
+    assert o.offer(t(9, 2, E, fi=3), 0) == []
+    assert o.offer(t(8, 2, F, "two"), 0) == []
+    out = o.offer(t(4, 1, F, "one"), 0)
+    assert [r.kind for r in out] == [F, F, E]
+    assert o.ended and o.offer(t(10, 3, F, "after end", fi=3), 0) == []
 
 
-def test_empty_final_clears_a_shown_partial_only() -> None:
+def test_missing_final_is_skipped_after_timeout() -> None:
     o = SessionOrder("s")
-    o.offer(t(1, 1, P, "uh"), 0)
-    cleared = o.offer(t(2, 1, F, ""), 0)
-    assert len(cleared) == 1 and cleared[0].text == ""
-    assert o.offer(t(3, 2, F, ""), 0) == []  # nothing shown, nothing said
-
-
-def test_end_closes_session() -> None:
-    o = SessionOrder("s")
-    out = o.offer(t(2, 1, E), 0) + o.offer(t(1, 1, F, "last"), 0)
-    assert [r.kind for r in out] == [F, E]
-    assert o.ended and o.offer(t(3, 2, F, "after end"), 0) == []
-
-
-def test_gap_is_skipped_after_timeout() -> None:
-    o = SessionOrder("s")
-    assert o.offer(t(2, 1, F, "two"), now=100.0) == []
+    assert o.offer(t(6, 2, F, "two"), now=100.0) == []
     assert o.skip_gap(now=105.0, timeout=10) == []
-    out = o.skip_gap(now=110.5, timeout=10)
-    assert [r.seq for r in out] == [2]
+    assert seqs(o.skip_gap(now=110.5, timeout=10)) == [6]
+    assert o.offer(t(3, 1, F, "one, too late"), now=111) == []

@@ -60,8 +60,8 @@ async def test_pull_loop_terminates_garbage_and_keeps_serving(bus: Bus) -> None:
 
     partition = 7
     subject = f"tolk.transcript.{partition}.garbage-test"
-    good = Transcript(session_id="garbage-test", utterance_id=1, seq=1, kind=ResultKind.FINAL, partition=partition,
-                      text="still alive")
+    good = Transcript(session_id="garbage-test", utterance_id=1, seq=1, final_index=1, kind=ResultKind.FINAL,
+                      partition=partition, text="still alive")
     await bus.js.publish(subject, b"\x00\xffnot msgpack")
     await bus.js.publish(subject, encode(good))
     await bus.js.publish(subject, b"")
@@ -90,7 +90,7 @@ async def test_handler_failure_naks_for_redelivery(bus: Bus) -> None:
             await d.raw.ack()
 
     partition = 6
-    t = Transcript(session_id="flaky", utterance_id=1, seq=1, kind=ResultKind.FINAL, partition=partition)
+    t = Transcript(session_id="flaky", utterance_id=1, seq=1, final_index=1, kind=ResultKind.FINAL, partition=partition)
     await bus.js.publish(f"tolk.transcript.{partition}.flaky", encode(t))
     loop = PullLoop(bus.js, "TOLK_TRANSCRIPTS", f"fanout-p{partition}", Transcript, flaky, fetch_timeout=0.5)
     task = asyncio.create_task(loop.run())

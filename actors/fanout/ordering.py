@@ -1,8 +1,10 @@
-"""Per-session reorder buffer: pure logic, no NATS, unit-tested on its own.
+"""Per-session result ordering: pure logic, no NATS, unit-tested on its own.
 
-STT replicas finish out of order; the segmenter numbers everything it emits (`seq`), STT publishes
-a result for every seq (stale partials too), so the buffer can release a gap-free run. A gap that
-outlives `gap_timeout` is skipped so one lost message cannot stall a session forever.
+Finals (and the END marker) carry a gap-free per-session `final_index` and are released strictly in
+that order. Partials never hold anything up: one is shown only when every earlier final is out and
+it is newer than anything shown; otherwise it is dropped (or, if earlier finals are still missing,
+the newest is held). So a client sees `seq` increasing and never a partial after its final. A final
+missing for `gap_timeout` (never expected: JetStream redelivers) is skipped so a session cannot stall.
 """
 
 from __future__ import annotations
@@ -24,60 +26,68 @@ def stable_prefix(previous: str, current: str) -> str:
 @dataclass
 class SessionOrder:
     session_id: str
-    next_seq: int = 1
-    pending: dict[int, Transcript] = field(default_factory=dict)
+    next_final: int = 1
+    last_seq: int = 0  # highest seq delivered
+    finals: dict[int, Transcript] = field(default_factory=dict)  # waiting, by final_index
+    held: Transcript | None = None  # newest partial waiting for earlier finals
     waiting_since: float | None = None
-    last_partial: dict[int, str] = field(default_factory=dict)  # utterance → last partial text
-    finalised: set[int] = field(default_factory=set)
+    last_partial: dict[int, str] = field(default_factory=dict)  # utterance → partial text shown
     ended: bool = False
     touched: float = 0.0
 
     def offer(self, t: Transcript, now: float) -> list[ClientResult]:
         self.touched = now
-        if t.seq < self.next_seq or self.ended:
-            return []  # duplicate (redelivery) or after END
-        self.pending[t.seq] = t
+        if self.ended or t.final_index < self.next_final:
+            return []  # after END, or a duplicate / a partial whose final is already out
+        if t.kind is ResultKind.PARTIAL:
+            if t.final_index > self.next_final:
+                if self.held is None or self.held.seq < t.seq:
+                    self.held = t
+                return []
+            return self._partial(t)
+        self.finals[t.final_index] = t
         return self._release(now)
 
     def skip_gap(self, now: float, timeout: float) -> list[ClientResult]:
-        if not self.pending or self.waiting_since is None or now - self.waiting_since < timeout:
+        if not self.finals or self.waiting_since is None or now - self.waiting_since < timeout:
             return []
-        self.next_seq = min(self.pending)
+        self.next_final = min(self.finals)
         return self._release(now)
 
     def _release(self, now: float) -> list[ClientResult]:
         out: list[ClientResult] = []
-        while self.next_seq in self.pending:
-            t = self.pending.pop(self.next_seq)
-            self.next_seq += 1
-            result = self._present(t)
-            if result is not None:
-                out.append(result)
-            if t.kind is ResultKind.END:
-                self.ended = True
-                self.pending.clear()
-                break
-        self.waiting_since = now if self.pending else None
+        while self.next_final in self.finals and not self.ended:
+            t = self.finals.pop(self.next_final)
+            self.next_final += 1
+            out.extend(self._final(t))
+        if self.held is not None and not self.ended:
+            held, self.held = self.held, None
+            if held.final_index == self.next_final:
+                out.extend(self._partial(held))
+            elif held.final_index > self.next_final:
+                self.held = held
+        self.waiting_since = now if self.finals and not self.ended else None
         return out
 
-    def _present(self, t: Transcript) -> ClientResult | None:
+    def _partial(self, t: Transcript) -> list[ClientResult]:
+        if t.seq <= self.last_seq or not t.text:
+            return []
+        stable = stable_prefix(self.last_partial.get(t.utterance_id, ""), t.text)
+        self.last_partial[t.utterance_id] = t.text
+        return [self._emit(t, t.text, stable)]
+
+    def _final(self, t: Transcript) -> list[ClientResult]:
         if t.kind is ResultKind.END:
-            return self._result(t, "", "")
-        if t.utterance_id in self.finalised:
-            return None  # a partial never follows its final
-        if t.kind is ResultKind.PARTIAL:
-            if t.stale or not t.text:
-                return None
-            stable = stable_prefix(self.last_partial.get(t.utterance_id, ""), t.text)
-            self.last_partial[t.utterance_id] = t.text
-            return self._result(t, t.text, stable)
-        self.finalised.add(t.utterance_id)
+            self.ended = True
+            self.finals.clear()
+            return [self._emit(t, "", "")]
         had_partial = self.last_partial.pop(t.utterance_id, None) is not None
         if not t.text and not had_partial:
-            return None  # nothing was shown and nothing was said: stay silent
-        return self._result(t, t.text, t.text)  # an empty final clears a shown partial
+            return []  # nothing was shown and nothing was said: stay silent
+        return [self._emit(t, t.text, t.text)]  # an empty final clears a shown partial
 
-    def _result(self, t: Transcript, text: str, stable: str) -> ClientResult:
+    def _emit(self, t: Transcript, text: str, stable: str) -> ClientResult:
+        self.last_seq = max(self.last_seq, t.seq)
         return ClientResult(
             session_id=t.session_id, utterance_id=t.utterance_id, seq=t.seq, kind=t.kind,
             text=text, stable_text=stable, language=t.language, start=t.start, end=t.end,

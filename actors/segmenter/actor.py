@@ -47,6 +47,7 @@ class SessionState:
         self.resampler = Resampler(chunk.sample_rate)
         self.segmenter = seg
         self.seq = 0
+        self.finals = 0
         self.last_chunk = 0
         self.touched = time.monotonic()
         self.ended = False
@@ -138,7 +139,7 @@ class SegmenterActor(Actor):
             await self.bus.publish(
                 f"tolk.transcript.{partition}.{state.session_id}",
                 Transcript(session_id=state.session_id, utterance_id=state.segmenter.utterance_id,
-                           seq=state.seq, kind=ResultKind.END, partition=partition),
+                           seq=state.seq, final_index=state.finals + 1, kind=ResultKind.END, partition=partition),
                 msg_id=f"{state.session_id}:{state.seq}",
             )
             self.sessions.pop(state.session_id, None)
@@ -155,8 +156,12 @@ class SegmenterActor(Actor):
     async def _emit(self, state: SessionState, cut: Cut) -> None:
         state.seq += 1
         kind = SegmentKind.FINAL if cut.final else SegmentKind.PARTIAL
+        final_index = state.finals + 1
+        if cut.final:
+            state.finals += 1
         seg = Segment(
-            session_id=state.session_id, utterance_id=cut.utterance_id, seq=state.seq, kind=kind,
+            session_id=state.session_id, utterance_id=cut.utterance_id, seq=state.seq,
+            final_index=final_index, kind=kind,
             audio=to_int16_bytes(cut.audio), start=round(cut.start, 3), end=round(cut.end, 3),
             language=state.language, speech_end_wall=cut.speech_end_wall, partition=state.partition,
             speech_start=round(cut.speech_start, 3), endpoint=cut.endpoint,

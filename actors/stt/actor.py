@@ -144,8 +144,8 @@ class SttActor(Actor):
         while True:
             if self._finals:
                 batch = [self._finals.popleft() for _ in range(min(self.cfg.batch_size, len(self._finals)))]
-                firsts = self._first_partials(batch)
-                await self._transcribe(self.final_lane, batch + firsts, self.cfg.final_window_s)
+                firsts = self._first_partials(batch)  # published before their finals, so they are shown
+                await self._transcribe(self.final_lane, firsts + batch, self.cfg.final_window_s)
                 await self._made_space()
             elif not await self._idle(self._wake_final, self._finals):
                 return
@@ -201,13 +201,9 @@ class SttActor(Actor):
                 stale.append(prev)
             newest[key] = d
         self._stats["stale"] += len(stale)
-        for d in stale:
-            await self._publish(d, Transcript(
-                session_id=d.msg.session_id, utterance_id=d.msg.utterance_id, seq=d.msg.seq,
-                kind=ResultKind.PARTIAL, partition=d.msg.partition, stale=True,
-                start=d.msg.start, end=d.msg.end, speech_end_wall=d.msg.speech_end_wall,
-                speech_start=d.msg.speech_start,
-            ))
+        for d in stale:  # superseded: nothing waits for it, so it is settled without a transcript
+            with contextlib.suppress(Exception):
+                await d.raw.ack()
         # Oldest first: every session's partials advance, none starves behind chattier ones.
         ordered = sorted(newest.values(), key=lambda d: d.msg.speech_end_wall)
         for d in reversed(ordered[self.cfg.partial_batch_size :]):
@@ -245,7 +241,7 @@ class SttActor(Actor):
                 for w in r.words
             )
             await self._publish(d, Transcript(
-                session_id=seg.session_id, utterance_id=seg.utterance_id, seq=seg.seq,
+                session_id=seg.session_id, utterance_id=seg.utterance_id, seq=seg.seq, final_index=seg.final_index,
                 kind=ResultKind.FINAL if final else ResultKind.PARTIAL, partition=seg.partition,
                 text=r.text, language=r.language, start=seg.start, end=seg.end, words=words,
                 speech_end_wall=seg.speech_end_wall, no_speech_prob=r.no_speech_prob, avg_logprob=r.avg_logprob,
