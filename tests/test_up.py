@@ -11,9 +11,10 @@ from loadtest.speech import clips
 from loadtest.wer import corpus_wer
 from tests.conftest import start_tolk, stop_tolk
 
-pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.e2e]
+pytestmark = pytest.mark.e2e
 
 
+@pytest.mark.asyncio(loop_scope="session")
 async def test_up_with_external_nats(nats_url: str, tmp_path: Path) -> None:
     run = start_tolk(tmp_path, ["--nats-url", nats_url])
     try:

@@ -88,7 +88,8 @@ class PullLoop(Generic[T]):
             while not self._stopping.is_set():
                 try:
                     items = await self.fetch(sub, self.batch, self.fetch_timeout)
-                except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError):
+                except nats.errors.Error as exc:  # reconnecting, JetStream failing over: wait, retry
+                    log.warning("%s: fetch failed (%s); retrying", self.durable, exc)
                     await asyncio.sleep(0.5)
                     continue
                 if items:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from actors.runtime import settings, topology
@@ -50,7 +51,6 @@ class SessionState:
         self.finals = 0
         self.last_chunk = 0
         self.touched = time.monotonic()
-        self.ended = False
 
 
 class SegmenterActor(Actor):
@@ -63,6 +63,7 @@ class SegmenterActor(Actor):
         self.partitions = owned_partitions(topo.partitions, runtime.replicas, runtime.replica_index)
         self.executor = BoundedExecutor(workers=cfg.workers, backlog=len(self.partitions), name="vad")
         self.sessions: dict[str, SessionState] = {}
+        self.ended: OrderedDict[str, None] = OrderedDict()  # recently finished: late chunks are acked, unused
         self.silero: SileroModel | None = None
         self.seg_config = SegmenterConfig(
             endpoint_ms=cfg.endpoint_ms,
@@ -120,8 +121,11 @@ class SegmenterActor(Actor):
 
     async def _chunk(self, d: Delivery[AudioChunk], partition: int) -> None:
         chunk = d.msg
+        if chunk.session_id in self.ended:
+            await d.raw.ack()
+            return
         state = self._state(chunk, partition)
-        if state.ended or chunk.chunk_seq <= state.last_chunk:
+        if chunk.chunk_seq <= state.last_chunk:
             await d.raw.ack()  # redelivery of something already applied
             return
         if chunk.sample_rate != state.sample_rate:
@@ -134,7 +138,6 @@ class SegmenterActor(Actor):
         for cut in cuts:
             await self._emit(state, cut)
         if chunk.end:
-            state.ended = True
             state.seq += 1
             await self.bus.publish(
                 f"tolk.transcript.{partition}.{state.session_id}",
@@ -143,6 +146,9 @@ class SegmenterActor(Actor):
                 msg_id=f"{state.session_id}:{state.seq}",
             )
             self.sessions.pop(state.session_id, None)
+            self.ended[state.session_id] = None
+            while len(self.ended) > 10_000:
+                self.ended.popitem(last=False)
         await d.raw.ack()
 
     @staticmethod
