@@ -66,6 +66,7 @@ class FanoutActor(Actor):
             order = self.sessions.get(t.session_id)
             if order is None:
                 order = self.sessions[t.session_id] = SessionOrder(t.session_id)
+                log.info("%s: routing results (partition %d)", t.session_id, t.partition)
             await self._deliver(order, order.offer(t, now))
             await d.raw.ack()
 

@@ -117,6 +117,8 @@ class SegmenterActor(Actor):
             )
             state = SessionState(chunk, UtteranceSegmenter(vad, self.seg_config), partition)
             self.sessions[chunk.session_id] = state
+            log.info("%s: new session on partition %d (%d Hz %s)", chunk.session_id, partition,
+                     chunk.sample_rate, chunk.encoding.value)
         return state
 
     async def _chunk(self, d: Delivery[AudioChunk], partition: int) -> None:
