@@ -20,7 +20,7 @@ from actors.runtime import topology
 from actors.runtime.actor import HEARTBEAT_BUCKET
 from actors.runtime.bus import Bus
 from actors.runtime.embedded import EmbeddedNats, die_with_parent
-from schemas import ActorHeartbeat, DecodeError, decode
+from schemas import ActorHeartbeat, decode
 
 log = logging.getLogger("tolk.up")
 
@@ -117,7 +117,7 @@ class Supervisor:
                         beat = decode(entry.value, ActorHeartbeat)
                         if beat.ready and beat.pid in pids:
                             ready.add(beat.actor)
-            except (DecodeError, Exception):  # no keys yet
+            except Exception:  # no keys yet, or a heartbeat from another schema version
                 pass
             if ready >= set(PIPELINE):
                 return True

@@ -66,10 +66,6 @@ class SessionRun:
                 first[u] = (at, r["speech_start"])
         return [at - self.sent_wall(onset) for at, onset in first.values()]
 
-    @property
-    def cap_cuts(self) -> int:
-        return sum(r.get("endpoint") == "max_duration" for r in self.finals)
-
 
 async def stream_pcm(
     url: str,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import socket
@@ -117,7 +116,3 @@ def tolk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     run = start_tolk(tmp_path_factory.mktemp("tolk"))
     yield run
     stop_tolk(run)
-
-
-def run_async(coro):  # type: ignore[no-untyped-def]
-    return asyncio.get_event_loop().run_until_complete(coro)

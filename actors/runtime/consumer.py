@@ -28,10 +28,6 @@ class Delivery(Generic[T]):
         self.msg = msg
         self.raw = raw
 
-    @property
-    def redelivered(self) -> bool:
-        return self.raw.metadata.num_delivered > 1
-
 
 Handler = Callable[[list[Delivery[T]]], Awaitable[None]]
 

@@ -35,7 +35,3 @@ def load(cls: type[T], env: dict[str, str] | None = None, **overrides: Any) -> T
         return msgspec.convert(values, cls, strict=False)
     except msgspec.ValidationError as exc:
         raise SettingsError(f"invalid setting: {exc}") from exc
-
-
-def env_names(cls: type[Any]) -> list[str]:
-    return [ENV_PREFIX + f.name.upper() for f in fields(cls)]

@@ -17,7 +17,7 @@ from actors.runtime.actor import Actor, RuntimeSettings
 from actors.runtime.bus import Bus
 from actors.runtime.consumer import Delivery, PullLoop
 from actors.runtime.executor import BoundedExecutor
-from actors.stt.engine import SttRequest, WhisperEngine, WhisperOptions
+from actors.stt.engine import SpeechToText, SttRequest, WhisperEngine, WhisperOptions
 from actors.stt.models import resolve
 from schemas import ResultKind, Segment, SegmentKind, Transcript, Word
 
@@ -57,7 +57,7 @@ class SttActor(Actor):
     def __init__(self, bus: Bus, runtime: RuntimeSettings, cfg: SttSettings) -> None:
         super().__init__(bus, runtime)
         self.cfg = cfg
-        self.engine: WhisperEngine | None = None
+        self.engine: SpeechToText | None = None
         # Two lanes, each one model call at a time: finals never wait for a partial batch to finish.
         self.final_lane = BoundedExecutor(workers=1, backlog=0, name="whisper-final")
         self.partial_lane = BoundedExecutor(workers=1, backlog=0, name="whisper-partial")

@@ -48,9 +48,12 @@ class SttResult:
 
 
 class SpeechToText(Protocol):
-    multilingual: bool
+    """What the STT actor needs of an engine: one blocking call per batch, any mix of sessions."""
 
-    def transcribe_batch(self, requests: list[SttRequest]) -> list[SttResult]: ...
+    multilingual: bool
+    device: str
+
+    def transcribe_batch(self, requests: list[SttRequest], window_s: float = 30.0) -> list[SttResult]: ...
 
 
 @dataclass(frozen=True)
