@@ -45,6 +45,17 @@ def test_batch_equals_singles(tiny: WhisperEngine) -> None:
     assert batched == single
 
 
+def test_words_in_a_batch_mixing_finals_and_partials(tiny: WhisperEngine) -> None:
+    """A final batched with a partial (first partials ride with finals) gets the same word timings."""
+    final, partial = audio(clip("en_jfk")), audio(clip("en_fleurs_003"))[: 16000 * 2]
+    alone = tiny.transcribe_batch([SttRequest(final, "en", True)], window_s=10)[0]
+    mixed = tiny.transcribe_batch([SttRequest(partial, "en", False), SttRequest(final, "en", True)], window_s=10)
+    assert mixed[0].words == [] and mixed[0].text
+    assert mixed[1].text == alone.text
+    assert [w.word for w in mixed[1].words] == [w.word for w in alone.words]
+    assert all(abs(a.start - b.start) < 0.05 for a, b in zip(mixed[1].words, alone.words, strict=True))
+
+
 def test_fitted_window_keeps_accuracy(tiny: WhisperEngine) -> None:
     cs = [c for c in clips("en") if c.seconds < 14]
     pairs = [(c.reference, tiny.transcribe_batch([SttRequest(audio(c), "en")], window_s=10)[0].text) for c in cs]
@@ -81,7 +92,10 @@ def test_base_model_is_assembled_and_multilingual(tmp_path: Path) -> None:
     assert engine.multilingual
     de = clip("de_fleurs_001")
     en = clip("en_jfk")
-    out = engine.transcribe_batch([SttRequest(audio(de), "auto"), SttRequest(audio(en), "auto")])
+    out = engine.transcribe_batch([SttRequest(audio(de), "auto", True), SttRequest(audio(en), "auto", True)])
     assert [r.language for r in out] == ["de", "en"]
+    for r, c in ((out[0], de), (out[1], en)):  # aligned per language over one shared encoder pass
+        assert r.words and r.words[-1].end <= c.seconds + 0.5
+        assert "".join(w.word for w in r.words) == "".join(r.text.split())  # "T-Rex" may be two words
     assert corpus_wer([(en.reference, out[1].text)]) < 0.2
     assert corpus_wer([(de.reference, out[0].text)]) < 0.5

@@ -182,7 +182,7 @@ class SttActor(Actor):
         return list(newest.values())
 
     async def _fresh_partials(self) -> list[Delivery[Segment]]:
-        """Newest partial per utterance; the rest are superseded and only need their slot filled."""
+        """Newest partial per utterance, oldest first; superseded ones are acked without a transcript."""
         newest: dict[tuple[str, int], Delivery[Segment]] = {}
         stale: list[Delivery[Segment]] = []
         final_keys = {(d.msg.session_id, d.msg.utterance_id) for d in self._finals}
@@ -258,7 +258,8 @@ class SttActor(Actor):
         now = time.monotonic()
         if now - self._stats_at >= 30 and st["batches"]:
             log.info(
-                "stt: %.0f batches, %.1f segments/batch, busy %.0f%%, RTF %.3f, %.0f stale partials skipped",
+                "stt: %.0f batches, %.1f segments/batch, model busy %.0f%% (summed over lanes), RTF %.3f, "
+                "%.0f stale partials skipped",
                 st["batches"], st["items"] / st["batches"], 100 * st["busy_s"] / (now - self._stats_at),
                 st["busy_s"] / max(st["audio_s"], 1e-9), st["stale"],
             )

@@ -178,8 +178,7 @@ class WhisperEngine:
                 text, tokens = "", []
             tokens_out.append(tokens)
             results.append(SttResult(text, lang, float(out.no_speech_prob), float(avg_logprob), rejected=reason))
-        padded = [pad_or_trim(m, width) for m in mels]
-        self._add_words(requests, results, tokens_out, tokenizers, encoded, frames, padded)
+        self._add_words(requests, results, tokens_out, tokenizers, encoded, frames)
         return results
 
     def _languages(self, requests: list[SttRequest], encoded: object) -> list[str]:
@@ -201,9 +200,9 @@ class WhisperEngine:
         tokenizers: list[Any],
         encoded: object,
         frames: list[int],
-        mels: list[np.ndarray],
     ) -> None:
-        """Word timings for requests that ask (finals), aligned in one call per language."""
+        """Word timings for requests that ask (finals): one align call per language over the batch's
+        own encoder output; items not aligned in a call get empty tokens (no re-encoding)."""
         from faster_whisper.transcribe import merge_punctuations
 
         wanted = [i for i, r in enumerate(requests) if r.word_timestamps and tokens[i]]
@@ -212,17 +211,12 @@ class WhisperEngine:
         by_lang: dict[str, list[int]] = {}
         for i in wanted:
             by_lang.setdefault(results[i].language, []).append(i)
-        single = len(by_lang) == 1 and len(wanted) == len(requests)
         for idxs in by_lang.values():
-            tok = tokenizers[idxs[0]]
-            if single:
-                source = encoded
-            else:  # a subset: re-encode just those items (CTranslate2 cannot slice encoder output)
-                source = self.model.encode(np.stack([mels[i] for i in idxs]))
-            alignments = self.model.find_alignment(
-                tok, [tokens[i] for i in idxs], source, [frames[i] for i in idxs]
-            )
-            for i, alignment in zip(idxs, alignments, strict=True):
+            chosen = set(idxs)
+            batch_tokens = [tokens[i] if i in chosen else [] for i in range(len(requests))]
+            alignments = self.model.find_alignment(tokenizers[idxs[0]], batch_tokens, encoded, frames)
+            for i in idxs:
+                alignment = alignments[i]
                 merge_punctuations(alignment, "\"'“¿([{-", "\"'.。,，!！?？:：”)]}、")
                 words = [
                     WordTiming(
