@@ -14,6 +14,7 @@ ACTORS = {
     "edge": "edge.app",
     "segmenter": "actors.segmenter.actor",
     "stt": "actors.stt.actor",
+    "translator": "actors.translator.actor",
     "fanout": "actors.fanout.actor",
 }
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import msgspec
 from aiohttp import web
 
-from actors.runtime import settings, topology
+from actors.runtime import listeners, settings, topology
 from actors.runtime.actor import Actor, RuntimeSettings
 from actors.runtime.bus import Bus
 from edge.protocol import ErrorCode, ProtocolError
@@ -20,7 +20,7 @@ from schemas import ActorHeartbeat, DecodeError, decode
 
 log = logging.getLogger("tolk.edge")
 
-REQUIRED_ACTORS = ("segmenter", "stt", "fanout")
+REQUIRED_ACTORS = ("segmenter", "stt", "translator", "fanout")
 
 
 @dataclass
@@ -72,7 +72,20 @@ class Edge(Actor):
         log.info("edge listening on http://%s:%d", self.cfg.host, self.cfg.port)
 
     async def run(self) -> None:
-        await self._stopped.wait()
+        refresh = asyncio.create_task(self._refresh_listeners(), name="edge.listeners")
+        try:
+            await self._stopped.wait()
+        finally:
+            refresh.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await refresh
+
+    async def _refresh_listeners(self) -> None:
+        """Keeps live listeners' KV records from expiring; a dead edge's records expire by TTL."""
+        while True:
+            await asyncio.sleep(listeners.REFRESH_S)
+            for session in list(self.sessions.values()):
+                await session.announce()
 
     async def drain(self) -> None:
         """Refuse new sessions, give open ones a short grace, then tell the rest to reconnect."""

@@ -9,6 +9,7 @@ import base64
 import binascii
 import enum
 import json
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +19,8 @@ from schemas import ClientResult, Encoding, ResultKind
 from schemas.languages import WHISPER_LANGUAGES
 
 MIN_RATE, MAX_RATE = 8000, 48000
+MAX_TARGETS = 16
+_TARGET = re.compile(r"^[a-z]{2,3}([-_][A-Za-z0-9]{2,8})?$")
 
 
 class Close(enum.IntEnum):
@@ -38,6 +41,8 @@ class ErrorCode(enum.StrEnum):
     UNSUPPORTED_SAMPLE_RATE = "unsupported_sample_rate"
     UNSUPPORTED_LANGUAGE = "unsupported_language"
     INVALID_SESSION_ID = "invalid_session_id"
+    INVALID_TARGETS = "invalid_targets"
+    INVALID_CONFIGURE = "invalid_configure"
     SESSION_IN_USE = "session_in_use"
     AUDIO_BEFORE_START = "audio_before_start"
     INVALID_FRAME = "invalid_frame"
@@ -57,6 +62,8 @@ CLOSE_FOR: dict[ErrorCode, Close | None] = {
     ErrorCode.UNSUPPORTED_SAMPLE_RATE: Close.UNSUPPORTED_DATA,
     ErrorCode.UNSUPPORTED_LANGUAGE: Close.UNSUPPORTED_DATA,
     ErrorCode.INVALID_SESSION_ID: Close.POLICY,
+    ErrorCode.INVALID_TARGETS: Close.POLICY,
+    ErrorCode.INVALID_CONFIGURE: None,  # reported; the session goes on with its previous settings
     ErrorCode.SESSION_IN_USE: Close.POLICY,
     ErrorCode.AUDIO_BEFORE_START: Close.POLICY,
     ErrorCode.INVALID_FRAME: Close.INVALID_PAYLOAD,
@@ -90,6 +97,17 @@ class Start:
     encoding: Encoding
     language: str
     session_id: str | None
+    targets: tuple[str, ...] = ()
+    translate_partials: bool = False
+
+
+@dataclass(frozen=True)
+class Configure:
+    """Mid-session change; a field left out keeps its current value."""
+
+    targets: tuple[str, ...] | None
+    language: str | None
+    translate_partials: bool | None
 
 
 @dataclass(frozen=True)
@@ -107,7 +125,7 @@ class Unknown:
     type: str
 
 
-ClientMessage = Start | Stop | Audio | Unknown
+ClientMessage = Start | Configure | Stop | Audio | Unknown
 
 
 def parse_text(text: str, max_frame: int) -> ClientMessage:
@@ -120,6 +138,8 @@ def parse_text(text: str, max_frame: int) -> ClientMessage:
     kind = obj["type"]
     if kind == "start":
         return parse_start(obj)
+    if kind in ("configure", "set_langs"):  # set_langs: the seed design's name
+        return parse_configure(obj)
     if kind == "stop":
         return Stop()
     if kind == "audio":
@@ -141,13 +161,49 @@ def parse_start(obj: dict[str, Any]) -> Start:
     except ValueError:
         supported = ", ".join(e.value for e in Encoding)
         raise ProtocolError(ErrorCode.UNSUPPORTED_ENCODING, f"encoding {enc!r} not supported ({supported})") from None
-    language = obj.get("language", "auto")
-    if not isinstance(language, str) or (language != "auto" and language not in WHISPER_LANGUAGES):
-        raise ProtocolError(ErrorCode.UNSUPPORTED_LANGUAGE, f"language {language!r}: use an ISO 639-1 code or 'auto'")
+    language = parse_language(obj.get("language", "auto"), ErrorCode.UNSUPPORTED_LANGUAGE)
     sid = obj.get("session_id")
     if sid is not None and (not isinstance(sid, str) or not valid_session_id(sid)):
         raise ProtocolError(ErrorCode.INVALID_SESSION_ID, "session_id must be 1-64 chars of A-Z a-z 0-9 _ -")
-    return Start(rate, encoding, language, sid)
+    targets = parse_targets(obj.get("targets", []), ErrorCode.INVALID_TARGETS)
+    partials = obj.get("translate_partials", False)
+    if not isinstance(partials, bool):
+        raise ProtocolError(ErrorCode.INVALID_START, "translate_partials must be true or false")
+    return Start(rate, encoding, language, sid, targets, partials)
+
+
+def parse_language(language: Any, code: ErrorCode) -> str:
+    if not isinstance(language, str) or (language != "auto" and language not in WHISPER_LANGUAGES):
+        raise ProtocolError(code, f"language {language!r}: use an ISO 639-1 code or 'auto'")
+    return language
+
+
+def parse_targets(targets: Any, code: ErrorCode) -> tuple[str, ...]:
+    """Target languages: ISO 639 codes, optionally with a region (`pt-BR`), de-duplicated in order."""
+    if isinstance(targets, str):
+        targets = [targets]
+    if not isinstance(targets, list) or not all(isinstance(t, str) for t in targets):
+        raise ProtocolError(code, '"targets" must be a list of language codes, e.g. ["de", "pt"]')
+    bad = [t for t in targets if not _TARGET.match(t)]
+    if bad:
+        raise ProtocolError(code, f"not language codes: {', '.join(map(repr, bad[:5]))}")
+    out = tuple(dict.fromkeys(targets))
+    if len(out) > MAX_TARGETS:
+        raise ProtocolError(code, f"at most {MAX_TARGETS} target languages per session")
+    return out
+
+
+def parse_configure(obj: dict[str, Any]) -> Configure:
+    code = ErrorCode.INVALID_CONFIGURE
+    unknown = set(obj) - {"type", "targets", "language", "translate_partials"}
+    if unknown:
+        raise ProtocolError(code, f"configure takes targets, language, translate_partials; not {sorted(unknown)}")
+    targets = parse_targets(obj["targets"], code) if "targets" in obj else None
+    language = parse_language(obj["language"], code) if "language" in obj else None
+    partials = obj.get("translate_partials")
+    if partials is not None and not isinstance(partials, bool):
+        raise ProtocolError(code, "translate_partials must be true or false")
+    return Configure(targets, language, partials)
 
 
 def decode_base64(data: Any, max_frame: int) -> bytes:
@@ -174,7 +230,8 @@ def check_audio(data: bytes, encoding: Encoding, max_frame: int) -> None:
         )
 
 
-def render_result(r: ClientResult, now: float | None = None) -> dict[str, Any]:
+def render_result(r: ClientResult, now: float | None = None, targets: tuple[str, ...] = ()) -> dict[str, Any]:
+    """`targets`: what this listener asked for; other listeners' languages are not sent to it."""
     if r.kind is ResultKind.END:
         return {"type": "done", "session_id": r.session_id}
     latency = ((now or time.time()) - r.speech_end_wall) * 1000 if r.speech_end_wall else None
@@ -194,4 +251,9 @@ def render_result(r: ClientResult, now: float | None = None) -> dict[str, Any]:
     }
     if r.kind is ResultKind.FINAL:
         out["endpoint"] = r.endpoint.value
+    if targets and (r.kind is ResultKind.FINAL or r.translations or r.translation_errors):
+        out["translations"] = {t: r.translations[t] for t in targets if t in r.translations}
+        errors = {t: r.translation_errors[t] for t in targets if t in r.translation_errors}
+        if errors:
+            out["translation_errors"] = errors
     return out

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import enum
 import logging
 import time
@@ -20,10 +21,12 @@ from aiohttp import web
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from actors.runtime import listeners
 from actors.runtime.partition import partition_for
 from edge.protocol import (
     Audio,
     Close,
+    Configure,
     ErrorCode,
     ProtocolError,
     Start,
@@ -33,7 +36,7 @@ from edge.protocol import (
     parse_text,
     render_result,
 )
-from schemas import AudioChunk, ClientResult, DecodeError, ResultKind, SessionRecord, decode, encode
+from schemas import AudioChunk, ClientResult, DecodeError, ListenerRecord, ResultKind, SessionRecord, decode, encode
 
 if TYPE_CHECKING:
     from edge.app import Edge
@@ -66,6 +69,8 @@ class ClientSession:
         self.session_id = ""
         self.partition = 0
         self.chunk_seq = 0
+        self.targets: tuple[str, ...] = ()
+        self.translate_partials = False
         self.results: asyncio.Queue[ClientResult] = asyncio.Queue(maxsize=limits.result_queue)
         self.done = asyncio.Event()
         self._sub: Subscription | None = None
@@ -112,6 +117,8 @@ class ClientSession:
         if self.session_id:
             self.edge.unregister(self)
             await self._record("closed")
+            with contextlib.suppress(Exception):
+                await listeners.remove_listener(await self.edge.bus.kv(listeners.BUCKET), self.session_id, "owner")
         if not self.ws.closed:
             with contextlib.suppress(Exception):
                 await self.ws.close()
@@ -149,6 +156,10 @@ class ClientSession:
                 await self._begin(message)
             case Audio(data=data):
                 await self._on_audio(data)
+            case Configure():
+                if self.phase is Phase.AWAIT_START:
+                    raise ProtocolError(ErrorCode.INVALID_START, 'send {"type":"start"} first')
+                await self._configure(message)
             case Stop():
                 if self.phase is Phase.AWAIT_START:
                     raise ProtocolError(ErrorCode.INVALID_START, 'send {"type":"start"} first')
@@ -183,12 +194,42 @@ class ClientSession:
             f"tolk.session.{sid}.out", cb=self._on_result, pending_msgs_limit=self.limits.result_queue * 4
         )
         self._writer = asyncio.create_task(self._write_loop(), name=f"edge.write.{sid}")
+        self.targets, self.translate_partials = start.targets, start.translate_partials
+        await self.announce()  # before any audio: the translator must know the targets by the first final
         self.phase = Phase.STREAMING
         await self._record("streaming")
         await self.ws.send_json({
             "type": "started", "session_id": sid, "sample_rate": start.sample_rate,
-            "encoding": start.encoding.value, "language": start.language,
+            "encoding": start.encoding.value, "language": start.language, "targets": list(self.targets),
+            "translate_partials": self.translate_partials,
         })
+
+    async def _configure(self, c: Configure) -> None:
+        """Takes effect from the next utterance (one already being transcribed keeps its settings)."""
+        assert self.start is not None
+        if c.language is not None and c.language != self.start.language:
+            self.start = dataclasses.replace(self.start, language=c.language)
+            await self._record(self.phase.value)
+        if c.targets is not None:
+            self.targets = c.targets
+        if c.translate_partials is not None:
+            self.translate_partials = c.translate_partials
+        await self.announce()
+        await self.ws.send_json({
+            "type": "configured", "session_id": self.session_id, "language": self.start.language,
+            "targets": list(self.targets), "translate_partials": self.translate_partials,
+        })
+
+    async def announce(self) -> None:
+        """(Re)write this client's listener record: what the translator translates this stream into."""
+        record = ListenerRecord(
+            stream_id=self.session_id, listener_id="owner", targets=self.targets,
+            translate_partials=self.translate_partials, edge=self.edge.instance, updated_at=time.time(),
+        )
+        try:
+            await listeners.put_listener(await self.edge.bus.kv(listeners.BUCKET), record)
+        except Exception as exc:
+            log.warning("%s: listener record not written: %s", self.session_id, exc)
 
     async def _publish(self, data: bytes, end: bool) -> None:
         assert self.start is not None
@@ -231,7 +272,7 @@ class ClientSession:
     async def _write_loop(self) -> None:
         while True:
             result = await self.results.get()
-            await self.ws.send_json(render_result(result))
+            await self.ws.send_json(render_result(result, targets=self.targets))
             if result.kind is ResultKind.END:
                 self.done.set()
                 self.phase = Phase.CLOSED

@@ -23,6 +23,7 @@ class SessionRun:
     t0: float = 0.0  # wall clock when stream time 0 was sent
     pace: float = 1.0
     sent_seconds: float = 0.0
+    configured: list[tuple[float, dict[str, Any]]] = field(default_factory=list)  # (wall clock, ack)
 
     @property
     def finals(self) -> list[dict[str, Any]]:
@@ -79,8 +80,14 @@ async def stream_pcm(
     base64_frames: bool = False,
     session_id: str | None = None,
     timeout: float = 120.0,
+    targets: list[str] | None = None,
+    translate_partials: bool = False,
+    configure: list[tuple[float, dict[str, Any]]] | None = None,
 ) -> SessionRun:
-    """Stream `pcm` at `pace` × real time, send stop, collect results until `done` and close."""
+    """Stream `pcm` at `pace` × real time, send stop, collect results until `done` and close.
+
+    `configure`: (stream second, message) pairs sent as `{"type": "configure", ...}` mid-stream.
+    """
     import base64
 
     run = SessionRun(pace=pace)
@@ -89,6 +96,10 @@ async def stream_pcm(
     start: dict[str, Any] = {"type": "start", "sample_rate": sample_rate, "encoding": encoding, "language": language}
     if session_id:
         start["session_id"] = session_id
+    if targets:
+        start["targets"] = targets
+        start["translate_partials"] = translate_partials
+    pending = sorted(configure or [], key=lambda c: c[0])
     async with aiohttp.ClientSession() as http, http.ws_connect(url, max_msg_size=0) as ws:
         await ws.send_json(start)
         first = await ws.receive_json(timeout=30)
@@ -107,6 +118,8 @@ async def stream_pcm(
                     run.errors.append(data)
                 elif data["type"] == "done":
                     run.done = True
+                elif data["type"] == "configured":
+                    run.configured.append((time.time(), data))
                 else:
                     run.results.append(data)
                     run.received_at.append(time.time())
@@ -118,6 +131,8 @@ async def stream_pcm(
             delay = due - time.time()
             if delay > 0:
                 await asyncio.sleep(delay)
+            while pending and pending[0][0] <= off / width / sample_rate:
+                await ws.send_json({"type": "configure", **pending.pop(0)[1]})
             frame = pcm[off : off + step]
             if base64_frames:
                 await ws.send_str(json.dumps({"type": "audio", "data": base64.b64encode(frame).decode()}))
@@ -143,6 +158,7 @@ def main() -> None:
     p.add_argument("--url", default="ws://127.0.0.1:8080/v1/listen")
     p.add_argument("--language", default="en")
     p.add_argument("--pace", type=float, default=1.0, help="1 = real time")
+    p.add_argument("--targets", default="", help="comma-separated target languages, e.g. pt,de")
     args = p.parse_args()
     with wave.open(args.wav) as w:
         if w.getsampwidth() != 2:
@@ -152,7 +168,8 @@ def main() -> None:
         import numpy as np
 
         frames = np.frombuffer(frames, "<i2").reshape(-1, channels)[:, 0].tobytes()
-    run = asyncio.run(stream_pcm(args.url, frames, rate, pace=args.pace, language=args.language))
+    run = asyncio.run(stream_pcm(args.url, frames, rate, pace=args.pace, language=args.language,
+                                targets=[t for t in args.targets.split(",") if t]))
     for r in run.results:
         print(json.dumps(r, ensure_ascii=False))
     for e in run.errors:

@@ -114,6 +114,11 @@ class Transcript(_Msg, frozen=True):
     avg_logprob: float = 0.0
     speech_start: float = 0.0
     endpoint: Endpoint = Endpoint.NONE
+    language_prob: float = 0.0  # detection probability when the language was detected, else 0
+    # Set by the translator on `tolk.result.*`: target → text, and target → error code for targets
+    # it could not serve (unsupported pair, engine failure). Every requested target is in one of them.
+    translations: dict[str, str] = {}
+    translation_errors: dict[str, str] = {}
 
 
 class ClientResult(_Msg, frozen=True):
@@ -132,6 +137,8 @@ class ClientResult(_Msg, frozen=True):
     speech_end_wall: float = 0.0
     speech_start: float = 0.0
     endpoint: Endpoint = Endpoint.NONE
+    translations: dict[str, str] = {}
+    translation_errors: dict[str, str] = {}
 
 
 class SessionRecord(_Msg, frozen=True):
@@ -146,6 +153,20 @@ class SessionRecord(_Msg, frozen=True):
     created_at: float
     updated_at: float
     edge: str = ""
+
+
+class ListenerRecord(_Msg, frozen=True):
+    """KV `tolk_listeners`, key `<stream>.<listener>`: one reader of a stream's results and the
+    languages it wants. A microphone session is the single listener of its own stream; a broadcast
+    channel has many. The translator serves the union of a stream's listeners' targets, once.
+    """
+
+    stream_id: str
+    listener_id: str
+    targets: tuple[str, ...] = ()
+    translate_partials: bool = False
+    edge: str = ""
+    updated_at: float = 0.0
 
 
 class ActorHeartbeat(_Msg, frozen=True):

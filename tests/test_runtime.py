@@ -59,13 +59,13 @@ async def test_pull_loop_terminates_garbage_and_keeps_serving(bus: Bus) -> None:
             await d.raw.ack()
 
     partition = 7
-    subject = f"tolk.transcript.{partition}.garbage-test"
+    subject = f"tolk.result.{partition}.garbage-test"
     good = Transcript(session_id="garbage-test", utterance_id=1, seq=1, final_index=1, kind=ResultKind.FINAL,
                       partition=partition, text="still alive")
     await bus.js.publish(subject, b"\x00\xffnot msgpack")
     await bus.js.publish(subject, encode(good))
     await bus.js.publish(subject, b"")
-    loop = PullLoop(bus.js, "TOLK_TRANSCRIPTS", f"fanout-p{partition}", Transcript, handler, fetch_timeout=0.5)
+    loop = PullLoop(bus.js, "TOLK_RESULTS", f"fanout-p{partition}", Transcript, handler, fetch_timeout=0.5)
     task = asyncio.create_task(loop.run())
     for _ in range(50):
         if got:
@@ -75,7 +75,7 @@ async def test_pull_loop_terminates_garbage_and_keeps_serving(bus: Bus) -> None:
     loop.stop()
     await asyncio.wait_for(task, 5)
     assert got == [good]
-    info = await bus.js.consumer_info("TOLK_TRANSCRIPTS", f"fanout-p{partition}")
+    info = await bus.js.consumer_info("TOLK_RESULTS", f"fanout-p{partition}")
     assert info.num_ack_pending == 0 and info.num_pending == 0  # garbage terminated, not redelivered
 
 
@@ -91,8 +91,8 @@ async def test_handler_failure_naks_for_redelivery(bus: Bus) -> None:
 
     partition = 6
     t = Transcript(session_id="flaky", utterance_id=1, seq=1, final_index=1, kind=ResultKind.FINAL, partition=partition)
-    await bus.js.publish(f"tolk.transcript.{partition}.flaky", encode(t))
-    loop = PullLoop(bus.js, "TOLK_TRANSCRIPTS", f"fanout-p{partition}", Transcript, flaky, fetch_timeout=0.5)
+    await bus.js.publish(f"tolk.result.{partition}.flaky", encode(t))
+    loop = PullLoop(bus.js, "TOLK_RESULTS", f"fanout-p{partition}", Transcript, flaky, fetch_timeout=0.5)
     task = asyncio.create_task(loop.run())
     for _ in range(60):
         if len(attempts) >= 2:

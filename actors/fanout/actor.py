@@ -1,4 +1,5 @@
-"""Fan-out actor: consumes transcripts of its partitions, publishes ordered results per session."""
+"""Fan-out actor: consumes results (transcripts + translations) of its partitions, publishes them
+in order per session."""
 
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ class FanoutActor(Actor):
         self.sessions: dict[str, SessionOrder] = {}
         partitions = owned_partitions(topo.partitions, runtime.replicas, runtime.replica_index)
         self.loops = [
-            PullLoop(bus.js, "TOLK_TRANSCRIPTS", f"fanout-p{p}", Transcript, self._handle, batch=256, fetch_timeout=1.0)
+            PullLoop(bus.js, "TOLK_RESULTS", f"fanout-p{p}", Transcript, self._handle, batch=256, fetch_timeout=1.0)
             for p in partitions
         ]
 

@@ -23,5 +23,6 @@ class BoundedExecutor:
             loop = asyncio.get_running_loop()
             return await loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))
 
-    def shutdown(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+    def shutdown(self, wait: bool = True) -> None:
+        """`wait=False` for work that may not finish (a model download): the process exits anyway."""
+        self._pool.shutdown(wait=wait, cancel_futures=True)

@@ -130,6 +130,7 @@ class SegmenterActor(Actor):
         if chunk.chunk_seq <= state.last_chunk:
             await d.raw.ack()  # redelivery of something already applied
             return
+        state.language = chunk.language  # `configure` may change it: applies from the next utterance cut
         if chunk.sample_rate != state.sample_rate:
             log.error("%s: sample rate changed mid-session; chunk dropped", chunk.session_id)
             await d.raw.term()

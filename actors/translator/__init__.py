@@ -1,0 +1,1 @@
+"""Translator actor: text of finals (and optionally partials) into each listener language."""

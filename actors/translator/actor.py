@@ -1,0 +1,261 @@
+"""Translator actor: transcripts in, transcripts with `translations` out, each text translated once.
+
+It sits between STT and fan-out on a durable consumer shared by all replicas (`translator` on
+TOLK_TRANSCRIPTS) and republishes every transcript on `tolk.result.<partition>.<session>`: finals with
+one translation per target of the stream's listeners (KV `tolk_listeners`), partials unchanged or, for
+listeners that asked, with their stable prefix translated at most every `mt_partial_interval_s`.
+A transcript is acked only after its result is published; failures become per-target errors, never a
+dropped final. Fan-out restores per-session order, so items are processed concurrently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import msgspec
+
+from actors.runtime import listeners, settings
+from actors.runtime.actor import Actor, RuntimeSettings
+from actors.runtime.bus import Bus
+from actors.runtime.consumer import Delivery, PullLoop
+from actors.translator.engine import Engine, ErrorKind, Router, TranslationError, normalize
+from actors.translator.service import TranslationService
+from schemas import ResultKind, Transcript
+
+log = logging.getLogger("tolk.translator")
+
+
+@dataclass
+class TranslatorSettings:
+    """Env: TOLK_MT_ENGINES, TOLK_EASYNMT_MODEL, TOLK_OPUS_MT_DIR, ... (README "Configuration")."""
+
+    mt_engines: str = "fast,easynmt"  # routing order: a pair goes to the first engine that serves it
+    mt_pivot: str = "en"  # bridge language when no engine serves a pair directly ("" = never pivot)
+    easynmt_model: str = "opus-mt"  # opus-mt | EasyNMT model name | folder with easynmt.json
+    opus_mt_dir: str = ""  # folder of opus-mt-<src>-<tgt>/ Marian models (air-gapped installs)
+    easynmt_cache: str = ""  # EasyNMT's download cache (default: its own, under TORCH_HOME)
+    mt_max_loaded_pairs: int = 4  # LRU of Marian models held in memory
+    mt_device: str = "auto"  # auto | cpu | cuda
+    mt_beam_size: int = 4
+    mt_workers: int = 1  # concurrent engine calls (each is a batch)
+    mt_max_batch: int = 16  # sentences per engine call
+    mt_batch_wait_ms: float = 5.0  # how long a lone sentence waits for company
+    mt_cache_size: int = 10000  # translations remembered, keyed by (src, tgt, text)
+    mt_partial_interval_s: float = 1.0  # partial translations per session at most this often
+    mt_timeout_s: float = 4.0  # a final waits this long for its translations, then goes out with errors
+    mt_preload: str = ""  # pairs loaded at start, e.g. "en-de,de-en" (first use of a pair loads its model)
+    mt_download: bool = True  # let EasyNMT/Hugging Face download models; false = HF_HUB_OFFLINE
+    mt_max_inflight: int = 512  # transcripts being translated at once (backpressure on the consumer)
+
+
+def build_engines(cfg: TranslatorSettings) -> list[Engine]:
+    if not cfg.mt_download:
+        os.environ["HF_HUB_OFFLINE"] = "1"  # read by huggingface_hub at import: set before EasyNMT loads
+    engines: list[Engine] = []
+    for name in (n.strip() for n in cfg.mt_engines.split(",") if n.strip()):
+        try:
+            if name == "fast":
+                from actors.translator.fast import FastTranslateEngine
+
+                engines.append(FastTranslateEngine())
+            elif name == "easynmt":
+                from actors.translator.opus import EasyNmtEngine
+
+                engines.append(EasyNmtEngine(
+                    model=cfg.easynmt_model, opus_mt_dir=cfg.opus_mt_dir, cache_folder=cfg.easynmt_cache,
+                    max_loaded_pairs=cfg.mt_max_loaded_pairs, device=cfg.mt_device, beam_size=cfg.mt_beam_size,
+                    batch_size=cfg.mt_max_batch,
+                ))
+            else:
+                raise ValueError(f"unknown engine {name!r} (fast | easynmt)")
+        except Exception:
+            log.exception("translation engine %r unavailable; pairs it would serve fall back or report errors", name)
+    return engines
+
+
+def result_subject(t: Transcript) -> str:
+    return f"tolk.result.{t.partition}.{t.session_id}"
+
+
+class TranslatorActor(Actor):
+    name = "translator"
+
+    def __init__(self, bus: Bus, runtime: RuntimeSettings, cfg: TranslatorSettings,
+                 engines: list[Engine] | None = None) -> None:
+        super().__init__(bus, runtime)
+        self.cfg = cfg
+        self._engines = engines
+        self.view = listeners.ListenerView()
+        self.service: TranslationService | None = None
+        self.loop = PullLoop(bus.js, "TOLK_TRANSCRIPTS", "translator", Transcript, self._handle, batch=64,
+                             fetch_timeout=0.5)
+        self._slots = asyncio.Semaphore(cfg.mt_max_inflight)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._watch: asyncio.Task[None] | None = None
+        # session → (utterance, last partial text, stable prefix last translated, when)
+        self._partials: OrderedDict[str, tuple[int, str, str, float]] = OrderedDict()
+        self._published = 0
+
+    async def start(self) -> None:
+        engines = self._engines if self._engines is not None else await asyncio.to_thread(build_engines, self.cfg)
+        router = Router(engines, pivot=self.cfg.mt_pivot)
+        self.service = TranslationService(
+            router, workers=max(1, self.cfg.mt_workers), cache_size=self.cfg.mt_cache_size,
+            max_batch=self.cfg.mt_max_batch, batch_wait_s=self.cfg.mt_batch_wait_ms / 1000,
+        )
+        kv = await self.bus.kv(listeners.BUCKET)
+        self._watch = asyncio.create_task(self.view.watch(kv), name="translator.listeners")
+        await asyncio.wait_for(self.view.synced.wait(), timeout=10)
+        await self._preload()
+        log.info("translator ready: engines %s, pivot %r", [e.name for e in engines] or "none", self.cfg.mt_pivot)
+
+    async def _preload(self) -> None:
+        assert self.service is not None
+        for pair in (p.strip() for p in self.cfg.mt_preload.split(",") if p.strip()):
+            src, _, tgt = pair.partition("-")
+            try:
+                await self.service.translate("Hello.", normalize(src), normalize(tgt))
+                log.info("preloaded %s", pair)
+            except TranslationError as exc:
+                log.error("preloading %s failed: %s", pair, exc)
+
+    async def run(self) -> None:
+        stats = asyncio.create_task(self._log_stats(), name="translator.stats")
+        try:
+            await self.loop.run()
+            if self._tasks:  # drain: finish what was taken before returning
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+        finally:
+            stats.cancel()
+            if self._watch is not None:
+                self._watch.cancel()
+            await asyncio.gather(stats, *([self._watch] if self._watch else []), return_exceptions=True)
+            if self.service is not None:
+                await self.service.close()
+            for engine in self.service.engines() if self.service else []:
+                engine.close()
+
+    async def drain(self) -> None:
+        self.loop.stop()
+
+    # ------------------------------------------------------------------ work
+    async def _handle(self, items: list[Delivery[Transcript]]) -> None:
+        for d in items:
+            await self._slots.acquire()  # bounded: a full translator stops fetching
+            task = asyncio.create_task(self._process(d), name=f"translator.{d.msg.session_id}.{d.msg.seq}")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _process(self, d: Delivery[Transcript]) -> None:
+        try:
+            t = await self.enrich(d.msg)
+            await self.bus.publish(result_subject(t), t, msg_id=f"{t.session_id}:r{t.seq}")
+            await d.raw.ack()
+            self._published += 1
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("%s/%d: result not published; nak for redelivery", d.msg.session_id, d.msg.seq)
+            try:
+                await d.raw.nak(delay=1.0)
+            except Exception:  # connection gone: JetStream redelivers after ack_wait anyway
+                pass
+        finally:
+            self._slots.release()
+
+    async def enrich(self, t: Transcript) -> Transcript:
+        """The transcript with translations for every target its stream's listeners want now."""
+        if t.kind is ResultKind.END:
+            self._partials.pop(t.session_id, None)
+            return t
+        if t.kind is ResultKind.PARTIAL:
+            return await self._partial(t)
+        self._partials.pop(t.session_id, None)
+        targets = self.view.targets(t.session_id)
+        if not targets or not t.text.strip():
+            return t
+        translations, errors = await self.translate_all(t.text, t.language, targets)
+        return _with(t, translations, errors)
+
+    async def _partial(self, t: Transcript) -> Transcript:
+        targets = self.view.targets(t.session_id, partial=True)
+        if not targets:
+            return t
+        now = time.monotonic()
+        utterance, previous, translated, at = self._partials.get(t.session_id, (t.utterance_id, "", "", 0.0))
+        if utterance != t.utterance_id:
+            previous, translated, at = "", "", 0.0
+        stable = _stable_prefix(previous, t.text)
+        self._partials[t.session_id] = (t.utterance_id, t.text, translated, at)
+        self._partials.move_to_end(t.session_id)
+        while len(self._partials) > 10000:
+            self._partials.popitem(last=False)
+        if not stable or stable == translated or now - at < self.cfg.mt_partial_interval_s:
+            return t
+        self._partials[t.session_id] = (t.utterance_id, t.text, stable, now)
+        translations, errors = await self.translate_all(stable, t.language, targets)
+        return _with(t, translations, errors)
+
+    async def translate_all(self, text: str, language: str, targets: tuple[str, ...]) -> tuple[dict[str, str],
+                                                                                                 dict[str, str]]:
+        assert self.service is not None
+        src = normalize(language) if language else ""
+        translations: dict[str, str] = {}
+        errors: dict[str, str] = {}
+        if not src:
+            return {}, dict.fromkeys(targets, ErrorKind.UNKNOWN_SOURCE.value)
+        tasks = [asyncio.ensure_future(self.service.translate(text, src, normalize(tgt))) for tgt in targets]
+        await asyncio.wait(tasks, timeout=self.cfg.mt_timeout_s)
+        for tgt, task in zip(targets, tasks, strict=True):
+            if not task.done():
+                # Late (a model still loading, an overloaded engine): this result goes out without it;
+                # the work continues and lands in the cache for the next listener / utterance.
+                task.add_done_callback(_consume)
+                errors[tgt] = ErrorKind.TIMEOUT.value
+                continue
+            exc = None if not task.cancelled() and task.exception() is None else task.exception()
+            if isinstance(exc, TranslationError):
+                errors[tgt] = exc.kind.value
+            elif exc is not None or task.cancelled():
+                log.error("translating to %s failed: %r", tgt, exc)
+                errors[tgt] = ErrorKind.ENGINE_FAILED.value
+            else:
+                translations[tgt] = task.result()
+        return translations, errors
+
+    async def _log_stats(self) -> None:
+        while True:
+            await asyncio.sleep(30)
+            if self.service is None:
+                continue
+            s = self.service.stats
+            log.info("published %d; translations: %d requests, %d cache hits, %d joined, %d engine calls for %d "
+                     "sentences, %d failures; pairs %s", self._published, s.requests, s.cache_hits, s.joined,
+                     s.engine_calls, s.sentences, s.failures, s.per_pair)
+
+
+def _consume(task: asyncio.Future[str]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
+def _stable_prefix(previous: str, current: str) -> str:
+    """Words two consecutive partials agree on: translating more would churn the listener's screen."""
+    a, b = previous.split(), current.split()
+    n = 0
+    while n < min(len(a), len(b)) and a[n].lower().strip(",.!?") == b[n].lower().strip(",.!?"):
+        n += 1
+    return " ".join(b[:n])
+
+
+def _with(t: Transcript, translations: dict[str, str], errors: dict[str, str]) -> Transcript:
+    return msgspec.structs.replace(t, translations=translations, translation_errors=errors)
+
+
+async def create(bus: Bus, runtime: RuntimeSettings) -> Actor:
+    return TranslatorActor(bus, runtime, settings.load(TranslatorSettings))

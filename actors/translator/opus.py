@@ -1,0 +1,145 @@
+"""EasyNMT engine (Opus-MT by default): the production engine for every pair Helsinki-NLP publishes.
+
+Loading goes through EasyNMT's own code, so anything EasyNMT accepts works:
+
+* `model = "opus-mt"` (default): one Marian model per pair, `Helsinki-NLP/opus-mt-<src>-<tgt>`,
+  loaded by Hugging Face `from_pretrained`. Air-gapped installs point `opus_mt_dir` at a folder of
+  `opus-mt-<src>-<tgt>/` model folders, or pre-fill the Hugging Face cache (`HF_HOME`/`HF_HUB_CACHE`)
+  and set `HF_HUB_OFFLINE=1`; either way no network is needed.
+* `model = "/path/to/folder"`: a saved EasyNMT model (a folder with `easynmt.json`).
+* `model = "<name>"` (e.g. `m2m_100_418M`): EasyNMT's model name, downloaded into `cache_folder`.
+
+Loaded pairs are an LRU of at most `max_loaded_pairs` models (EasyNMT's OpusMT evicts the least
+recently used), which is what bounds memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from easynmt import EasyNMT
+from easynmt.models.OpusMT import OpusMT
+
+log = logging.getLogger("tolk.translator.opus")
+
+HF_ORG = "Helsinki-NLP"
+
+
+def pair_name(src: str, tgt: str) -> str:
+    return f"opus-mt-{src}-{tgt}"
+
+
+def hf_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+def in_hf_cache(repo: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(repo, "config.json"), str)
+
+
+class LocalOpusMT(OpusMT):  # type: ignore[misc]
+    """EasyNMT's OpusMT, resolving `Helsinki-NLP/opus-mt-x-y` to `<local_dir>/opus-mt-x-y` when present.
+
+    Named in `easynmt.json` as `actors.translator.opus.LocalOpusMT` so a saved EasyNMT folder can use it.
+    """
+
+    def __init__(self, easynmt_path: str | None = None, max_loaded_models: int = 4, local_dir: str = "") -> None:
+        super().__init__(easynmt_path=easynmt_path, max_loaded_models=max_loaded_models)
+        self.local_dir = local_dir
+
+    def local_path(self, model_name: str) -> str | None:
+        if not self.local_dir:
+            return None
+        path = Path(self.local_dir) / model_name.rsplit("/", 1)[-1]
+        return str(path) if (path / "config.json").is_file() else None
+
+    def load_model(self, model_name: str) -> Any:
+        return super().load_model(self.local_path(model_name) or model_name)
+
+    def save(self, output_path: str) -> dict[str, Any]:
+        return {"max_loaded_models": self.max_loaded_models, "local_dir": self.local_dir}
+
+
+class EasyNmtEngine:
+    name = "easynmt"
+
+    def __init__(
+        self,
+        model: str = "opus-mt",
+        opus_mt_dir: str = "",
+        cache_folder: str = "",
+        max_loaded_pairs: int = 4,
+        device: str = "auto",
+        beam_size: int = 4,
+        max_length: int = 256,
+        batch_size: int = 16,
+        retry_failed_s: float = 300.0,
+    ) -> None:
+        if device == "auto":
+            import torch
+
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = device
+        self.beam_size = beam_size
+        self.batch_size = batch_size
+        self.opus_mt_dir = opus_mt_dir
+        self.retry_failed_s = retry_failed_s
+        self._failed: dict[tuple[str, str], float] = {}
+        self._lock = threading.Lock()  # EasyNMT's model table is not thread-safe; inference is serial anyway
+        if model == "opus-mt":
+            # Opus-MT's EasyNMT config is just "use OpusMT": build it here rather than fetch it from
+            # easynmt.net, so an air-gapped install needs only the Marian weights.
+            translator = LocalOpusMT(max_loaded_models=max_loaded_pairs, local_dir=opus_mt_dir)
+            self.nmt = EasyNMT(translator=translator, device=device, cache_folder=cache_folder or None)
+        else:
+            self.nmt = EasyNMT(model_name=model, device=device, cache_folder=cache_folder or None)
+            if isinstance(self.nmt.translator, OpusMT):
+                self.nmt.translator.max_loaded_models = max_loaded_pairs
+                if isinstance(self.nmt.translator, LocalOpusMT) and opus_mt_dir:
+                    self.nmt.translator.local_dir = opus_mt_dir
+        self.nmt.translator.max_length = max_length
+        self.opus = isinstance(self.nmt.translator, OpusMT)
+        log.info("EasyNMT %s on %s (opus_mt_dir=%s, max_loaded_pairs=%d)", model, device, opus_mt_dir or "-",
+                 max_loaded_pairs)
+
+    # ------------------------------------------------------------------ Engine
+    def supports(self, src: str, tgt: str) -> bool:
+        failed_at = self._failed.get((src, tgt))
+        if failed_at is not None and time.monotonic() - failed_at < self.retry_failed_s:
+            return False
+        if not self.opus:  # multilingual models (m2m, mbart) list their pairs
+            return bool(self.nmt.lang_pairs) and f"{src}-{tgt}" in self.nmt.lang_pairs
+        translator = self.nmt.translator
+        if isinstance(translator, LocalOpusMT) and translator.local_path(pair_name(src, tgt)):
+            return True
+        repo = f"{HF_ORG}/{pair_name(src, tgt)}"
+        return in_hf_cache(repo) or not hf_offline()
+
+    def translate(self, texts: list[str], src: str, tgt: str) -> list[str]:
+        try:
+            with self._lock:
+                out = self.nmt.translate_sentences(
+                    texts, target_lang=tgt, source_lang=src, beam_size=self.beam_size, batch_size=self.batch_size
+                )
+        except Exception:
+            # Typically "no such model" (a pair Helsinki-NLP does not publish, or no network): stop
+            # routing this pair here for a while, so the router can pivot or report it unsupported.
+            self._failed[(src, tgt)] = time.monotonic()
+            raise
+        return list(out)
+
+    def loaded_pairs(self) -> list[str]:
+        if not self.opus:
+            return sorted(self.nmt.lang_pairs)
+        return sorted(Path(name).name.removeprefix("opus-mt-") for name in self.nmt.translator.models)
+
+    def close(self) -> None:
+        if self.opus:
+            self.nmt.translator.models.clear()
