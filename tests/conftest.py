@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
@@ -23,6 +24,14 @@ from actors.runtime.embedded import EmbeddedNats
 from loadtest.speech import speech_dir
 
 TOLK = str(Path(sys.executable).parent / "tolk")
+
+# No test may reach the Hugging Face hub: models come from folders or a cache the tests build. Set at
+# import, before anything imports huggingface_hub (it reads these once); `tolk up` children inherit them.
+HF_HOME = Path(tempfile.mkdtemp(prefix="tolk-hf-"))
+os.environ["HF_HOME"] = str(HF_HOME)
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.pop("HF_HUB_CACHE", None)
+os.environ.pop("TRANSFORMERS_CACHE", None)
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -18,6 +18,7 @@ from actors.runtime.bus import Bus
 from actors.runtime.consumer import Delivery, PullLoop
 from actors.runtime.executor import BoundedExecutor
 from actors.stt.engine import SpeechToText, SttRequest, WhisperEngine, WhisperOptions
+from actors.stt.langlock import LanguageLock
 from actors.stt.models import resolve
 from schemas import ResultKind, Segment, SegmentKind, Transcript, Word
 
@@ -45,6 +46,11 @@ class SttSettings:
     no_speech_threshold: float = 0.6
     logprob_threshold: float = -1.0
     compression_threshold: float = 2.4
+    # language "auto": lock a session's language after lang_lock_after finals detected with ≥ lang_lock_prob;
+    # a pause of lang_reopen_pause_s re-opens detection.
+    lang_lock_prob: float = 0.8
+    lang_lock_after: int = 2
+    lang_reopen_pause_s: float = 10.0
 
 
 def transcript_subject(seg: Segment) -> str:
@@ -68,6 +74,7 @@ class SttActor(Actor):
         self._space = asyncio.Condition()
         self._stopping = False
         # (session, utterance) → newest partial seq transcribed, or -1 once finalised.
+        self.langlock = LanguageLock(cfg.lang_lock_prob, cfg.lang_lock_after, cfg.lang_reopen_pause_s)
         self._progress: OrderedDict[tuple[str, int], int] = OrderedDict()
         self._stats: dict[str, float] = dict.fromkeys(("batches", "items", "busy_s", "audio_s", "stale"), 0.0)
         self._stats_at = time.monotonic()
@@ -215,7 +222,7 @@ class SttActor(Actor):
         requests = [
             SttRequest(
                 audio=np.frombuffer(d.msg.audio, "<i2").astype(np.float32) / 32768.0,
-                language=d.msg.language,
+                language=self.langlock.language_for(d.msg.session_id, d.msg.language, d.msg.speech_start),
                 word_timestamps=d.msg.kind is SegmentKind.FINAL,
             )
             for d in batch
@@ -233,6 +240,8 @@ class SttActor(Actor):
             seg = d.msg
             final = seg.kind is SegmentKind.FINAL
             self._mark(seg, final)
+            if final and seg.language == "auto" and r.text:
+                self.langlock.observe(seg.session_id, r.language, r.language_prob, seg.end)
             if r.rejected and r.rejected != "empty":
                 log.info("%s/%d: %s guard blanked the text", seg.session_id, seg.utterance_id, r.rejected)
             words = tuple(
@@ -245,7 +254,7 @@ class SttActor(Actor):
                 kind=ResultKind.FINAL if final else ResultKind.PARTIAL, partition=seg.partition,
                 text=r.text, language=r.language, start=seg.start, end=seg.end, words=words,
                 speech_end_wall=seg.speech_end_wall, no_speech_prob=r.no_speech_prob, avg_logprob=r.avg_logprob,
-                speech_start=seg.speech_start, endpoint=seg.endpoint,
+                speech_start=seg.speech_start, endpoint=seg.endpoint, language_prob=r.language_prob,
             ))
 
     def _account(self, items: int, busy: float, audio: float) -> None:

@@ -6,6 +6,7 @@ one CTranslate2 call and decoded in one `generate` with a per-item prompt (so la
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,7 @@ class SttResult:
     avg_logprob: float
     words: list[WordTiming] = field(default_factory=list)
     rejected: str | None = None  # guard that blanked the text, for logs and metrics
+    language_prob: float = 0.0  # detection probability when the language was detected, else 0
 
 
 class SpeechToText(Protocol):
@@ -144,7 +146,7 @@ class WhisperEngine:
         frames = [min(N_FRAMES, m.shape[-1]) for m in mels]
         width = self.window_frames(max(frames), window_s)
         encoded = self.model.encode(np.stack([pad_or_trim(m, width) for m in mels]))
-        languages = self._languages(requests, encoded)
+        languages, probs = self._languages(requests, encoded)
         tokenizers = [self._tokenizer(lang) for lang in languages]
         prompts = [[*tok.sot_sequence, tok.no_timestamps] for tok in tokenizers]
         longest = max(len(r.audio) for r in requests) / SAMPLE_RATE
@@ -161,7 +163,7 @@ class WhisperEngine:
         )
         results: list[SttResult] = []
         tokens_out: list[list[int]] = []
-        for out, tok, lang in zip(outputs, tokenizers, languages, strict=True):
+        for out, tok, lang, prob in zip(outputs, tokenizers, languages, probs, strict=True):
             tokens = [t for t in out.sequences_ids[0] if t < tok.eot]
             n = len(tokens)
             avg_logprob = (out.scores[0] * n) / (n + 1) if n else -10.0
@@ -177,20 +179,23 @@ class WhisperEngine:
             if reason:
                 text, tokens = "", []
             tokens_out.append(tokens)
-            results.append(SttResult(text, lang, float(out.no_speech_prob), float(avg_logprob), rejected=reason))
+            results.append(SttResult(text, lang, float(out.no_speech_prob), float(avg_logprob), rejected=reason,
+                                     language_prob=prob))
         self._add_words(requests, results, tokens_out, tokenizers, encoded, frames)
         return results
 
-    def _languages(self, requests: list[SttRequest], encoded: object) -> list[str]:
+    def _languages(self, requests: list[SttRequest], encoded: object) -> tuple[list[str], list[float]]:
         if not self.multilingual:
-            return ["en"] * len(requests)
+            return ["en"] * len(requests), [0.0] * len(requests)
         langs = [r.language for r in requests]
+        probs = [0.0] * len(requests)
         if "auto" in langs:
             detected = self.model.model.detect_language(encoded)
             for i, lang in enumerate(langs):
                 if lang == "auto":
-                    langs[i] = detected[i][0][0][2:-2]  # '<|de|>' → 'de'
-        return langs
+                    token, prob = detected[i][0]
+                    langs[i], probs[i] = token[2:-2], float(prob)  # '<|de|>' → 'de'
+        return langs, probs
 
     def _add_words(
         self,
@@ -229,4 +234,4 @@ class WhisperEngine:
                     if a["word"].strip()
                 ]
                 r = results[i]
-                results[i] = SttResult(r.text, r.language, r.no_speech_prob, r.avg_logprob, words, r.rejected)
+                results[i] = dataclasses.replace(r, words=words)
