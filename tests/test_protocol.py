@@ -10,6 +10,7 @@ import pytest
 from edge.app import EdgeSettings
 from edge.protocol import (
     Audio,
+    Configure,
     Close,
     ErrorCode,
     ProtocolError,
@@ -110,3 +111,38 @@ def test_render_result() -> None:
 def test_documented_defaults() -> None:
     cfg = EdgeSettings()
     assert cfg.idle_timeout_s == 30 and cfg.max_frame_bytes == 1 << 20 and cfg.port == 8080
+
+
+def test_targets_on_start() -> None:
+    start = parse_text(json.dumps({"type": "start", "targets": ["de", "pt-BR", "de"], "translate_partials": True}),
+                       MAX)
+    assert isinstance(start, Start)
+    assert start.targets == ("de", "pt-BR") and start.translate_partials
+    assert parse_text('{"type":"start","targets":"es"}', MAX).targets == ("es",)  # type: ignore[union-attr]
+    for bad in ('{"type":"start","targets":["german"]}', '{"type":"start","targets":[1]}',
+                '{"type":"start","targets":{"de":1}}',
+                json.dumps({"type": "start", "targets": [f"a{c}" for c in "bcdefghijklmnopqrs"]})):
+        e = err(bad)
+        assert e.code is ErrorCode.INVALID_TARGETS and e.close is Close.POLICY
+    assert err('{"type":"start","translate_partials":"yes"}').code is ErrorCode.INVALID_START
+
+
+def test_configure_and_set_langs() -> None:
+    c = parse_text('{"type":"configure","targets":["fr"],"language":"de"}', MAX)
+    assert isinstance(c, Configure) and c.targets == ("fr",) and c.language == "de" and c.translate_partials is None
+    legacy = parse_text('{"type":"set_langs","targets":[]}', MAX)
+    assert isinstance(legacy, Configure) and legacy.targets == () and legacy.language is None
+    for bad in ('{"type":"configure","targets":["xx-yy-zz"]}', '{"type":"configure","language":"klingon"}',
+                '{"type":"configure","translate_partials":1}', '{"type":"configure","colour":"blue"}'):
+        e = err(bad)
+        assert e.code is ErrorCode.INVALID_CONFIGURE and e.close is None  # reported, session continues
+
+
+def test_render_translations_only_for_this_listener() -> None:
+    r = ClientResult(session_id="s", utterance_id=1, seq=3, kind=ResultKind.FINAL, text="Hello",
+                     translations={"pt": "Olá", "de": "Hallo"}, translation_errors={"ja": "unsupported_pair"})
+    out = render_result(r, now=0, targets=("pt", "ja"))
+    assert out["translations"] == {"pt": "Olá"} and out["translation_errors"] == {"ja": "unsupported_pair"}
+    assert "translations" not in render_result(r, now=0)  # asked for none: no translation fields
+    partial = ClientResult(session_id="s", utterance_id=1, seq=2, kind=ResultKind.PARTIAL, text="Hel")
+    assert "translations" not in render_result(partial, now=0, targets=("pt",))
