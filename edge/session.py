@@ -148,7 +148,13 @@ class ClientSession:
                 return
 
     async def _on_text(self, text: str) -> None:
-        message = parse_text(text, self.limits.max_frame_bytes)
+        try:
+            message = parse_text(text, self.limits.max_frame_bytes)
+        except ProtocolError as err:
+            if err.close is not None or self.phase is Phase.AWAIT_START:
+                raise
+            await self.fail(err)  # reported; the session goes on
+            return
         match message:
             case Start():
                 if self.phase is not Phase.AWAIT_START:

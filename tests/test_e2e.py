@@ -219,9 +219,12 @@ async def test_garbage_on_internal_subjects_crashes_no_actor(tolk: Running) -> N
     nc = await nats.connect(embedded_nats_url(tolk))
     js = nc.jetstream()
     for subject in ("tolk.audio.0.junk", "tolk.segment.final.0.junk", "tolk.segment.partial.0.junk",
-                    "tolk.transcript.0.junk"):
+                    "tolk.transcript.0.junk", "tolk.result.0.junk"):
         for payload in (b"", b"\xff\xfe garbage", json.dumps({"v": 1}).encode()):
             await js.publish(subject, payload)
+    # A listener record that is not one: the translator ignores it, the session below still works.
+    kv = await js.key_value("tolk_listeners")
+    await kv.put("junk.owner", b"\x00garbage")
     await nc.close()
     c = next(c for c in clips("en") if c.name.startswith("en_jfk"))
     pcm, rate = c.pcm16()

@@ -37,6 +37,7 @@ async def test_two_replicas_of_each_actor_split_the_sessions(nats_url: str, bus:
         procs[f"segmenter{i}"] = spawn("segmenter", {**base, **part}, tmp_path / f"segmenter{i}.log")
         procs[f"fanout{i}"] = spawn("fanout", {**base, **part}, tmp_path / f"fanout{i}.log")
         procs[f"stt{i}"] = spawn("stt", base, tmp_path / f"stt{i}.log")  # shares stt-final / stt-partial
+        procs[f"translator{i}"] = spawn("translator", base, tmp_path / f"translator{i}.log")  # shares `translator`
     procs["edge"] = spawn("edge", {**base, "TOLK_PORT": str(port)}, tmp_path / "edge.log")
     try:
         wait_ready(f"http://127.0.0.1:{port}", procs["edge"], tmp_path / "edge.log")
@@ -49,11 +50,12 @@ async def test_two_replicas_of_each_actor_split_the_sessions(nats_url: str, bus:
                     if partition_for(s, partitions) in owned][:2]
         english = [c for c in clips("en") if c.seconds < 12][:4]
         runs = await asyncio.gather(*(
-            stream_pcm(f"ws://127.0.0.1:{port}/v1/listen", *c.pcm16(), session_id=sid, pace=2.0)
+            stream_pcm(f"ws://127.0.0.1:{port}/v1/listen", *c.pcm16(), session_id=sid, pace=2.0, targets=["pt"])
             for sid, c in zip(ids, english, strict=True)
         ))
         for run, sid in zip(runs, ids, strict=True):
             assert run.done and run.session_id == sid and not run.errors
+            assert all(r["translations"].get("pt") for r in run.finals if r["text"]), run.finals
         assert corpus_wer([(c.reference, run.text()) for c, run in zip(english, runs, strict=True)]) <= 0.15
         for replica in (0, 1):
             seg_log = (tmp_path / f"segmenter{replica}.log").read_text()
