@@ -10,8 +10,8 @@ import pytest
 from edge.app import EdgeSettings
 from edge.protocol import (
     Audio,
-    Configure,
     Close,
+    Configure,
     ErrorCode,
     ProtocolError,
     Start,

@@ -17,8 +17,8 @@ from actors.translator.engine import Engine, ErrorKind, Router, TranslationError
 from actors.translator.fast import FastTranslateEngine
 from actors.translator.opus import EasyNmtEngine
 from actors.translator.service import TranslationService
+from loadtest.marian import build_hf_cache_snapshot, build_marian
 from tests.conftest import HF_HOME
-from tests.marian import build_hf_cache_snapshot, build_marian
 
 GERMAN = ["Guten Morgen.", "Wie geht es dir heute?", "Das Wetter ist schön.", "Ich komme aus Berlin.",
           "Wir treffen uns morgen.", "Danke schön.", "Das ist ein Test.", "Bis bald."]

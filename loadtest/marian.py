@@ -1,8 +1,11 @@
-"""Builds tiny, randomly initialised Marian (Opus-MT architecture) models for tests.
+"""Builds randomly initialised Marian (Opus-MT architecture) models, for tests and benchmarks.
 
 Real files in the real layouts (a model folder, or a Hugging Face cache snapshot), loaded by the same
 EasyNMT / transformers code as production Opus-MT weights. Random weights mean the *output* is
 nonsense: tests built on these check loading, batching, routing, caching and errors, not quality.
+`size="opus"` has Opus-MT's real dimensions (6+6 layers, d_model 512, 58k vocabulary: ~75M parameters),
+so its compute cost is Opus-MT's; with random weights it rarely stops early, so every output runs to
+`max_length` tokens: benchmark numbers are for fixed-length outputs.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ def _spm(workdir: Path) -> Path:
     return _SPM_CACHE[key]
 
 
-def build_marian(out: Path, workdir: Path, seed: int = 0) -> Path:
+def build_marian(out: Path, workdir: Path, seed: int = 0, size: str = "tiny", max_length: int = 24) -> Path:
     """Write a tiny MarianMT model + MarianTokenizer files to `out` and return it."""
     import sentencepiece as spm
     import torch
@@ -55,24 +58,28 @@ def build_marian(out: Path, workdir: Path, seed: int = 0) -> Path:
     (out / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
     tok = MarianTokenizer(str(out / "source.spm"), str(out / "target.spm"), str(out / "vocab.json"))
     torch.manual_seed(seed)
-    config = MarianConfig(
-        vocab_size=len(vocab), d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
-        decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=128,
-        pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
-    )
+    if size == "opus":
+        dims = {"vocab_size": 58101, "d_model": 512, "encoder_layers": 6, "decoder_layers": 6,
+                "encoder_attention_heads": 8, "decoder_attention_heads": 8, "encoder_ffn_dim": 2048,
+                "decoder_ffn_dim": 2048, "max_position_embeddings": 512}
+    else:
+        dims = {"vocab_size": len(vocab), "d_model": 32, "encoder_layers": 1, "decoder_layers": 1,
+                "encoder_attention_heads": 2, "decoder_attention_heads": 2, "encoder_ffn_dim": 64,
+                "decoder_ffn_dim": 64, "max_position_embeddings": 128}
+    config = MarianConfig(pad_token_id=0, eos_token_id=1, decoder_start_token_id=0, **dims)
     model = MarianMTModel(config)
-    model.generation_config.max_length = 24
+    model.generation_config.max_length = max_length
     model.generation_config.num_beams = 1
     model.save_pretrained(out)
     tok.save_pretrained(out)
     return out
 
 
-def build_hf_cache_snapshot(hub: Path, repo: str, workdir: Path, seed: int = 0) -> Path:
+def build_hf_cache_snapshot(hub: Path, repo: str, workdir: Path, seed: int = 0, size: str = "tiny") -> Path:
     """The layout `from_pretrained(repo)` reads offline: hub/models--org--name/{refs/main,snapshots/<rev>/}."""
     revision = "0" * 40
     root = hub / ("models--" + repo.replace("/", "--"))
-    snapshot = build_marian(root / "snapshots" / revision, workdir, seed)
+    snapshot = build_marian(root / "snapshots" / revision, workdir, seed, size)
     (root / "refs").mkdir(parents=True, exist_ok=True)
     (root / "refs" / "main").write_text(revision)
     return snapshot
