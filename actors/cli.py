@@ -16,6 +16,7 @@ ACTORS = {
     "stt": "actors.stt.actor",
     "translator": "actors.translator.actor",
     "fanout": "actors.fanout.actor",
+    "ingest": "actors.ingest.actor",
 }
 
 

@@ -24,7 +24,7 @@ from schemas import ActorHeartbeat, decode
 
 log = logging.getLogger("tolk.up")
 
-PIPELINE = ("segmenter", "stt", "translator", "fanout")
+PIPELINE = ("segmenter", "stt", "translator", "fanout", "ingest")
 
 
 @dataclass

@@ -5,18 +5,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from dataclasses import dataclass
 
 import msgspec
 from aiohttp import web
+from nats.js.errors import KeyDeletedError, KeyNotFoundError, NoKeysError
 
-from actors.runtime import listeners, settings, topology
+from actors.runtime import channels, listeners, settings, topology
 from actors.runtime.actor import Actor, RuntimeSettings
 from actors.runtime.bus import Bus
+from edge.files import FileTranscriber
+from edge.hub import ChannelHub
+from edge.listener import ChannelListener
+from edge.metrics import EdgeMetrics
 from edge.protocol import ErrorCode, ProtocolError
 from edge.session import ClientSession, Limits
-from schemas import ActorHeartbeat, DecodeError, decode
+from schemas import ActorHeartbeat, ChannelRecord, DecodeError, IngestLease, decode
 
 log = logging.getLogger("tolk.edge")
 
@@ -35,6 +41,10 @@ class EdgeSettings:
     result_queue: int = 256
     ws_heartbeat_s: float = 20.0
     shutdown_grace_s: float = 5.0
+    max_upload_bytes: int = 200 * 1024 * 1024  # file transcription: larger uploads get 413
+    upload_dir: str = ""  # where uploads wait while being transcribed (default: the system temp dir)
+    file_pace: float = 10.0  # files enter the pipeline at most this many times faster than real time
+    file_result_timeout_s: float = 120.0  # a file job fails (504) if the pipeline is silent this long
 
 
 class Edge(Actor):
@@ -46,6 +56,10 @@ class Edge(Actor):
         self.partitions = topo.partitions
         self.instance = runtime.instance
         self.sessions: dict[str, ClientSession] = {}
+        self.listeners: set[ChannelListener] = set()
+        self.hub = ChannelHub(bus)
+        self.metrics = EdgeMetrics()
+        self.files = FileTranscriber(self)
         self.limits = Limits(cfg.max_frame_bytes, cfg.idle_timeout_s, cfg.stop_timeout_s, cfg.result_queue)
         self.accepting = True
         self._stopped = asyncio.Event()
@@ -58,10 +72,17 @@ class Edge(Actor):
             web.get("/v1/listen", self.listen),
             web.get("/healthz", self.healthz),
             web.get("/readyz", self.readyz),
+            web.get("/v1/channels", self.list_channels),
+            web.post("/v1/transcriptions", self.files.upload),
+            web.get("/v1/transcriptions/ws", self.files.websocket),
+            web.get("/v1/sessions/{session_id}/transcript", self.files.export),
+            web.get("/metrics", self.metrics_route),
         ])
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
+        if self.cfg.upload_dir:
+            os.makedirs(self.cfg.upload_dir, exist_ok=True)
         self._runner = web.AppRunner(self.app, handle_signals=False, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.cfg.host, self.cfg.port)
@@ -86,6 +107,8 @@ class Edge(Actor):
             await asyncio.sleep(listeners.REFRESH_S)
             for session in list(self.sessions.values()):
                 await session.announce()
+            for listener in list(self.listeners):
+                await listener.announce()
 
     async def drain(self) -> None:
         """Refuse new sessions, give open ones a short grace, then tell the rest to reconnect."""
@@ -123,8 +146,50 @@ class Edge(Actor):
         if not self.accepting:
             await session.fail(ProtocolError(ErrorCode.SHUTTING_DOWN, "server restarting; reconnect"))
             return ws
-        await session.serve()
+        self.metrics.connected_clients.inc()
+        try:
+            subscribe = await session.serve()
+            if subscribe is not None:
+                await ChannelListener(self, ws, self.cfg.result_queue).serve(subscribe)
+        finally:
+            self.metrics.connected_clients.dec()
         return ws
+
+    async def channel(self, name: str) -> ChannelRecord | None:
+        try:
+            entry = await (await self.bus.kv(channels.BUCKET)).get(name)
+        except (KeyNotFoundError, KeyDeletedError):
+            return None
+        if not entry.value:
+            return None
+        try:
+            return decode(entry.value, ChannelRecord)
+        except DecodeError:
+            return None
+
+    async def list_channels(self, request: web.Request) -> web.Response:
+        out = []
+        kv = await self.bus.kv(channels.BUCKET)
+        leases = await self.bus.kv(channels.LEASES)
+        with contextlib.suppress(NoKeysError):
+            for key in sorted(await kv.keys()):
+                record = await self.channel(key)
+                if record is None:
+                    continue
+                lease = None
+                with contextlib.suppress(Exception):
+                    entry = await leases.get(key)
+                    lease = decode(entry.value, IngestLease) if entry.value else None
+                out.append({"name": record.name, "title": record.title, "language": record.language,
+                            "targets": list(record.targets), "live": lease is not None,
+                            "session_id": lease.session_id if lease else None,
+                            "listeners_here": self.hub.listeners(record.name)})
+        return web.json_response({"channels": out})
+
+    async def metrics_route(self, request: web.Request) -> web.Response:
+        self.metrics.refresh(self)
+        body, content_type = self.metrics.render()
+        return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})

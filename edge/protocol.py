@@ -43,6 +43,10 @@ class ErrorCode(enum.StrEnum):
     INVALID_SESSION_ID = "invalid_session_id"
     INVALID_TARGETS = "invalid_targets"
     INVALID_CONFIGURE = "invalid_configure"
+    INVALID_SUBSCRIBE = "invalid_subscribe"
+    UNKNOWN_CHANNEL = "unknown_channel"
+    NOT_STREAMING = "not_streaming"
+    SLOW_CONSUMER = "slow_consumer"
     SESSION_IN_USE = "session_in_use"
     AUDIO_BEFORE_START = "audio_before_start"
     INVALID_FRAME = "invalid_frame"
@@ -64,6 +68,10 @@ CLOSE_FOR: dict[ErrorCode, Close | None] = {
     ErrorCode.INVALID_SESSION_ID: Close.POLICY,
     ErrorCode.INVALID_TARGETS: Close.POLICY,
     ErrorCode.INVALID_CONFIGURE: None,  # reported; the session goes on with its previous settings
+    ErrorCode.INVALID_SUBSCRIBE: None,  # reported; a listener keeps its channel (if any)
+    ErrorCode.UNKNOWN_CHANNEL: None,
+    ErrorCode.NOT_STREAMING: None,  # audio from a listener: ignored
+    ErrorCode.SLOW_CONSUMER: Close.POLICY,
     ErrorCode.SESSION_IN_USE: Close.POLICY,
     ErrorCode.AUDIO_BEFORE_START: Close.POLICY,
     ErrorCode.INVALID_FRAME: Close.INVALID_PAYLOAD,
@@ -111,6 +119,15 @@ class Configure:
 
 
 @dataclass(frozen=True)
+class Subscribe:
+    """Listen to a broadcast channel (switches channel when already listening)."""
+
+    channel: str
+    targets: tuple[str, ...] | None
+    translate_partials: bool
+
+
+@dataclass(frozen=True)
 class Stop:
     pass
 
@@ -125,7 +142,7 @@ class Unknown:
     type: str
 
 
-ClientMessage = Start | Configure | Stop | Audio | Unknown
+ClientMessage = Start | Configure | Subscribe | Stop | Audio | Unknown
 
 
 def parse_text(text: str, max_frame: int) -> ClientMessage:
@@ -140,6 +157,10 @@ def parse_text(text: str, max_frame: int) -> ClientMessage:
         return parse_start(obj)
     if kind in ("configure", "set_langs"):  # set_langs: the seed design's name
         return parse_configure(obj)
+    if kind == "subscribe":
+        return parse_subscribe(obj)
+    if kind == "unsubscribe":
+        return Stop()
     if kind == "stop":
         return Stop()
     if kind == "audio":
@@ -191,6 +212,18 @@ def parse_targets(targets: Any, code: ErrorCode) -> tuple[str, ...]:
     if len(out) > MAX_TARGETS:
         raise ProtocolError(code, f"at most {MAX_TARGETS} target languages per session")
     return out
+
+
+def parse_subscribe(obj: dict[str, Any]) -> Subscribe:
+    code = ErrorCode.INVALID_SUBSCRIBE
+    channel = obj.get("channel")
+    if not isinstance(channel, str) or not re.match(r"^[a-z0-9_-]{1,32}$", channel):
+        raise ProtocolError(code, '"channel" must be a channel name (see GET /v1/channels)')
+    targets = parse_targets(obj["targets"], code) if "targets" in obj else None
+    partials = obj.get("translate_partials", False)
+    if not isinstance(partials, bool):
+        raise ProtocolError(code, "translate_partials must be true or false")
+    return Subscribe(channel, targets, partials)
 
 
 def parse_configure(obj: dict[str, Any]) -> Configure:

@@ -31,6 +31,7 @@ from edge.protocol import (
     ProtocolError,
     Start,
     Stop,
+    Subscribe,
     Unknown,
     check_audio,
     parse_text,
@@ -59,6 +60,14 @@ class Limits:
     result_queue: int
 
 
+class Handover(Exception):
+    """The first message was `subscribe`: this connection becomes a channel listener."""
+
+    def __init__(self, subscribe: Subscribe) -> None:
+        super().__init__("subscribe")
+        self.subscribe = subscribe
+
+
 class ClientSession:
     def __init__(self, edge: Edge, ws: web.WebSocketResponse, limits: Limits) -> None:
         self.edge = edge
@@ -75,11 +84,16 @@ class ClientSession:
         self.done = asyncio.Event()
         self._sub: Subscription | None = None
         self._writer: asyncio.Task[None] | None = None
+        self.handed_over = False
 
     # ------------------------------------------------------------------ lifecycle
-    async def serve(self) -> None:
+    async def serve(self) -> Subscribe | None:
+        """Returns the `subscribe` message when the client turned out to be a listener."""
         try:
             await self._read_loop()
+        except Handover as h:
+            self.handed_over = True
+            return h.subscribe
         except ProtocolError as err:
             await self.fail(err)
         except (ConnectionResetError, aiohttp.ClientConnectionResetError):
@@ -89,6 +103,7 @@ class ClientSession:
             await self.fail(ProtocolError(ErrorCode.INTERNAL, "internal error; please reconnect"))
         finally:
             await self._cleanup()
+        return None
 
     async def fail(self, err: ProtocolError) -> None:
         log.info("%s: %s (%s)", self.session_id or "pre-start", err.code.value, err.message)
@@ -119,7 +134,7 @@ class ClientSession:
             await self._record("closed")
             with contextlib.suppress(Exception):
                 await listeners.remove_listener(await self.edge.bus.kv(listeners.BUCKET), self.session_id, "owner")
-        if not self.ws.closed:
+        if not self.ws.closed and not self.handed_over:
             with contextlib.suppress(Exception):
                 await self.ws.close()
 
@@ -162,6 +177,11 @@ class ClientSession:
                 await self._begin(message)
             case Audio(data=data):
                 await self._on_audio(data)
+            case Subscribe():
+                if self.phase is Phase.AWAIT_START:
+                    raise Handover(message)
+                await self.fail(ProtocolError(ErrorCode.NOT_STREAMING,
+                                              "this connection streams audio; open another to listen to a channel"))
             case Configure():
                 if self.phase is Phase.AWAIT_START:
                     raise ProtocolError(ErrorCode.INVALID_START, 'send {"type":"start"} first')
@@ -278,7 +298,8 @@ class ClientSession:
     async def _write_loop(self) -> None:
         while True:
             result = await self.results.get()
-            await self.ws.send_json(render_result(result, targets=self.targets))
+            wanted = self.targets if result.kind is not ResultKind.PARTIAL or self.translate_partials else ()
+            await self.ws.send_json(render_result(result, targets=wanted))
             if result.kind is ResultKind.END:
                 self.done.set()
                 self.phase = Phase.CLOSED

@@ -125,13 +125,14 @@ class ActorSampler:
         return cpu, {k: round(v, 1) for k, v in self.peak.items()}
 
 
-async def run_level(url: str, n: int, cs: list[Clip], seconds: float, sampler: ActorSampler | None) -> Row:
+async def run_level(url: str, n: int, cs: list[Clip], seconds: float, sampler: ActorSampler | None,
+                    targets: list[str] | None = None) -> Row:
     streams = [mic_stream(cs, i * 3, seconds) for i in range(n)]
 
     async def one(i: int) -> SessionRun:
         await asyncio.sleep(i * 0.37)  # staggered like real users, not in lockstep
         pcm, _ = streams[i]
-        return await stream_pcm(url, pcm, 16000, pace=1.0, timeout=120)
+        return await stream_pcm(url, pcm, 16000, pace=1.0, timeout=120, targets=targets)
 
     if sampler:
         sampler.start()
@@ -181,7 +182,7 @@ def render(rows: list[Row], args: argparse.Namespace, machine: str) -> str:
         f"- command: `python -m loadtest.mic {' '.join(sys.argv[1:])}`",
         f"- machine: {machine}",
         f"- model: {os.environ.get('TOLK_MODEL', 'tiny.en')}; each session streams ≈{args.seconds:.0f} s of real "
-        "speech at real-time pace",
+        "speech at real-time pace" + (f", translated into {', '.join(args.targets)}" if args.targets else ""),
         "- latency is client-side: audio leaving the client → text arriving (final: from the end of speech, so it "
         "includes the 500 ms endpoint silence)",
         "",
@@ -216,7 +217,7 @@ async def main_async(args: argparse.Namespace) -> int:
     try:
         for n in args.sessions:
             sampler = ActorSampler(proc.pid) if proc else None
-            row = await run_level(url, n, cs, args.seconds, sampler)
+            row = await run_level(url, n, cs, args.seconds, sampler, args.targets)
             print(f"sessions={n}: WER {row.wer:.3f}, final p50/p95 {row.final_p50:.2f}/{row.final_p95:.2f} s, "
                   f"first partial p50/p95 {row.first_partial_p50:.2f}/{row.first_partial_p95:.2f} s", flush=True)
             rows.append(row)
@@ -231,9 +232,9 @@ async def main_async(args: argparse.Namespace) -> int:
     print("\n" + report)
     REPORTS.mkdir(exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    (REPORTS / f"mic-{stamp}.md").write_text(report)
-    (REPORTS / "mic-latest.md").write_text(report)
-    (REPORTS / f"mic-{stamp}.json").write_text(json.dumps([asdict(r) for r in rows], indent=2))
+    (REPORTS / f"{args.name}-{stamp}.md").write_text(report)
+    (REPORTS / f"{args.name}-latest.md").write_text(report)
+    (REPORTS / f"{args.name}-{stamp}.json").write_text(json.dumps([asdict(r) for r in rows], indent=2))
     return 0
 
 
@@ -243,6 +244,8 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=60.0, help="audio per session")
     p.add_argument("--clips", nargs="*", default=[], help="clip name prefixes (default: every English clip)")
     p.add_argument("--url", default=None, help="benchmark a running edge instead of starting `tolk up`")
+    p.add_argument("--targets", nargs="*", default=[], help="translate every session into these languages")
+    p.add_argument("--name", default="mic", help="report name: loadtest/reports/<name>-latest.md")
     return asyncio.run(main_async(p.parse_args()))
 
 

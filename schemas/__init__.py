@@ -10,9 +10,11 @@ from schemas.messages import (
     SCHEMA_VERSION,
     ActorHeartbeat,
     AudioChunk,
+    ChannelRecord,
     ClientResult,
     Encoding,
     Endpoint,
+    IngestLease,
     ListenerRecord,
     ResultKind,
     Segment,
@@ -20,16 +22,19 @@ from schemas.messages import (
     SessionRecord,
     Transcript,
     Word,
+    stream_of,
 )
 
 __all__ = [
     "SCHEMA_VERSION",
     "ActorHeartbeat",
     "AudioChunk",
+    "ChannelRecord",
     "ClientResult",
     "DecodeError",
     "Encoding",
     "Endpoint",
+    "IngestLease",
     "ListenerRecord",
     "ResultKind",
     "Segment",
@@ -39,4 +44,5 @@ __all__ = [
     "Word",
     "decode",
     "encode",
+    "stream_of",
 ]

@@ -39,6 +39,11 @@ class ResultKind(enum.StrEnum):
     END = "end"
 
 
+def stream_of(msg: AudioChunk | Segment | Transcript | ClientResult) -> str:
+    """The stream whose listeners receive this session's results."""
+    return msg.stream_id or msg.session_id
+
+
 class _Msg(msgspec.Struct, kw_only=True, frozen=True):
     """Base: unknown fields are tolerated so a newer producer can add optional ones."""
 
@@ -60,6 +65,9 @@ class AudioChunk(_Msg, frozen=True):
     data: bytes
     received_at: float  # edge wall clock (unix seconds) when the frame arrived
     end: bool = False  # client sent `stop`: flush and finish the session
+    # Whose listeners get the results: "" = the session itself (a microphone). A broadcast channel's
+    # pipeline runs are sessions `ch=<name>=<run>` of the stream `ch=<name>` (see `stream_of`).
+    stream_id: str = ""
 
 
 class Segment(_Msg, frozen=True):
@@ -83,6 +91,7 @@ class Segment(_Msg, frozen=True):
     partition: int
     speech_start: float = 0.0  # stream seconds of the VAD onset (`start` includes pre-roll)
     endpoint: Endpoint = Endpoint.NONE
+    stream_id: str = ""
 
 
 class Word(msgspec.Struct, frozen=True):
@@ -115,6 +124,7 @@ class Transcript(_Msg, frozen=True):
     speech_start: float = 0.0
     endpoint: Endpoint = Endpoint.NONE
     language_prob: float = 0.0  # detection probability when the language was detected, else 0
+    stream_id: str = ""
     # Set by the translator on `tolk.result.*`: target → text, and target → error code for targets
     # it could not serve (unsupported pair, engine failure). Every requested target is in one of them.
     translations: dict[str, str] = {}
@@ -139,6 +149,7 @@ class ClientResult(_Msg, frozen=True):
     endpoint: Endpoint = Endpoint.NONE
     translations: dict[str, str] = {}
     translation_errors: dict[str, str] = {}
+    stream_id: str = ""
 
 
 class SessionRecord(_Msg, frozen=True):
@@ -167,6 +178,25 @@ class ListenerRecord(_Msg, frozen=True):
     translate_partials: bool = False
     edge: str = ""
     updated_at: float = 0.0
+
+
+class ChannelRecord(_Msg, frozen=True):
+    """KV `tolk_channels`, key = name: a configured broadcast channel (written by ingest from its config)."""
+
+    name: str
+    url: str
+    language: str = "auto"
+    targets: tuple[str, ...] = ()  # default targets for listeners that name none
+    title: str = ""
+
+
+class IngestLease(_Msg, frozen=True):
+    """KV `tolk_ingest`, key = channel name: which ingest replica runs the channel's pipeline (TTL-bound)."""
+
+    channel: str
+    instance: str
+    session_id: str  # the current run: `ch=<name>=<run>`
+    started_at: float
 
 
 class ActorHeartbeat(_Msg, frozen=True):

@@ -90,11 +90,15 @@ def wait_ready(http: str, proc: subprocess.Popen[bytes], log: Path, timeout: flo
     raise RuntimeError(f"tolk up not ready in {timeout}s:\n{log.read_text()[-4000:]}")
 
 
+UPLOAD_LIMIT = 8_000_000  # tests' upload limit (the default is 200 MB), so a "huge" upload stays cheap
+
+
 def start_tolk(tmp: Path, extra_args: list[str] | None = None, env: dict[str, str] | None = None) -> Running:
     port = free_port()
     log = tmp / "tolk-up.log"
     args = [TOLK, "up", "--data-dir", str(tmp / "data"), "--port", str(port), *(extra_args or [])]
-    full_env = {**os.environ, "TOLK_IDLE_TIMEOUT_S": "4", "TOLK_MODEL_CACHE": str(tmp / "models"), **(env or {})}
+    full_env = {**os.environ, "TOLK_IDLE_TIMEOUT_S": "4", "TOLK_MODEL_CACHE": str(tmp / "models"),
+                "TOLK_MAX_UPLOAD_BYTES": str(UPLOAD_LIMIT), "TOLK_UPLOAD_DIR": str(tmp / "uploads"), **(env or {})}
     full_env.pop("TOLK_NATS_URL", None)
     with open(log, "wb") as fh:
         proc = subprocess.Popen(args, stdout=fh, stderr=subprocess.STDOUT, env=full_env)

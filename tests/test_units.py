@@ -56,3 +56,61 @@ def test_partitions() -> None:
     with pytest.raises(ValueError):
         owned_partitions(8, 2, 2)
     assert valid_session_id("a-B_9") and not valid_session_id("a.b") and not valid_session_id("")
+
+
+def test_listener_view_unions_targets_and_ages_out_dead_edges() -> None:
+    import time
+
+    from actors.runtime.listeners import ListenerView, listener_key
+    from schemas import ListenerRecord, encode
+
+    view = ListenerView(stale_s=60)
+    now = time.time()
+    view.apply(listener_key("s", "a"), encode(ListenerRecord(stream_id="s", listener_id="a", targets=("de", "pt"),
+                                                             updated_at=now)))
+    view.apply(listener_key("s", "b"), encode(ListenerRecord(stream_id="s", listener_id="b", targets=("fr",),
+                                                             translate_partials=True, updated_at=now)))
+    view.apply(listener_key("s", "dead"), encode(ListenerRecord(stream_id="s", listener_id="dead", targets=("ja",),
+                                                                updated_at=now - 120)))
+    view.apply(listener_key("s", "junk"), b"\x00 not msgpack")
+    assert view.targets("s") == ("de", "fr", "pt")  # the dead edge's record no longer counts
+    assert view.targets("s", partial=True) == ("fr",)
+    assert view.listeners("s") == 3 and view.targets("other") == ()
+    view.apply(listener_key("s", "a"), None)
+    view.apply(listener_key("s", "b"), None)
+    view.apply(listener_key("s", "dead"), None)
+    assert view.targets("s") == () and view.listeners("s") == 0
+
+
+def test_subtitle_formats_are_ordered_and_well_formed() -> None:
+    from edge.formats import Cue, render, srt, vtt
+
+    cues = [Cue(3.5, 5.0, " second "), Cue(0.2, 3.9, "first"), Cue(6.0, 6.0, "instant"), Cue(7.0, 8.0, "  ")]
+    assert srt(cues) == ("1\n00:00:00,200 --> 00:00:03,900\nfirst\n\n"
+                         "2\n00:00:03,900 --> 00:00:05,000\nsecond\n\n"
+                         "3\n00:00:06,000 --> 00:00:06,001\ninstant\n")
+    assert vtt([Cue(3725.5, 3726.25, "a --> b")]) == "WEBVTT\n\n01:02:05.500 --> 01:02:06.250\na -> b\n"
+    body, ctype = render(cues, "verbose_json", "en", 8.0)
+    assert isinstance(body, dict) and ctype == "application/json"
+    assert [s["text"] for s in body["segments"]] == ["first", "second", "instant"] and body["text"] == \
+        "first second instant"
+    translated = srt([Cue(0, 1, "hello", translations={"pt": "olá"})], translation="pt")
+    assert "olá" in translated
+
+
+def test_channel_config_and_names() -> None:
+    import json
+
+    import pytest
+
+    from actors.runtime import channels
+
+    got = channels.load(env_json=json.dumps({"channels": [{"name": "news", "url": "http://x/a.mp3",
+                                                           "targets": ["de"]}]}))
+    assert got[0].name == "news" and got[0].language == "auto" and got[0].targets == ("de",)
+    assert channels.stream_id("news") == "ch=news" and channels.channel_of("ch=news") == "news"
+    assert channels.new_session_id("news").startswith("ch=news=")
+    for bad in ([{"name": "News!", "url": "u"}], [{"name": "a", "url": ""}], [{"name": "a", "url": "u"}] * 2,
+                [{"url": "u"}]):
+        with pytest.raises(channels.ChannelConfigError):
+            channels.parse(bad)

@@ -9,12 +9,12 @@ import time
 from dataclasses import dataclass
 
 from actors.fanout.ordering import SessionOrder
-from actors.runtime import settings, topology
+from actors.runtime import channels, settings, topology
 from actors.runtime.actor import Actor, RuntimeSettings
 from actors.runtime.bus import Bus
 from actors.runtime.consumer import Delivery, PullLoop
 from actors.runtime.partition import owned_partitions
-from schemas import ClientResult, Transcript
+from schemas import ClientResult, ResultKind, Transcript, stream_of
 
 log = logging.getLogger("tolk.fanout")
 
@@ -73,7 +73,11 @@ class FanoutActor(Actor):
 
     async def _deliver(self, order: SessionOrder, results: list[ClientResult]) -> None:
         for r in results:
-            await self.bus.send(session_subject(order.session_id), r)
+            stream = stream_of(r)
+            await self.bus.send(session_subject(stream), r)
+            if r.stream_id and r.kind is ResultKind.FINAL and r.text:
+                # A broadcast channel's finals are also kept (last 50 per channel) for late joiners.
+                await self.bus.publish(channels.captions_subject(stream), r, msg_id=f"{r.session_id}:c{r.seq}")
         if order.ended:
             self.sessions.pop(order.session_id, None)
 

@@ -92,5 +92,5 @@ class SessionOrder:
             session_id=t.session_id, utterance_id=t.utterance_id, seq=t.seq, kind=t.kind,
             text=text, stable_text=stable, language=t.language, start=t.start, end=t.end,
             words=t.words, speech_end_wall=t.speech_end_wall, speech_start=t.speech_start, endpoint=t.endpoint,
-            translations=t.translations, translation_errors=t.translation_errors,
+            translations=t.translations, translation_errors=t.translation_errors, stream_id=t.stream_id,
         )

@@ -72,7 +72,8 @@ class ListenerView:
         return tuple(sorted(out))
 
     def listeners(self, stream_id: str) -> int:
-        return len(self._streams.get(stream_id, {}))
+        oldest = time.time() - self.stale_s
+        return sum(r.updated_at >= oldest for r in self._streams.get(stream_id, {}).values())
 
     async def watch(self, kv: KeyValue) -> None:
         """Follow the bucket forever (re-watching after errors); cancel to stop."""

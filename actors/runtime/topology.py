@@ -27,6 +27,7 @@ class StreamSpec(msgspec.Struct, frozen=True):
     max_msg_size: int = -1
     discard: Literal["old", "new"] = "old"
     duplicate_window_s: float = 120
+    max_msgs_per_subject: int = -1
 
 
 class ConsumerSpec(msgspec.Struct, frozen=True):
@@ -94,6 +95,7 @@ def _stream_config(s: StreamSpec, replicas: int) -> api.StreamConfig:
         max_msg_size=s.max_msg_size,
         discard=api.DiscardPolicy(s.discard),
         duplicate_window=s.duplicate_window_s,
+        max_msgs_per_subject=s.max_msgs_per_subject,
         num_replicas=replicas,
     )
 

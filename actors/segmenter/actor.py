@@ -44,6 +44,7 @@ class SessionState:
         self.session_id = chunk.session_id
         self.partition = partition
         self.language = chunk.language
+        self.stream_id = chunk.stream_id
         self.sample_rate = chunk.sample_rate
         self.resampler = Resampler(chunk.sample_rate)
         self.segmenter = seg
@@ -145,7 +146,8 @@ class SegmenterActor(Actor):
             await self.bus.publish(
                 f"tolk.transcript.{partition}.{state.session_id}",
                 Transcript(session_id=state.session_id, utterance_id=state.segmenter.utterance_id,
-                           seq=state.seq, final_index=state.finals + 1, kind=ResultKind.END, partition=partition),
+                           seq=state.seq, final_index=state.finals + 1, kind=ResultKind.END, partition=partition,
+                           stream_id=state.stream_id),
                 msg_id=f"{state.session_id}:{state.seq}",
             )
             self.sessions.pop(state.session_id, None)
@@ -173,7 +175,7 @@ class SegmenterActor(Actor):
             final_index=final_index, kind=kind,
             audio=to_int16_bytes(cut.audio), start=round(cut.start, 3), end=round(cut.end, 3),
             language=state.language, speech_end_wall=cut.speech_end_wall, partition=state.partition,
-            speech_start=round(cut.speech_start, 3), endpoint=cut.endpoint,
+            speech_start=round(cut.speech_start, 3), endpoint=cut.endpoint, stream_id=state.stream_id,
         )
         await self.bus.publish(
             f"tolk.segment.{kind.value}.{state.partition}.{state.session_id}", seg,

@@ -25,7 +25,7 @@ from actors.runtime.bus import Bus
 from actors.runtime.consumer import Delivery, PullLoop
 from actors.translator.engine import Engine, ErrorKind, Router, TranslationError, normalize
 from actors.translator.service import TranslationService
-from schemas import ResultKind, Transcript
+from schemas import ResultKind, Transcript, stream_of
 
 log = logging.getLogger("tolk.translator")
 
@@ -176,14 +176,14 @@ class TranslatorActor(Actor):
         if t.kind is ResultKind.PARTIAL:
             return await self._partial(t)
         self._partials.pop(t.session_id, None)
-        targets = self.view.targets(t.session_id)
+        targets = self.view.targets(stream_of(t))
         if not targets or not t.text.strip():
             return t
         translations, errors = await self.translate_all(t.text, t.language, targets)
         return _with(t, translations, errors)
 
     async def _partial(self, t: Transcript) -> Transcript:
-        targets = self.view.targets(t.session_id, partial=True)
+        targets = self.view.targets(stream_of(t), partial=True)
         if not targets:
             return t
         now = time.monotonic()

@@ -1,0 +1,78 @@
+"""Transcript export formats (SRT, WebVTT, text, OpenAI-style json / verbose_json), as pure functions."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
+
+
+@dataclass(frozen=True)
+class Cue:
+    start: float
+    end: float
+    text: str
+    words: list[dict[str, Any]] = field(default_factory=list)
+    translations: dict[str, str] = field(default_factory=dict)
+
+
+def monotonic(cues: Sequence[Cue]) -> list[Cue]:
+    """Ordered, non-overlapping, non-empty cues: a player shows one caption at a time."""
+    out: list[Cue] = []
+    last_end = 0.0
+    for c in sorted((c for c in cues if c.text.strip()), key=lambda c: (c.start, c.end)):
+        start = max(c.start, last_end)
+        end = max(c.end, start + 0.001)
+        out.append(Cue(round(start, 3), round(end, 3), c.text.strip(), c.words, c.translations))
+        last_end = end
+    return out
+
+
+def _clock(seconds: float, sep: str) -> str:
+    ms = round(seconds * 1000)
+    h, rem = divmod(ms, 3_600_000)
+    m, rem = divmod(rem, 60_000)
+    s, ms = divmod(rem, 1000)
+    return f"{h:02d}:{m:02d}:{s:02d}{sep}{ms:03d}"
+
+
+def srt(cues: Sequence[Cue], translation: str | None = None) -> str:
+    blocks = []
+    for i, c in enumerate(monotonic(cues), 1):
+        text = c.translations.get(translation, c.text) if translation else c.text
+        blocks.append(f"{i}\n{_clock(c.start, ',')} --> {_clock(c.end, ',')}\n{text}\n")
+    return "\n".join(blocks)
+
+
+def vtt(cues: Sequence[Cue], translation: str | None = None) -> str:
+    blocks = ["WEBVTT\n"]
+    for c in monotonic(cues):
+        text = c.translations.get(translation, c.text) if translation else c.text
+        blocks.append(f"{_clock(c.start, '.')} --> {_clock(c.end, '.')}\n{text.replace('-->', '->')}\n")
+    return "\n".join(blocks)
+
+
+def text(cues: Sequence[Cue]) -> str:
+    return " ".join(c.text for c in monotonic(cues))
+
+
+def render(cues: Sequence[Cue], fmt: str, language: str = "", duration: float = 0.0,
+           translation: str | None = None) -> tuple[str | dict[str, Any], str]:
+    """(body, content type) for `fmt` (one of FORMATS)."""
+    ordered = monotonic(cues)
+    if fmt == "srt":
+        return srt(ordered, translation), "application/x-subrip; charset=utf-8"
+    if fmt == "vtt":
+        return vtt(ordered, translation), "text/vtt; charset=utf-8"
+    if fmt == "text":
+        return text(ordered) + "\n", "text/plain; charset=utf-8"
+    if fmt == "verbose_json":
+        return {
+            "task": "transcribe", "language": language, "duration": round(duration, 3), "text": text(ordered),
+            "segments": [{"id": i, "start": c.start, "end": c.end, "text": c.text, "words": c.words,
+                          **({"translations": c.translations} if c.translations else {})}
+                         for i, c in enumerate(ordered)],
+        }, "application/json"
+    return {"text": text(ordered)}, "application/json"

@@ -1,0 +1,272 @@
+"""A WebSocket client listening to a broadcast channel: captions (with its translations) and audio.
+
+SUBSCRIBED ⇄ (switching) → CLOSED. On subscribe it registers a listener record (so ingest runs the
+channel and the translator serves its targets), replays the channel's last finals from JetStream
+(`"replay": true`), then forwards live results and audio. Binary frames to the client are relayed
+audio: 8 bytes of little-endian float64 stream time, then MP3; captions' `start`/`end` use the same clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from typing import TYPE_CHECKING
+
+import aiohttp
+from aiohttp import web
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from actors.runtime import channels, listeners
+from edge.protocol import (
+    Audio,
+    Close,
+    Configure,
+    ErrorCode,
+    ProtocolError,
+    Start,
+    Stop,
+    Subscribe,
+    Unknown,
+    parse_text,
+    render_result,
+)
+from schemas import ChannelRecord, ClientResult, DecodeError, ListenerRecord, ResultKind, decode
+
+if TYPE_CHECKING:
+    from edge.app import Edge
+
+log = logging.getLogger("tolk.edge.listener")
+
+REPLAY = 50  # = TOLK_CAPTIONS max_msgs_per_subject
+
+
+class _Replayed:
+    __slots__ = ("result",)
+
+    def __init__(self, result: ClientResult) -> None:
+        self.result = result
+
+
+class ChannelListener:
+    def __init__(self, edge: Edge, ws: web.WebSocketResponse, queue_size: int) -> None:
+        self.edge = edge
+        self.ws = ws
+        self.listener_id = uuid.uuid4().hex
+        self.channel: ChannelRecord | None = None
+        self.targets: tuple[str, ...] = ()
+        self.translate_partials = False
+        self.queue: asyncio.Queue[ClientResult | bytes | _Replayed] = asyncio.Queue(maxsize=queue_size)
+        self._holding: list[ClientResult] | None = None  # live results that arrive during a replay
+        self._writer: asyncio.Task[None] | None = None
+        self._closed = False
+
+    # ------------------------------------------------------------------ lifecycle
+    async def serve(self, first: Subscribe) -> None:
+        self.edge.listeners.add(self)
+        self._writer = asyncio.create_task(self._write_loop(), name=f"edge.listen.{self.listener_id}")
+        try:
+            await self._subscribe(first)
+            await self._read_loop()
+        except ProtocolError as err:
+            await self.fail(err)
+        except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+            pass
+        except Exception:
+            log.exception("listener %s: internal error", self.listener_id)
+            await self.fail(ProtocolError(ErrorCode.INTERNAL, "internal error; please reconnect"))
+        finally:
+            await self._cleanup()
+
+    async def fail(self, err: ProtocolError) -> None:
+        log.info("listener %s: %s (%s)", self.listener_id, err.code.value, err.message)
+        if self.ws.closed:
+            return
+        with contextlib.suppress(Exception):
+            await self.ws.send_json(err.to_json())
+        if err.close is not None:
+            self._closed = True
+            with contextlib.suppress(Exception):
+                await self.ws.close(code=err.close, message=err.code.value.encode())
+
+    async def _cleanup(self) -> None:
+        self._closed = True
+        self.edge.listeners.discard(self)
+        await self._leave()
+        if self._writer is not None:
+            self._writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._writer
+        if not self.ws.closed:
+            with contextlib.suppress(Exception):
+                await self.ws.close()
+
+    # ------------------------------------------------------------------ reading
+    async def _read_loop(self) -> None:
+        while not self._closed:
+            msg = await self.ws.receive()  # no idle timeout: listeners only listen; pings find dead peers
+            if msg.type == aiohttp.WSMsgType.BINARY:
+                await self.fail(ProtocolError(ErrorCode.NOT_STREAMING, "listeners do not send audio; ignored"))
+                continue
+            if msg.type != aiohttp.WSMsgType.TEXT:
+                return
+            try:
+                message = parse_text(msg.data, self.edge.cfg.max_frame_bytes)
+            except ProtocolError as err:
+                if err.close is not None:
+                    raise
+                await self.fail(err)
+                continue
+            match message:
+                case Subscribe():
+                    await self._subscribe(message)
+                case Configure(targets=targets, translate_partials=partials):
+                    await self._configure(targets, partials)
+                case Stop():
+                    with contextlib.suppress(Exception):
+                        await self.ws.send_json({"type": "unsubscribed"})
+                        await self.ws.close(code=Close.NORMAL, message=b"unsubscribed")
+                    return
+                case Start() | Audio():
+                    await self.fail(ProtocolError(ErrorCode.NOT_STREAMING,
+                                                  "this connection listens to a channel; open another to stream"))
+                case Unknown(type=kind):
+                    await self.fail(ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown message type {kind!r} ignored"))
+
+    # ------------------------------------------------------------------ channel membership
+    async def _subscribe(self, sub: Subscribe) -> None:
+        record = await self.edge.channel(sub.channel)
+        if record is None:  # reported; a listener already on a channel stays on it
+            await self.fail(ProtocolError(ErrorCode.UNKNOWN_CHANNEL,
+                                          f"no channel {sub.channel!r} (see GET /v1/channels)"))
+            return
+        await self._leave()
+        self.channel = record
+        self.targets = sub.targets if sub.targets is not None else record.targets
+        self.translate_partials = sub.translate_partials
+        self._holding = []
+        await self.edge.hub.join(record.name, self)
+        await self.announce()
+        await self.ws.send_json({
+            "type": "subscribed", "channel": record.name, "title": record.title, "language": record.language,
+            "targets": list(self.targets), "translate_partials": self.translate_partials,
+            "audio": {"codec": "mp3", "sample_rate": 16000, "frame": "8-byte float64le stream time + MP3"},
+        })
+        replayed = await self._replay(record.name)
+        held, self._holding = self._holding, None
+        last = {r.session_id: r.seq for r in replayed}
+        for r in replayed:
+            self._put({"replay": True}, r)
+        for r in held or []:
+            if r.seq > last.get(r.session_id, 0):
+                self._put(None, r)
+        log.info("listener %s: on %s (%d replayed)", self.listener_id, record.name, len(replayed))
+
+    async def _configure(self, targets: tuple[str, ...] | None, partials: bool | None) -> None:
+        if targets is not None:
+            self.targets = targets
+        if partials is not None:
+            self.translate_partials = partials
+        await self.announce()
+        await self.ws.send_json({"type": "configured", "channel": self.channel.name if self.channel else None,
+                                 "targets": list(self.targets), "translate_partials": self.translate_partials})
+
+    async def announce(self) -> None:
+        if self.channel is None:
+            return
+        record = ListenerRecord(stream_id=channels.stream_id(self.channel.name), listener_id=self.listener_id,
+                                targets=self.targets, translate_partials=self.translate_partials,
+                                edge=self.edge.instance, updated_at=time.time())
+        try:
+            await listeners.put_listener(await self.edge.bus.kv(listeners.BUCKET), record)
+        except Exception as exc:
+            log.warning("listener %s: record not written: %s", self.listener_id, exc)
+
+    async def _leave(self) -> None:
+        if self.channel is None:
+            return
+        name, self.channel = self.channel.name, None
+        await self.edge.hub.leave(name, self)
+        with contextlib.suppress(Exception):
+            await listeners.remove_listener(await self.edge.bus.kv(listeners.BUCKET), channels.stream_id(name),
+                                            self.listener_id)
+        while not self.queue.empty():  # nothing of the old channel after the switch
+            self.queue.get_nowait()
+
+    async def _replay(self, name: str) -> list[ClientResult]:
+        """The channel's last finals, from JetStream (TOLK_CAPTIONS keeps 50 per channel)."""
+        out: list[ClientResult] = []
+        subject = channels.captions_subject(channels.stream_id(name))
+        try:
+            psub = await self.edge.bus.js.pull_subscribe(
+                subject, stream="TOLK_CAPTIONS",
+                config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.NONE,
+                                      inactive_threshold=30.0),
+            )
+        except Exception as exc:
+            log.warning("%s: no replay: %s", name, exc)
+            return out
+        try:
+            while True:
+                try:
+                    msgs = await psub.fetch(REPLAY, timeout=0.3)
+                except TimeoutError:
+                    break
+                for m in msgs:
+                    with contextlib.suppress(DecodeError):
+                        out.append(decode(m.data, ClientResult))
+                if not msgs or msgs[-1].metadata.num_pending == 0:
+                    break
+        finally:
+            with contextlib.suppress(Exception):
+                await psub.unsubscribe()
+        return out[-REPLAY:]
+
+    # ------------------------------------------------------------------ delivery (from the hub)
+    def offer_result(self, result: ClientResult) -> None:
+        if self._holding is not None:
+            self._holding.append(result)
+            return
+        self._put(None, result)
+
+    def offer_audio(self, frame: bytes) -> None:
+        if self._closed:
+            return
+        if self.queue.full():
+            return  # audio is the first thing a slow reader loses
+        self.queue.put_nowait(frame)
+
+    def _put(self, extra: dict[str, bool] | None, result: ClientResult) -> None:
+        if self._closed:
+            return
+        if self.queue.full():
+            if result.kind is ResultKind.PARTIAL:
+                return
+            self._closed = True  # a final cannot be dropped: this reader is too far behind
+            asyncio.get_running_loop().create_task(self.fail(ProtocolError(
+                ErrorCode.SLOW_CONSUMER, "this connection reads too slowly to keep up with the channel")))
+            return
+        self.queue.put_nowait(result if not extra else _Replayed(result))
+
+    async def _write_loop(self) -> None:
+        while True:
+            item = await self.queue.get()
+            if isinstance(item, bytes):
+                await self.ws.send_bytes(item)
+                continue
+            replay = isinstance(item, _Replayed)
+            result = item.result if isinstance(item, _Replayed) else item
+            if result.kind is ResultKind.END:
+                await self.ws.send_json({"type": "channel_ended", "channel": self.channel.name if self.channel
+                                         else None, "session_id": result.session_id})
+                continue
+            wanted = self.targets if result.kind is not ResultKind.PARTIAL or self.translate_partials else ()
+            out = render_result(result, targets=wanted)
+            out["channel"] = self.channel.name if self.channel else None
+            if replay:
+                out["replay"] = True
+            await self.ws.send_json(out)
+
+
