@@ -45,6 +45,7 @@ class EdgeSettings:
     upload_dir: str = ""  # where uploads wait while being transcribed (default: the system temp dir)
     file_pace: float = 10.0  # files enter the pipeline at most this many times faster than real time
     file_result_timeout_s: float = 120.0  # a file job fails (504) if the pipeline is silent this long
+    file_jobs: int = 4  # files transcribed at once by this edge; more get 503 "busy"
 
 
 class Edge(Actor):
@@ -117,6 +118,8 @@ class Edge(Actor):
             await asyncio.wait_for(self._no_sessions.wait(), self.cfg.shutdown_grace_s)
         for session in list(self.sessions.values()):
             await session.fail(ProtocolError(ErrorCode.SHUTTING_DOWN, "server restarting; reconnect"))
+        for listener in list(self.listeners):
+            await listener.fail(ProtocolError(ErrorCode.SHUTTING_DOWN, "server restarting; reconnect"))
         self._stopped.set()
 
     async def close(self) -> None:

@@ -20,6 +20,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -60,11 +61,15 @@ def probe(path: str) -> float:
             audio = next((s for s in container.streams if s.type == "audio"), None)
             if audio is None:
                 raise FileError(415, "unsupported_media", "the file has no audio stream")
-            for packet in container.demux(audio):  # decode one frame: a header alone is not audio
-                if packet.decode():
+            seconds = 0.0
+            for packet in container.demux(audio):  # decode a little: a header alone is not audio
+                for frame in packet.decode():
+                    if isinstance(frame, av.AudioFrame) and frame.sample_rate:
+                        seconds += frame.samples / frame.sample_rate
+                if seconds >= 0.1:
                     break
             else:
-                raise FileError(415, "unsupported_media", "no decodable audio in the file")
+                raise FileError(415, "unsupported_media", "no audio to transcribe: under 0.1 s decodes")
             return float(container.duration or 0) / 1e6
     except FileError:
         raise
@@ -76,6 +81,13 @@ class FileTranscriber:
     def __init__(self, edge: Edge) -> None:
         self.edge = edge
         self.cfg = edge.cfg
+        # Each job decodes on a thread of its own; jobs beyond file_jobs get 503 (try again), not a queue.
+        self.threads = ThreadPoolExecutor(max_workers=2 * edge.cfg.file_jobs, thread_name_prefix="file")
+        self.jobs = 0
+
+    def admit(self) -> None:
+        if self.jobs >= self.cfg.file_jobs:
+            raise FileError(503, "busy", f"{self.cfg.file_jobs} files are being transcribed; try again shortly")
 
     # ------------------------------------------------------------------ the pipeline run
     async def run(self, path: str, language: str, targets: tuple[str, ...]) -> AsyncIterator[ClientResult]:
@@ -133,7 +145,7 @@ class FileTranscriber:
             finally:
                 asyncio.run_coroutine_threadsafe(queue.put(None), loop).result()
 
-        thread = loop.run_in_executor(None, decode_all)
+        thread = loop.run_in_executor(self.threads, decode_all)
         seq = 0
         began = time.monotonic()
         try:
@@ -217,9 +229,16 @@ class FileTranscriber:
     async def upload(self, request: web.Request) -> web.StreamResponse:
         path = ""
         try:
+            self.admit()
+            self.jobs += 1
+        except FileError as err:
+            resp = err.response()
+            resp.headers["Retry-After"] = "10"
+            return resp
+        try:
             path, fields = await self._receive_multipart(request)
             fmt, language, stream, targets = self._options(fields)
-            duration = await asyncio.get_running_loop().run_in_executor(None, probe, path)
+            duration = await asyncio.get_running_loop().run_in_executor(self.threads, probe, path)
             if stream:
                 return await self._sse(request, path, language, targets, fmt, duration)
             cues, lang = [], language
@@ -234,6 +253,7 @@ class FileTranscriber:
         except FileError as err:
             return err.response()
         finally:
+            self.jobs -= 1
             if path:
                 _remove(path)
 
@@ -260,6 +280,10 @@ class FileTranscriber:
         ws = web.WebSocketResponse(max_msg_size=self.cfg.max_frame_bytes * 4 + 4096, heartbeat=self.cfg.ws_heartbeat_s)
         await ws.prepare(request)
         path = ""
+        if self.jobs >= self.cfg.file_jobs:
+            await _ws_fail(ws, "busy", "too many files being transcribed; try again shortly", Close.TRY_AGAIN)
+            return ws
+        self.jobs += 1
         try:
             first = await ws.receive_json(timeout=self.cfg.idle_timeout_s)
             if not isinstance(first, dict) or first.get("type") != "file":
@@ -279,7 +303,7 @@ class FileTranscriber:
                 raise FileError(400, "invalid_frame", 'send the file as binary frames, then {"type":"end"}')
 
             path = await self._store(read, self.cfg.max_upload_bytes)
-            duration = await asyncio.get_running_loop().run_in_executor(None, probe, path)
+            duration = await asyncio.get_running_loop().run_in_executor(self.threads, probe, path)
             await ws.send_json({"type": "started", "duration": round(duration, 3), "language": language,
                                 "targets": list(targets)})
             async for r in self.run(path, language, targets):
@@ -297,6 +321,7 @@ class FileTranscriber:
             await _ws_fail(ws, "invalid_start", 'send {"type":"file"}, the file as binary frames, then {"type":"end"}',
                            Close.POLICY)
         finally:
+            self.jobs -= 1
             if path:
                 _remove(path)
         return ws

@@ -166,9 +166,9 @@ class ClientSession:
         try:
             message = parse_text(text, self.limits.max_frame_bytes)
         except ProtocolError as err:
-            if err.close is not None or self.phase is Phase.AWAIT_START:
+            if err.close is not None:
                 raise
-            await self.fail(err)  # reported; the session goes on
+            await self.fail(err)  # reported; the connection goes on
             return
         match message:
             case Start():

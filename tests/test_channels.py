@@ -77,7 +77,7 @@ async def radio() -> AsyncIterator[Radio]:
                     if name == "flaky" and state.requests[name] == 1 and sent > 6 * 6000:
                         request.transport.close()  # type: ignore[union-attr]  # the source drops mid-stream
                         return resp
-        except (ConnectionResetError, RuntimeError):
+        except (ConnectionError, RuntimeError):
             return resp
 
     async def ogg_stream(request: web.Request) -> web.StreamResponse:
@@ -87,7 +87,7 @@ async def radio() -> AsyncIterator[Radio]:
         try:
             for off in range(0, len(ogg), 4096):
                 await resp.write(ogg[off : off + 4096])
-        except (ConnectionResetError, RuntimeError):
+        except (ConnectionError, RuntimeError):
             pass
         return resp
 

