@@ -107,7 +107,7 @@ def test_easynmt_saved_model_folder(tmp_path: Path, opus_dir: Path) -> None:
     folder = tmp_path / "my-easynmt"
     folder.mkdir()
     (folder / "easynmt.json").write_text(json.dumps({
-        "model_class": "actors.translator.opus.LocalOpusMT",
+        "model_class": "actors.translator.opus_local.LocalOpusMT",
         "model_args": {"max_loaded_models": 1, "local_dir": str(opus_dir)},
         "lang_pairs": [],
     }))

