@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import io
 import json
 import os
 import platform
@@ -33,7 +32,7 @@ from typing import Any
 import numpy as np
 import psutil
 
-from loadtest.speech import clips
+from loadtest.speech import clips, encode_audio
 
 REPORTS = Path(__file__).resolve().parent / "reports"
 SCRIPT = Path(__file__).resolve().parent / "k6" / "broadcast.js"
@@ -46,20 +45,9 @@ def free_port() -> int:
 
 
 def radio_mp3() -> bytes:
-    import av
-
     jfk = next(c for c in clips("en") if c.name.startswith("en_jfk"))
     pcm, rate = jfk.pcm16()
-    pcm += bytes(rate * 2)
-    buf = io.BytesIO()
-    with av.open(buf, "w", format="mp3") as out:
-        stream = out.add_stream("libmp3lame", rate=rate)
-        stream.layout = "mono"  # type: ignore[union-attr]
-        frame = av.AudioFrame.from_ndarray(np.frombuffer(pcm, "<i2").reshape(1, -1), format="s16", layout="mono")
-        frame.sample_rate = rate
-        for p in [*stream.encode(frame), *stream.encode(None)]:  # type: ignore[union-attr]
-            out.mux(p)
-    return buf.getvalue()
+    return encode_audio(np.frombuffer(pcm + bytes(rate * 2), "<i2"), rate, "mp3", "libmp3lame")
 
 
 async def serve_radio(port: int, mp3: bytes) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import os
 import wave
 from dataclasses import dataclass
@@ -46,3 +47,24 @@ def clips(language: str | None = None) -> list[Clip]:
         for r in rows
     ]
     return [c for c in out if language is None or c.language == language]
+
+
+def encode_audio(samples: np.ndarray, rate: int, fmt: str, codec: str, bitrate: int | None = None,
+                 target: str | io.BytesIO | None = None, **options: str) -> bytes:
+    """Compress int16 mono `samples` with PyAV into container `fmt` (as a radio encoder or a phone would).
+
+    Written to `target` (a path) when given, else returned as bytes.
+    """
+    import av
+
+    buf = target if target is not None else io.BytesIO()
+    with av.open(buf, "w", format=fmt, options=options) as out:
+        stream = out.add_stream(codec, rate=48000 if codec == "libopus" else rate)
+        if bitrate:
+            stream.bit_rate = bitrate
+        stream.layout = "mono"  # type: ignore[union-attr]
+        frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = rate
+        for packet in [*stream.encode(frame), *stream.encode(None)]:  # type: ignore[union-attr]
+            out.mux(packet)
+    return buf.getvalue() if isinstance(buf, io.BytesIO) else b""

@@ -4,7 +4,6 @@ real `tolk up` (ingest, segmenter, stt, translator, fan-out, edge on a real nats
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import re
 import struct
@@ -14,13 +13,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
-import av
 import numpy as np
 import pytest
 import pytest_asyncio
 from aiohttp import web
 
-from loadtest.speech import clips
+from loadtest.speech import clips, encode_audio
 from loadtest.wer import corpus_wer
 from tests.conftest import Running, free_port, start_tolk, stop_tolk
 
@@ -31,19 +29,7 @@ GRACE_S = 3.0
 
 def encode(pcm: bytes, rate: int, fmt: str, codec: str, bitrate: int = 48000) -> bytes:
     """A real compressed stream of a real clip, encoded with PyAV (as a radio encoder would)."""
-    buf = io.BytesIO()
-    with av.open(buf, "w", format=fmt) as out:
-        stream = out.add_stream(codec, rate=48000 if codec == "libopus" else rate)
-        stream.bit_rate = bitrate
-        stream.layout = "mono"  # type: ignore[union-attr]
-        samples = np.frombuffer(pcm, "<i2").reshape(1, -1)
-        frame = av.AudioFrame.from_ndarray(samples, format="s16", layout="mono")
-        frame.sample_rate = rate
-        for packet in stream.encode(frame):  # type: ignore[union-attr]
-            out.mux(packet)
-        for packet in stream.encode(None):  # type: ignore[union-attr]
-            out.mux(packet)
-    return buf.getvalue()
+    return encode_audio(np.frombuffer(pcm, "<i2"), rate, fmt, codec, bitrate)
 
 
 @dataclass

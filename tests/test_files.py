@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import itertools
 import json
 import os
@@ -11,12 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import av
 import numpy as np
 import pytest
 
 from loadtest.client import stream_pcm
-from loadtest.speech import Clip, clips
+from loadtest.speech import Clip, clips, encode_audio
 from loadtest.wer import corpus_wer
 from tests.conftest import UPLOAD_LIMIT, Running
 
@@ -25,15 +23,7 @@ pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.e2e]
 
 def mp3_of(c: Clip) -> bytes:
     pcm, rate = c.pcm16()
-    buf = io.BytesIO()
-    with av.open(buf, "w", format="mp3") as out:
-        stream = out.add_stream("libmp3lame", rate=rate)
-        stream.layout = "mono"  # type: ignore[union-attr]
-        frame = av.AudioFrame.from_ndarray(np.frombuffer(pcm, "<i2").reshape(1, -1), format="s16", layout="mono")
-        frame.sample_rate = rate
-        for p in [*stream.encode(frame), *stream.encode(None)]:  # type: ignore[union-attr]
-            out.mux(p)
-    return buf.getvalue()
+    return encode_audio(np.frombuffer(pcm, "<i2"), rate, "mp3", "libmp3lame")
 
 
 def clip(prefix: str) -> Clip:

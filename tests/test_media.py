@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from actors.runtime.media import SourceChunk, SourceEnded, read_source
-from loadtest.speech import clips
+from loadtest.speech import clips, encode_audio
 
 
 @pytest.fixture(scope="module")
@@ -20,13 +20,7 @@ def jfk() -> tuple[np.ndarray, int]:
 
 
 def write(path: Path, samples: np.ndarray, rate: int, fmt: str, codec: str, **opts: str) -> Path:
-    with av.open(str(path), "w", format=fmt, options=opts) as out:
-        stream = out.add_stream(codec, rate=48000 if codec == "libopus" else rate)
-        stream.layout = "mono"  # type: ignore[union-attr]
-        frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
-        frame.sample_rate = rate
-        for p in [*stream.encode(frame), *stream.encode(None)]:  # type: ignore[union-attr]
-            out.mux(p)
+    encode_audio(samples, rate, fmt, codec, target=str(path), **opts)
     return path
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from actors.fanout.ordering import SessionOrder, stable_prefix
+from actors.fanout.ordering import SessionOrder
+from actors.runtime.text import stable_prefix
 from schemas import ResultKind, Transcript
 
 P, F, E = ResultKind.PARTIAL, ResultKind.FINAL, ResultKind.END

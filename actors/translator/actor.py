@@ -23,6 +23,7 @@ from actors.runtime import listeners, settings
 from actors.runtime.actor import Actor, RuntimeSettings
 from actors.runtime.bus import Bus
 from actors.runtime.consumer import Delivery, PullLoop
+from actors.runtime.text import stable_prefix
 from actors.translator.engine import Engine, ErrorKind, Router, TranslationError, normalize
 from actors.translator.service import TranslationService
 from schemas import ResultKind, Transcript, stream_of
@@ -190,7 +191,7 @@ class TranslatorActor(Actor):
         utterance, previous, translated, at = self._partials.get(t.session_id, (t.utterance_id, "", "", 0.0))
         if utterance != t.utterance_id:
             previous, translated, at = "", "", 0.0
-        stable = _stable_prefix(previous, t.text)
+        stable = stable_prefix(previous, t.text)  # translating more would churn the listener's screen
         self._partials[t.session_id] = (t.utterance_id, t.text, translated, at)
         self._partials.move_to_end(t.session_id)
         while len(self._partials) > 10000:
@@ -242,15 +243,6 @@ class TranslatorActor(Actor):
 def _consume(task: asyncio.Future[str]) -> None:
     if not task.cancelled():
         task.exception()
-
-
-def _stable_prefix(previous: str, current: str) -> str:
-    """Words two consecutive partials agree on: translating more would churn the listener's screen."""
-    a, b = previous.split(), current.split()
-    n = 0
-    while n < min(len(a), len(b)) and a[n].lower().strip(",.!?") == b[n].lower().strip(",.!?"):
-        n += 1
-    return " ".join(b[:n])
 
 
 def _with(t: Transcript, translations: dict[str, str], errors: dict[str, str]) -> Transcript:
