@@ -25,9 +25,24 @@ log = logging.getLogger("tolk.edge.hub")
 
 
 class Member(Protocol):
-    async def deliver_result(self, result: ClientResult) -> None: ...
+    def deliver_result(self, result: ClientResult) -> None: ...
 
-    async def deliver_audio(self, frame: bytes) -> None: ...
+    def deliver_audio(self, data: bytes, frame: bytes) -> None: ...
+
+
+def ws_frame(payload: bytes, opcode: int) -> bytes:
+    """One unfragmented, unmasked WebSocket frame (RFC 6455 §5.2), as a server sends it."""
+    n = len(payload)
+    if n < 126:
+        head = bytes((0x80 | opcode, n))
+    elif n < 65536:
+        head = bytes((0x80 | opcode, 126)) + n.to_bytes(2, "big")
+    else:
+        head = bytes((0x80 | opcode, 127)) + n.to_bytes(8, "big")
+    return head + payload
+
+
+TEXT, BINARY = 0x1, 0x2
 
 
 class _Channel:
@@ -41,6 +56,16 @@ class ChannelHub:
         self.bus = bus
         self._channels: dict[str, _Channel] = {}
         self._rendered: OrderedDict[tuple[str, int, str, tuple[str, ...], bool], str] = OrderedDict()
+        self._framed: OrderedDict[tuple[str, int, str, tuple[str, ...], bool], bytes] = OrderedDict()
+
+    def framed(self, result: ClientResult, targets: tuple[str, ...], replay: bool) -> bytes:
+        key = (result.session_id, result.seq, result.kind.value, targets, replay)
+        frame = self._framed.get(key)
+        if frame is None:
+            frame = self._framed[key] = ws_frame(self.rendered(result, targets, replay).encode(), TEXT)
+            while len(self._framed) > 512:
+                self._framed.popitem(last=False)
+        return frame
 
     def rendered(self, result: ClientResult, targets: tuple[str, ...], replay: bool) -> str:
         """The JSON text a listener gets: serialised once per result and target set, not once per listener."""
@@ -75,11 +100,12 @@ class ChannelHub:
                     log.error("%s: undecodable result dropped: %s", name, exc)
                     return
                 for m in list(ch.members):
-                    await m.deliver_result(result)  # never waits on a slow listener: see deliver_result
+                    m.deliver_result(result)  # never waits on a slow listener: see deliver_result
 
             async def on_audio(msg: Msg) -> None:
+                frame = ws_frame(msg.data, BINARY)
                 for m in list(ch.members):
-                    await m.deliver_audio(msg.data)
+                    m.deliver_audio(msg.data, frame)
 
             stream = channels.stream_id(name)
             ch.subs = [

@@ -114,3 +114,4 @@ def test_channel_config_and_names() -> None:
                 [{"url": "u"}]):
         with pytest.raises(channels.ChannelConfigError):
             channels.parse(bad)
+
