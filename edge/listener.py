@@ -161,11 +161,10 @@ class ChannelListener:
         held, self._holding = self._holding, None
         last = {r.session_id: r.seq for r in replayed}
         for r in replayed:
-            self._put({"replay": True}, r)
+            self._put(r, replay=True)
         for r in held or []:
             if r.seq > last.get(r.session_id, 0):
-                self._put(None, r)
-
+                self._put(r)
         log.info("listener %s: on %s (%d replayed)", self.listener_id, record.name, len(replayed))
 
     async def _configure(self, targets: tuple[str, ...] | None, partials: bool | None) -> None:
@@ -249,7 +248,7 @@ class ChannelListener:
             self.transport.write(self.edge.hub.framed(result, self._wanted(result), replay=False))
             self._observe(result, replay=False)
         else:
-            self._put(None, result)
+            self._put(result)
 
     def deliver_audio(self, data: bytes, frame: bytes) -> None:
         """`frame`: `data` already framed as a WebSocket binary message (built once for every listener)."""
@@ -259,7 +258,7 @@ class ChannelListener:
         elif not self._closed and not self.queue.full():
             self.queue.put_nowait(data)  # a full queue drops audio first: it is the first thing a slow reader loses
 
-    def _put(self, extra: dict[str, bool] | None, result: ClientResult) -> None:
+    def _put(self, result: ClientResult, replay: bool = False) -> None:
         if self._closed:
             return
         if self.queue.full():
@@ -269,7 +268,7 @@ class ChannelListener:
             asyncio.get_running_loop().create_task(self.fail(ProtocolError(
                 ErrorCode.SLOW_CONSUMER, "this connection reads too slowly to keep up with the channel")))
             return
-        self.queue.put_nowait(result if not extra else _Replayed(result))
+        self.queue.put_nowait(_Replayed(result) if replay else result)
 
     async def _write_loop(self) -> None:
         while True:
