@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import time
@@ -82,6 +83,11 @@ class Edge(Actor):
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
+        # Thousands of listeners make a large long-lived heap that full collections keep rescanning. Freezing
+        # the start-up heap and collecting less eagerly took the p99 delivery lag at 2,000 listeners from
+        # 157-175 ms to 138-142 ms (two runs each of `loadtest.broadcast --synthetic`, 30 s hold).
+        gc.freeze()
+        gc.set_threshold(100_000, 50, 1000)
         if self.cfg.upload_dir:
             os.makedirs(self.cfg.upload_dir, exist_ok=True)
         self._runner = web.AppRunner(self.app, handle_signals=False, access_log=None)
