@@ -219,14 +219,14 @@ class TranslatorActor(Actor):
                 task.add_done_callback(_consume)
                 errors[tgt] = ErrorKind.TIMEOUT.value
                 continue
-            exc = None if not task.cancelled() and task.exception() is None else task.exception()
-            if isinstance(exc, TranslationError):
+            exc = asyncio.CancelledError() if task.cancelled() else task.exception()
+            if exc is None:
+                translations[tgt] = task.result()
+            elif isinstance(exc, TranslationError):
                 errors[tgt] = exc.kind.value
-            elif exc is not None or task.cancelled():
+            else:
                 log.error("translating to %s failed: %r", tgt, exc)
                 errors[tgt] = ErrorKind.ENGINE_FAILED.value
-            else:
-                translations[tgt] = task.result()
         return translations, errors
 
     async def _log_stats(self) -> None:

@@ -117,14 +117,13 @@ class TranslationService:
         steps = self.router.route(src, tgt)
         if steps is None:
             raise TranslationError(ErrorKind.UNSUPPORTED_PAIR, f"no engine translates {src}→{tgt}")
+        if len(steps) == 1:
+            return await self._submit(steps[0], text)
+        # A pivot: each hop is a request of its own, so it shares the cache and in-flight dedupe
+        # (de→pt and de→fr of the same sentence translate de→en once).
         out = text
-        for i, step in enumerate(steps):
-            if i and (hit := self.cache.get((step.src, step.tgt, out))) is not None:
-                out = hit
-                continue
-            translated = await self._submit(step, out)
-            self.cache.put((step.src, step.tgt, out), translated)
-            out = translated
+        for step in steps:
+            out = await self.translate(out, step.src, step.tgt)
         return out
 
     async def _submit(self, step: Step, text: str) -> str:
