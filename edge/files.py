@@ -160,7 +160,7 @@ class FileTranscriber:
                     session_id=sid, chunk_seq=seq, sample_rate=16000, encoding=Encoding.PCM_S16LE, language=language,
                     data=chunk.pcm if chunk else b"", received_at=time.time(), end=chunk is None,
                 )
-                await self.edge.bus.publish(f"tolk.audio.{partition}.{sid}", msg, msg_id=f"{sid}:a{seq}")
+                await self.edge.bus.publish_audio(msg, partition)
                 if chunk is None:
                     return
         finally:

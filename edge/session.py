@@ -265,9 +265,7 @@ class ClientSession:
             encoding=self.start.encoding, language=self.start.language, data=data,
             received_at=time.time(), end=end,
         )
-        await self.edge.bus.publish(
-            f"tolk.audio.{self.partition}.{self.session_id}", chunk, msg_id=f"{self.session_id}:a{self.chunk_seq}"
-        )
+        await self.edge.bus.publish_audio(chunk, self.partition)
 
     async def _record(self, status: str) -> None:
         if self.start is None:

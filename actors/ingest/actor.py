@@ -144,8 +144,7 @@ class Pipeline:
             session_id=self.session_id, chunk_seq=self.chunk_seq, sample_rate=16000, encoding=Encoding.PCM_S16LE,
             language=self.channel.language, data=pcm, received_at=time.time(), end=end, stream_id=self.stream,
         )
-        await self.actor.bus.publish(f"tolk.audio.{self.partition}.{self.session_id}", msg,
-                                     msg_id=f"{self.session_id}:a{self.chunk_seq}")
+        await self.actor.bus.publish_audio(msg, self.partition)
 
 
 class IngestActor(Actor):

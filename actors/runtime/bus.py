@@ -11,7 +11,7 @@ from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
 import nats
-from schemas import encode
+from schemas import AudioChunk, encode
 
 log = logging.getLogger("tolk.bus")
 
@@ -58,6 +58,11 @@ class Bus:
         """
         headers: dict[str, Any] | None = {"Nats-Msg-Id": msg_id} if msg_id else None
         await self.js.publish(subject, encode(msg), headers=headers)
+
+    async def publish_audio(self, chunk: AudioChunk, partition: int) -> None:
+        """Audio into the pipeline, from any source (microphone, file, channel): one subject and dedupe id scheme."""
+        await self.publish(f"tolk.audio.{partition}.{chunk.session_id}", chunk,
+                           msg_id=f"{chunk.session_id}:a{chunk.chunk_seq}")
 
     async def send(self, subject: str, msg: msgspec.Struct) -> None:
         """Core NATS publish (no persistence): for live fan-out to whoever listens now."""
