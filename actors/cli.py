@@ -1,10 +1,12 @@
-"""`tolk`: up | actor NAME | nats apply. The CLI wires processes; it holds no actor logic."""
+"""`tolk`: up | actor NAME | exporter | nats apply | tap SUBJECT | status. The CLI wires processes and
+tools; it holds no actor logic."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import importlib
+import json
 import logging
 import os
 import sys
@@ -17,6 +19,7 @@ ACTORS = {
     "translator": "actors.translator.actor",
     "fanout": "actors.fanout.actor",
     "ingest": "actors.ingest.actor",
+    "exporter": "actors.exporter.actor",
 }
 
 
@@ -35,6 +38,27 @@ def _parser() -> argparse.ArgumentParser:
 
     actor = sub.add_parser("actor", help="run one actor (what a Kubernetes pod runs)")
     actor.add_argument("name", choices=sorted(ACTORS))
+
+    sub.add_parser("exporter", help="JetStream consumer lag and actor health as Prometheus metrics "
+                   "(= tolk actor exporter)")
+
+    tap = sub.add_parser("tap", help="print a subject's messages as JSON lines, decoded from msgpack")
+    tap.add_argument("subject", help="e.g. 'tolk.result.>', 'tolk.session.*.out', '$KV.tolk_listeners.>'")
+    tap.add_argument("--nats-url", default=None, help="default: TOLK_NATS_URL, else the `tolk up` in --data-dir")
+    tap.add_argument("--data-dir", default=os.environ.get("TOLK_DATA_DIR", "data"))
+    when = tap.add_mutually_exclusive_group()
+    when.add_argument("--since", help="replay from JetStream: 30s, 10m, 2h, 1d ago, or an ISO time")
+    when.add_argument("--seq", type=int, help="replay from this stream sequence")
+    when.add_argument("--last", action="store_true", help="replay the last message per subject")
+    when.add_argument("--all", action="store_true", help="replay everything the stream holds")
+    tap.add_argument("--count", type=int, default=0, help="exit after this many messages")
+    tap.add_argument("--idle-exit", type=float, default=0.0, help="exit after this many seconds without one")
+    tap.add_argument("--bytes", action="store_true", help="print audio and other bytes as base64, not sizes")
+
+    status = sub.add_parser("status", help="streams, consumers (lag), KV buckets and actor health")
+    status.add_argument("--nats-url", default=None, help="default: TOLK_NATS_URL, else the `tolk up` in --data-dir")
+    status.add_argument("--data-dir", default=os.environ.get("TOLK_DATA_DIR", "data"))
+    status.add_argument("--json", action="store_true")
 
     nats = sub.add_parser("nats", help="NATS topology")
     nats_sub = nats.add_subparsers(dest="nats_command", required=True)
@@ -56,13 +80,30 @@ async def _apply(url: str, replicas: int) -> None:
         await bus.close()
 
 
+def nats_url(explicit: str | None, data_dir: str) -> str:
+    """--nats-url, else TOLK_NATS_URL, else the embedded server of a `tolk up` using `data_dir`."""
+    if explicit:
+        return explicit
+    if os.environ.get("TOLK_NATS_URL"):
+        return os.environ["TOLK_NATS_URL"]
+    for ports in sorted(Path(data_dir, "run").glob("*.ports")):
+        try:
+            return str(json.loads(ports.read_text())["nats"][0])
+        except (OSError, ValueError, KeyError, IndexError):
+            continue
+    return "nats://127.0.0.1:4222"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from actors.runtime.actor import configure_logging, serve
 
+    if args.command in ("tap", "status"):  # stdout is their output: only warnings go to stderr
+        configure_logging("WARNING")
+        return _tool(args)
     configure_logging(os.environ.get("TOLK_LOG_LEVEL", "INFO"))
-    if args.command == "actor":
-        module = importlib.import_module(ACTORS[args.name])
+    if args.command in ("actor", "exporter"):
+        module = importlib.import_module(ACTORS[getattr(args, "name", "exporter")])
         asyncio.run(serve(module.create))
         return 0
     if args.command == "nats":
@@ -74,6 +115,29 @@ def main(argv: list[str] | None = None) -> int:
     opts = UpOptions(nats_url=args.nats_url, data_dir=Path(args.data_dir), host=args.host, port=args.port,
                      nats_port=args.nats_port, extra_env=extra)
     return asyncio.run(Supervisor(opts).run())
+
+
+def _tool(args: argparse.Namespace) -> int:
+    url = nats_url(args.nats_url, args.data_dir)
+    try:
+        if args.command == "tap":
+            from actors.tools.tap import parse_since, tap
+
+            if args.since:
+                parse_since(args.since)  # a typo is reported before connecting
+            asyncio.run(tap(url, args.subject, since=args.since, seq=args.seq, last=args.last, all_=args.all,
+                            count=args.count, idle_exit_s=args.idle_exit, with_bytes=args.bytes))
+            return 0
+        from actors.tools.status import collect, render
+
+        result = asyncio.run(collect(url))
+        print(json.dumps(result, indent=1) if args.json else render(result))
+        return 0
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # unreachable server, unknown subject: one line, not a traceback
+        print(f"tolk {args.command}: {exc.__class__.__name__}: {exc} (NATS {url})", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

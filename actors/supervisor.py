@@ -24,7 +24,7 @@ from schemas import ActorHeartbeat, decode
 
 log = logging.getLogger("tolk.up")
 
-PIPELINE = ("segmenter", "stt", "translator", "fanout", "ingest")
+PIPELINE = ("segmenter", "stt", "translator", "fanout", "ingest", "exporter")
 
 
 @dataclass
@@ -81,7 +81,9 @@ class Supervisor:
             bus = await Bus.connect(url, name="tolk-up")
             try:
                 await topology.apply(bus.js, topology.load())
-                env = {**os.environ, **self.opts.extra_env, "TOLK_NATS_URL": url}
+                # Many actors on one host: each takes any free metrics port (announced in its heartbeat).
+                env = {**os.environ, **self.opts.extra_env, "TOLK_NATS_URL": url,
+                       "TOLK_METRICS_HOST": self.opts.host, "TOLK_METRICS_PORT": "0"}
                 self.children = [Child(name, env) for name in PIPELINE]
                 for child in self.children:
                     await child.spawn()

@@ -8,7 +8,7 @@ import gc
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import msgspec
 from aiohttp import web
@@ -17,6 +17,7 @@ from nats.js.errors import KeyDeletedError, KeyNotFoundError, NoKeysError
 from actors.runtime import channels, listeners, settings, topology
 from actors.runtime.actor import Actor, RuntimeSettings
 from actors.runtime.bus import Bus
+from edge import auth
 from edge.files import FileTranscriber
 from edge.hub import ChannelHub
 from edge.listener import ChannelListener
@@ -47,10 +48,12 @@ class EdgeSettings:
     file_pace: float = 10.0  # files enter the pipeline at most this many times faster than real time
     file_result_timeout_s: float = 120.0  # a file job fails (504) if the pipeline is silent this long
     file_jobs: int = 4  # files transcribed at once by this edge; more get 503 "busy"
+    api_tokens: str = field(default="", repr=False)  # comma-separated; empty = no authentication (dev only)
 
 
 class Edge(Actor):
     name = "edge"
+    serves_ops = True
 
     def __init__(self, bus: Bus, runtime: RuntimeSettings, cfg: EdgeSettings, topo: topology.Topology) -> None:
         super().__init__(bus, runtime)
@@ -69,7 +72,8 @@ class Edge(Actor):
         self._no_sessions.set()
         self._runner: web.AppRunner | None = None
         self._ready_cache: tuple[float, dict[str, int]] = (0.0, {})
-        self.app = web.Application(client_max_size=cfg.max_frame_bytes)
+        self.app = web.Application(client_max_size=cfg.max_frame_bytes,
+                                   middlewares=[auth.middleware(auth.parse_tokens(cfg.api_tokens))])
         self.app.add_routes([
             web.get("/v1/listen", self.listen),
             web.get("/healthz", self.healthz),
@@ -127,6 +131,9 @@ class Edge(Actor):
         for listener in list(self.listeners):
             await listener.fail(ProtocolError(ErrorCode.SHUTTING_DOWN, "server restarting; reconnect"))
         self._stopped.set()
+
+    def ops_port(self) -> int:
+        return self.cfg.port
 
     async def close(self) -> None:
         if self._runner:

@@ -92,6 +92,7 @@ class FileTranscriber:
     # ------------------------------------------------------------------ the pipeline run
     async def run(self, path: str, language: str, targets: tuple[str, ...]) -> AsyncIterator[ClientResult]:
         sid = f"file-{uuid.uuid4().hex}"
+        self.edge.metrics.sessions_started.labels("file").inc()
         partition = partition_for(sid, self.edge.partitions)
         results: asyncio.Queue[ClientResult] = asyncio.Queue()  # finals of a file are never dropped
 
@@ -225,6 +226,9 @@ class FileTranscriber:
         stream = fields.get("stream", "false").lower() in ("true", "1", "yes")
         return fmt, language, stream, targets
 
+    def _count(self, code: str) -> None:
+        self.edge.metrics.client_errors.labels(code).inc()
+
     # ------------------------------------------------------------------ routes
     async def upload(self, request: web.Request) -> web.StreamResponse:
         path = ""
@@ -232,6 +236,7 @@ class FileTranscriber:
             self.admit()
             self.jobs += 1
         except FileError as err:
+            self._count(err.code)
             resp = err.response()
             resp.headers["Retry-After"] = "10"
             return resp
@@ -251,6 +256,7 @@ class FileTranscriber:
                 return web.json_response(body)
             return web.Response(text=body, content_type=ctype.split(";")[0], charset="utf-8")
         except FileError as err:
+            self._count(err.code)
             return err.response()
         finally:
             self.jobs -= 1
@@ -272,6 +278,7 @@ class FileTranscriber:
                     cues.append(_cue(r))
                 await resp.write(_event(r.kind.value, render_result(r, targets=targets)))
         except FileError as err:
+            self._count(err.code)
             await resp.write(_event("error", {"code": err.code, "message": err.message}))
         return resp
 
@@ -281,6 +288,7 @@ class FileTranscriber:
         await ws.prepare(request)
         path = ""
         if self.jobs >= self.cfg.file_jobs:
+            self._count("busy")
             await _ws_fail(ws, "busy", "too many files being transcribed; try again shortly", Close.TRY_AGAIN)
             return ws
         self.jobs += 1
@@ -313,11 +321,14 @@ class FileTranscriber:
                     break
                 await ws.send_json(render_result(r, targets=targets))
         except ProtocolError as err:
+            self._count(err.code.value)
             await _ws_fail(ws, err.code.value, err.message, Close.POLICY)
         except FileError as err:
+            self._count(err.code)
             close = {413: Close.TOO_BIG, 415: Close.UNSUPPORTED_DATA}.get(err.status, Close.POLICY)
             await _ws_fail(ws, err.code, err.message, close)
         except (TimeoutError, json.JSONDecodeError, TypeError):
+            self._count("invalid_start")
             await _ws_fail(ws, "invalid_start", 'send {"type":"file"}, the file as binary frames, then {"type":"end"}',
                            Close.POLICY)
         finally:

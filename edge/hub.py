@@ -1,17 +1,20 @@
 """Channel hub: one NATS subscription per channel per edge process, fanned out in memory.
 
 Two thousand listeners of one channel on one edge cost two subscriptions (results and audio), one
-msgpack decode and one JSON rendering per result (per target set), and one socket write per listener. A
+msgpack decode and one JSON rendering per result (per target set), and one socket write per listener per
+loop turn: what arrives for a channel in one turn (an audio frame and a caption, say) is framed, joined
+once per target set and written with one send, since the send system call is most of the cost. A
 slow listener can never stall the subscription or the others: it gets a queue of its own, loses audio
 and partials first, and is closed rather than lose a final (see `ChannelListener.deliver_result`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections import OrderedDict
-from typing import Protocol
+from typing import Protocol, TypeAlias
 
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -19,15 +22,20 @@ from nats.aio.subscription import Subscription
 from actors.runtime import channels
 from actors.runtime.bus import Bus
 from edge.protocol import render_result
-from schemas import ClientResult, DecodeError, decode, stream_of
+from schemas import ClientResult, DecodeError, ResultKind, decode, stream_of
 
 log = logging.getLogger("tolk.edge.hub")
 
 
-class Member(Protocol):
-    def deliver_result(self, result: ClientResult) -> None: ...
+Audio: TypeAlias = tuple[bytes, bytes]  # (payload, the same framed as a WebSocket binary message)
+Item: TypeAlias = ClientResult | Audio
 
-    def deliver_audio(self, data: bytes, frame: bytes) -> None: ...
+
+class Member(Protocol):
+    def deliver(self, items: list[Item], joined: dict[object, bytes], direct: bool) -> None:
+        """Everything that arrived for the channel in one loop turn, in order. `joined` caches the batch
+        joined into one buffer per target set, shared by the members of this turn; `direct` is False when
+        a batch holds something that must take the queued path (an END)."""
 
 
 def ws_frame(payload: bytes, opcode: int) -> bytes:
@@ -49,6 +57,8 @@ class _Channel:
     def __init__(self) -> None:
         self.members: set[Member] = set()
         self.subs: list[Subscription] = []
+        self.pending: list[Item] = []
+        self.flush_scheduled = False
 
 
 class ChannelHub:
@@ -99,13 +109,10 @@ class ChannelHub:
                 except DecodeError as exc:
                     log.error("%s: undecodable result dropped: %s", name, exc)
                     return
-                for m in list(ch.members):
-                    m.deliver_result(result)  # never waits on a slow listener: see deliver_result
+                self._add(ch, result)
 
             async def on_audio(msg: Msg) -> None:
-                frame = ws_frame(msg.data, BINARY)
-                for m in list(ch.members):
-                    m.deliver_audio(msg.data, frame)
+                self._add(ch, (msg.data, ws_frame(msg.data, BINARY)))
 
             stream = channels.stream_id(name)
             ch.subs = [
@@ -113,6 +120,20 @@ class ChannelHub:
                 await self.bus.nc.subscribe(channels.audio_subject(name), cb=on_audio, pending_msgs_limit=65536),
             ]
         ch.members.add(member)
+
+    def _add(self, ch: _Channel, item: Item) -> None:
+        ch.pending.append(item)
+        if not ch.flush_scheduled:
+            ch.flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush, ch)
+
+    def _flush(self, ch: _Channel) -> None:
+        ch.flush_scheduled = False
+        items, ch.pending = ch.pending, []
+        direct = not any(isinstance(i, ClientResult) and i.kind is ResultKind.END for i in items)
+        joined: dict[object, bytes] = {}
+        for m in list(ch.members):
+            m.deliver(items, joined, direct)  # never waits on a slow listener: see ChannelListener.deliver
 
     async def leave(self, name: str, member: Member) -> None:
         ch = self._channels.get(name)

@@ -36,6 +36,7 @@ from schemas import ChannelRecord, ClientResult, DecodeError, ListenerRecord, Re
 
 if TYPE_CHECKING:
     from edge.app import Edge
+    from edge.hub import Item
 
 log = logging.getLogger("tolk.edge.listener")
 
@@ -69,6 +70,7 @@ class ChannelListener:
     # ------------------------------------------------------------------ lifecycle
     async def serve(self, first: Subscribe) -> None:
         self.edge.listeners.add(self)
+        self.edge.metrics.sessions_started.labels("listener").inc()
         self._writer = asyncio.create_task(self._write_loop(), name=f"edge.listen.{self.listener_id}")
         try:
             await self._subscribe(first)
@@ -85,6 +87,7 @@ class ChannelListener:
 
     async def fail(self, err: ProtocolError) -> None:
         log.info("listener %s: %s (%s)", self.listener_id, err.code.value, err.message)
+        self.edge.metrics.client_errors.labels(err.code.value).inc()
         if self.ws.closed:
             return
         with contextlib.suppress(Exception):
@@ -239,6 +242,28 @@ class ChannelListener:
         t = self.transport
         return (not self._closed and not self._sending and self._holding is None and self.queue.empty()
                 and t is not None and not t.is_closing() and t.get_write_buffer_size() < FAST_PATH_BUFFER)
+
+    def deliver(self, items: list[Item], joined: dict[object, bytes], direct: bool) -> None:
+        if direct and self._can_send_now():
+            assert self.transport is not None
+            key = (self.targets, self.translate_partials)
+            data = joined.get(key)
+            if data is None:
+                hub = self.edge.hub
+                data = joined[key] = b"".join(
+                    hub.framed(i, self._wanted(i), replay=False) if isinstance(i, ClientResult) else i[1]
+                    for i in items)
+            self.transport.write(data)
+            now = time.time()
+            for i in items:
+                if isinstance(i, ClientResult) and i.published_at:
+                    self.edge.metrics.delivery_lag.observe(max(0.0, now - i.published_at))
+            return
+        for i in items:
+            if isinstance(i, ClientResult):
+                self.deliver_result(i)
+            else:
+                self.deliver_audio(*i)
 
     def deliver_result(self, result: ClientResult) -> None:
         if self._holding is not None:

@@ -107,6 +107,7 @@ class ClientSession:
 
     async def fail(self, err: ProtocolError) -> None:
         log.info("%s: %s (%s)", self.session_id or "pre-start", err.code.value, err.message)
+        self.edge.metrics.client_errors.labels(err.code.value).inc()
         if self.ws.closed:
             return
         with contextlib.suppress(Exception):
@@ -223,6 +224,7 @@ class ClientSession:
         self.targets, self.translate_partials = start.targets, start.translate_partials
         await self.announce()  # before any audio: the translator must know the targets by the first final
         self.phase = Phase.STREAMING
+        self.edge.metrics.sessions_started.labels("mic").inc()
         await self._record("streaming")
         await self.ws.send_json({
             "type": "started", "session_id": sid, "sample_rate": start.sample_rate,

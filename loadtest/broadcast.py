@@ -198,6 +198,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     began = time.monotonic()
     try:
         k6proc = await asyncio.create_subprocess_exec(
+            *(["nice", "-n", str(args.k6_nice)] if args.k6_nice else []),
             k6, "run", "--quiet", "--summary-export", str(summary), str(SCRIPT),
             env={**os.environ, "URL": f"ws://127.0.0.1:{port}/v1/listen", "CHANNELS": ",".join(names),
                  "STAGES": json.dumps(stages), "HOLD_S": str(args.hold_listener)},
@@ -247,6 +248,9 @@ def main() -> None:
     p.add_argument("--hold", type=int, default=60)
     p.add_argument("--down", type=int, default=20)
     p.add_argument("--hold-listener", type=int, default=60, help="seconds each listener stays before reconnecting")
+    p.add_argument("--k6-nice", type=int, default=0,
+                   help="run k6 at this nice level, so on a shared box the edge (not the load generator) gets the "
+                        "CPU first, as it would with clients on other machines")
     p.add_argument("--synthetic", action="store_true",
                    help="no real pipeline: the driver publishes a live channel's audio and captions itself, so the "
                         "edge's fan-out is measured without STT sharing the cores")

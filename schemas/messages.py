@@ -209,3 +209,4 @@ class ActorHeartbeat(_Msg, frozen=True):
     started_at: float
     ready: bool
     detail: str = ""
+    metrics_port: int = 0  # the actor's /metrics and probes (0: none)

@@ -7,9 +7,13 @@ import asyncio
 import json
 import re
 import struct
+import subprocess
+import sys
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -209,6 +213,18 @@ async def test_source_drop_reconnects(tolk_channels: Running, radio: Radio) -> N
     assert "flaky: reconnecting in" in tolk_channels.log.read_text()
     times = [f["start"] for f in heard.finals]
     assert times and max(times) > 8.0, times  # finals kept coming after the drop (~6 s in)
+    text = ingest_metrics(tolk_channels)
+    assert re.search(r'^tolk_ingest_reconnects_total\{channel="flaky"\} [1-9]', text, re.M), text
+    audio = re.search(r'^tolk_ingest_audio_seconds_total\{channel="flaky"\} (\S+)', text, re.M)
+    assert audio and float(audio.group(1)) > 10, text
+
+
+def ingest_metrics(run: Running) -> str:
+    status = subprocess.run([str(Path(sys.executable).parent / "tolk"), "status", "--json", "--data-dir",
+                             str(run.log.parent / "data")], capture_output=True, text=True, timeout=60, check=True)
+    port = next(a["metrics_port"] for a in json.loads(status.stdout)["actors"] if a["actor"] == "ingest")
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        return str(resp.read().decode())
 
 
 async def test_bad_subscribes_and_metrics(tolk_channels: Running) -> None:

@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass
 
 import msgspec
+from prometheus_client import Counter, Histogram
 
 from actors.fanout.ordering import SessionOrder
 from actors.runtime import channels, settings, topology
@@ -19,6 +20,11 @@ from actors.runtime.partition import owned_partitions
 from schemas import ClientResult, ResultKind, Transcript, stream_of
 
 log = logging.getLogger("tolk.fanout")
+
+LATENCY = Histogram("tolk_result_latency_seconds", "End of speech (edge clock) to the result going out to its "
+                    "clients: the server's whole share of caption latency, by kind.", ["kind"],
+                    buckets=(0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0))
+RESULTS = Counter("tolk_results", "Results sent to clients, by kind.", ["kind"])
 
 
 def session_subject(session_id: str) -> str:
@@ -75,9 +81,13 @@ class FanoutActor(Actor):
 
     async def _deliver(self, order: SessionOrder, results: list[ClientResult]) -> None:
         for r in results:
-            r = msgspec.structs.replace(r, published_at=time.time())
+            now = time.time()
+            r = msgspec.structs.replace(r, published_at=now)
             stream = stream_of(r)
             await self.bus.send(session_subject(stream), r)
+            RESULTS.labels(r.kind.value).inc()
+            if r.speech_end_wall and r.kind is not ResultKind.END:
+                LATENCY.labels(r.kind.value).observe(max(0.0, now - r.speech_end_wall))
             if r.stream_id and r.kind is ResultKind.FINAL and r.text:
                 # A broadcast channel's finals are also kept (last 50 per channel) for late joiners.
                 await self.bus.publish(channels.captions_subject(stream), r, msg_id=f"{r.session_id}:c{r.seq}")

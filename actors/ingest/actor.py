@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
+from prometheus_client import Counter, Gauge
 
 from actors.runtime import channels, listeners, settings, topology
 from actors.runtime.actor import Actor, RuntimeSettings
@@ -30,6 +31,11 @@ from actors.runtime.partition import partition_for
 from schemas import AudioChunk, ChannelRecord, Encoding, IngestLease, encode
 
 log = logging.getLogger("tolk.ingest")
+
+RUNNING = Gauge("tolk_ingest_channels_running", "Channels this ingest replica is pulling now.")
+AUDIO_SECONDS = Counter("tolk_ingest_audio_seconds", "Seconds of channel audio published, by channel.", ["channel"])
+RECONNECTS = Counter("tolk_ingest_reconnects", "Times a channel's source was reopened after a drop or failure.",
+                     ["channel"])
 
 
 @dataclass
@@ -84,6 +90,7 @@ class Pipeline:
                 if self.t - began_at > 10:
                     backoff = 1.0  # it had been flowing: this is a fresh drop, not a dead source
                 self.reconnects += 1
+                RECONNECTS.labels(self.channel.name).inc()
                 log.info("%s: reconnecting in %.0f s (reconnect %d)", self.channel.name, backoff, self.reconnects)
                 await self._sleep(backoff)
                 backoff = min(backoff * 2, self.actor.cfg.ingest_backoff_max_s)
@@ -145,6 +152,7 @@ class Pipeline:
             language=self.channel.language, data=pcm, received_at=time.time(), end=end, stream_id=self.stream,
         )
         await self.actor.bus.publish_audio(msg, self.partition)
+        AUDIO_SECONDS.labels(self.channel.name).inc(len(pcm) / 32000)
 
 
 class IngestActor(Actor):
@@ -213,6 +221,7 @@ class IngestActor(Actor):
         for name, p in list(self.running.items()):
             if p.task is not None and p.task.done():
                 self.running.pop(name, None)
+                RUNNING.set(len(self.running))
                 await self._release(name)
 
     async def _start(self, channel: ChannelRecord) -> None:
@@ -226,10 +235,12 @@ class IngestActor(Actor):
             return  # another replica runs it
         log.info("%s: first listener; starting %s from %s", channel.name, pipeline.session_id, channel.url)
         self.running[channel.name] = pipeline
+        RUNNING.set(len(self.running))
         pipeline.task = asyncio.create_task(pipeline.run(), name=f"ingest.{channel.name}")
 
     async def _stop(self, name: str) -> None:
         pipeline = self.running.pop(name, None)
+        RUNNING.set(len(self.running))
         if pipeline is None:
             return
         pipeline.stop.set()

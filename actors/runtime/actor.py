@@ -14,8 +14,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from actors.runtime import metrics
 from actors.runtime import settings as settings_mod
 from actors.runtime.bus import Bus
+from actors.runtime.ops import OpsServer
 from schemas import ActorHeartbeat, encode
 
 log = logging.getLogger("tolk.actor")
@@ -34,17 +36,35 @@ class RuntimeSettings:
     nats_url: str = "nats://127.0.0.1:4222"
     log_level: str = "INFO"
     # Partitioned actors (segmenter, fan-out) own partitions p with p % replicas == replica_index.
+    # -1: the ordinal at the end of the host name (a StatefulSet pod `tolk-segmenter-2` is replica 2).
     replicas: int = 1
     replica_index: int = 0
     instance: str = field(default_factory=_default_instance)
     heartbeat_s: float = 5.0
     drain_timeout_s: float = 20.0
+    # /metrics, /healthz, /readyz (port 0: any free port, announced in the heartbeat; -1: none).
+    metrics_host: str = "0.0.0.0"
+    metrics_port: int = 0
+
+    def __post_init__(self) -> None:
+        if self.replica_index == -1:
+            self.replica_index = ordinal_from_hostname(socket.gethostname())
+
+
+def ordinal_from_hostname(hostname: str) -> int:
+    """`tolk-fanout-3` → 3: a StatefulSet pod's stable index."""
+    tail = hostname.split(".", 1)[0].rsplit("-", 1)[-1]
+    if not tail.isdigit():
+        raise ValueError(f"TOLK_REPLICA_INDEX=-1 needs a host name ending in -<ordinal>, not {hostname!r}")
+    return int(tail)
 
 
 class Actor(ABC):
     """One concern, one process. Subclasses must not import other actors."""
 
     name: ClassVar[str]
+    # The edge serves /metrics and the probes on its own HTTP port; every other actor gets an OpsServer.
+    serves_ops: ClassVar[bool] = False
 
     def __init__(self, bus: Bus, runtime: RuntimeSettings) -> None:
         self.bus = bus
@@ -63,6 +83,10 @@ class Actor(ABC):
     async def drain(self) -> None:
         """Stop taking new work; `run()` finishes what it holds."""
 
+    def ops_port(self) -> int:
+        """Where an actor with `serves_ops` serves /metrics (announced in its heartbeat)."""
+        return 0
+
     async def close(self) -> None:  # noqa: B027 - optional hook, not abstract
         """Release resources after `run()` returned (executors, files)."""
 
@@ -74,7 +98,7 @@ def configure_logging(level: str) -> None:
     )
 
 
-async def _heartbeat(actor: Actor, started: float) -> None:
+async def _heartbeat(actor: Actor, started: float, metrics_port: int) -> None:
     kv = await actor.bus.kv(HEARTBEAT_BUCKET)
     key = f"{actor.name}.{actor.runtime.instance}"
     while True:
@@ -84,6 +108,7 @@ async def _heartbeat(actor: Actor, started: float) -> None:
             pid=os.getpid(),
             started_at=started,
             ready=actor.ready,
+            metrics_port=metrics_port,
         )
         try:
             await kv.put(key, encode(beat))
@@ -103,10 +128,16 @@ async def serve(factory: Callable[[Bus, RuntimeSettings], Awaitable[Actor]]) -> 
     started = time.time()
     bus = await Bus.connect(runtime.nats_url, name=f"tolk-{runtime.instance}")
     actor = await factory(bus, runtime)
+    metrics.set_actor(actor.name)
+    ops = OpsServer(actor.name, lambda: _readiness(actor))
+    if runtime.metrics_port >= 0 and not actor.serves_ops:  # up before the models load: liveness passes meanwhile
+        await ops.start(runtime.metrics_host, runtime.metrics_port)
     log.info("%s starting (instance %s)", actor.name, runtime.instance)
     await actor.start()
     actor.ready = True
-    beat = asyncio.create_task(_heartbeat(actor, started), name="heartbeat")
+    metrics.ACTOR_READY.labels(actor.name).set(1)
+    port = actor.ops_port() if actor.serves_ops else ops.port
+    beat = asyncio.create_task(_heartbeat(actor, started, port), name="heartbeat")
     main = asyncio.create_task(actor.run(), name=f"{actor.name}.run")
     stopper = asyncio.create_task(stop.wait(), name="stop-signal")
     log.info("%s ready", actor.name)
@@ -132,6 +163,13 @@ async def serve(factory: Callable[[Bus, RuntimeSettings], Awaitable[Actor]]) -> 
         with contextlib.suppress(Exception):
             kv = await bus.kv(HEARTBEAT_BUCKET)
             await kv.delete(f"{actor.name}.{runtime.instance}")
+        metrics.ACTOR_READY.labels(actor.name).set(0)
+        await ops.close()
         await actor.close()
         await bus.close()
         log.info("%s stopped", actor.name)
+
+
+def _readiness(actor: Actor) -> tuple[bool, dict[str, bool]]:
+    checks = {"nats": actor.bus.nc.is_connected, "started": actor.ready}
+    return all(checks.values()), checks

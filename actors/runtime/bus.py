@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
@@ -11,9 +13,29 @@ from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
 import nats
+from actors.runtime import settings
 from schemas import AudioChunk, encode
 
 log = logging.getLogger("tolk.bus")
+
+
+@dataclass
+class NatsAuth:
+    """How every Tolk process authenticates to NATS (env: TOLK_NATS_CREDS, TOLK_NATS_USER, TOLK_NATS_PASSWORD).
+
+    Values are never logged. Empty: no authentication (the embedded dev server).
+    """
+
+    nats_creds: str = ""  # a .creds file (JWT + nkey seed): operator-mode servers
+    nats_user: str = ""
+    nats_password: str = field(default="", repr=False)
+
+    def options(self) -> dict[str, Any]:
+        if self.nats_creds:
+            return {"user_credentials": self.nats_creds}
+        if self.nats_user:
+            return {"user": self.nats_user, "password": self.nats_password}
+        return {}
 
 
 class Bus:
@@ -23,7 +45,15 @@ class Bus:
         self._kv: dict[str, KeyValue] = {}
 
     @classmethod
-    async def connect(cls, url: str, name: str) -> Bus:
+    async def connect(cls, url: str, name: str, first_attempt_s: float | None = None) -> Bus:
+        """Connects and then reconnects forever. `first_attempt_s` bounds the first connection (tools
+        report an unreachable server instead of waiting for it)."""
+        if first_attempt_s is not None:
+            try:
+                return await asyncio.wait_for(cls.connect(url, name), first_attempt_s)
+            except TimeoutError:
+                raise ConnectionError(f"no NATS server answered at {url} within {first_attempt_s:.0f} s") from None
+
         async def on_error(exc: Exception) -> None:
             log.warning("nats error: %s", exc)
 
@@ -34,6 +64,7 @@ class Bus:
             log.info("nats reconnected")
 
         nc = await nats.connect(
+            **settings.load(NatsAuth).options(),
             servers=[u.strip() for u in url.split(",")],
             name=name,
             max_reconnect_attempts=-1,

@@ -12,6 +12,7 @@ import nats.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
+from actors.runtime import metrics
 from schemas import DecodeError, decode
 
 T = TypeVar("T", bound=msgspec.Struct)
@@ -68,10 +69,12 @@ class PullLoop(Generic[T]):
             return []
         out: list[Delivery[T]] = []
         for raw in raws:
+            metrics.count_delivery(self.durable, raw.metadata.num_delivered)
             try:
                 out.append(Delivery(decode(raw.data, self.typ), raw))
             except DecodeError as exc:
                 log.error("%s: terminating undecodable message on %s: %s", self.durable, raw.subject, exc)
+                metrics.count_error("undecodable_message")
                 await raw.term()
         return out
 
@@ -103,6 +106,7 @@ class PullLoop(Generic[T]):
             raise
         except Exception:
             log.exception("%s: handler failed; nak'ing %d message(s)", self.durable, len(items))
+            metrics.count_error("handler_failed")
             for d in items:
                 try:
                     await d.raw.nak(delay=1.0)

@@ -8,6 +8,8 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from prometheus_client import Counter
+
 from actors.runtime import settings, topology
 from actors.runtime.actor import Actor, RuntimeSettings
 from actors.runtime.bus import Bus
@@ -20,6 +22,9 @@ from actors.segmenter.vad import DualVad, SileroModel, Vote, WebRtcStream
 from schemas import AudioChunk, ResultKind, Segment, SegmentKind, Transcript
 
 log = logging.getLogger("tolk.segmenter")
+
+AUDIO_SECONDS = Counter("tolk_audio_seconds", "Seconds of audio received (microphones, files and channels).")
+SEGMENTS = Counter("tolk_segments", "Segments sent to STT: partial (utterance so far) and final.", ["kind"])
 
 
 @dataclass
@@ -158,7 +163,9 @@ class SegmenterActor(Actor):
 
     @staticmethod
     def _segment(state: SessionState, chunk: AudioChunk) -> list[Cut]:
-        samples = state.resampler.push(decode_pcm(chunk.data, chunk.encoding), last=chunk.end)
+        pcm = decode_pcm(chunk.data, chunk.encoding)
+        AUDIO_SECONDS.inc(len(pcm) / chunk.sample_rate)
+        samples = state.resampler.push(pcm, last=chunk.end)
         cuts = state.segmenter.push(samples, chunk.received_at)
         if chunk.end:
             cuts += state.segmenter.flush(chunk.received_at)
@@ -181,6 +188,7 @@ class SegmenterActor(Actor):
             f"tolk.segment.{kind.value}.{state.partition}.{state.session_id}", seg,
             msg_id=f"{state.session_id}:{state.seq}",
         )
+        SEGMENTS.labels(kind.value).inc()
 
     async def _reap(self) -> None:
         while True:

@@ -11,8 +11,9 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass
 
 import numpy as np
+from prometheus_client import Counter, Histogram
 
-from actors.runtime import settings
+from actors.runtime import metrics, settings
 from actors.runtime.actor import Actor, RuntimeSettings
 from actors.runtime.bus import Bus
 from actors.runtime.consumer import Delivery, PullLoop
@@ -23,6 +24,15 @@ from actors.stt.models import resolve
 from schemas import ResultKind, Segment, SegmentKind, Transcript, Word
 
 log = logging.getLogger("tolk.stt")
+
+LATENCY_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
+LATENCY = Histogram("tolk_stt_latency_seconds", "End of speech (the segment's end, edge clock) to its transcript "
+                    "stored, by kind.", ["kind"], buckets=LATENCY_BUCKETS)
+BATCH = Histogram("tolk_stt_batch_size", "Segments per model call, by lane.", ["kind"],
+                  buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32))
+RTF = Histogram("tolk_stt_real_time_factor", "Model seconds per audio second of a call, by lane.", ["kind"],
+                buckets=(0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 5.0))
+AUDIO_SECONDS = Counter("tolk_stt_audio_seconds", "Seconds of audio transcribed, by lane.", ["kind"])
 
 STREAM = "TOLK_SEGMENTS"
 
@@ -228,11 +238,17 @@ class SttActor(Actor):
             for d in batch
         ]
         began = time.monotonic()
+        kind = "final" if lane is self.final_lane else "partial"
         try:
             results = await lane.run(self.engine.transcribe_batch, requests, window_s)
-            self._account(len(batch), time.monotonic() - began, sum(len(r.audio) for r in requests) / 16000)
+            busy, audio = time.monotonic() - began, sum(len(r.audio) for r in requests) / 16000
+            self._account(len(batch), busy, audio)
+            BATCH.labels(kind).observe(len(batch))
+            RTF.labels(kind).observe(busy / max(audio, 1e-3))
+            AUDIO_SECONDS.labels(kind).inc(audio)
         except Exception:
             log.exception("transcription of %d segment(s) failed; nak for redelivery", len(batch))
+            metrics.count_error("transcription_failed")
             for d in batch:
                 await d.raw.nak(delay=1.0)
             return
@@ -289,10 +305,13 @@ class SttActor(Actor):
             await self.bus.publish(transcript_subject(d.msg), t, msg_id=f"{t.session_id}:{t.seq}")
         except Exception:
             log.exception("%s/%d: publishing transcript failed; nak", t.session_id, t.seq)
+            metrics.count_error("publish_failed")
             with contextlib.suppress(Exception):
                 await d.raw.nak(delay=1.0)
             return
         await d.raw.ack()
+        if t.speech_end_wall:
+            LATENCY.labels(t.kind.value).observe(max(0.0, time.time() - t.speech_end_wall))
 
     async def drain(self) -> None:
         self._stopping = True

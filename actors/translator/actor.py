@@ -18,8 +18,9 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 import msgspec
+from prometheus_client import Counter, Histogram
 
-from actors.runtime import listeners, settings
+from actors.runtime import listeners, metrics, settings
 from actors.runtime.actor import Actor, RuntimeSettings
 from actors.runtime.bus import Bus
 from actors.runtime.consumer import Delivery, PullLoop
@@ -29,6 +30,13 @@ from actors.translator.service import TranslationService
 from schemas import ResultKind, Transcript, stream_of
 
 log = logging.getLogger("tolk.translator")
+
+TRANSLATIONS = Counter("tolk_translations", "Sentences translated into results (cache hits included), by pair.",
+                       ["source", "target"])
+TRANSLATION_ERRORS = Counter("tolk_translation_errors", "Targets a result went out without, by error code.",
+                             ["code"])
+LATENCY = Histogram("tolk_translation_latency_seconds", "A transcript's arrival to its result (with translations) "
+                    "stored.", buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0))
 
 
 @dataclass
@@ -153,15 +161,18 @@ class TranslatorActor(Actor):
             task.add_done_callback(self._tasks.discard)
 
     async def _process(self, d: Delivery[Transcript]) -> None:
+        began = time.monotonic()
         try:
             t = await self.enrich(d.msg)
             await self.bus.publish(result_subject(t), t, msg_id=f"{t.session_id}:r{t.seq}")
             await d.raw.ack()
             self._published += 1
+            LATENCY.observe(time.monotonic() - began)
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("%s/%d: result not published; nak for redelivery", d.msg.session_id, d.msg.seq)
+            metrics.count_error("publish_failed")
             try:
                 await d.raw.nak(delay=1.0)
             except Exception:  # connection gone: JetStream redelivers after ack_wait anyway
@@ -209,6 +220,7 @@ class TranslatorActor(Actor):
         translations: dict[str, str] = {}
         errors: dict[str, str] = {}
         if not src:
+            TRANSLATION_ERRORS.labels(ErrorKind.UNKNOWN_SOURCE.value).inc(len(targets))
             return {}, dict.fromkeys(targets, ErrorKind.UNKNOWN_SOURCE.value)
         tasks = [asyncio.ensure_future(self.service.translate(text, src, normalize(tgt))) for tgt in targets]
         await asyncio.wait(tasks, timeout=self.cfg.mt_timeout_s)
@@ -227,6 +239,10 @@ class TranslatorActor(Actor):
             else:
                 log.error("translating to %s failed: %r", tgt, exc)
                 errors[tgt] = ErrorKind.ENGINE_FAILED.value
+        for tgt in translations:
+            TRANSLATIONS.labels(src, normalize(tgt)).inc()
+        for code in errors.values():
+            TRANSLATION_ERRORS.labels(code).inc()
         return translations, errors
 
     async def _log_stats(self) -> None:

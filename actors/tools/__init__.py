@@ -1,0 +1,1 @@
+"""Operator tools behind the `tolk` command (`tap`, `status`): they read NATS, never serve traffic."""
