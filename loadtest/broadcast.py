@@ -70,10 +70,11 @@ async def serve_radio(port: int, mp3: bytes) -> Any:
     return runner
 
 
-def start_tolk(data: Path, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
+def start_tolk(data: Path, port: int, env: dict[str, str], cpus: str = "") -> subprocess.Popen[bytes]:
     log = open(data / "tolk-up.log", "wb")  # lives as long as the process
     proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "tolk"), "up", "--data-dir", str(data), "--port", str(port)],
+        [*(["taskset", "-c", cpus] if cpus else []),
+         str(Path(sys.executable).parent / "tolk"), "up", "--data-dir", str(data), "--port", str(port)],
         stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env},
     )
     deadline = time.monotonic() + 300
@@ -184,7 +185,10 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     # Synthetic: the sources never answer (ingest retries quietly) and the driver plays the pipeline's part.
     config = {"channels": [{"name": n, "url": f"http://127.0.0.1:{radio_port}/{n}.mp3", "language": "en"}
                            for n in names]}
-    proc = await asyncio.to_thread(start_tolk, data, port, {"TOLK_CHANNELS": json.dumps(config)})
+    server_cpus, client_cpus = args.split_cpus.split("/") if args.split_cpus else ("", "")
+    if server_cpus:  # the driver (injector, sampler) is server-side load too
+        os.sched_setaffinity(0, {int(c) for c in server_cpus.split(",")})
+    proc = await asyncio.to_thread(start_tolk, data, port, {"TOLK_CHANNELS": json.dumps(config)}, server_cpus)
     ports = json.loads(next((data / "run").glob("*.ports")).read_text())
     nats_url = str(ports["nats"][0])
     edge = edge_process(proc)
@@ -199,6 +203,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     try:
         k6proc = await asyncio.create_subprocess_exec(
             *(["nice", "-n", str(args.k6_nice)] if args.k6_nice else []),
+            *(["taskset", "-c", client_cpus] if client_cpus else []),
             k6, "run", "--quiet", "--summary-export", str(summary), str(SCRIPT),
             env={**os.environ, "URL": f"ws://127.0.0.1:{port}/v1/listen", "CHANNELS": ",".join(names),
                  "STAGES": json.dumps(stages), "HOLD_S": str(args.hold_listener)},
@@ -251,6 +256,8 @@ def main() -> None:
     p.add_argument("--k6-nice", type=int, default=0,
                    help="run k6 at this nice level, so on a shared box the edge (not the load generator) gets the "
                         "CPU first, as it would with clients on other machines")
+    p.add_argument("--split-cpus", default="", metavar="SERVER/CLIENT",
+                   help="e.g. 0/1: Tolk and the driver on CPU 0, k6 on CPU 1, as if the listeners were elsewhere")
     p.add_argument("--synthetic", action="store_true",
                    help="no real pipeline: the driver publishes a live channel's audio and captions itself, so the "
                         "edge's fan-out is measured without STT sharing the cores")
@@ -262,7 +269,9 @@ def main() -> None:
     report = "\n".join([
         "# Tolk broadcast benchmark", "",
         f"- command: `python -m loadtest.broadcast {' '.join(sys.argv[1:])}`",
-        f"- machine: {machine}; k6 listeners and `tolk up` on the same box; "
+        f"- machine: {machine}; k6 listeners and `tolk up` on the same box"
+        + (f" (Tolk and the driver pinned to CPU {args.split_cpus.split('/')[0]}, k6 to CPU "
+           f"{args.split_cpus.split('/')[1]})" if args.split_cpus else "") + "; "
         + ("synthetic channels (the driver publishes audio frames and captions at a live channel's rates)"
            if args.synthetic else "a real ingest → STT → translator → fan-out pipeline per channel"),
         f"- {row['channels']} channels, listeners ramp 1 → 200 → {row['peak_listeners']}, hold, down "
