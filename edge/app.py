@@ -22,9 +22,18 @@ from edge.files import FileTranscriber
 from edge.hub import ChannelHub
 from edge.listener import ChannelListener
 from edge.metrics import EdgeMetrics
-from edge.protocol import ErrorCode, ProtocolError
+from edge.protocol import ErrorCode, ProtocolError, Start
 from edge.session import ClientSession, Limits
-from schemas import ActorHeartbeat, ChannelRecord, DecodeError, IngestLease, decode
+from schemas import (
+    ActorHeartbeat,
+    AudioChunk,
+    ChannelRecord,
+    DecodeError,
+    IngestLease,
+    SessionRecord,
+    decode,
+    encode,
+)
 
 log = logging.getLogger("tolk.edge")
 
@@ -48,6 +57,7 @@ class EdgeSettings:
     file_pace: float = 10.0  # files enter the pipeline at most this many times faster than real time
     file_result_timeout_s: float = 120.0  # a file job fails (504) if the pipeline is silent this long
     file_jobs: int = 4  # files transcribed at once by this edge; more get 503 "busy"
+    resume_grace_s: float = 30.0  # a dropped client's session waits this long for a resume before it is ended
     api_tokens: str = field(default="", repr=False)  # comma-separated; empty = no authentication (dev only)
 
 
@@ -72,6 +82,7 @@ class Edge(Actor):
         self._no_sessions.set()
         self._runner: web.AppRunner | None = None
         self._ready_cache: tuple[float, dict[str, int]] = (0.0, {})
+        self._ending: dict[str, asyncio.Task[None]] = {}  # detached sessions waiting out the resume grace
         self.app = web.Application(client_max_size=cfg.max_frame_bytes,
                                    middlewares=[auth.middleware(auth.parse_tokens(cfg.api_tokens))])
         self.app.add_routes([
@@ -135,7 +146,48 @@ class Edge(Actor):
     def ops_port(self) -> int:
         return self.cfg.port
 
+    def end_later(self, sid: str, epoch: int, partition: int, start: Start | None) -> None:
+        """A dropped client's session: ended after the resume grace unless a resume (on any edge) claimed it."""
+        if start is None:
+            return
+        self.cancel_end(sid)
+        self._ending[sid] = asyncio.create_task(self._end_detached(sid, epoch, partition, start),
+                                                name=f"edge.detached.{sid}")
+
+    def cancel_end(self, sid: str) -> None:
+        task = self._ending.pop(sid, None)
+        if task is not None:
+            task.cancel()
+
+    async def _end_detached(self, sid: str, epoch: int, partition: int, start: Start) -> None:
+        try:
+            await asyncio.sleep(self.cfg.resume_grace_s)
+            kv = await self.bus.kv("tolk_sessions")
+            entry = await kv.get(sid)
+            rec = decode(entry.value, SessionRecord) if entry.value else None
+            if rec is None or rec.epoch != epoch or rec.status != "detached":
+                return  # resumed (or ended) meanwhile
+            await kv.update(sid, encode(msgspec.structs.replace(rec, status="closed", updated_at=time.time())),
+                            last=entry.revision)
+            # Numbered past anything that connection could have sent: the segmenter flushes and ends it.
+            await self.bus.publish_audio(AudioChunk(
+                session_id=sid, chunk_seq=(epoch << 32) + (1 << 31), sample_rate=start.sample_rate,
+                encoding=start.encoding, language=start.language, data=b"", received_at=time.time(), end=True,
+            ), partition)
+            with contextlib.suppress(Exception):
+                await listeners.remove_listener(await self.bus.kv(listeners.BUCKET), sid, "owner")
+            log.info("%s: not resumed within %.0f s; ended", sid, self.cfg.resume_grace_s)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # KV or NATS away: the pipeline reaps the idle session later anyway
+            log.warning("%s: detached session not ended: %s", sid, exc)
+        finally:
+            if self._ending.get(sid) is asyncio.current_task():
+                del self._ending[sid]
+
     async def close(self) -> None:
+        for task in list(self._ending.values()):  # left detached: resumable on another edge
+            task.cancel()
         if self._runner:
             await self._runner.cleanup()
 

@@ -27,11 +27,11 @@ import aiohttp
 import av
 from aiohttp import web
 from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from actors.runtime import listeners
 from actors.runtime.media import SourceChunk, SourceEnded, read_source
 from actors.runtime.partition import partition_for
+from edge import replay
 from edge.formats import FORMATS, Cue, render
 from edge.protocol import Close, ErrorCode, ProtocolError, parse_language, parse_targets, render_result
 from schemas import AudioChunk, ClientResult, DecodeError, Encoding, ListenerRecord, ResultKind, Transcript, decode
@@ -355,28 +355,7 @@ class FileTranscriber:
         return web.Response(text=body, content_type=ctype.split(";")[0], charset="utf-8")
 
     async def _stored_finals(self, sid: str) -> list[Transcript]:
-        psub = await self.edge.bus.js.pull_subscribe(
-            f"tolk.result.*.{sid}", stream="TOLK_RESULTS",
-            config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.NONE, inactive_threshold=30.0),
-        )
-        out: dict[int, Transcript] = {}
-        try:
-            while True:
-                try:
-                    msgs = await psub.fetch(256, timeout=0.5)
-                except TimeoutError:
-                    break
-                for m in msgs:
-                    with contextlib.suppress(DecodeError):
-                        t = decode(m.data, Transcript)
-                        if t.kind is ResultKind.FINAL and t.text:
-                            out[t.final_index] = t
-                if not msgs or msgs[-1].metadata.num_pending == 0:
-                    break
-        finally:
-            with contextlib.suppress(Exception):
-                await psub.unsubscribe()
-        return [out[k] for k in sorted(out)]
+        return replay.finals(await replay.stored(self.edge.bus, sid))
 
 
 def _remove(path: str) -> None:

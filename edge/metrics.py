@@ -60,11 +60,12 @@ class EdgeMetrics:
         self.delivery_lag = HotHistogram(
             "channel_delivery_lag_seconds", "From fan-out publishing a channel result to this edge writing it to a "
             "listener's socket.", LAG_BUCKETS, self.registry)
-        self.sessions_started = Counter("tolk_sessions_started", "Sessions begun on this edge: microphone streams, "
-                                        "file transcriptions and channel listeners.", ["kind"], registry=self.registry)
+        self.sessions_started = Counter("tolk_sessions_started", "Sessions begun on this edge: microphone streams "
+                                        "(and resumes of one), file transcriptions and channel listeners.",
+                                        ["kind"], registry=self.registry)
         self.client_errors = Counter("tolk_client_errors", "Errors reported to clients, by error code.", ["code"],
                                      registry=self.registry)
-        for kind in ("mic", "file", "listener"):
+        for kind in ("mic", "resume", "file", "listener"):
             self.sessions_started.labels(kind)
         self._languages: set[str] = set()
         self._channels: set[str] = set()

@@ -48,6 +48,8 @@ class ErrorCode(enum.StrEnum):
     NOT_STREAMING = "not_streaming"
     SLOW_CONSUMER = "slow_consumer"
     SESSION_IN_USE = "session_in_use"
+    UNKNOWN_SESSION = "unknown_session"
+    SESSION_RESUMED = "session_resumed"
     AUDIO_BEFORE_START = "audio_before_start"
     INVALID_FRAME = "invalid_frame"
     FRAME_TOO_LARGE = "frame_too_large"
@@ -73,6 +75,8 @@ CLOSE_FOR: dict[ErrorCode, Close | None] = {
     ErrorCode.NOT_STREAMING: None,  # audio from a listener: ignored
     ErrorCode.SLOW_CONSUMER: Close.POLICY,
     ErrorCode.SESSION_IN_USE: Close.POLICY,
+    ErrorCode.UNKNOWN_SESSION: Close.POLICY,
+    ErrorCode.SESSION_RESUMED: Close.POLICY,  # this connection's session was resumed on a newer one
     ErrorCode.AUDIO_BEFORE_START: Close.POLICY,
     ErrorCode.INVALID_FRAME: Close.INVALID_PAYLOAD,
     ErrorCode.FRAME_TOO_LARGE: Close.TOO_BIG,
@@ -107,6 +111,7 @@ class Start:
     session_id: str | None
     targets: tuple[str, ...] = ()
     translate_partials: bool = False
+    resume_from: int | None = None  # resume `session_id`: the last `seq` this client saw (0: none)
 
 
 @dataclass(frozen=True)
@@ -190,7 +195,13 @@ def parse_start(obj: dict[str, Any]) -> Start:
     partials = obj.get("translate_partials", False)
     if not isinstance(partials, bool):
         raise ProtocolError(ErrorCode.INVALID_START, "translate_partials must be true or false")
-    return Start(rate, encoding, language, sid, targets, partials)
+    resume = obj.get("resume_from")
+    if resume is not None:
+        if isinstance(resume, bool) or not isinstance(resume, int) or resume < 0:
+            raise ProtocolError(ErrorCode.INVALID_START, "resume_from must be the last seq received (an integer >= 0)")
+        if sid is None:
+            raise ProtocolError(ErrorCode.INVALID_START, "resume_from needs the session_id to resume")
+    return Start(rate, encoding, language, sid, targets, partials, resume)
 
 
 def parse_language(language: Any, code: ErrorCode) -> str:

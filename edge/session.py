@@ -17,12 +17,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import aiohttp
+import msgspec
 from aiohttp import web
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.js.errors import KeyDeletedError, KeyNotFoundError, KeyWrongLastSequenceError
 
 from actors.runtime import listeners
 from actors.runtime.partition import partition_for
+from edge import replay
 from edge.protocol import (
     Audio,
     Close,
@@ -85,6 +88,13 @@ class ClientSession:
         self._sub: Subscription | None = None
         self._writer: asyncio.Task[None] | None = None
         self.handed_over = False
+        self.epoch = 0
+        # Live results that arrive while a resume replays missed ones from JetStream.
+        self._holding: list[ClientResult] | None = None
+        # How this connection ended: a drop (or an edge restart) keeps the session for a resume; a
+        # protocol error, an idle client or a newer connection resuming it does not.
+        self._detach = False
+        self.superseded = False
 
     # ------------------------------------------------------------------ lifecycle
     async def serve(self) -> Subscribe | None:
@@ -97,7 +107,7 @@ class ClientSession:
         except ProtocolError as err:
             await self.fail(err)
         except (ConnectionResetError, aiohttp.ClientConnectionResetError):
-            pass
+            self._detach = True
         except Exception:
             log.exception("%s: internal error", self.session_id or "session")
             await self.fail(ProtocolError(ErrorCode.INTERNAL, "internal error; please reconnect"))
@@ -108,6 +118,8 @@ class ClientSession:
     async def fail(self, err: ProtocolError) -> None:
         log.info("%s: %s (%s)", self.session_id or "pre-start", err.code.value, err.message)
         self.edge.metrics.client_errors.labels(err.code.value).inc()
+        if err.code is ErrorCode.SHUTTING_DOWN:
+            self._detach = True  # the client reconnects to another edge and resumes
         if self.ws.closed:
             return
         with contextlib.suppress(Exception):
@@ -118,10 +130,15 @@ class ClientSession:
                 await self.ws.close(code=err.close, message=err.code.value.encode())
 
     async def _cleanup(self) -> None:
-        if self.phase in (Phase.STREAMING, Phase.DRAINING) and not self.done.is_set():
-            # Client vanished or failed mid-stream: tell the pipeline so it frees the session.
-            with contextlib.suppress(Exception):
-                await self._publish(b"", end=True)
+        live = self.phase in (Phase.STREAMING, Phase.DRAINING) and not self.done.is_set()
+        if live and not self.superseded:
+            if self._detach and self.edge.cfg.resume_grace_s > 0:
+                # The client dropped: it may resume (here or on another edge) within the grace period.
+                if await self._record("detached", only_if_ours=True):
+                    self.edge.end_later(self.session_id, self.epoch, self.partition, self.start)
+            else:  # an error ended it, or resuming is off: tell the pipeline now so it frees the session
+                with contextlib.suppress(Exception):
+                    await self._publish(b"", end=True)
         self.phase = Phase.CLOSED
         if self._writer:
             self._writer.cancel()
@@ -130,11 +147,13 @@ class ClientSession:
         if self._sub is not None:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()
-        if self.session_id:
+        if self.session_id and not self.superseded:
             self.edge.unregister(self)
-            await self._record("closed")
-            with contextlib.suppress(Exception):
-                await listeners.remove_listener(await self.edge.bus.kv(listeners.BUCKET), self.session_id, "owner")
+            if not (live and self._detach):
+                await self._record("closed", only_if_ours=True)
+                with contextlib.suppress(Exception):
+                    await listeners.remove_listener(await self.edge.bus.kv(listeners.BUCKET), self.session_id,
+                                                    "owner")
         if not self.ws.closed and not self.handed_over:
             with contextlib.suppress(Exception):
                 await self.ws.close()
@@ -157,8 +176,10 @@ class ClientSession:
                 exc = self.ws.exception()
                 if isinstance(exc, aiohttp.WebSocketError) and exc.code == Close.TOO_BIG:
                     raise ProtocolError(ErrorCode.FRAME_TOO_LARGE, f"frame exceeds {self.limits.max_frame_bytes} bytes")
+                self._detach = True
                 return
-            else:  # CLOSE / CLOSING / CLOSED
+            else:  # CLOSE / CLOSING / CLOSED: gone without `stop`
+                self._detach = True
                 return
             if self.done.is_set():
                 return
@@ -193,7 +214,7 @@ class ClientSession:
                 if self.phase is Phase.STREAMING:
                     self.phase = Phase.DRAINING
                     await self._publish(b"", end=True)
-                    await self._record("draining")
+                    await self._record("draining", only_if_ours=True)
             case Unknown(type=kind):
                 if self.phase is Phase.AWAIT_START:
                     raise ProtocolError(ErrorCode.INVALID_START, f'expected {{"type":"start"}}, got {kind!r}')
@@ -210,13 +231,21 @@ class ClientSession:
     # ------------------------------------------------------------------ start
     async def _begin(self, start: Start) -> None:
         sid = start.session_id or uuid.uuid4().hex
-        if sid in self.edge.sessions:
+        resuming = start.resume_from is not None
+        current = self.edge.sessions.get(sid)
+        if current is not None and not resuming:
             raise ProtocolError(ErrorCode.SESSION_IN_USE, f"session {sid} is already streaming")
         self.start = start
         self.session_id = sid
         self.partition = partition_for(sid, self.edge.partitions)
+        self.epoch = await self._attach(sid, start)
+        self.chunk_seq = self.epoch << 32
+        if current is not None:  # the old connection is half-dead (the client already came back): retire it
+            current.superseded = True
+            await current.fail(ProtocolError(ErrorCode.SESSION_RESUMED, "this session was resumed on a new connection"))
         self.edge.register(self)
-        # Subscribe before any audio is published, so no result can be missed.
+        self._holding = [] if resuming else None
+        # Subscribe before any audio is published (or anything replayed), so no result can be missed.
         self._sub = await self.edge.bus.nc.subscribe(
             f"tolk.session.{sid}.out", cb=self._on_result, pending_msgs_limit=self.limits.result_queue * 4
         )
@@ -224,20 +253,81 @@ class ClientSession:
         self.targets, self.translate_partials = start.targets, start.translate_partials
         await self.announce()  # before any audio: the translator must know the targets by the first final
         self.phase = Phase.STREAMING
-        self.edge.metrics.sessions_started.labels("mic").inc()
-        await self._record("streaming")
+        self.edge.metrics.sessions_started.labels("resume" if resuming else "mic").inc()
+        missed = await self._missed(start.resume_from) if start.resume_from is not None else []
         await self.ws.send_json({
             "type": "started", "session_id": sid, "sample_rate": start.sample_rate,
             "encoding": start.encoding.value, "language": start.language, "targets": list(self.targets),
             "translate_partials": self.translate_partials,
+            **({"resumed": True, "replayed": len(missed)} if resuming else {}),
         })
+        if start.resume_from is not None:
+            await self._release(missed, start.resume_from)
+
+    async def _attach(self, sid: str, start: Start) -> int:
+        """Claims the session in KV (compare-and-set): a new one, or an existing one being resumed."""
+        kv = await self.edge.bus.kv("tolk_sessions")
+        try:
+            entry = await kv.get(sid)
+            rec = decode(entry.value, SessionRecord) if entry.value else None
+            revision = entry.revision
+        except (KeyNotFoundError, KeyDeletedError):
+            rec, revision = None, None
+        except DecodeError:
+            rec, revision = None, None
+        now = time.time()
+        if start.resume_from is None:
+            if rec is not None:  # the segmenter would take a reused id's audio for a redelivery and drop it
+                raise ProtocolError(ErrorCode.SESSION_IN_USE, f"session {sid} exists ({rec.status}): resume it "
+                                    'with "resume_from", or start with a new session_id')
+            epoch, created = 1, now
+        else:
+            if rec is None:
+                raise ProtocolError(ErrorCode.UNKNOWN_SESSION, f"no session {sid} to resume (sessions are kept "
+                                    "for an hour); start a new one")
+            if (rec.sample_rate, rec.encoding) != (start.sample_rate, start.encoding):
+                raise ProtocolError(ErrorCode.INVALID_START, f"resume with the session's sample_rate "
+                                    f"({rec.sample_rate}) and encoding ({rec.encoding.value})")
+            epoch, created = rec.epoch + 1, rec.created_at
+        status = "closed" if rec is not None and rec.status == "closed" and start.resume_from is not None \
+            else "streaming"
+        new = SessionRecord(session_id=sid, status=status, sample_rate=start.sample_rate, encoding=start.encoding,
+                            language=start.language, partition=partition_for(sid, self.edge.partitions),
+                            created_at=created, updated_at=now, edge=self.edge.instance, epoch=epoch)
+        try:
+            if revision is None:
+                await kv.create(sid, encode(new))
+            else:
+                await kv.update(sid, encode(new), last=revision)
+        except KeyWrongLastSequenceError:
+            raise ProtocolError(ErrorCode.SESSION_IN_USE, f"session {sid} was just claimed by another "
+                                "connection") from None
+        self.edge.cancel_end(sid)
+        return epoch
+
+    async def _missed(self, after_seq: int) -> list[ClientResult]:
+        return replay.missed(await replay.stored(self.edge.bus, self.session_id), after_seq)
+
+    async def _release(self, missed: list[ClientResult], after_seq: int) -> None:
+        """Replayed results first, then what arrived live meanwhile, without duplicates or going backwards."""
+        sent = {r.seq for r in missed}
+        top = max([after_seq, *sent])
+        for r in missed:
+            await self.results.put(r)
+        held, self._holding = self._holding or [], None
+        for r in held:
+            if r.seq in sent or r.seq <= after_seq or (r.kind is ResultKind.PARTIAL and r.seq < top):
+                continue
+            await self.results.put(r)
+        log.info("%s: resumed (epoch %d) after seq %d: %d replayed", self.session_id, self.epoch, after_seq,
+                 len(missed))
 
     async def _configure(self, c: Configure) -> None:
         """Takes effect from the next utterance (one already being transcribed keeps its settings)."""
         assert self.start is not None
         if c.language is not None and c.language != self.start.language:
             self.start = dataclasses.replace(self.start, language=c.language)
-            await self._record(self.phase.value)
+            await self._record(self.phase.value, only_if_ours=True)
         if c.targets is not None:
             self.targets = c.targets
         if c.translate_partials is not None:
@@ -269,20 +359,24 @@ class ClientSession:
         )
         await self.edge.bus.publish_audio(chunk, self.partition)
 
-    async def _record(self, status: str) -> None:
+    async def _record(self, status: str, only_if_ours: bool = False) -> bool:
+        """Writes this session's KV record; with `only_if_ours`, not if a newer connection resumed it.
+        False when it was not written."""
         if self.start is None:
-            return
-        now = time.time()
-        rec = SessionRecord(
-            session_id=self.session_id, status=status, sample_rate=self.start.sample_rate,
-            encoding=self.start.encoding, language=self.start.language, partition=self.partition,
-            created_at=now, updated_at=now, edge=self.edge.instance,
-        )
+            return False
         try:
             kv = await self.edge.bus.kv("tolk_sessions")
-            await kv.put(self.session_id, encode(rec))
+            entry = await kv.get(self.session_id)
+            rec = decode(entry.value, SessionRecord) if entry.value else None
+            if rec is None or (only_if_ours and rec.epoch != self.epoch):
+                return False
+            new = msgspec.structs.replace(rec, status=status, language=self.start.language, updated_at=time.time(),
+                                          edge=self.edge.instance)
+            await kv.update(self.session_id, encode(new), last=entry.revision)
+            return True
         except Exception as exc:  # state is advisory here; streaming goes on
             log.warning("%s: session record not written: %s", self.session_id, exc)
+            return False
 
     # ------------------------------------------------------------------ results
     async def _on_result(self, msg: Msg) -> None:
@@ -290,6 +384,9 @@ class ClientSession:
             result = decode(msg.data, ClientResult)
         except DecodeError as exc:
             log.error("%s: dropping undecodable result: %s", self.session_id, exc)
+            return
+        if self._holding is not None:
+            self._holding.append(result)
             return
         if result.kind is ResultKind.PARTIAL and self.results.full():
             return  # a slow reader loses partials first; the next partial or the final supersedes it

@@ -38,6 +38,15 @@ REPORTS = Path(__file__).resolve().parent / "reports"
 SCRIPT = Path(__file__).resolve().parent / "k6" / "broadcast.js"
 
 
+def cpu_set(spec: str) -> set[int]:
+    """taskset's list syntax: `0`, `0,2`, `2-15`."""
+    out: set[int] = set()
+    for part in spec.split(","):
+        lo, _, hi = part.partition("-")
+        out.update(range(int(lo), int(hi or lo) + 1))
+    return out
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -187,7 +196,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                            for n in names]}
     server_cpus, client_cpus = args.split_cpus.split("/") if args.split_cpus else ("", "")
     if server_cpus:  # the driver (injector, sampler) is server-side load too
-        os.sched_setaffinity(0, {int(c) for c in server_cpus.split(",")})
+        os.sched_setaffinity(0, cpu_set(server_cpus))
     proc = await asyncio.to_thread(start_tolk, data, port, {"TOLK_CHANNELS": json.dumps(config)}, server_cpus)
     ports = json.loads(next((data / "run").glob("*.ports")).read_text())
     nats_url = str(ports["nats"][0])
@@ -257,7 +266,8 @@ def main() -> None:
                    help="run k6 at this nice level, so on a shared box the edge (not the load generator) gets the "
                         "CPU first, as it would with clients on other machines")
     p.add_argument("--split-cpus", default="", metavar="SERVER/CLIENT",
-                   help="e.g. 0/1: Tolk and the driver on CPU 0, k6 on CPU 1, as if the listeners were elsewhere")
+                   help="e.g. 0/1 or 0-3/4-15: Tolk and the driver on the first CPUs, k6 on the others, as if the "
+                        "listeners were on another machine")
     p.add_argument("--synthetic", action="store_true",
                    help="no real pipeline: the driver publishes a live channel's audio and captions itself, so the "
                         "edge's fan-out is measured without STT sharing the cores")

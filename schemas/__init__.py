@@ -22,6 +22,7 @@ from schemas.messages import (
     SessionRecord,
     Transcript,
     Word,
+    client_result,
     stream_of,
 )
 
@@ -42,6 +43,7 @@ __all__ = [
     "SessionRecord",
     "Transcript",
     "Word",
+    "client_result",
     "decode",
     "encode",
     "stream_of",

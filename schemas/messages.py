@@ -157,7 +157,7 @@ class SessionRecord(_Msg, frozen=True):
     """Session state in KV bucket ``tolk_sessions`` (key = session id)."""
 
     session_id: str
-    status: str  # "streaming" | "draining" | "closed"
+    status: str  # "streaming" | "draining" | "detached" (client gone, may resume) | "closed"
     sample_rate: int
     encoding: Encoding
     language: str
@@ -165,6 +165,9 @@ class SessionRecord(_Msg, frozen=True):
     created_at: float
     updated_at: float
     edge: str = ""
+    # Bumped by every connection that attaches (start, then each resume): its audio chunks are numbered
+    # from epoch << 32, so a resumed stream's chunks sort after everything sent before it.
+    epoch: int = 0
 
 
 class ListenerRecord(_Msg, frozen=True):
@@ -210,3 +213,13 @@ class ActorHeartbeat(_Msg, frozen=True):
     ready: bool
     detail: str = ""
     metrics_port: int = 0  # the actor's /metrics and probes (0: none)
+
+
+def client_result(t: Transcript, text: str, stable: str) -> ClientResult:
+    """What a client is sent for a transcript (fan-out's live results and the edge's replay on resume)."""
+    return ClientResult(
+        session_id=t.session_id, utterance_id=t.utterance_id, seq=t.seq, kind=t.kind,
+        text=text, stable_text=stable, language=t.language, start=t.start, end=t.end,
+        words=t.words, speech_end_wall=t.speech_end_wall, speech_start=t.speech_start, endpoint=t.endpoint,
+        translations=t.translations, translation_errors=t.translation_errors, stream_id=t.stream_id,
+    )

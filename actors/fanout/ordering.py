@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from actors.runtime.text import stable_prefix
-from schemas import ClientResult, ResultKind, Transcript
+from schemas import ClientResult, ResultKind, Transcript, client_result
 
 
 @dataclass
@@ -80,9 +80,4 @@ class SessionOrder:
 
     def _emit(self, t: Transcript, text: str, stable: str) -> ClientResult:
         self.last_seq = max(self.last_seq, t.seq)
-        return ClientResult(
-            session_id=t.session_id, utterance_id=t.utterance_id, seq=t.seq, kind=t.kind,
-            text=text, stable_text=stable, language=t.language, start=t.start, end=t.end,
-            words=t.words, speech_end_wall=t.speech_end_wall, speech_start=t.speech_start, endpoint=t.endpoint,
-            translations=t.translations, translation_errors=t.translation_errors, stream_id=t.stream_id,
-        )
+        return client_result(t, text, stable)
