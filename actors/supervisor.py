@@ -17,10 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from actors.runtime import topology
-from actors.runtime.actor import HEARTBEAT_BUCKET
+from actors.runtime.actor import heartbeats
 from actors.runtime.bus import Bus
 from actors.runtime.embedded import EmbeddedNats, die_with_parent
-from schemas import ActorHeartbeat, decode
 
 log = logging.getLogger("tolk.up")
 
@@ -107,20 +106,10 @@ class Supervisor:
         return await self.nats.start()
 
     async def _wait_ready(self, bus: Bus) -> bool:
-        kv = await bus.js.key_value(HEARTBEAT_BUCKET)
         deadline = time.monotonic() + self.opts.ready_timeout_s
         pids = {c.proc.pid for c in self.children if c.proc}
         while time.monotonic() < deadline and not self._stop.is_set():
-            ready: set[str] = set()
-            try:
-                for key in await kv.keys():
-                    entry = await kv.get(key)
-                    if entry.value:
-                        beat = decode(entry.value, ActorHeartbeat)
-                        if beat.ready and beat.pid in pids:
-                            ready.add(beat.actor)
-            except Exception:  # no keys yet, or a heartbeat from another schema version
-                pass
+            ready = {beat.actor for beat in await heartbeats(bus) if beat.ready and beat.pid in pids}
             if ready >= set(PIPELINE):
                 return True
             dead = [c.name for c in self.children if c.proc and c.proc.returncode is not None]

@@ -7,15 +7,18 @@ import contextlib
 import gc
 import logging
 import os
+import ssl
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 import msgspec
 from aiohttp import web
 from nats.js.errors import KeyDeletedError, KeyNotFoundError, NoKeysError
 
 from actors.runtime import channels, listeners, settings, topology
-from actors.runtime.actor import Actor, RuntimeSettings
+from actors.runtime.actor import Actor, RuntimeSettings, heartbeats
 from actors.runtime.bus import Bus
 from edge import auth
 from edge.files import FileTranscriber
@@ -25,7 +28,6 @@ from edge.metrics import EdgeMetrics
 from edge.protocol import ErrorCode, ProtocolError, Start
 from edge.session import ClientSession, Limits
 from schemas import (
-    ActorHeartbeat,
     AudioChunk,
     ChannelRecord,
     DecodeError,
@@ -57,6 +59,10 @@ class EdgeSettings:
     file_pace: float = 10.0  # files enter the pipeline at most this many times faster than real time
     file_result_timeout_s: float = 120.0  # a file job fails (504) if the pipeline is silent this long
     file_jobs: int = 4  # files transcribed at once by this edge; more get 503 "busy"
+    tls_cert: str = ""  # PEM certificate (chain) file: with tls_key, the edge serves only HTTPS / WSS
+    tls_key: str = ""  # its PEM private key file
+    max_sessions: int = 0  # microphone sessions on this edge at once (0: no limit); more get `overloaded` (1013)
+    shed_backlog: int = 100  # finals waiting for STT (stt-final lag) above which new sessions are refused
     resume_grace_s: float = 30.0  # a dropped client's session waits this long for a resume before it is ended
     api_tokens: str = field(default="", repr=False)  # comma-separated; empty = no authentication (dev only)
 
@@ -82,7 +88,9 @@ class Edge(Actor):
         self._no_sessions.set()
         self._runner: web.AppRunner | None = None
         self._ready_cache: tuple[float, dict[str, int]] = (0.0, {})
-        self._ending: dict[str, asyncio.Task[None]] = {}  # detached sessions waiting out the resume grace
+        self._ending: dict[str, asyncio.Task[None]] = {}
+        self._backlog: tuple[float, int] = (0.0, 0)
+        self._tasks: set[asyncio.Task[None]] = set()  # detached sessions waiting out the resume grace
         self.app = web.Application(client_max_size=cfg.max_frame_bytes,
                                    middlewares=[auth.middleware(auth.parse_tokens(cfg.api_tokens))])
         self.app.add_routes([
@@ -107,12 +115,13 @@ class Edge(Actor):
             os.makedirs(self.cfg.upload_dir, exist_ok=True)
         self._runner = web.AppRunner(self.app, handle_signals=False, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.cfg.host, self.cfg.port)
+        tls = tls_context(self.cfg.tls_cert, self.cfg.tls_key)
+        site = web.TCPSite(self._runner, self.cfg.host, self.cfg.port, ssl_context=tls)
         try:
             await site.start()
         except OSError as exc:
             raise SystemExit(f"edge: cannot listen on {self.cfg.host}:{self.cfg.port}: {exc.strerror}") from None
-        log.info("edge listening on http://%s:%d", self.cfg.host, self.cfg.port)
+        log.info("edge listening on %s://%s:%d", "https" if tls else "http", self.cfg.host, self.cfg.port)
 
     async def run(self) -> None:
         refresh = asyncio.create_task(self._refresh_listeners(), name="edge.listeners")
@@ -145,6 +154,37 @@ class Edge(Actor):
 
     def ops_port(self) -> int:
         return self.cfg.port
+
+    def background(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """A task owned by the edge (kept referenced until done, awaited on close)."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def admit(self) -> None:
+        """Load shedding for new microphone sessions: refusing one is better than every session falling behind.
+        A resume is never refused here: it is a session already admitted."""
+        if self.cfg.max_sessions and len(self.sessions) >= self.cfg.max_sessions:
+            raise ProtocolError(ErrorCode.OVERLOADED, f"this server is at its limit of {self.cfg.max_sessions} "
+                                "sessions; try again shortly")
+        backlog = await self.stt_backlog()
+        if self.cfg.shed_backlog and backlog > self.cfg.shed_backlog:
+            raise ProtocolError(ErrorCode.OVERLOADED, f"speech recognition is {backlog} utterances behind; try "
+                                "again shortly")
+
+    async def stt_backlog(self) -> int:
+        """Finals not yet handed to any STT replica (cached 2 s; 0 if NATS cannot say)."""
+        at, value = self._backlog
+        if time.monotonic() - at < 2.0:
+            return value
+        try:
+            value = int((await self.bus.js.consumer_info("TOLK_SEGMENTS", "stt-final")).num_pending or 0)
+        except Exception as exc:
+            log.warning("stt backlog unknown: %s", exc)
+            value = 0
+        self._backlog = (time.monotonic(), value)
+        return value
 
     def end_later(self, sid: str, epoch: int, partition: int, start: Start | None) -> None:
         """A dropped client's session: ended after the resume grace unless a resume (on any edge) claimed it."""
@@ -188,6 +228,8 @@ class Edge(Actor):
     async def close(self) -> None:
         for task in list(self._ending.values()):  # left detached: resumable on another edge
             task.cancel()
+        if self._tasks:  # connection clean-ups still writing their records
+            await asyncio.wait(list(self._tasks), timeout=10)
         if self._runner:
             await self._runner.cleanup()
 
@@ -277,18 +319,26 @@ class Edge(Actor):
             return counts
         counts = {}
         with contextlib.suppress(Exception):
-            kv = await self.bus.kv("tolk_actors")
-            for key in await kv.keys():
-                entry = await kv.get(key)
-                if entry.value:
-                    try:
-                        beat = decode(entry.value, ActorHeartbeat)
-                    except (DecodeError, msgspec.ValidationError):
-                        continue
-                    if beat.ready:
-                        counts[beat.actor] = counts.get(beat.actor, 0) + 1
+            for beat in await heartbeats(self.bus):
+                if beat.ready:
+                    counts[beat.actor] = counts.get(beat.actor, 0) + 1
         self._ready_cache = (time.monotonic(), counts)
         return counts
+
+
+def tls_context(cert: str, key: str) -> ssl.SSLContext | None:
+    """Server TLS (1.2 and up) from PEM files; a half-configured or unreadable pair stops the edge at start."""
+    if not cert and not key:
+        return None
+    if not (cert and key):
+        raise SystemExit("edge: TLS needs both TOLK_TLS_CERT and TOLK_TLS_KEY")
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise SystemExit(f"edge: cannot load TLS certificate {cert!r} / key {key!r}: {exc}") from None
+    return ctx
 
 
 async def create(bus: Bus, runtime: RuntimeSettings) -> Actor:

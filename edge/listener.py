@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import web
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from actors.runtime import channels, listeners
+from edge import replay
 from edge.protocol import (
     Audio,
     Close,
@@ -32,7 +32,7 @@ from edge.protocol import (
     Unknown,
     parse_text,
 )
-from schemas import ChannelRecord, ClientResult, DecodeError, ListenerRecord, ResultKind, decode
+from schemas import ChannelRecord, ClientResult, ListenerRecord, ResultKind
 
 if TYPE_CHECKING:
     from edge.app import Edge
@@ -83,7 +83,9 @@ class ChannelListener:
             log.exception("listener %s: internal error", self.listener_id)
             await self.fail(ProtocolError(ErrorCode.INTERNAL, "internal error; please reconnect"))
         finally:
-            await self._cleanup()
+            # aiohttp cancels a handler whose client went away: the cleanup (KV writes, ending or detaching
+            # the session) must finish anyway, so it runs as a task of the edge's own.
+            await asyncio.shield(self.edge.background(self._cleanup()))
 
     async def fail(self, err: ProtocolError) -> None:
         log.info("listener %s: %s (%s)", self.listener_id, err.code.value, err.message)
@@ -203,31 +205,12 @@ class ChannelListener:
 
     async def _replay(self, name: str) -> list[ClientResult]:
         """The channel's last finals, from JetStream (TOLK_CAPTIONS keeps 50 per channel)."""
-        out: list[ClientResult] = []
         subject = channels.captions_subject(channels.stream_id(name))
         try:
-            psub = await self.edge.bus.js.pull_subscribe(
-                subject, stream="TOLK_CAPTIONS",
-                config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.NONE,
-                                      inactive_threshold=30.0),
-            )
+            out = await replay.read_all(self.edge.bus, subject, "TOLK_CAPTIONS", ClientResult, REPLAY, 0.3)
         except Exception as exc:
             log.warning("%s: no replay: %s", name, exc)
-            return out
-        try:
-            while True:
-                try:
-                    msgs = await psub.fetch(REPLAY, timeout=0.3)
-                except TimeoutError:
-                    break
-                for m in msgs:
-                    with contextlib.suppress(DecodeError):
-                        out.append(decode(m.data, ClientResult))
-                if not msgs or msgs[-1].metadata.num_pending == 0:
-                    break
-        finally:
-            with contextlib.suppress(Exception):
-                await psub.unsubscribe()
+            return []
         return out[-REPLAY:]
 
     # ------------------------------------------------------------------ delivery (from the hub)

@@ -50,6 +50,7 @@ class ErrorCode(enum.StrEnum):
     SESSION_IN_USE = "session_in_use"
     UNKNOWN_SESSION = "unknown_session"
     SESSION_RESUMED = "session_resumed"
+    OVERLOADED = "overloaded"
     AUDIO_BEFORE_START = "audio_before_start"
     INVALID_FRAME = "invalid_frame"
     FRAME_TOO_LARGE = "frame_too_large"
@@ -77,6 +78,7 @@ CLOSE_FOR: dict[ErrorCode, Close | None] = {
     ErrorCode.SESSION_IN_USE: Close.POLICY,
     ErrorCode.UNKNOWN_SESSION: Close.POLICY,
     ErrorCode.SESSION_RESUMED: Close.POLICY,  # this connection's session was resumed on a newer one
+    ErrorCode.OVERLOADED: Close.TRY_AGAIN,  # shed at start, so the sessions already running keep their latency
     ErrorCode.AUDIO_BEFORE_START: Close.POLICY,
     ErrorCode.INVALID_FRAME: Close.INVALID_PAYLOAD,
     ErrorCode.FRAME_TOO_LARGE: Close.TOO_BIG,

@@ -1,37 +1,48 @@
-"""A session's results as stored in TOLK_RESULTS (kept 1 h): for resuming clients and transcript export."""
+"""Reading back what JetStream stored: a session's results in TOLK_RESULTS (kept 1 h) for resuming clients
+and transcript export, a channel's last finals in TOLK_CAPTIONS for late joiners."""
 
 from __future__ import annotations
 
 import contextlib
+from typing import TypeVar
 
+import msgspec
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from actors.runtime.bus import Bus
 from schemas import ClientResult, DecodeError, ResultKind, Transcript, client_result, decode
 
+T = TypeVar("T", bound=msgspec.Struct)
 
-async def stored(bus: Bus, session_id: str) -> list[Transcript]:
-    """Every transcript of the session in stream order (an ephemeral consumer; nothing is acked)."""
+
+async def read_all(bus: Bus, subject: str, stream: str, typ: type[T], batch: int = 256,
+                   timeout: float = 0.5) -> list[T]:
+    """Everything stored on `subject`, in stream order (an ephemeral consumer; nothing is acked)."""
     psub = await bus.js.pull_subscribe(
-        f"tolk.result.*.{session_id}", stream="TOLK_RESULTS",
+        subject, stream=stream,
         config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.NONE, inactive_threshold=30.0),
     )
-    out: list[Transcript] = []
+    out: list[T] = []
     try:
         while True:
             try:
-                msgs = await psub.fetch(256, timeout=0.5)
+                msgs = await psub.fetch(batch, timeout=timeout)
             except TimeoutError:
                 break
             for m in msgs:
                 with contextlib.suppress(DecodeError):
-                    out.append(decode(m.data, Transcript))
+                    out.append(decode(m.data, typ))
             if not msgs or msgs[-1].metadata.num_pending == 0:
                 break
     finally:
         with contextlib.suppress(Exception):
             await psub.unsubscribe()
     return out
+
+
+async def stored(bus: Bus, session_id: str) -> list[Transcript]:
+    """Every transcript of the session, in stream order."""
+    return await read_all(bus, f"tolk.result.*.{session_id}", "TOLK_RESULTS", Transcript)
 
 
 def finals(transcripts: list[Transcript]) -> list[Transcript]:

@@ -89,6 +89,7 @@ class ClientSession:
         self._writer: asyncio.Task[None] | None = None
         self.handed_over = False
         self.epoch = 0
+        self.last_seq = 0  # highest seq sent to this client: results never repeat or go back
         # Live results that arrive while a resume replays missed ones from JetStream.
         self._holding: list[ClientResult] | None = None
         # How this connection ended: a drop (or an edge restart) keeps the session for a resume; a
@@ -112,7 +113,9 @@ class ClientSession:
             log.exception("%s: internal error", self.session_id or "session")
             await self.fail(ProtocolError(ErrorCode.INTERNAL, "internal error; please reconnect"))
         finally:
-            await self._cleanup()
+            # aiohttp cancels a handler whose client went away: the cleanup (KV writes, ending or detaching
+            # the session) must finish anyway, so it runs as a task of the edge's own.
+            await asyncio.shield(self.edge.background(self._cleanup()))
         return None
 
     async def fail(self, err: ProtocolError) -> None:
@@ -235,11 +238,13 @@ class ClientSession:
         current = self.edge.sessions.get(sid)
         if current is not None and not resuming:
             raise ProtocolError(ErrorCode.SESSION_IN_USE, f"session {sid} is already streaming")
-        self.start = start
-        self.session_id = sid
+        if not resuming:
+            await self.edge.admit()
+        # Claimed before anything of this connection is set: a refused start leaves the session untouched.
+        epoch = await self._attach(sid, start)
+        self.start, self.session_id, self.epoch = start, sid, epoch
         self.partition = partition_for(sid, self.edge.partitions)
-        self.epoch = await self._attach(sid, start)
-        self.chunk_seq = self.epoch << 32
+        self.chunk_seq = epoch << 32
         if current is not None:  # the old connection is half-dead (the client already came back): retire it
             current.superseded = True
             await current.fail(ProtocolError(ErrorCode.SESSION_RESUMED, "this session was resumed on a new connection"))
@@ -289,8 +294,7 @@ class ClientSession:
                 raise ProtocolError(ErrorCode.INVALID_START, f"resume with the session's sample_rate "
                                     f"({rec.sample_rate}) and encoding ({rec.encoding.value})")
             epoch, created = rec.epoch + 1, rec.created_at
-        status = "closed" if rec is not None and rec.status == "closed" and start.resume_from is not None \
-            else "streaming"
+        status = "closed" if rec is not None and rec.status == "closed" else "streaming"  # (a finished one: replay)
         new = SessionRecord(session_id=sid, status=status, sample_rate=start.sample_rate, encoding=start.encoding,
                             language=start.language, partition=partition_for(sid, self.edge.partitions),
                             created_at=created, updated_at=now, edge=self.edge.instance, epoch=epoch)
@@ -312,6 +316,7 @@ class ClientSession:
         """Replayed results first, then what arrived live meanwhile, without duplicates or going backwards."""
         sent = {r.seq for r in missed}
         top = max([after_seq, *sent])
+        self.last_seq = after_seq
         for r in missed:
             await self.results.put(r)
         held, self._holding = self._holding or [], None
@@ -395,6 +400,9 @@ class ClientSession:
     async def _write_loop(self) -> None:
         while True:
             result = await self.results.get()
+            if result.seq <= self.last_seq:
+                continue  # already sent (a fan-out that crashed between sending and recording it sends again)
+            self.last_seq = result.seq
             wanted = self.targets if result.kind is not ResultKind.PARTIAL or self.translate_partials else ()
             await self.ws.send_json(render_result(result, targets=wanted))
             if result.kind is ResultKind.END:

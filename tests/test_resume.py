@@ -133,7 +133,10 @@ async def test_resume_takes_over_a_half_dead_connection_and_bad_resumes_are_refu
         await asyncio.wait_for(a.reader, 10)
         assert any(m.get("code") == "session_resumed" for m in a.messages)
         assert a.ws.close_code == 1008
-        await b.send(pcm[30 * CHUNK : 60 * CHUNK])
+        dup = await connect(http, tolk.ws, {"session_id": sid})  # a plain start of a live id: refused...
+        await asyncio.wait_for(dup.reader, 10)
+        assert dup.messages[-1]["code"] == "session_in_use"
+        await b.send(pcm[30 * CHUNK : 60 * CHUNK])  # ...and the live connection goes on untouched
         await b.ws.send_json({"type": "stop"})
         await asyncio.wait_for(b.reader, 60)
         assert b.messages[-1]["type"] == "done"

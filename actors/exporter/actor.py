@@ -19,9 +19,8 @@ from nats.aio.msg import Msg
 from prometheus_client import Counter, Gauge
 
 from actors.runtime import settings
-from actors.runtime.actor import HEARTBEAT_BUCKET, Actor, RuntimeSettings
+from actors.runtime.actor import Actor, RuntimeSettings, heartbeats
 from actors.runtime.bus import Bus
-from schemas import ActorHeartbeat, DecodeError, decode
 
 log = logging.getLogger("tolk.exporter")
 
@@ -105,21 +104,8 @@ class ExporterActor(Actor):
         LAST_SCRAPE.set_to_current_time()
 
     async def _actors(self) -> None:
-        counts: Tally[tuple[str, str]] = Tally()
-        kv = await self.bus.kv(HEARTBEAT_BUCKET)
-        try:
-            keys = await kv.keys()
-        except Exception:  # nats-py raises NoKeysError on an empty bucket
-            keys = []
-        for key in keys:
-            entry = await kv.get(key)
-            if not entry.value:
-                continue
-            try:
-                beat = decode(entry.value, ActorHeartbeat)
-            except DecodeError:
-                continue
-            counts[(beat.actor, "true" if beat.ready else "false")] += 1
+        counts: Tally[tuple[str, str]] = Tally(
+            (beat.actor, "true" if beat.ready else "false") for beat in await heartbeats(self.bus))
         for actor in ACTORS:  # zero rows too, so "no ready stt" is a 0 an alert can see, not a gap
             for ready in ("true", "false"):
                 INSTANCES.labels(actor, ready).set(counts.get((actor, ready), 0))

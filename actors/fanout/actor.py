@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass
 
 import msgspec
+from nats.js.errors import KeyDeletedError, KeyNotFoundError
 from prometheus_client import Counter, Histogram
 
 from actors.fanout.ordering import SessionOrder
@@ -20,6 +21,8 @@ from actors.runtime.partition import owned_partitions
 from schemas import ClientResult, ResultKind, Transcript, stream_of
 
 log = logging.getLogger("tolk.fanout")
+
+PROGRESS_BUCKET = "tolk_fanout"
 
 LATENCY = Histogram("tolk_result_latency_seconds", "End of speech (edge clock) to the result going out to its "
                     "clients: the server's whole share of caption latency, by kind.", ["kind"],
@@ -33,7 +36,9 @@ def session_subject(session_id: str) -> str:
 
 @dataclass
 class FanoutSettings:
-    gap_timeout_s: float = 10.0  # skip a missing seq after this long (never expected: logged)
+    # Skip a missing final after this long (never expected: logged). Above the worst redelivery chain: a
+    # crashed STT then a crashed translator, each redelivering after its 15 s ack wait.
+    gap_timeout_s: float = 45.0
     session_idle_s: float = 600.0
 
 
@@ -74,10 +79,32 @@ class FanoutActor(Actor):
             t = d.msg
             order = self.sessions.get(t.session_id)
             if order is None:
-                order = self.sessions[t.session_id] = SessionOrder(t.session_id)
-                log.info("%s: routing results (partition %d)", t.session_id, t.partition)
+                next_final = await self._progress(t.session_id)
+                order = self.sessions[t.session_id] = SessionOrder(t.session_id, next_final=next_final)
+                log.info("%s: routing results (partition %d%s)", t.session_id, t.partition,
+                         f", resuming at final {next_final}" if next_final > 1 else "")
+            released = order.next_final
             await self._deliver(order, order.offer(t, now))
+            if order.next_final != released:  # stored before the ack: a restarted fan-out continues from here
+                await self._save_progress(order)
             await d.raw.ack()
+
+    async def _progress(self, sid: str) -> int:
+        """Where a previous fan-out process left this session: finals below it were delivered (and acked)."""
+        try:
+            entry = await (await self.bus.kv(PROGRESS_BUCKET)).get(sid)
+            return int(entry.value or b"1")
+        except (KeyNotFoundError, KeyDeletedError):
+            return 1
+        except Exception as exc:  # KV away: start from 1 (earlier finals, if any, come once more; the edge drops them)
+            log.warning("%s: fan-out progress unknown: %s", sid, exc)
+            return 1
+
+    async def _save_progress(self, order: SessionOrder) -> None:
+        try:
+            await (await self.bus.kv(PROGRESS_BUCKET)).put(order.session_id, str(order.next_final).encode())
+        except Exception as exc:  # the next release writes it again; only a crash right now would repeat finals
+            log.warning("%s: fan-out progress not saved: %s", order.session_id, exc)
 
     async def _deliver(self, order: SessionOrder, results: list[ClientResult]) -> None:
         for r in results:

@@ -18,7 +18,7 @@ from actors.runtime import metrics
 from actors.runtime import settings as settings_mod
 from actors.runtime.bus import Bus
 from actors.runtime.ops import OpsServer
-from schemas import ActorHeartbeat, encode
+from schemas import ActorHeartbeat, decode, encode
 
 log = logging.getLogger("tolk.actor")
 
@@ -115,6 +115,24 @@ async def _heartbeat(actor: Actor, started: float, metrics_port: int) -> None:
         except Exception as exc:  # NATS briefly away: keep beating, expiry reports us if it lasts
             log.warning("heartbeat failed: %s", exc)
         await asyncio.sleep(actor.runtime.heartbeat_s)
+
+
+async def heartbeats(bus: Bus) -> list[ActorHeartbeat]:
+    """Every live actor process, from its heartbeat in KV (expired ones are gone by TTL)."""
+    kv = await bus.kv(HEARTBEAT_BUCKET)
+    try:
+        keys = await kv.keys()
+    except Exception:  # nats-py raises NoKeysError on an empty bucket
+        return []
+    out: list[ActorHeartbeat] = []
+    for key in keys:
+        try:
+            entry = await kv.get(key)
+            if entry.value:
+                out.append(decode(entry.value, ActorHeartbeat))
+        except Exception:  # expired between keys() and get(), or another schema version's heartbeat
+            continue
+    return out
 
 
 async def serve(factory: Callable[[Bus, RuntimeSettings], Awaitable[Actor]]) -> None:

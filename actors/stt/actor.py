@@ -61,6 +61,7 @@ class SttSettings:
     lang_lock_prob: float = 0.8
     lang_lock_after: int = 2
     lang_reopen_pause_s: float = 10.0
+    in_progress_s: float = 5.0  # held segments are marked in progress this often (keep it under the ack wait)
 
 
 def transcript_subject(seg: Segment) -> str:
@@ -79,6 +80,7 @@ class SttActor(Actor):
         self.partial_lane = BoundedExecutor(workers=1, backlog=0, name="whisper-partial")
         self._finals: deque[Delivery[Segment]] = deque()
         self._partials: deque[Delivery[Segment]] = deque()
+        self._inflight: list[Delivery[Segment]] = []  # in a model call right now
         self._wake_final = asyncio.Event()
         self._wake_partial = asyncio.Event()
         self._space = asyncio.Condition()
@@ -137,6 +139,7 @@ class SttActor(Actor):
             asyncio.create_task(self._final_lane(), name="stt.finals"),
             asyncio.create_task(self._partial_lane(), name="stt.partials"),
         ]
+        fetchers.append(asyncio.create_task(self._keep_alive(), name="stt.in-progress"))
         try:
             await asyncio.gather(*lanes)
         finally:
@@ -147,6 +150,15 @@ class SttActor(Actor):
             for task in fetchers + lanes:
                 task.cancel()
             await asyncio.gather(*fetchers, *lanes, return_exceptions=True)
+
+    async def _keep_alive(self) -> None:
+        """Segments held here (queued or in a model call) are marked in progress, so a short ack wait can
+        redeliver a crashed replica's work quickly without redelivering a busy replica's."""
+        while True:
+            await asyncio.sleep(self.cfg.in_progress_s)
+            for d in [*self._finals, *self._partials, *self._inflight]:
+                with contextlib.suppress(Exception):
+                    await d.raw.in_progress()
 
     async def _idle(self, wake: asyncio.Event, queue: deque[Delivery[Segment]]) -> bool:
         """Wait for this lane's work; False once draining and its queue is empty."""
@@ -239,6 +251,7 @@ class SttActor(Actor):
         ]
         began = time.monotonic()
         kind = "final" if lane is self.final_lane else "partial"
+        self._inflight.extend(batch)
         try:
             results = await lane.run(self.engine.transcribe_batch, requests, window_s)
             busy, audio = time.monotonic() - began, sum(len(r.audio) for r in requests) / 16000
@@ -252,6 +265,8 @@ class SttActor(Actor):
             for d in batch:
                 await d.raw.nak(delay=1.0)
             return
+        finally:
+            self._inflight = [d for d in self._inflight if d not in batch]
         for d, r in zip(batch, results, strict=True):
             seg = d.msg
             final = seg.kind is SegmentKind.FINAL

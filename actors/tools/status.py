@@ -8,9 +8,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from actors.runtime.actor import HEARTBEAT_BUCKET
+from actors.runtime.actor import heartbeats
 from actors.runtime.bus import Bus
-from schemas import ActorHeartbeat, DecodeError, decode
 
 ACTORS = ("edge", "segmenter", "stt", "translator", "fanout", "ingest", "exporter")
 
@@ -31,23 +30,10 @@ async def collect(url: str) -> dict[str, Any]:
             ]
             streams.append({"stream": name, "messages": info.state.messages, "bytes": info.state.bytes,
                             "consumers": sorted(consumers, key=lambda c: str(c["consumer"]))})
-        actors: list[dict[str, Any]] = []
-        kv = await bus.kv(HEARTBEAT_BUCKET)
-        try:
-            keys = await kv.keys()
-        except Exception:  # nats-py raises NoKeysError for an empty bucket
-            keys = []
         now = time.time()
-        for key in keys:
-            entry = await kv.get(key)
-            if not entry.value:
-                continue
-            try:
-                beat = decode(entry.value, ActorHeartbeat)
-            except DecodeError:
-                continue
-            actors.append({"actor": beat.actor, "instance": beat.instance, "pid": beat.pid, "ready": beat.ready,
-                           "up_s": round(now - beat.started_at), "metrics_port": beat.metrics_port})
+        actors = [{"actor": beat.actor, "instance": beat.instance, "pid": beat.pid, "ready": beat.ready,
+                   "up_s": round(now - beat.started_at), "metrics_port": beat.metrics_port}
+                  for beat in await heartbeats(bus)]
         return {"nats": url, "streams": sorted(streams, key=lambda s: str(s["stream"])),
                 "kv": sorted(buckets, key=lambda b: str(b["bucket"])),
                 "actors": sorted(actors, key=lambda a: (a["actor"], a["instance"]))}

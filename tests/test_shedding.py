@@ -1,0 +1,69 @@
+"""Load shedding at `start`: a session limit and STT's backlog refuse new sessions with 1013 `overloaded`,
+on a real edge app and a real NATS (the backlog is real: segments waiting on the stt-final consumer)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+import pytest_asyncio
+from aiohttp.test_utils import TestServer
+
+from actors.runtime import settings, topology
+from actors.runtime.actor import RuntimeSettings
+from actors.runtime.bus import Bus
+from edge.app import Edge, EdgeSettings
+from schemas import Segment, SegmentKind, encode
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+START = {"type": "start", "sample_rate": 16000, "encoding": "pcm_s16le", "language": "en"}
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def edge_url(bus: Bus) -> AsyncIterator[str]:
+    edge = Edge(bus, settings.load(RuntimeSettings, env={}),
+                settings.load(EdgeSettings, env={}, max_sessions=1, shed_backlog=5), topology.load())
+    srv = TestServer(edge.app)
+    await srv.start_server()
+    try:
+        yield str(srv.make_url("/v1/listen")).replace("http", "ws", 1)
+    finally:
+        await srv.close()
+        await bus.js.purge_stream("TOLK_SEGMENTS", subject="tolk.segment.final.0.shed-backlog")
+
+
+async def first_reply(ws: aiohttp.ClientWebSocketResponse, start: dict[str, Any]) -> dict[str, Any]:
+    await ws.send_json(start)
+    return dict(await ws.receive_json(timeout=10))
+
+
+async def test_session_limit_then_stt_backlog_shed_new_sessions(edge_url: str, bus: Bus) -> None:
+    async with aiohttp.ClientSession() as http:
+        a = await http.ws_connect(edge_url)
+        assert (await first_reply(a, {**START, "session_id": "shed-a"}))["type"] == "started"
+        async with http.ws_connect(edge_url) as b:
+            err = await first_reply(b, START)
+            assert err["code"] == "overloaded" and "limit of 1" in err["message"]
+            await b.receive()
+            assert b.close_code == 1013
+        await a.close()
+        await asyncio.sleep(0.3)
+
+        for i in range(10):  # finals waiting for an STT replica that is not there
+            seg = Segment(session_id="shed-backlog", utterance_id=i, seq=i + 1, final_index=i + 1,
+                          kind=SegmentKind.FINAL, audio=bytes(3200), start=i, end=i + 0.1, language="en",
+                          speech_end_wall=0.0, partition=0)
+            await bus.js.publish("tolk.segment.final.0.shed-backlog", encode(seg))
+        await asyncio.sleep(2.1)  # the edge reads the backlog at most every 2 s
+        async with http.ws_connect(edge_url) as c:
+            err = await first_reply(c, START)
+            assert err["code"] == "overloaded" and "behind" in err["message"]
+            await c.receive()
+            assert c.close_code == 1013
+        async with http.ws_connect(edge_url) as d:  # a resume is a session already admitted: never shed
+            reply = await first_reply(d, {**START, "session_id": "shed-a", "resume_from": 0})
+            assert reply["type"] == "started" and reply["resumed"] is True
