@@ -34,6 +34,8 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--port", type=int, default=int(os.environ.get("TOLK_PORT", "8080")))
     up.add_argument("--nats-port", type=int, default=int(os.environ.get("TOLK_NATS_PORT", "-1")),
                     help="embedded server port (-1: any free port)")
+    up.add_argument("--nats-replicas", type=int, default=int(os.environ.get("TOLK_NATS_REPLICAS", "1")),
+                    help="with --nats-url: JetStream replicas of streams and buckets (3 on a 3-node cluster)")
     up.add_argument("--model", default=None, help="tiny.en (default) | base | /path/to/ctranslate2-whisper")
 
     actor = sub.add_parser("actor", help="run one actor (what a Kubernetes pod runs)")
@@ -113,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
 
     extra = {"TOLK_MODEL": args.model} if args.model else {}
     opts = UpOptions(nats_url=args.nats_url, data_dir=Path(args.data_dir), host=args.host, port=args.port,
-                     nats_port=args.nats_port, extra_env=extra)
+                     nats_port=args.nats_port, nats_replicas=args.nats_replicas, extra_env=extra)
     return asyncio.run(Supervisor(opts).run())
 
 

@@ -60,6 +60,7 @@ class UpOptions:
     host: str = "127.0.0.1"
     port: int = 8080
     nats_port: int = -1
+    nats_replicas: int = 1  # JetStream replicas of every stream and bucket (3 on a 3-node cluster)
     extra_env: dict[str, str] = field(default_factory=dict)
     ready_timeout_s: float = 300.0
 
@@ -79,7 +80,7 @@ class Supervisor:
             url = await self._nats()
             bus = await Bus.connect(url, name="tolk-up")
             try:
-                await topology.apply(bus.js, topology.load())
+                await topology.apply(bus.js, topology.load(), replicas=self.opts.nats_replicas)
                 # Many actors on one host: each takes any free metrics port (announced in its heartbeat).
                 env = {**os.environ, **self.opts.extra_env, "TOLK_NATS_URL": url,
                        "TOLK_METRICS_HOST": self.opts.host, "TOLK_METRICS_PORT": "0"}

@@ -62,6 +62,7 @@ class EdgeSettings:
     tls_cert: str = ""  # PEM certificate (chain) file: with tls_key, the edge serves only HTTPS / WSS
     tls_key: str = ""  # its PEM private key file
     max_sessions: int = 0  # microphone sessions on this edge at once (0: no limit); more get `overloaded` (1013)
+    max_sessions_per_token: int = 0  # microphone sessions at once per API token on this edge (0: no limit)
     shed_backlog: int = 100  # finals waiting for STT (stt-final lag) above which new sessions are refused
     resume_grace_s: float = 30.0  # a dropped client's session waits this long for a resume before it is ended
     api_tokens: str = field(default="", repr=False)  # comma-separated; empty = no authentication (dev only)
@@ -162,9 +163,13 @@ class Edge(Actor):
         task.add_done_callback(self._tasks.discard)
         return task
 
-    async def admit(self) -> None:
+    async def admit(self, token: str = "") -> None:
         """Load shedding for new microphone sessions: refusing one is better than every session falling behind.
         A resume is never refused here: it is a session already admitted."""
+        per_token = self.cfg.max_sessions_per_token
+        if token and per_token and sum(1 for s in self.sessions.values() if s.token == token) >= per_token:
+            raise ProtocolError(ErrorCode.TOO_MANY_SESSIONS, f"this API token already has {per_token} sessions "
+                                "streaming here")
         if self.cfg.max_sessions and len(self.sessions) >= self.cfg.max_sessions:
             raise ProtocolError(ErrorCode.OVERLOADED, f"this server is at its limit of {self.cfg.max_sessions} "
                                 "sessions; try again shortly")
@@ -252,7 +257,7 @@ class Edge(Actor):
             heartbeat=self.cfg.ws_heartbeat_s,
         )
         await ws.prepare(request)
-        session = ClientSession(self, ws, self.limits)
+        session = ClientSession(self, ws, self.limits, token=request.get(auth.TOKEN, ""))
         if not self.accepting:
             await session.fail(ProtocolError(ErrorCode.SHUTTING_DOWN, "server restarting; reconnect"))
             return ws

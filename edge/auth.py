@@ -16,6 +16,7 @@ from aiohttp.typedefs import Middleware
 
 log = logging.getLogger("tolk.edge.auth")
 
+TOKEN = web.RequestKey("token", str)
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})  # probes and scrapes: no secrets, no client data
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -49,6 +50,7 @@ def middleware(tokens: tuple[bytes, ...]) -> Middleware:
     async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
         if tokens and request.path not in OPEN_PATHS:
             token = presented(request)
+            request[TOKEN] = token  # for per-token limits; never logged
             if not token_ok(token, tokens):
                 code = "invalid_token" if token else "unauthorized"
                 message = ("the API token is not valid" if token else

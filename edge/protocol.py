@@ -51,6 +51,7 @@ class ErrorCode(enum.StrEnum):
     UNKNOWN_SESSION = "unknown_session"
     SESSION_RESUMED = "session_resumed"
     OVERLOADED = "overloaded"
+    TOO_MANY_SESSIONS = "too_many_sessions"
     AUDIO_BEFORE_START = "audio_before_start"
     INVALID_FRAME = "invalid_frame"
     FRAME_TOO_LARGE = "frame_too_large"
@@ -78,6 +79,7 @@ CLOSE_FOR: dict[ErrorCode, Close | None] = {
     ErrorCode.SESSION_IN_USE: Close.POLICY,
     ErrorCode.UNKNOWN_SESSION: Close.POLICY,
     ErrorCode.SESSION_RESUMED: Close.POLICY,  # this connection's session was resumed on a newer one
+    ErrorCode.TOO_MANY_SESSIONS: Close.POLICY,
     ErrorCode.OVERLOADED: Close.TRY_AGAIN,  # shed at start, so the sessions already running keep their latency
     ErrorCode.AUDIO_BEFORE_START: Close.POLICY,
     ErrorCode.INVALID_FRAME: Close.INVALID_PAYLOAD,

@@ -72,8 +72,9 @@ class Handover(Exception):
 
 
 class ClientSession:
-    def __init__(self, edge: Edge, ws: web.WebSocketResponse, limits: Limits) -> None:
+    def __init__(self, edge: Edge, ws: web.WebSocketResponse, limits: Limits, token: str = "") -> None:
         self.edge = edge
+        self.token = token  # the API token it came with (per-token limits)
         self.ws = ws
         self.limits = limits
         self.phase = Phase.AWAIT_START
@@ -239,7 +240,7 @@ class ClientSession:
         if current is not None and not resuming:
             raise ProtocolError(ErrorCode.SESSION_IN_USE, f"session {sid} is already streaming")
         if not resuming:
-            await self.edge.admit()
+            await self.edge.admit(self.token)
         # Claimed before anything of this connection is set: a refused start leaves the session untouched.
         epoch = await self._attach(sid, start)
         self.start, self.session_id, self.epoch = start, sid, epoch

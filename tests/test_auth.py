@@ -23,7 +23,7 @@ TOKENS = "alpha-token-1, beta-token-2"
 @pytest_asyncio.fixture(loop_scope="session")
 async def server(bus: Bus) -> AsyncIterator[str]:
     edge = Edge(bus, settings.load(RuntimeSettings, env={}), settings.load(EdgeSettings, env={},
-                api_tokens=TOKENS), topology.load())
+                api_tokens=TOKENS, max_sessions_per_token=1), topology.load())
     srv = TestServer(edge.app)
     await srv.start_server()
     try:
@@ -66,8 +66,19 @@ async def test_websocket_handshake_needs_a_token(server: str) -> None:
             await ws.send_json({"type": "bogus"})
             reply = await ws.receive_json(timeout=10)
             assert reply["type"] == "error"  # through the door: now the protocol answers
+        start = {"type": "start", "sample_rate": 16000, "encoding": "pcm_s16le", "language": "en"}
         async with http.ws_connect(ws_url, headers={"Authorization": "Bearer beta-token-2"}) as ws:
-            await ws.close()
+            await ws.send_json(start)
+            assert (await ws.receive_json(timeout=10))["type"] == "started"
+            async with http.ws_connect(ws_url + "?token=beta-token-2") as second:  # one session per token
+                await second.send_json(start)
+                err = await second.receive_json(timeout=10)
+                assert err["code"] == "too_many_sessions"
+                await second.receive()
+                assert second.close_code == 1008
+            async with http.ws_connect(ws_url + "?token=alpha-token-1") as other:  # another token is not affected
+                await other.send_json(start)
+                assert (await other.receive_json(timeout=10))["type"] == "started"
 
 
 def test_token_comparison() -> None:

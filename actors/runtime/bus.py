@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
+import nats.errors
+import nats.js.errors
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
@@ -17,6 +20,13 @@ from actors.runtime import settings
 from schemas import AudioChunk, encode
 
 log = logging.getLogger("tolk.bus")
+
+PUBLISH_RETRY_S = 30.0
+# What a JetStream publish raises while the stream has no leader (a cluster node died) or the client is
+# reconnecting: worth retrying, unlike a rejected message.
+TRANSIENT = (nats.errors.NoRespondersError, nats.errors.TimeoutError, nats.errors.ConnectionReconnectingError,
+             nats.errors.StaleConnectionError, nats.js.errors.NoStreamResponseError,
+             nats.js.errors.ServiceUnavailableError)
 
 
 @dataclass
@@ -81,14 +91,28 @@ class Bus:
             self._kv[bucket] = await self.js.key_value(bucket)
         return self._kv[bucket]
 
-    async def publish(self, subject: str, msg: msgspec.Struct, msg_id: str | None = None) -> None:
+    async def publish(self, subject: str, msg: msgspec.Struct, msg_id: str | None = None,
+                      retry_s: float = PUBLISH_RETRY_S) -> None:
         """JetStream publish, awaited: the caller acks its input only after this returns.
 
         `msg_id` becomes `Nats-Msg-Id`, so a redelivered input republishing the same output is
-        deduplicated by the stream.
+        deduplicated by the stream. That also makes retrying safe: while a cluster elects a new stream
+        leader or the client reconnects, the publish is retried (with backoff) for up to `retry_s`.
         """
         headers: dict[str, Any] | None = {"Nats-Msg-Id": msg_id} if msg_id else None
-        await self.js.publish(subject, encode(msg), headers=headers)
+        data = encode(msg)
+        deadline = time.monotonic() + retry_s
+        delay = 0.1
+        while True:
+            try:
+                await self.js.publish(subject, data, headers=headers)
+                return
+            except TRANSIENT as exc:
+                if not msg_id or time.monotonic() + delay > deadline:
+                    raise
+                log.warning("publish to %s failed (%s); retrying in %.1f s", subject, exc.__class__.__name__, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
 
     async def publish_audio(self, chunk: AudioChunk, partition: int) -> None:
         """Audio into the pipeline, from any source (microphone, file, channel): one subject and dedupe id scheme."""

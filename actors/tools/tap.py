@@ -51,6 +51,7 @@ TYPES: list[tuple[re.Pattern[str], type[msgspec.Struct] | str]] = [
     (re.compile(r"^\$KV\.tolk_listeners\."), ListenerRecord),
     (re.compile(r"^\$KV\.tolk_channels\."), ChannelRecord),
     (re.compile(r"^\$KV\.tolk_ingest\."), IngestLease),
+    (re.compile(r"^\$KV\.tolk_fanout\."), "text"),
 ]
 
 
@@ -74,6 +75,8 @@ def describe(subject: str, data: bytes, with_bytes: bool = False) -> dict[str, A
     for pattern, typ in TYPES:
         if not pattern.search(subject):
             continue
+        if typ == "text":
+            return {"type": "text", "data": data.decode("utf-8", "replace")}
         if typ == "channel_audio":
             if len(data) < 8:
                 return {"type": "channel_audio", "error": f"frame of {len(data)} bytes has no stream time"}
