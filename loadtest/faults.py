@@ -1,6 +1,6 @@
 """Fault scenario: SIGKILL an actor while sessions stream, then count what reached the clients.
 
-    python -m loadtest.faults [--actors stt translator fanout] [--sessions 3] [--kill-at 3] [--pace 1]
+    python -m loadtest.faults [--actors segmenter stt translator fanout] [--sessions 3] [--kill-at 3] [--pace 1]
 
 For each actor in turn, `--sessions` clients stream real clips through a `tolk up` of its own; `--kill-at`
 seconds in, the actor's process is killed with SIGKILL (no drain, nothing acked) and `tolk up` restarts it.
@@ -169,8 +169,8 @@ def main() -> None:
     import sys
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--actors", nargs="+", default=["stt", "translator", "fanout"],
-                   choices=["stt", "translator", "fanout"])
+    p.add_argument("--actors", nargs="+", default=["segmenter", "stt", "translator", "fanout"],
+                   choices=["segmenter", "stt", "translator", "fanout"])
     p.add_argument("--sessions", type=int, default=3, choices=range(1, len(CLIPS) + 1))
     p.add_argument("--kill-at", type=float, default=3.0, help="seconds into the stream")
     p.add_argument("--pace", type=float, default=1.0, help="1 = real time")

@@ -170,6 +170,18 @@ class SessionRecord(_Msg, frozen=True):
     epoch: int = 0
 
 
+class SegmenterCheckpoint(_Msg, frozen=True):
+    """KV `tolk_segmenter`, key = session id: where a session's segmentation stood after its last final, so
+    a restarted segmenter continues the numbering and the stream clock instead of starting over."""
+
+    session_id: str
+    seq: int
+    finals: int
+    utterance_id: int
+    frames: int  # VAD frames consumed (the stream clock)
+    last_chunk: int
+
+
 class ListenerRecord(_Msg, frozen=True):
     """KV `tolk_listeners`, key `<stream>.<listener>`: one reader of a stream's results and the
     languages it wants. A microphone session is the single listener of its own stream; a broadcast

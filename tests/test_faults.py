@@ -1,5 +1,5 @@
-"""Kill -9 an actor while three sessions stream real speech: every final the pipeline made reaches its client
-exactly once and in order, and the actor comes back (`loadtest.faults`, the same scenario as the report)."""
+"""Kill -9 each pipeline actor while three sessions stream real speech: every final the pipeline made reaches
+its client exactly once and in order, and the actor comes back (`loadtest.faults`, the scenario of the report)."""
 
 from __future__ import annotations
 
@@ -10,14 +10,16 @@ from loadtest.faults import report, run_faults
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.e2e]
 
 
-async def test_sigkill_stt_translator_and_fanout_mid_stream() -> None:
-    results = await run_faults(["stt", "translator", "fanout"], sessions=3, kill_at=3.0, pace=1.0)
+async def test_sigkill_each_pipeline_actor_mid_stream() -> None:
+    results = await run_faults(["segmenter", "stt", "translator", "fanout"], sessions=3, kill_at=3.0, pace=1.0)
     print(report(results, ["(tests/test_faults.py)"]))
     for r in results:
         assert r.restarted, f"{r.actor} was not restarted"
         assert r.expected >= 6, f"{r.actor}: too few finals to mean anything ({r.expected})"
         assert (r.duplicated, r.missing, r.in_order) == (0, 0, True), r
         assert r.delivered == r.expected, r
-        assert r.wer < 0.3, r
+        # A killed segmenter loses the utterance it was in the middle of (its audio was already acked); the
+        # others lose nothing, so their WER is the pipeline's own.
+        assert r.wer < (0.5 if r.actor == "segmenter" else 0.15), r
         assert r.recovery_s is not None and r.recovery_s < 60, r
         assert not r.notes, r.notes

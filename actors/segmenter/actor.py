@@ -8,6 +8,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from nats.js.errors import KeyDeletedError, KeyNotFoundError
 from prometheus_client import Counter
 
 from actors.runtime import settings, topology
@@ -19,10 +20,21 @@ from actors.runtime.partition import owned_partitions
 from actors.segmenter.audio import Resampler, decode_pcm, to_int16_bytes
 from actors.segmenter.segmenter import Cut, SegmenterConfig, UtteranceSegmenter
 from actors.segmenter.vad import DualVad, SileroModel, Vote, WebRtcStream
-from schemas import AudioChunk, ResultKind, Segment, SegmentKind, Transcript
+from schemas import (
+    AudioChunk,
+    ResultKind,
+    Segment,
+    SegmenterCheckpoint,
+    SegmentKind,
+    Transcript,
+    decode,
+    encode,
+)
 
 log = logging.getLogger("tolk.segmenter")
 
+CHECKPOINTS = "tolk_segmenter"
+SEQ_GAP = 10_000  # more than the partials one utterance can emit between two checkpoints
 AUDIO_SECONDS = Counter("tolk_audio_seconds", "Seconds of audio received (microphones, files and channels).")
 SEGMENTS = Counter("tolk_segments", "Segments sent to STT: partial (utterance so far) and final.", ["kind"])
 
@@ -112,7 +124,7 @@ class SegmenterActor(Actor):
 
         return handle
 
-    def _state(self, chunk: AudioChunk, partition: int) -> SessionState:
+    async def _state(self, chunk: AudioChunk, partition: int) -> SessionState:
         state = self.sessions.get(chunk.session_id)
         if state is None:
             assert self.silero is not None
@@ -123,16 +135,47 @@ class SegmenterActor(Actor):
             )
             state = SessionState(chunk, UtteranceSegmenter(vad, self.seg_config), partition)
             self.sessions[chunk.session_id] = state
-            log.info("%s: new session on partition %d (%d Hz %s)", chunk.session_id, partition,
-                     chunk.sample_rate, chunk.encoding.value)
+            checkpoint = await self._checkpoint(chunk.session_id)
+            if checkpoint is not None:
+                # Another process segmented this session before (it crashed or was restarted): continue its
+                # numbering past anything it may have sent after the checkpoint, and its stream clock.
+                state.seq = checkpoint.seq + SEQ_GAP
+                state.finals = checkpoint.finals
+                state.last_chunk = checkpoint.last_chunk
+                state.segmenter.restore(checkpoint.utterance_id, checkpoint.frames)
+                log.warning("%s: continuing after final %d (a previous segmenter stopped mid-session)",
+                            chunk.session_id, checkpoint.finals)
+            else:
+                log.info("%s: new session on partition %d (%d Hz %s)", chunk.session_id, partition,
+                         chunk.sample_rate, chunk.encoding.value)
         return state
+
+    async def _checkpoint(self, sid: str) -> SegmenterCheckpoint | None:
+        try:
+            entry = await (await self.bus.kv(CHECKPOINTS)).get(sid)
+            return decode(entry.value, SegmenterCheckpoint) if entry.value else None
+        except (KeyNotFoundError, KeyDeletedError):
+            return None
+        except Exception as exc:  # KV away or an old record: start the session afresh
+            log.warning("%s: checkpoint not read: %s", sid, exc)
+            return None
+
+    async def _save_checkpoint(self, state: SessionState) -> None:
+        checkpoint = SegmenterCheckpoint(
+            session_id=state.session_id, seq=state.seq, finals=state.finals,
+            utterance_id=state.segmenter.utterance_id, frames=state.segmenter.frames_consumed,
+            last_chunk=state.last_chunk)
+        try:
+            await (await self.bus.kv(CHECKPOINTS)).put(state.session_id, encode(checkpoint))
+        except Exception as exc:  # the next final writes it again; only a crash before then costs more
+            log.warning("%s: checkpoint not saved: %s", state.session_id, exc)
 
     async def _chunk(self, d: Delivery[AudioChunk], partition: int) -> None:
         chunk = d.msg
         if chunk.session_id in self.ended:
             await d.raw.ack()
             return
-        state = self._state(chunk, partition)
+        state = await self._state(chunk, partition)
         if chunk.chunk_seq <= state.last_chunk:
             await d.raw.ack()  # redelivery of something already applied
             return
@@ -146,6 +189,8 @@ class SegmenterActor(Actor):
         cuts = await self.executor.run(self._segment, state, chunk)
         for cut in cuts:
             await self._emit(state, cut)
+        if any(cut.final for cut in cuts):
+            await self._save_checkpoint(state)
         if chunk.end:
             state.seq += 1
             await self.bus.publish(

@@ -86,6 +86,15 @@ class UtteranceSegmenter:
         self._since_partial = 0
         self._partials = 0
 
+    @property
+    def frames_consumed(self) -> int:
+        return self._n
+
+    def restore(self, utterance_id: int, frames: int) -> None:
+        """Continue a session another process segmented: its utterance numbering and stream clock."""
+        self.utterance_id = utterance_id
+        self._n = frames
+
     # ------------------------------------------------------------------ input
     def push(self, samples: np.ndarray, wall: float) -> list[Cut]:
         buf = np.concatenate([self._pending, samples.astype(np.float32, copy=False)])
