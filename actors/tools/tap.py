@@ -33,6 +33,7 @@ from schemas import (
     IngestLease,
     ListenerRecord,
     Segment,
+    SegmenterCheckpoint,
     SessionRecord,
     Transcript,
     decode,
@@ -52,6 +53,7 @@ TYPES: list[tuple[re.Pattern[str], type[msgspec.Struct] | str]] = [
     (re.compile(r"^\$KV\.tolk_channels\."), ChannelRecord),
     (re.compile(r"^\$KV\.tolk_ingest\."), IngestLease),
     (re.compile(r"^\$KV\.tolk_fanout\."), "text"),
+    (re.compile(r"^\$KV\.tolk_segmenter\."), SegmenterCheckpoint),
 ]
 
 
