@@ -11,12 +11,15 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
 import pytest_asyncio
+from aiohttp.test_utils import TestServer
 
 from actors.runtime import topology
 from actors.runtime.bus import Bus
@@ -129,3 +132,20 @@ def tolk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     run = start_tolk(tmp_path_factory.mktemp("tolk"))
     yield run
     stop_tolk(run)
+
+
+@asynccontextmanager
+async def edge_server(bus: Bus, **edge_settings: Any) -> AsyncIterator[str]:
+    """A real edge app (no pipeline behind it) on a free port: yields its base URL, http://127.0.0.1:<port>."""
+    from actors.runtime import settings
+    from actors.runtime.actor import RuntimeSettings
+    from edge.app import Edge, EdgeSettings
+
+    edge = Edge(bus, settings.load(RuntimeSettings, env={}), settings.load(EdgeSettings, env={}, **edge_settings),
+                topology.load())
+    srv = TestServer(edge.app)
+    await srv.start_server()
+    try:
+        yield str(srv.make_url("")).rstrip("/")
+    finally:
+        await srv.close()

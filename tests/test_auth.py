@@ -7,13 +7,11 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 import pytest_asyncio
-from aiohttp.test_utils import TestServer
 
-from actors.runtime import settings, topology
-from actors.runtime.actor import RuntimeSettings
 from actors.runtime.bus import Bus
-from edge.app import Edge, EdgeSettings
+from edge.app import EdgeSettings
 from edge.auth import token_ok
+from tests.conftest import edge_server
 
 on_loop = pytest.mark.asyncio(loop_scope="session")
 
@@ -22,14 +20,8 @@ TOKENS = "alpha-token-1, beta-token-2"
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def server(bus: Bus) -> AsyncIterator[str]:
-    edge = Edge(bus, settings.load(RuntimeSettings, env={}), settings.load(EdgeSettings, env={},
-                api_tokens=TOKENS, max_sessions_per_token=1), topology.load())
-    srv = TestServer(edge.app)
-    await srv.start_server()
-    try:
-        yield str(srv.make_url("")).rstrip("/")
-    finally:
-        await srv.close()
+    async with edge_server(bus, api_tokens=TOKENS, max_sessions_per_token=1) as url:
+        yield url
 
 
 @on_loop

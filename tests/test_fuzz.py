@@ -14,16 +14,11 @@ import aiohttp
 import msgpack
 import pytest
 import pytest_asyncio
-from aiohttp.test_utils import TestServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.errors import NonInteractiveExampleWarning
 
-from actors.runtime import settings as tolk_settings
-from actors.runtime import topology
-from actors.runtime.actor import RuntimeSettings
 from actors.runtime.bus import Bus
-from edge.app import Edge, EdgeSettings
 from edge.protocol import CLOSE_FOR, ProtocolError, check_audio, parse_text
 from schemas import (
     ActorHeartbeat,
@@ -39,6 +34,7 @@ from schemas import (
     Transcript,
     decode,
 )
+from tests.conftest import edge_server
 
 MAX = 1 << 20
 SCHEMAS = (AudioChunk, Segment, Transcript, ClientResult, SessionRecord, ListenerRecord, ChannelRecord,
@@ -108,14 +104,8 @@ def test_any_bytes_on_internal_subjects(data: bytes, typ: type) -> None:
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def edge_ws(bus: Bus) -> AsyncIterator[str]:
-    edge = Edge(bus, tolk_settings.load(RuntimeSettings, env={}),
-                tolk_settings.load(EdgeSettings, env={}, idle_timeout_s=2.0), topology.load())
-    srv = TestServer(edge.app)
-    await srv.start_server()
-    try:
-        yield str(srv.make_url("/v1/listen")).replace("http", "ws", 1)
-    finally:
-        await srv.close()
+    async with edge_server(bus, idle_timeout_s=2.0) as url:
+        yield url.replace("http", "ws", 1) + "/v1/listen"
 
 
 @pytest.mark.asyncio(loop_scope="session")

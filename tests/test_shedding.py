@@ -10,13 +10,10 @@ from typing import Any
 import aiohttp
 import pytest
 import pytest_asyncio
-from aiohttp.test_utils import TestServer
 
-from actors.runtime import settings, topology
-from actors.runtime.actor import RuntimeSettings
 from actors.runtime.bus import Bus
-from edge.app import Edge, EdgeSettings
 from schemas import Segment, SegmentKind, encode
+from tests.conftest import edge_server
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -25,14 +22,10 @@ START = {"type": "start", "sample_rate": 16000, "encoding": "pcm_s16le", "langua
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def edge_url(bus: Bus) -> AsyncIterator[str]:
-    edge = Edge(bus, settings.load(RuntimeSettings, env={}),
-                settings.load(EdgeSettings, env={}, max_sessions=1, shed_backlog=5), topology.load())
-    srv = TestServer(edge.app)
-    await srv.start_server()
     try:
-        yield str(srv.make_url("/v1/listen")).replace("http", "ws", 1)
+        async with edge_server(bus, max_sessions=1, shed_backlog=5) as url:
+            yield url.replace("http", "ws", 1) + "/v1/listen"
     finally:
-        await srv.close()
         await bus.js.purge_stream("TOLK_SEGMENTS", subject="tolk.segment.final.0.shed-backlog")
 
 
