@@ -116,6 +116,7 @@ class Start:
     targets: tuple[str, ...] = ()
     translate_partials: bool = False
     resume_from: int | None = None  # resume `session_id`: the last `seq` this client saw (0: none)
+    resume_token: str = ""  # the `resume_token` the session's `started` carried
 
 
 @dataclass(frozen=True)
@@ -205,7 +206,10 @@ def parse_start(obj: dict[str, Any]) -> Start:
             raise ProtocolError(ErrorCode.INVALID_START, "resume_from must be the last seq received (an integer >= 0)")
         if sid is None:
             raise ProtocolError(ErrorCode.INVALID_START, "resume_from needs the session_id to resume")
-    return Start(rate, encoding, language, sid, targets, partials, resume)
+    token = obj.get("resume_token", "")
+    if resume is not None and (not isinstance(token, str) or not 1 <= len(token) <= 64):
+        raise ProtocolError(ErrorCode.INVALID_START, "resume_from needs the resume_token from the session's `started`")
+    return Start(rate, encoding, language, sid, targets, partials, resume, token if resume is not None else "")
 
 
 def parse_language(language: Any, code: ErrorCode) -> str:

@@ -10,7 +10,9 @@ import asyncio
 import contextlib
 import dataclasses
 import enum
+import hmac
 import logging
+import secrets
 import time
 import uuid
 from dataclasses import dataclass
@@ -91,6 +93,7 @@ class ClientSession:
         self.handed_over = False
         self.epoch = 0
         self.last_seq = 0  # highest seq sent to this client: results never repeat or go back
+        self.resume_key = ""
         # Live results that arrive while a resume replays missed ones from JetStream.
         self._holding: list[ClientResult] | None = None
         # How this connection ended: a drop (or an edge restart) keeps the session for a resume; a
@@ -264,7 +267,7 @@ class ClientSession:
         await self.ws.send_json({
             "type": "started", "session_id": sid, "sample_rate": start.sample_rate,
             "encoding": start.encoding.value, "language": start.language, "targets": list(self.targets),
-            "translate_partials": self.translate_partials,
+            "translate_partials": self.translate_partials, "resume_token": self.resume_key,
             **({"resumed": True, "replayed": len(missed)} if resuming else {}),
         })
         if start.resume_from is not None:
@@ -286,19 +289,21 @@ class ClientSession:
             if rec is not None:  # the segmenter would take a reused id's audio for a redelivery and drop it
                 raise ProtocolError(ErrorCode.SESSION_IN_USE, f"session {sid} exists ({rec.status}): resume it "
                                     'with "resume_from", or start with a new session_id')
-            epoch, created = 1, now
+            epoch, created, key = 1, now, secrets.token_urlsafe(18)
         else:
-            if rec is None:
-                raise ProtocolError(ErrorCode.UNKNOWN_SESSION, f"no session {sid} to resume (sessions are kept "
-                                    "for an hour); start a new one")
+            if rec is None or not hmac.compare_digest(rec.resume_key.encode(), start.resume_token.encode()):
+                # A wrong token gets the same answer as no session: ids cannot be probed.
+                raise ProtocolError(ErrorCode.UNKNOWN_SESSION, f"no session {sid} to resume with that resume_token "
+                                    "(sessions are kept for an hour); start a new one")
             if (rec.sample_rate, rec.encoding) != (start.sample_rate, start.encoding):
                 raise ProtocolError(ErrorCode.INVALID_START, f"resume with the session's sample_rate "
                                     f"({rec.sample_rate}) and encoding ({rec.encoding.value})")
-            epoch, created = rec.epoch + 1, rec.created_at
+            epoch, created, key = rec.epoch + 1, rec.created_at, rec.resume_key
         status = "closed" if rec is not None and rec.status == "closed" else "streaming"  # (a finished one: replay)
         new = SessionRecord(session_id=sid, status=status, sample_rate=start.sample_rate, encoding=start.encoding,
                             language=start.language, partition=partition_for(sid, self.edge.partitions),
-                            created_at=created, updated_at=now, edge=self.edge.instance, epoch=epoch)
+                            created_at=created, updated_at=now, edge=self.edge.instance, epoch=epoch,
+                            resume_key=key)
         try:
             if revision is None:
                 await kv.create(sid, encode(new))
@@ -308,6 +313,7 @@ class ClientSession:
             raise ProtocolError(ErrorCode.SESSION_IN_USE, f"session {sid} was just claimed by another "
                                 "connection") from None
         self.edge.cancel_end(sid)
+        self.resume_key = key
         return epoch
 
     async def _missed(self, after_seq: int) -> list[ClientResult]:

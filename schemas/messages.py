@@ -168,6 +168,8 @@ class SessionRecord(_Msg, frozen=True):
     # Bumped by every connection that attaches (start, then each resume): its audio chunks are numbered
     # from epoch << 32, so a resumed stream's chunks sort after everything sent before it.
     epoch: int = 0
+    # Given to the client in `started`; a resume must present it, so knowing a session id is not enough.
+    resume_key: str = ""
 
 
 class SegmenterCheckpoint(_Msg, frozen=True):

@@ -46,7 +46,8 @@ json_values = st.recursive(
     max_leaves=20,
 )
 field_names = st.sampled_from(["type", "sample_rate", "encoding", "language", "session_id", "targets",
-                               "translate_partials", "resume_from", "channel", "data", "set_langs"])
+                               "translate_partials", "resume_from", "resume_token", "channel", "data",
+                               "set_langs"])
 message_types = st.sampled_from(["start", "audio", "stop", "configure", "set_langs", "subscribe", "unsubscribe",
                                  "", "START", "nope"])
 messages = st.builds(

@@ -108,7 +108,8 @@ async def test_dropped_connection_resumes_with_missed_finals(tolk: Running) -> N
         a.messages = [m for m in a.messages if m not in lost]
         await asyncio.sleep(5)
 
-        b = await connect(http, tolk.ws, {"session_id": sid, "resume_from": last})
+        token = a.messages[0]["resume_token"]
+        b = await connect(http, tolk.ws, {"session_id": sid, "resume_from": last, "resume_token": token})
         started = b.messages[0]
         assert started["type"] == "started" and started["resumed"] is True and started["replayed"] >= 1
         await b.send(pcm[half:])
@@ -128,7 +129,11 @@ async def test_resume_takes_over_a_half_dead_connection_and_bad_resumes_are_refu
     async with aiohttp.ClientSession() as http:
         a = await connect(http, tolk.ws, {"session_id": sid})
         await a.send(pcm[: 30 * CHUNK])
-        b = await connect(http, tolk.ws, {"session_id": sid, "resume_from": 0})
+        token = a.messages[0]["resume_token"]
+        stranger = await connect(http, tolk.ws, {"session_id": sid, "resume_from": 0, "resume_token": "guess"})
+        await asyncio.wait_for(stranger.reader, 10)  # knowing the id is not enough
+        assert stranger.messages[-1]["code"] == "unknown_session" and not a.reader.done()
+        b = await connect(http, tolk.ws, {"session_id": sid, "resume_from": 0, "resume_token": token})
         assert b.messages[0]["resumed"] is True
         await asyncio.wait_for(a.reader, 10)
         assert any(m.get("code") == "session_resumed" for m in a.messages)
@@ -147,13 +152,15 @@ async def test_resume_takes_over_a_half_dead_connection_and_bad_resumes_are_refu
         await asyncio.wait_for(again.reader, 10)
         assert again.messages[-1]["code"] == "session_in_use" and again.ws.close_code == 1008
 
-        late = await connect(http, tolk.ws, {"session_id": sid, "resume_from": 0})  # finished: replay, then done
+        late = await connect(http, tolk.ws,  # finished: replay, then done
+                             {"session_id": sid, "resume_from": 0, "resume_token": token})
         await asyncio.wait_for(late.reader, 30)
         assert late.messages[0]["resumed"] is True and late.messages[-1]["type"] == "done"
         assert [r["text"] for r in late.results] == [r["text"] for r in b.results if r["type"] == "final" and r["text"]]
 
-        for start, code in (({"session_id": "never-was", "resume_from": 3}, "unknown_session"),
-                            ({"session_id": sid, "resume_from": 0, "sample_rate": 48000}, "invalid_start")):
+        for start, code in (({"session_id": "never-was", "resume_from": 3, "resume_token": token}, "unknown_session"),
+                            ({"session_id": sid, "resume_from": 0, "resume_token": token, "sample_rate": 48000},
+                             "invalid_start")):
             bad = await connect(http, tolk.ws, start)
             await asyncio.wait_for(bad.reader, 10)
             assert bad.messages[-1]["code"] == code and bad.ws.close_code == 1008
@@ -182,7 +189,9 @@ async def test_edge_killed_mid_stream_loses_no_final(own_tolk: Running) -> None:
         old.send_signal(signal.SIGKILL)  # no drain, no goodbye: the supervisor starts a new edge
         await asyncio.wait_for(a.reader, 10)
         last = max([r["seq"] for r in a.results], default=0)
-        b = await connect(http, own_tolk.ws, {"session_id": sid, "resume_from": last}, tries=120)
+        token = a.messages[0]["resume_token"]
+        b = await connect(http, own_tolk.ws, {"session_id": sid, "resume_from": last, "resume_token": token},
+                          tries=120)
         assert b.messages[0]["type"] == "started" and b.messages[0]["resumed"] is True, b.messages
         assert edge_process(own_tolk).pid != old.pid
         await b.send(pcm[2 * third :])
@@ -209,10 +218,13 @@ def test_missed_replays_a_gap_free_run_after_what_was_seen() -> None:
 
 
 def test_resume_from_is_checked() -> None:
-    base = {"type": "start", "session_id": "abc"}
+    base = {"type": "start", "session_id": "abc", "resume_token": "t0k"}
     assert parse_start({**base, "resume_from": 7}).resume_from == 7
+    assert parse_start({**base, "resume_from": 7}).resume_token == "t0k"
+    assert parse_start(base).resume_token == ""  # only meaningful with resume_from
     for bad in ({**base, "resume_from": -1}, {**base, "resume_from": "7"}, {**base, "resume_from": True},
-                {"type": "start", "resume_from": 3}):
+                {"type": "start", "resume_from": 3, "resume_token": "t"}, {**base, "resume_from": 1, "resume_token": 5},
+                {"type": "start", "session_id": "abc", "resume_from": 1}):
         with pytest.raises(ProtocolError) as err:
             parse_start(bad)
         assert err.value.code is ErrorCode.INVALID_START

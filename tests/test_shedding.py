@@ -37,7 +37,8 @@ async def first_reply(ws: aiohttp.ClientWebSocketResponse, start: dict[str, Any]
 async def test_session_limit_then_stt_backlog_shed_new_sessions(edge_url: str, bus: Bus) -> None:
     async with aiohttp.ClientSession() as http:
         a = await http.ws_connect(edge_url)
-        assert (await first_reply(a, {**START, "session_id": "shed-a"}))["type"] == "started"
+        started = await first_reply(a, {**START, "session_id": "shed-a"})
+        assert started["type"] == "started"
         async with http.ws_connect(edge_url) as b:
             err = await first_reply(b, START)
             assert err["code"] == "overloaded" and "limit of 1" in err["message"]
@@ -58,5 +59,6 @@ async def test_session_limit_then_stt_backlog_shed_new_sessions(edge_url: str, b
             await c.receive()
             assert c.close_code == 1013
         async with http.ws_connect(edge_url) as d:  # a resume is a session already admitted: never shed
-            reply = await first_reply(d, {**START, "session_id": "shed-a", "resume_from": 0})
+            reply = await first_reply(d, {**START, "session_id": "shed-a", "resume_from": 0,
+                                          "resume_token": started["resume_token"]})
             assert reply["type"] == "started" and reply["resumed"] is True
