@@ -1,4 +1,4 @@
-"""`tolk`: up | actor NAME | exporter | nats apply | tap SUBJECT | status. The CLI wires processes and
+"""`tolk`: up | actor NAME | exporter | nats apply | tap SUBJECT | status | token. The CLI wires processes and
 tools; it holds no actor logic."""
 
 from __future__ import annotations
@@ -57,6 +57,10 @@ def _parser() -> argparse.ArgumentParser:
     tap.add_argument("--idle-exit", type=float, default=0.0, help="exit after this many seconds without one")
     tap.add_argument("--bytes", action="store_true", help="print audio and other bytes as base64, not sizes")
 
+    token = sub.add_parser("token", help="mint a signed, expiring client token (needs TOLK_TOKEN_SECRET)")
+    token.add_argument("--subject", required=True, help="who it is for: per-token session limits count per subject")
+    token.add_argument("--ttl", type=float, default=3600, help="seconds it stays valid")
+
     status = sub.add_parser("status", help="streams, consumers (lag), KV buckets and actor health")
     status.add_argument("--nats-url", default=None, help="default: TOLK_NATS_URL, else the `tolk up` in --data-dir")
     status.add_argument("--data-dir", default=os.environ.get("TOLK_DATA_DIR", "data"))
@@ -100,6 +104,15 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from actors.runtime.actor import configure_logging, serve
 
+    if args.command == "token":
+        from edge.auth import mint
+
+        secret = os.environ.get("TOLK_TOKEN_SECRET", "")
+        if not secret:
+            print("tolk token: set TOLK_TOKEN_SECRET (the edge's) first", file=sys.stderr)
+            return 2
+        print(mint(secret, args.subject, args.ttl))
+        return 0
     if args.command in ("tap", "status"):  # stdout is their output: only warnings go to stderr
         configure_logging("WARNING")
         return _tool(args)

@@ -65,7 +65,8 @@ class EdgeSettings:
     max_sessions_per_token: int = 0  # microphone sessions at once per API token on this edge (0: no limit)
     shed_backlog: int = 100  # finals waiting for STT (stt-final lag) above which new sessions are refused
     resume_grace_s: float = 30.0  # a dropped client's session waits this long for a resume before it is ended
-    api_tokens: str = field(default="", repr=False)  # comma-separated; empty = no authentication (dev only)
+    api_tokens: str = field(default="", repr=False)  # comma-separated; with token_secret empty too: no authentication
+    token_secret: str = field(default="", repr=False)  # signs expiring tokens (`tolk token`); empty: none
 
 
 class Edge(Actor):
@@ -93,7 +94,8 @@ class Edge(Actor):
         self._backlog: tuple[float, int] = (0.0, 0)
         self._tasks: set[asyncio.Task[None]] = set()  # detached sessions waiting out the resume grace
         self.app = web.Application(client_max_size=cfg.max_frame_bytes,
-                                   middlewares=[auth.middleware(auth.parse_tokens(cfg.api_tokens))])
+                                   middlewares=[auth.middleware(auth.Authenticator(
+                                       auth.parse_tokens(cfg.api_tokens), cfg.token_secret))])
         self.app.add_routes([
             web.get("/v1/listen", self.listen),
             web.get("/healthz", self.healthz),

@@ -1,25 +1,42 @@
-"""API tokens for the edge: every route but the probes and /metrics needs one.
+"""Edge authentication: every route but the probes and /metrics needs a token.
+
+Two kinds, either or both configured:
+- API tokens (`TOLK_API_TOKENS`): long-lived shared secrets for servers and trusted apps;
+- signed tokens (`TOLK_TOKEN_SECRET`): `v1.<payload>.<signature>`, HMAC-SHA256 over a small JSON payload with a
+  subject and an expiry, minted by your backend (or `tolk token`) for a browser or phone, so the long-lived
+  secret never reaches a device. Per-token session limits count per subject.
 
 `Authorization: Bearer <token>`, or `?token=<token>` for browsers, whose WebSocket API cannot set headers
 (prefer the header elsewhere: URLs end up in proxy logs). Tokens are compared in constant time and never
-logged. With no tokens configured the edge is open, which `tolk up` on a laptop wants; it says so loudly.
+logged. With neither configured the edge is open, which `tolk up` on a laptop wants; it says so loudly.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import hmac
+import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 log = logging.getLogger("tolk.edge.auth")
 
-TOKEN = web.RequestKey("token", str)
+TOKEN = web.RequestKey("token", str)  # who the request is (a limit key), set by the middleware
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})  # probes and scrapes: no secrets, no client data
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class TokenError(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
 
 
 def parse_tokens(raw: str) -> tuple[bytes, ...]:
@@ -41,22 +58,74 @@ def token_ok(token: str, tokens: tuple[bytes, ...]) -> bool:
     return ok
 
 
-def middleware(tokens: tuple[bytes, ...]) -> Middleware:
-    if not tokens:
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def mint(secret: str, subject: str, ttl_s: float, now: float | None = None) -> str:
+    """A signed token for `subject`, valid for `ttl_s` seconds."""
+    payload = _b64(json.dumps({"sub": subject, "exp": int((now or time.time()) + ttl_s)},
+                              separators=(",", ":")).encode())
+    sig = hmac.new(secret.encode(), f"v1.{payload}".encode(), hashlib.sha256).digest()
+    return f"v1.{payload}.{_b64(sig)}"
+
+
+def verify(secret: str, token: str, now: float | None = None) -> str:
+    """The token's subject, or TokenError (`invalid_token`, `token_expired`)."""
+    parts = token.split(".")
+    if len(parts) != 3 or parts[0] != "v1":
+        raise TokenError("invalid_token", "the token is not valid")
+    expected = hmac.new(secret.encode(), f"v1.{parts[1]}".encode(), hashlib.sha256).digest()
+    try:
+        signature = _unb64(parts[2])
+        if not hmac.compare_digest(signature, expected):
+            raise TokenError("invalid_token", "the token is not valid")
+        claims = json.loads(_unb64(parts[1]))
+        subject, expires = str(claims["sub"]), float(claims["exp"])
+    except (ValueError, KeyError, TypeError):
+        raise TokenError("invalid_token", "the token is not valid") from None
+    if expires <= (now or time.time()):
+        raise TokenError("token_expired", "the token has expired: get a new one")
+    return subject
+
+
+@dataclass(frozen=True)
+class Authenticator:
+    tokens: tuple[bytes, ...] = ()
+    secret: str = ""
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.tokens or self.secret)
+
+    def identify(self, token: str) -> str:
+        """Who presents `token` (the per-token limit key), or TokenError."""
+        if not token:
+            raise TokenError("unauthorized", "a token is required: Authorization: Bearer <token>, or ?token=<token>")
+        if self.secret and token.startswith("v1."):
+            return "sub:" + verify(self.secret, token)
+        if token_ok(token, self.tokens):
+            return "key:" + hashlib.sha256(token.encode()).hexdigest()[:16]
+        raise TokenError("invalid_token", "the token is not valid")
+
+
+def middleware(auth: Authenticator) -> Middleware:
+    if not auth.enabled:
         log.warning("AUTHENTICATION IS OFF: anyone who can reach this edge can use it. Set TOLK_API_TOKENS "
-                    "(comma-separated) for anything but local development.")
+                    "and/or TOLK_TOKEN_SECRET for anything but local development.")
 
     @web.middleware
     async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if tokens and request.path not in OPEN_PATHS:
-            token = presented(request)
-            request[TOKEN] = token  # for per-token limits; never logged
-            if not token_ok(token, tokens):
-                code = "invalid_token" if token else "unauthorized"
-                message = ("the API token is not valid" if token else
-                           "an API token is required: Authorization: Bearer <token>, or ?token=<token>")
-                log.info("%s %s: %s from %s", request.method, request.path, code, request.remote)
-                return web.json_response({"error": {"code": code, "message": message}}, status=401,
+        if auth.enabled and request.path not in OPEN_PATHS:
+            try:
+                request[TOKEN] = auth.identify(presented(request))
+            except TokenError as err:
+                log.info("%s %s: %s from %s", request.method, request.path, err.code, request.remote)
+                return web.json_response({"error": {"code": err.code, "message": err.message}}, status=401,
                                          headers={"WWW-Authenticate": 'Bearer realm="tolk"'})
         return await handler(request)
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -10,7 +14,7 @@ import pytest_asyncio
 
 from actors.runtime.bus import Bus
 from edge.app import EdgeSettings
-from edge.auth import token_ok
+from edge.auth import TokenError, mint, token_ok, verify
 from tests.conftest import edge_server
 
 on_loop = pytest.mark.asyncio(loop_scope="session")
@@ -78,3 +82,54 @@ def test_token_comparison() -> None:
     assert token_ok("beta", tokens) and not token_ok("bet", tokens) and not token_ok("", tokens)
     assert not token_ok("alpha", ())
     assert "alpha" not in repr(EdgeSettings(api_tokens="alpha"))
+
+
+SECRET = "signing-secret-for-tests"
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def signed_server(bus: Bus) -> AsyncIterator[str]:
+    async with edge_server(bus, token_secret=SECRET, max_sessions_per_token=1) as url:
+        yield url
+
+
+def cli_token(subject: str) -> str:
+    """`tolk token`, the way a backend would mint one."""
+    cli = subprocess.run([str(Path(sys.executable).parent / "tolk"), "token", "--subject", subject, "--ttl", "60"],
+                         capture_output=True, text=True, timeout=60, env={**os.environ, "TOLK_TOKEN_SECRET": SECRET},
+                         check=True)
+    return cli.stdout.strip()
+
+
+@on_loop
+async def test_signed_expiring_tokens(signed_server: str) -> None:
+    good = cli_token("phone-7")
+    expired = mint(SECRET, "phone-7", ttl_s=-1)
+    forged = mint("another-secret", "phone-7", ttl_s=60)
+    tampered = good[:-2] + ("A" if good[-2] != "A" else "B") + good[-1]
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{signed_server}/v1/channels?token={good}") as resp:
+            assert resp.status == 200
+        for token, code in ((expired, "token_expired"), (forged, "invalid_token"), (tampered, "invalid_token"),
+                            ("v1.e30.", "invalid_token"), ("plain-key", "invalid_token")):
+            async with http.get(f"{signed_server}/v1/channels", headers={"Authorization": f"Bearer {token}"}) as resp:
+                assert resp.status == 401 and (await resp.json())["error"]["code"] == code, token
+        # Limits count per subject: a second token for the same subject shares the first one's allowance.
+        start = {"type": "start", "sample_rate": 16000, "encoding": "pcm_s16le", "language": "en"}
+        ws_url = signed_server.replace("http", "ws", 1) + "/v1/listen"
+        async with http.ws_connect(f"{ws_url}?token={good}") as ws:
+            await ws.send_json(start)
+            assert (await ws.receive_json(timeout=10))["type"] == "started"
+            async with http.ws_connect(f"{ws_url}?token={mint(SECRET, 'phone-7', 60)}") as again:
+                await again.send_json(start)
+                assert (await again.receive_json(timeout=10))["code"] == "too_many_sessions"
+
+
+def test_token_verification_rules() -> None:
+    token = mint(SECRET, "alice", ttl_s=10, now=1000)
+    assert verify(SECRET, token, now=1005) == "alice"
+    with pytest.raises(TokenError) as err:
+        verify(SECRET, token, now=1011)
+    assert err.value.code == "token_expired"
+    with pytest.raises(TokenError):
+        verify("wrong", token, now=1005)

@@ -683,6 +683,22 @@ def test_api_tokens_live_in_a_secret() -> None:
     }
 
 
+def test_token_signing_key_lives_in_a_secret() -> None:
+    docs = render({"auth": {"tokenSecret": "sign-me-0123456789"}})
+    assert named(docs, "Secret", "tolk-auth")["stringData"] == {"tokenSecret": "sign-me-0123456789"}
+    edge = env(container(workloads(docs)["edge"]))
+    assert edge["TOLK_TOKEN_SECRET"] == {"secretKeyRef": {"name": "tolk-auth", "key": "tokenSecret"}}
+    assert "TOLK_API_TOKENS" not in edge
+    assert_secret_only_in_secrets(docs, "sign-me-0123456789")
+    both = render({"auth": {"tokens": ["tok-1"], "tokenSecret": "sign-me-0123456789"}})
+    assert named(both, "Secret", "tolk-auth")["stringData"] == {"tokens": "tok-1", "tokenSecret": "sign-me-0123456789"}
+    # An existing Secret may or may not hold a signing key: referenced as optional.
+    prod = env(container(workloads(rendered("production"))["edge"]))
+    assert prod["TOLK_TOKEN_SECRET"] == {"secretKeyRef": {"name": "tolk-api-tokens", "key": "tokenSecret",
+                                                          "optional": True}}
+    assert "TOLK_TOKEN_SECRET" not in env(container(workloads(rendered("default"))["edge"]))
+
+
 @pytest.mark.parametrize("value_set", list(VALUE_SETS))
 def test_topology_job_is_a_hook_running_nats_apply(value_set: str) -> None:
     docs, values = rendered(value_set), effective_values(value_set)
