@@ -137,7 +137,8 @@ class ClientSession:
                 await self.ws.close(code=err.close, message=err.code.value.encode())
 
     async def _cleanup(self) -> None:
-        live = self.phase in (Phase.STREAMING, Phase.DRAINING) and not self.done.is_set()
+        # Attached (epoch > 0) and not finished. Not `phase`: fail() has already set it to CLOSED.
+        live = self.epoch > 0 and not self.done.is_set()
         if live and not self.superseded:
             if self._detach and self.edge.cfg.resume_grace_s > 0:
                 # The client dropped: it may resume (here or on another edge) within the grace period.
