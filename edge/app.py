@@ -16,6 +16,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 from nats.js.errors import KeyDeletedError, KeyNotFoundError, NoKeysError
+from nats.js.kv import KeyValue
 
 from actors.runtime import channels, listeners, settings, topology
 from actors.runtime.actor import Actor, RuntimeSettings, heartbeats
@@ -40,6 +41,7 @@ from schemas import (
 log = logging.getLogger("tolk.edge")
 
 REQUIRED_ACTORS = ("segmenter", "stt", "translator", "fanout")
+SESSIONS = "tolk_sessions"  # KV: SessionRecord per session id
 
 
 @dataclass
@@ -206,16 +208,23 @@ class Edge(Actor):
         if task is not None:
             task.cancel()
 
+    async def session_record(self, sid: str) -> tuple[KeyValue, SessionRecord | None, int | None]:
+        """A session's KV record and its revision, for compare-and-set updates (None, None: none, or unreadable)."""
+        kv = await self.bus.kv(SESSIONS)
+        try:
+            entry = await kv.get(sid)
+            return kv, (decode(entry.value, SessionRecord) if entry.value else None), entry.revision
+        except (KeyNotFoundError, KeyDeletedError, DecodeError):
+            return kv, None, None
+
     async def _end_detached(self, sid: str, epoch: int, partition: int, start: Start) -> None:
         try:
             await asyncio.sleep(self.cfg.resume_grace_s)
-            kv = await self.bus.kv("tolk_sessions")
-            entry = await kv.get(sid)
-            rec = decode(entry.value, SessionRecord) if entry.value else None
+            kv, rec, revision = await self.session_record(sid)
             if rec is None or rec.epoch != epoch or rec.status != "detached":
                 return  # resumed (or ended) meanwhile
             await kv.update(sid, encode(msgspec.structs.replace(rec, status="closed", updated_at=time.time())),
-                            last=entry.revision)
+                            last=revision)
             # Numbered past anything that connection could have sent: the segmenter flushes and ends it.
             await self.bus.publish_audio(AudioChunk(
                 session_id=sid, chunk_seq=(epoch << 32) + (1 << 31), sample_rate=start.sample_rate,

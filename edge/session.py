@@ -23,7 +23,7 @@ import msgspec
 from aiohttp import web
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.js.errors import KeyDeletedError, KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import KeyWrongLastSequenceError
 
 from actors.runtime import listeners
 from actors.runtime.partition import partition_for
@@ -276,15 +276,7 @@ class ClientSession:
 
     async def _attach(self, sid: str, start: Start) -> int:
         """Claims the session in KV (compare-and-set): a new one, or an existing one being resumed."""
-        kv = await self.edge.bus.kv("tolk_sessions")
-        try:
-            entry = await kv.get(sid)
-            rec = decode(entry.value, SessionRecord) if entry.value else None
-            revision = entry.revision
-        except (KeyNotFoundError, KeyDeletedError):
-            rec, revision = None, None
-        except DecodeError:
-            rec, revision = None, None
+        kv, rec, revision = await self.edge.session_record(sid)
         now = time.time()
         if start.resume_from is None:
             if rec is not None:  # the segmenter would take a reused id's audio for a redelivery and drop it
@@ -321,16 +313,11 @@ class ClientSession:
         return replay.missed(await replay.stored(self.edge.bus, self.session_id), after_seq)
 
     async def _release(self, missed: list[ClientResult], after_seq: int) -> None:
-        """Replayed results first, then what arrived live meanwhile, without duplicates or going backwards."""
-        sent = {r.seq for r in missed}
-        top = max([after_seq, *sent])
+        """Replayed results first, then what arrived live meanwhile. The writer drops any seq at or below the
+        last one sent, so a live result that was also replayed, or is older, never goes out twice or backwards."""
         self.last_seq = after_seq
-        for r in missed:
-            await self.results.put(r)
         held, self._holding = self._holding or [], None
-        for r in held:
-            if r.seq in sent or r.seq <= after_seq or (r.kind is ResultKind.PARTIAL and r.seq < top):
-                continue
+        for r in [*missed, *held]:
             await self.results.put(r)
         log.info("%s: resumed (epoch %d) after seq %d: %d replayed", self.session_id, self.epoch, after_seq,
                  len(missed))
@@ -378,14 +365,12 @@ class ClientSession:
         if self.start is None:
             return False
         try:
-            kv = await self.edge.bus.kv("tolk_sessions")
-            entry = await kv.get(self.session_id)
-            rec = decode(entry.value, SessionRecord) if entry.value else None
+            kv, rec, revision = await self.edge.session_record(self.session_id)
             if rec is None or (only_if_ours and rec.epoch != self.epoch):
                 return False
             new = msgspec.structs.replace(rec, status=status, language=self.start.language, updated_at=time.time(),
                                           edge=self.edge.instance)
-            await kv.update(self.session_id, encode(new), last=entry.revision)
+            await kv.update(self.session_id, encode(new), last=revision)
             return True
         except Exception as exc:  # state is advisory here; streaming goes on
             log.warning("%s: session record not written: %s", self.session_id, exc)

@@ -86,16 +86,23 @@ def start_tolk(data: Path, port: int, env: dict[str, str], cpus: str = "") -> su
          str(Path(sys.executable).parent / "tolk"), "up", "--data-dir", str(data), "--port", str(port)],
         stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env},
     )
-    deadline = time.monotonic() + 300
+    if wait_ready(port, 300, proc):
+        return proc
+    proc.kill()
+    raise SystemExit(f"tolk up did not become ready; see {data / 'tolk-up.log'}")
+
+
+def wait_ready(port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> bool:
+    """Polls the edge's /readyz until 200; False after `timeout`, or as soon as `proc` exits."""
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with contextlib.suppress(OSError), urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
             if r.status == 200:
-                return proc
-        if proc.poll() is not None:
-            break
+                return True
+        if proc is not None and proc.poll() is not None:
+            return False
         time.sleep(0.5)
-    proc.kill()
-    raise SystemExit(f"tolk up did not become ready; see {data / 'tolk-up.log'}")
+    return False
 
 
 def histogram_quantile(text: str, name: str, q: float) -> float:

@@ -26,7 +26,7 @@ from typing import Any
 
 import psutil
 
-from loadtest.broadcast import free_port, start_tolk
+from loadtest.broadcast import free_port, start_tolk, wait_ready
 from loadtest.client import SessionRun, stream_pcm
 from loadtest.speech import Clip, clips
 from loadtest.wer import corpus_wer
@@ -126,25 +126,14 @@ async def run_faults(actors: list[str], sessions: int, kill_at: float, pace: flo
         for actor in actors:
             results.append(await inject(root, actor, f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}/v1/listen",
                                         picked, kill_at, pace))
-            await asyncio.to_thread(wait_ready, port)  # the restarted actor is back before the next fault
+            # The restarted actor is back before the next fault.
+            if not await asyncio.to_thread(wait_ready, port, 120):
+                raise SystemExit("tolk up did not recover")
     finally:
         proc.send_signal(signal.SIGTERM)
         await asyncio.to_thread(proc.wait, 90)
         tmp.cleanup()
     return results
-
-
-def wait_ready(port: int, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise SystemExit("tolk up did not recover")
 
 
 def report(results: list[FaultResult], argv: list[str]) -> str:
