@@ -66,6 +66,7 @@ class EdgeSettings:
     max_sessions: int = 0  # microphone sessions on this edge at once (0: no limit); more get `overloaded` (1013)
     max_sessions_per_token: int = 0  # microphone sessions at once per API token on this edge (0: no limit)
     shed_backlog: int = 100  # finals waiting for STT (stt-final lag) above which new sessions are refused
+    max_session_s: float = 14400.0  # a session's longest life, resumes included (0: no limit)
     resume_grace_s: float = 30.0  # a dropped client's session waits this long for a resume before it is ended
     api_tokens: str = field(default="", repr=False)  # comma-separated; with token_secret empty too: no authentication
     token_secret: str = field(default="", repr=False)  # signs expiring tokens (`tolk token`); empty: none
@@ -85,7 +86,8 @@ class Edge(Actor):
         self.hub = ChannelHub(bus)
         self.metrics = EdgeMetrics()
         self.files = FileTranscriber(self)
-        self.limits = Limits(cfg.max_frame_bytes, cfg.idle_timeout_s, cfg.stop_timeout_s, cfg.result_queue)
+        self.limits = Limits(cfg.max_frame_bytes, cfg.idle_timeout_s, cfg.stop_timeout_s, cfg.result_queue,
+                             cfg.max_session_s)
         self.accepting = True
         self._stopped = asyncio.Event()
         self._no_sessions = asyncio.Event()

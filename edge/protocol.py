@@ -52,6 +52,7 @@ class ErrorCode(enum.StrEnum):
     SESSION_RESUMED = "session_resumed"
     OVERLOADED = "overloaded"
     TOO_MANY_SESSIONS = "too_many_sessions"
+    SESSION_TOO_LONG = "session_too_long"
     AUDIO_BEFORE_START = "audio_before_start"
     INVALID_FRAME = "invalid_frame"
     FRAME_TOO_LARGE = "frame_too_large"
@@ -80,6 +81,7 @@ CLOSE_FOR: dict[ErrorCode, Close | None] = {
     ErrorCode.UNKNOWN_SESSION: Close.POLICY,
     ErrorCode.SESSION_RESUMED: Close.POLICY,  # this connection's session was resumed on a newer one
     ErrorCode.TOO_MANY_SESSIONS: Close.POLICY,
+    ErrorCode.SESSION_TOO_LONG: None,  # reported at the limit; the session is flushed, then closed with 1008
     ErrorCode.OVERLOADED: Close.TRY_AGAIN,  # shed at start, so the sessions already running keep their latency
     ErrorCode.AUDIO_BEFORE_START: Close.POLICY,
     ErrorCode.INVALID_FRAME: Close.INVALID_PAYLOAD,

@@ -63,6 +63,7 @@ class Limits:
     idle_timeout_s: float
     stop_timeout_s: float
     result_queue: int
+    max_session_s: float = 0.0  # from the session's creation, across resumes (0: no limit)
 
 
 class Handover(Exception):
@@ -94,6 +95,8 @@ class ClientSession:
         self.epoch = 0
         self.last_seq = 0  # highest seq sent to this client: results never repeat or go back
         self.resume_key = ""
+        self.created_at = 0.0  # the session's, kept in KV: a resume does not restart the length limit
+        self._close_code = Close.NORMAL  # how the connection closes after `done`
         # Live results that arrive while a resume replays missed ones from JetStream.
         self._holding: list[ClientResult] | None = None
         # How this connection ended: a drop (or an edge restart) keeps the session for a resume; a
@@ -220,9 +223,7 @@ class ClientSession:
                 if self.phase is Phase.AWAIT_START:
                     raise ProtocolError(ErrorCode.INVALID_START, 'send {"type":"start"} first')
                 if self.phase is Phase.STREAMING:
-                    self.phase = Phase.DRAINING
-                    await self._publish(b"", end=True)
-                    await self._record("draining", only_if_ours=True)
+                    await self._drain()
             case Unknown(type=kind):
                 if self.phase is Phase.AWAIT_START:
                     raise ProtocolError(ErrorCode.INVALID_START, f'expected {{"type":"start"}}, got {kind!r}')
@@ -234,7 +235,23 @@ class ClientSession:
         check_audio(data, self.start.encoding, self.limits.max_frame_bytes)
         if self.phase is not Phase.STREAMING or not data:
             return  # audio after stop is ignored: the stream is already being flushed
+        limit = self.limits.max_session_s
+        if limit and time.time() - self.created_at > limit:
+            await self._too_long(limit)
+            return
         await self._publish(data, end=False)
+
+    async def _too_long(self, limit: float) -> None:
+        """Like `stop`, said first: what was spoken so far still arrives, then `done` and a 1008 close."""
+        await self.fail(ProtocolError(ErrorCode.SESSION_TOO_LONG, f"sessions are limited to {limit:.0f} s; the "
+                                      "rest of this one is flushed, then it closes"))
+        self._close_code = Close.POLICY
+        await self._drain()
+
+    async def _drain(self) -> None:
+        self.phase = Phase.DRAINING
+        await self._publish(b"", end=True)
+        await self._record("draining", only_if_ours=True)
 
     # ------------------------------------------------------------------ start
     async def _begin(self, start: Start) -> None:
@@ -306,7 +323,7 @@ class ClientSession:
             raise ProtocolError(ErrorCode.SESSION_IN_USE, f"session {sid} was just claimed by another "
                                 "connection") from None
         self.edge.cancel_end(sid)
-        self.resume_key = key
+        self.resume_key, self.created_at = key, created
         return epoch
 
     async def _missed(self, after_seq: int) -> list[ClientResult]:
@@ -401,5 +418,6 @@ class ClientSession:
             if result.kind is ResultKind.END:
                 self.done.set()
                 self.phase = Phase.CLOSED
-                await self.ws.close(code=Close.NORMAL, message=b"done")
+                reason = b"done" if self._close_code is Close.NORMAL else ErrorCode.SESSION_TOO_LONG.value.encode()
+                await self.ws.close(code=self._close_code, message=reason)
                 return

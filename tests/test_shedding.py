@@ -11,8 +11,10 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
+from actors.runtime import topology
 from actors.runtime.bus import Bus
-from schemas import Segment, SegmentKind, encode
+from actors.runtime.partition import partition_for
+from schemas import AudioChunk, ClientResult, ResultKind, Segment, SegmentKind, decode, encode
 from tests.conftest import edge_server
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -62,3 +64,36 @@ async def test_session_limit_then_stt_backlog_shed_new_sessions(edge_url: str, b
             reply = await first_reply(d, {**START, "session_id": "shed-a", "resume_from": 0,
                                           "resume_token": started["resume_token"]})
             assert reply["type"] == "started" and reply["resumed"] is True
+
+
+async def test_session_length_limit_flushes_then_closes_1008(bus: Bus) -> None:
+    """At TOLK_MAX_SESSION_S the client is told, the pipeline is asked to flush (END on the session's audio
+    subject), what it still sends arrives, then `done` and a 1008 close. Fan-out is played by the test."""
+    sid = "too-long"
+    subject = f"tolk.audio.{partition_for(sid, topology.load().partitions)}.{sid}"
+    sub = await bus.nc.subscribe(subject)  # core NATS sees the JetStream publishes too
+    try:
+        async with edge_server(bus, max_session_s=1.0) as url, aiohttp.ClientSession() as http, \
+                http.ws_connect(url.replace("http", "ws", 1) + "/v1/listen") as ws:
+            assert (await first_reply(ws, {**START, "session_id": sid}))["type"] == "started"
+            await ws.send_bytes(bytes(3200))
+            await asyncio.sleep(1.2)
+            await ws.send_bytes(bytes(3200))  # past the limit: not forwarded
+            err = await ws.receive_json(timeout=5)
+            assert err["type"] == "error" and err["code"] == "session_too_long", err
+            chunks = [decode((await sub.next_msg(timeout=5)).data, AudioChunk) for _ in range(2)]
+            assert [c.end for c in chunks] == [False, True] and len(chunks[0].data) == 3200
+            out = f"tolk.session.{sid}.out"
+            await bus.nc.publish(out, encode(ClientResult(session_id=sid, utterance_id=0, seq=1,
+                                                          kind=ResultKind.FINAL, text="the last words")))
+            await bus.nc.publish(out, encode(ClientResult(session_id=sid, utterance_id=0, seq=2,
+                                                          kind=ResultKind.END)))
+            final = await ws.receive_json(timeout=5)
+            assert final["type"] == "final" and final["text"] == "the last words"
+            assert (await ws.receive_json(timeout=5))["type"] == "done"
+            closing = await ws.receive(timeout=5)
+            assert closing.type == aiohttp.WSMsgType.CLOSE and ws.close_code == 1008
+            assert closing.extra == "session_too_long"
+    finally:
+        await sub.unsubscribe()
+        await bus.js.purge_stream("TOLK_AUDIO", subject=subject)
