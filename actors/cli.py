@@ -11,6 +11,10 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from actors.runtime.bus import NatsAuth
 
 ACTORS = {
     "edge": "edge.app",
@@ -37,6 +41,9 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--nats-replicas", type=int, default=int(os.environ.get("TOLK_NATS_REPLICAS", "1")),
                     help="with --nats-url: JetStream replicas of streams and buckets (3 on a 3-node cluster)")
     up.add_argument("--model", default=None, help="tiny.en (default) | base | /path/to/ctranslate2-whisper")
+    up.add_argument("--nats-auth", action=argparse.BooleanOptionalAction,
+                    default=os.environ.get("TOLK_NATS_AUTH", "true").lower() not in ("0", "false", "no"),
+                    help="embedded NATS: one user per actor with its permissions (nats/permissions.toml)")
 
     actor = sub.add_parser("actor", help="run one actor (what a Kubernetes pod runs)")
     actor.add_argument("name", choices=sorted(ACTORS))
@@ -100,6 +107,18 @@ def nats_url(explicit: str | None, data_dir: str) -> str:
     return "nats://127.0.0.1:4222"
 
 
+def local_auth(explicit: str | None, data_dir: str) -> NatsAuth | None:
+    """The admin user of the `tolk up` in `data_dir`, where its embedded NATS is the one used and the
+    environment names no NATS user of its own."""
+    if explicit or os.environ.get("TOLK_NATS_URL") or os.environ.get("TOLK_NATS_USER") \
+            or os.environ.get("TOLK_NATS_CREDS"):
+        return None
+    from actors.runtime import permissions
+
+    password = permissions.local_password(Path(data_dir), permissions.ADMIN)
+    return NatsAuth(nats_user=permissions.ADMIN, nats_password=password) if password else None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from actors.runtime.actor import configure_logging, serve
@@ -128,12 +147,14 @@ def main(argv: list[str] | None = None) -> int:
 
     extra = {"TOLK_MODEL": args.model} if args.model else {}
     opts = UpOptions(nats_url=args.nats_url, data_dir=Path(args.data_dir), host=args.host, port=args.port,
-                     nats_port=args.nats_port, nats_replicas=args.nats_replicas, extra_env=extra)
+                     nats_port=args.nats_port, nats_replicas=args.nats_replicas, extra_env=extra,
+                     nats_auth=args.nats_auth)
     return asyncio.run(Supervisor(opts).run())
 
 
 def _tool(args: argparse.Namespace) -> int:
     url = nats_url(args.nats_url, args.data_dir)
+    auth = local_auth(args.nats_url, args.data_dir)
     try:
         if args.command == "tap":
             from actors.tools.tap import parse_since, tap
@@ -141,11 +162,11 @@ def _tool(args: argparse.Namespace) -> int:
             if args.since:
                 parse_since(args.since)  # a typo is reported before connecting
             asyncio.run(tap(url, args.subject, since=args.since, seq=args.seq, last=args.last, all_=args.all,
-                            count=args.count, idle_exit_s=args.idle_exit, with_bytes=args.bytes))
+                            count=args.count, idle_exit_s=args.idle_exit, with_bytes=args.bytes, auth=auth))
             return 0
         from actors.tools.status import collect, render
 
-        result = asyncio.run(collect(url))
+        result = asyncio.run(collect(url, auth=auth))
         print(json.dumps(result, indent=1) if args.json else render(result))
         return 0
     except KeyboardInterrupt:

@@ -1,6 +1,7 @@
 """`tolk up`: one machine, every actor its own child process, supervised.
 
-Starts the embedded nats-server (unless --nats-url), applies the topology, starts the pipeline
+Starts the embedded nats-server (unless --nats-url) with one user per actor (nats/permissions.toml, fresh
+random passwords each start, handed to each child in its environment only), applies the topology, starts the pipeline
 actors, waits until they report ready, then the edge. Crashed actors are restarted with backoff.
 SIGINT/SIGTERM drain: the edge stops first (no new audio), then the pipeline, then NATS.
 """
@@ -16,9 +17,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from actors.runtime import topology
+from actors.runtime import permissions, topology
 from actors.runtime.actor import heartbeats
-from actors.runtime.bus import Bus
+from actors.runtime.bus import Bus, NatsAuth
 from actors.runtime.embedded import EmbeddedNats, die_with_parent
 
 log = logging.getLogger("tolk.up")
@@ -29,7 +30,7 @@ PIPELINE = ("segmenter", "stt", "translator", "fanout", "ingest", "exporter")
 @dataclass
 class Child:
     name: str
-    env: dict[str, str]
+    env: dict[str, str] = field(repr=False)  # holds its NATS password
     proc: asyncio.subprocess.Process | None = None
     restarts: int = 0
     started: float = 0.0
@@ -63,6 +64,7 @@ class UpOptions:
     nats_replicas: int = 1  # JetStream replicas of every stream and bucket (3 on a 3-node cluster)
     extra_env: dict[str, str] = field(default_factory=dict)
     ready_timeout_s: float = 300.0
+    nats_auth: bool = True  # the embedded server: per-actor users (an external NATS's auth is the operator's)
 
 
 class Supervisor:
@@ -71,6 +73,7 @@ class Supervisor:
         self.nats: EmbeddedNats | None = None
         self.children: list[Child] = []
         self._stop = asyncio.Event()
+        self._passwords: dict[str, str] = {}  # per-actor NATS users of the embedded server; empty: none
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -78,18 +81,19 @@ class Supervisor:
             loop.add_signal_handler(sig, self._stop.set)
         try:
             url = await self._nats()
-            bus = await Bus.connect(url, name="tolk-up")
+            bus = await Bus.connect(url, name="tolk-up", auth=self._auth(permissions.ADMIN))
             try:
                 await topology.apply(bus.js, topology.load(), replicas=self.opts.nats_replicas)
                 # Many actors on one host: each takes any free metrics port (announced in its heartbeat).
                 env = {**os.environ, **self.opts.extra_env, "TOLK_NATS_URL": url,
                        "TOLK_METRICS_HOST": self.opts.host, "TOLK_METRICS_PORT": "0"}
-                self.children = [Child(name, env) for name in PIPELINE]
+                self.children = [Child(name, self._env(env, name)) for name in PIPELINE]
                 for child in self.children:
                     await child.spawn()
                 if not await self._wait_ready(bus):
                     return 1
-                edge = Child("edge", {**env, "TOLK_HOST": self.opts.host, "TOLK_PORT": str(self.opts.port)})
+                edge = Child("edge", {**self._env(env, "edge"), "TOLK_HOST": self.opts.host,
+                                      "TOLK_PORT": str(self.opts.port)})
                 await edge.spawn()
                 self.children.insert(0, edge)
                 print(f"Tolk is up: ws://{self.opts.host}:{self.opts.port}/v1/listen  (NATS {url})", flush=True)
@@ -103,8 +107,26 @@ class Supervisor:
     async def _nats(self) -> str:
         if self.opts.nats_url:
             return self.opts.nats_url
-        self.nats = EmbeddedNats(self.opts.data_dir, port=self.opts.nats_port)
-        return await self.nats.start()
+        authorization = ""
+        if self.opts.nats_auth:
+            by_user = permissions.grants(topology.load().partitions)
+            self._passwords = permissions.new_passwords(by_user)
+            authorization = permissions.authorization(self._passwords, by_user)
+        self.nats = EmbeddedNats(self.opts.data_dir, port=self.opts.nats_port, authorization=authorization)
+        url = await self.nats.start()
+        if self._passwords:  # for `tolk status` / `tolk tap` on this machine (0600, removed at stop)
+            permissions.write_users(self.opts.data_dir / "run", self._passwords)
+        return url
+
+    def _auth(self, user: str) -> NatsAuth | None:
+        return NatsAuth(nats_user=user, nats_password=self._passwords[user]) if self._passwords else None
+
+    def _env(self, base: dict[str, str], actor: str) -> dict[str, str]:
+        """A child's environment: with the embedded server's users, its own user and nothing else."""
+        if not self._passwords:
+            return dict(base)
+        env = {k: v for k, v in base.items() if k != "TOLK_NATS_CREDS"}
+        return {**env, "TOLK_NATS_USER": actor, "TOLK_NATS_PASSWORD": self._passwords[actor]}
 
     async def _wait_ready(self, bus: Bus) -> bool:
         deadline = time.monotonic() + self.opts.ready_timeout_s
@@ -147,4 +169,5 @@ class Supervisor:
         await asyncio.gather(*(c.stop(timeout=30) for c in self.children if c.name != "edge"))
         if self.nats:
             await self.nats.stop()
+            (self.opts.data_dir / "run" / permissions.USERS_FILE).unlink(missing_ok=True)
         log.info("all stopped")

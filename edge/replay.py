@@ -18,10 +18,11 @@ T = TypeVar("T", bound=msgspec.Struct)
 async def read_all(bus: Bus, subject: str, stream: str, typ: type[T], batch: int = 256,
                    timeout: float = 0.5) -> list[T]:
     """Everything stored on `subject`, in stream order (an ephemeral consumer; nothing is acked)."""
-    psub = await bus.js.pull_subscribe(
-        subject, stream=stream,
-        config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.NONE, inactive_threshold=30.0),
-    )
+    # Created unnamed: the server then makes only ephemeral consumers, which is all the edge's NATS user may
+    # create (nats/permissions.toml), so it cannot alter the durable ones.
+    info = await bus.js.add_consumer(stream, ConsumerConfig(
+        filter_subject=subject, deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.NONE, inactive_threshold=30.0))
+    psub = await bus.js.pull_subscribe_bind(info.name, stream=stream)
     out: list[T] = []
     try:
         while True:

@@ -14,6 +14,7 @@ import pytest
 import soxr
 
 import nats
+from actors.runtime import permissions
 from loadtest.client import SessionRun, stream_pcm
 from loadtest.speech import Clip, clips
 from loadtest.wer import corpus_wer
@@ -215,8 +216,15 @@ def embedded_nats_url(tolk: Running) -> str:
     return str(json.loads(ports.read_text())["nats"][0])
 
 
+def embedded_admin(tolk: Running) -> dict[str, str]:
+    """The admin user `tolk up` gave its embedded NATS (per-actor users, nats/permissions.toml)."""
+    password = permissions.local_password(Path(tolk.log).parent / "data")
+    assert password, "tolk up should have written its NATS users"
+    return {"user": permissions.ADMIN, "password": password}
+
+
 async def test_garbage_on_internal_subjects_crashes_no_actor(tolk: Running) -> None:
-    nc = await nats.connect(embedded_nats_url(tolk))
+    nc = await nats.connect(embedded_nats_url(tolk), **embedded_admin(tolk))
     js = nc.jetstream()
     for subject in ("tolk.audio.0.junk", "tolk.segment.final.0.junk", "tolk.segment.partial.0.junk",
                     "tolk.transcript.0.junk", "tolk.result.0.junk"):

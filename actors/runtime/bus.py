@@ -16,7 +16,7 @@ from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
 import nats
-from actors.runtime import settings
+from actors.runtime import permissions, settings
 from schemas import AudioChunk, encode
 
 log = logging.getLogger("tolk.bus")
@@ -44,7 +44,11 @@ class NatsAuth:
         if self.nats_creds:
             return {"user_credentials": self.nats_creds}
         if self.nats_user:
-            return {"user": self.nats_user, "password": self.nats_password}
+            # Replies and deliveries on the user's own inbox, which per-actor permissions (nats/permissions.toml)
+            # let only that user read.
+            prefix = permissions.inbox_prefix(self.nats_user)
+            return {"user": self.nats_user, "password": self.nats_password,
+                    **({"inbox_prefix": prefix} if prefix else {})}
         return {}
 
 
@@ -55,12 +59,13 @@ class Bus:
         self._kv: dict[str, KeyValue] = {}
 
     @classmethod
-    async def connect(cls, url: str, name: str, first_attempt_s: float | None = None) -> Bus:
+    async def connect(cls, url: str, name: str, first_attempt_s: float | None = None,
+                      auth: NatsAuth | None = None) -> Bus:
         """Connects and then reconnects forever. `first_attempt_s` bounds the first connection (tools
-        report an unreachable server instead of waiting for it)."""
+        report an unreachable server instead of waiting for it). `auth`: default from the environment."""
         if first_attempt_s is not None:
             try:
-                return await asyncio.wait_for(cls.connect(url, name), first_attempt_s)
+                return await asyncio.wait_for(cls.connect(url, name, auth=auth), first_attempt_s)
             except TimeoutError:
                 raise ConnectionError(f"no NATS server answered at {url} within {first_attempt_s:.0f} s") from None
 
@@ -74,7 +79,7 @@ class Bus:
             log.info("nats reconnected")
 
         nc = await nats.connect(
-            **settings.load(NatsAuth).options(),
+            **(auth or settings.load(NatsAuth)).options(),
             servers=[u.strip() for u in url.split(",")],
             name=name,
             max_reconnect_attempts=-1,

@@ -11,6 +11,8 @@ import shutil
 import sys
 from pathlib import Path
 
+from actors.runtime.permissions import write_private
+
 log = logging.getLogger("tolk.nats-server")
 
 SERVER_CONF = Path(__file__).resolve().parents[2] / "nats" / "server.conf"
@@ -28,8 +30,12 @@ def server_binary() -> str:
 
 
 class EmbeddedNats:
-    def __init__(self, data_dir: Path, host: str = "127.0.0.1", port: int = -1) -> None:
+    """`authorization`: a nats-server `authorization { users = [...] }` block (actors/runtime/permissions.py);
+    empty: no authentication. It holds passwords, so the config it goes into is written 0600 and removed at stop."""
+
+    def __init__(self, data_dir: Path, host: str = "127.0.0.1", port: int = -1, authorization: str = "") -> None:
         self.data_dir = data_dir
+        self.authorization = authorization
         self.host = host
         self.port = port  # -1: the server picks a free port and reports it in its ports file
         self.proc: asyncio.subprocess.Process | None = None
@@ -43,8 +49,12 @@ class EmbeddedNats:
         ports_dir.mkdir(parents=True, exist_ok=True)
         for stale in ports_dir.glob("*.ports"):
             stale.unlink()
+        conf = SERVER_CONF
+        if self.authorization:
+            conf = self.conf_path
+            write_private(conf, f"{SERVER_CONF.read_text()}\n{self.authorization}")
         args = [
-            server_binary(), "-c", str(SERVER_CONF), "-js", "-sd", str(store),
+            server_binary(), "-c", str(conf), "-js", "-sd", str(store),
             "-a", self.host, "-p", str(self.port), "--ports_file_dir", str(ports_dir),
             "--server_name", "tolk-embedded",
         ]
@@ -71,8 +81,14 @@ class EmbeddedNats:
         assert self.proc and self.proc.stderr
         async for line in self.proc.stderr:
             text = line.decode(errors="replace").rstrip()
+            if "Plaintext passwords detected" in text:
+                continue  # ours: random per start, in a 0600 file removed at stop
             if "[ERR]" in text or "[WRN]" in text:
                 log.warning("%s", text)
+
+    @property
+    def conf_path(self) -> Path:
+        return self.data_dir / "run" / "nats-server.conf"
 
     async def stop(self, timeout: float = 10.0) -> None:
         if self.proc and self.proc.returncode is None:
@@ -82,6 +98,8 @@ class EmbeddedNats:
             except TimeoutError:
                 self.proc.kill()
                 await self.proc.wait()
+        if self.authorization:
+            self.conf_path.unlink(missing_ok=True)
         if self._stderr_task:
             self._stderr_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -9,13 +9,13 @@ import time
 from typing import Any
 
 from actors.runtime.actor import heartbeats
-from actors.runtime.bus import Bus
+from actors.runtime.bus import Bus, NatsAuth
 
 ACTORS = ("edge", "segmenter", "stt", "translator", "fanout", "ingest", "exporter")
 
 
-async def collect(url: str) -> dict[str, Any]:
-    bus = await Bus.connect(url, name="tolk-status", first_attempt_s=5)
+async def collect(url: str, auth: NatsAuth | None = None) -> dict[str, Any]:
+    bus = await Bus.connect(url, name="tolk-status", first_attempt_s=5, auth=auth)
     try:
         streams, buckets = [], []
         for info in await bus.js.streams_info():

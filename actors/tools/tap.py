@@ -23,7 +23,7 @@ import msgspec
 from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, DeliverPolicy, RetentionPolicy
 
-from actors.runtime.bus import Bus
+from actors.runtime.bus import Bus, NatsAuth
 from schemas import (
     ActorHeartbeat,
     AudioChunk,
@@ -136,9 +136,9 @@ def line(msg: Msg, with_bytes: bool) -> str:
 
 async def tap(url: str, subject: str, *, since: str | None = None, seq: int | None = None, last: bool = False,
               all_: bool = False, count: int = 0, idle_exit_s: float = 0.0, with_bytes: bool = False,
-              out: TextIO = sys.stdout, stop: asyncio.Event | None = None) -> int:
+              out: TextIO = sys.stdout, stop: asyncio.Event | None = None, auth: NatsAuth | None = None) -> int:
     """Print messages until `count` (0: forever), `idle_exit_s` of silence, or `stop`; returns how many."""
-    bus = await Bus.connect(url, name="tolk-tap", first_attempt_s=5)
+    bus = await Bus.connect(url, name="tolk-tap", first_attempt_s=5, auth=auth)
     done = stop or asyncio.Event()
     seen = 0
     last_at = time.monotonic()
