@@ -173,15 +173,18 @@ class SessionRecord(_Msg, frozen=True):
 
 
 class SegmenterCheckpoint(_Msg, frozen=True):
-    """KV `tolk_segmenter`, key = session id: where a session's segmentation stood after its last final, so
-    a restarted segmenter continues the numbering and the stream clock instead of starting over."""
+    """KV `tolk_segmenter`, key = session id: the numbering and stream clock at the oldest audio still unacked,
+    so a restarted segmenter replays that audio (the stream still holds it) and numbers on from here."""
 
     session_id: str
     seq: int
     finals: int
     utterance_id: int
-    frames: int  # VAD frames consumed (the stream clock)
-    last_chunk: int
+    frames: int  # the stream clock (VAD frames) where a replay resumes
+    last_chunk: int  # chunks up to this one are covered: a restarted segmenter skips them
+    # 16 kHz samples at the start of the chunk after `last_chunk` that are covered too (a replay drops them).
+    skip: int = 0
+    ended: bool = False  # the session's `stop` was handled: later chunks are ignored
 
 
 class ListenerRecord(_Msg, frozen=True):

@@ -192,6 +192,8 @@ async def test_each_actor_can_do_what_its_code_does(secured: Secured) -> None:
         await msg.ack_sync()
         await seg.js.publish("tolk.segment.final.0.s1", b"seg")
         await (await seg.kv("tolk_segmenter")).put("s1", b"ckpt")
+        await seg.js.delete_consumer("TOLK_AUDIO", "segmenter-p0")  # re-created on start (crash replay)
+        await seg.js.add_consumer("TOLK_AUDIO", topology.consumer_config(topology.load().consumer("segmenter-p0")))
         # stt: the finals consumer, transcripts out
         sub = await stt.js.pull_subscribe_bind("stt-final", stream="TOLK_SEGMENTS")
         (msg,) = await sub.fetch(1, timeout=5)

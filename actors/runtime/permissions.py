@@ -30,6 +30,7 @@ class ActorPermissions(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     publish: list[str] = []
     subscribe: list[str] = []
     consume: list[str] = []  # "STREAM/durable", `{p}` expanded per partition
+    recreate: list[str] = []  # "STREAM/durable" it also deletes and re-creates (the segmenter, on start)
     kv_read: list[str] = []
     kv_write: list[str] = []
     replay: list[str] = []  # streams read back with ephemeral consumers
@@ -96,6 +97,10 @@ def expand(name: str, perms: ActorPermissions, partitions: int) -> Grant:
         for stream, durable in _durable(ref, partitions):
             pub += [f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}", f"$JS.ACK.{stream}.{durable}.>",
                     f"$JS.API.CONSUMER.INFO.{stream}.{durable}"]
+    for ref in perms.recreate:
+        for stream, durable in _durable(ref, partitions):
+            # Named create (nats-py sends the filter subject as the trailing tokens): that durable only.
+            pub += [f"$JS.API.CONSUMER.DELETE.{stream}.{durable}", f"$JS.API.CONSUMER.CREATE.{stream}.{durable}.>"]
     for ref in perms.consumer_info:
         for stream, durable in _durable(ref, partitions):
             pub.append(f"$JS.API.CONSUMER.INFO.{stream}.{durable}")

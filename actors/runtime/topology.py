@@ -100,7 +100,7 @@ def _stream_config(s: StreamSpec, replicas: int) -> api.StreamConfig:
     )
 
 
-def _consumer_config(c: ConsumerSpec) -> api.ConsumerConfig:
+def consumer_config(c: ConsumerSpec) -> api.ConsumerConfig:
     return api.ConsumerConfig(
         durable_name=c.name,
         name=c.name,
@@ -126,7 +126,7 @@ async def apply(js: JetStreamContext, topo: Topology, replicas: int = 1) -> list
             await js.add_stream(cfg)
             report.append(f"stream {s.name}: created")
     for c in topo.expanded_consumers():
-        await js.add_consumer(c.stream, _consumer_config(c))  # server creates or updates
+        await js.add_consumer(c.stream, consumer_config(c))  # server creates or updates
         report.append(f"consumer {c.stream}/{c.name}: applied")
     for kv in topo.kv:
         kv_cfg = api.KeyValueConfig(

@@ -90,6 +90,16 @@ class UtteranceSegmenter:
     def frames_consumed(self) -> int:
         return self._n
 
+    @property
+    def is_open(self) -> bool:
+        return self.state is not State.INACTIVE
+
+    @property
+    def needed_frame(self) -> int:
+        """The oldest frame a replay must see again to rebuild this state: the open utterance's first frame
+        (its pre-roll included), else the start of the pre-roll kept in silence. Audio before it is done with."""
+        return self._start if self.is_open else self._n - len(self._pre)
+
     def restore(self, utterance_id: int, frames: int) -> None:
         """Continue a session another process segmented: its utterance numbering and stream clock."""
         self.utterance_id = utterance_id
