@@ -114,6 +114,7 @@ def local_auth(explicit: str | None, data_dir: str) -> NatsAuth | None:
             or os.environ.get("TOLK_NATS_CREDS"):
         return None
     from actors.runtime import permissions
+    from actors.runtime.bus import NatsAuth
 
     password = permissions.local_password(Path(data_dir), permissions.ADMIN)
     return NatsAuth(nats_user=permissions.ADMIN, nats_password=password) if password else None

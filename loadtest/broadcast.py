@@ -134,14 +134,16 @@ def edge_process(proc: subprocess.Popen[bytes]) -> psutil.Process:
     raise SystemExit("no edge process found")
 
 
-async def inject(nats_url: str, names: list[str], stop: asyncio.Event, synthetic: bool) -> int:
+async def inject(nats_url: str, names: list[str], stop: asyncio.Event, synthetic: bool, data: Path) -> int:
     """A timestamped caption per channel per second; with `synthetic`, also what a live channel's pipeline
     sends (2 audio frames of 3 KB, 1.5 partials and 0.3 finals a second), instead of running it."""
-    from actors.runtime import channels
-    from actors.runtime.bus import Bus
+    from actors.runtime import channels, permissions
+    from actors.runtime.bus import Bus, NatsAuth
     from schemas import ClientResult, ResultKind
 
-    bus = await Bus.connect(nats_url, "broadcast-bench")
+    password = permissions.local_password(data)  # the embedded NATS's admin user (per-actor users)
+    bus = await Bus.connect(nats_url, "broadcast-bench",
+                            auth=NatsAuth(nats_user=permissions.ADMIN, nats_password=password) if password else None)
     sent = 0
     seq = 10_000_000
     tick = 0
@@ -214,7 +216,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     stop = asyncio.Event()
     stats: dict[str, float] = {}
     sampler = asyncio.create_task(sample(edge, stop, stats))
-    injector = asyncio.create_task(inject(nats_url, names, stop, args.synthetic))
+    injector = asyncio.create_task(inject(nats_url, names, stop, args.synthetic, data))
     began = time.monotonic()
     try:
         k6proc = await asyncio.create_subprocess_exec(

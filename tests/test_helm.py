@@ -11,6 +11,8 @@ copy of the chart with or without placeholder files, so they pass whether the re
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import functools
 import json
 import os
@@ -26,6 +28,8 @@ import helm_python as helm  # helm-python-sdk: Helm's Go SDK, no helm binary (a 
 import kubernetes_validate
 import pytest
 import yaml
+
+from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "helm" / "tolk"
@@ -599,12 +603,111 @@ def test_nats_config_is_accepted_by_nats_server(value_set: str, tmp_path: Path) 
     conf.write_text(nats_config(rendered(value_set)))
     check = subprocess.run(
         [str(NATS_SERVER), "-t", "-c", str(conf)],
-        env={**os.environ, "POD_NAME": "tolk-nats-0"},
+        env={**os.environ, "POD_NAME": "tolk-nats-0", **user_passwords()},
         capture_output=True,
         text=True,
         timeout=30,
     )
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+PERMISSIONS = json.loads((CHART / "files" / "nats-permissions.json").read_text())
+ACTOR_USERS = ("edge", "segmenter", "stt", "translator", "fanout", "ingest", "exporter")
+
+
+def user_passwords() -> dict[str, str]:
+    """What the NATS container's environment holds (from the users Secret): one password per user."""
+    return {f"TOLK_NATS_PASSWORD_{u.upper()}": f"pw{u}Xy9" for u in PERMISSIONS}
+
+
+def granted(conf: str, user: str) -> dict[str, list[str]]:
+    line = next(ln for ln in conf.splitlines() if ln.strip().startswith(f'{{user: "{user}",'))
+    return {kind: json.loads(re.search(kind + r": \{allow: (\[.*?\])\}", line)[1])  # type: ignore[index]
+            for kind in ("publish", "subscribe")}
+
+
+def test_each_actor_is_its_own_nats_user() -> None:
+    """Default (in-chart NATS): per-actor users with the permissions of nats/permissions.toml, passwords in a
+    Secret; every actor and the topology Job log in as their own user."""
+    assert set(PERMISSIONS) == {*ACTOR_USERS, "admin"}
+    docs = rendered("default")
+    secret = named(docs, "Secret", "tolk-nats-users")
+    assert set(secret["data"]) == set(PERMISSIONS)
+    assert all(len(base64.b64decode(v)) == 32 for v in secret["data"].values())
+    for name, doc in workloads(docs).items():
+        e = env(container(doc))
+        assert e["TOLK_NATS_USER"] == name
+        assert e["TOLK_NATS_PASSWORD"] == {"secretKeyRef": {"name": "tolk-nats-users", "key": name}}
+    e = env(container(named(docs, "Job", "tolk-topology")))
+    assert e["TOLK_NATS_USER"] == "admin"
+    assert e["TOLK_NATS_PASSWORD"] == {"secretKeyRef": {"name": "tolk-nats-users", "key": "admin"}}
+    server = env(container(named(docs, "StatefulSet", "tolk-nats")))
+    for user in PERMISSIONS:
+        assert server[f"TOLK_NATS_PASSWORD_{user.upper()}"] == {
+            "secretKeyRef": {"name": "tolk-nats-users", "key": user}}
+    conf = nats_config(docs)
+    assert_secret_only_in_secrets(docs, *(base64.b64decode(v).decode() for v in secret["data"].values()))
+    for user in PERMISSIONS:
+        assert granted(conf, user) == PERMISSIONS[user], user
+    edge = granted(conf, "edge")
+    assert "tolk.audio.>" in edge["publish"]
+    assert not [s for s in edge["publish"] if s.split(".")[0] == ">" or s.startswith(
+        ("tolk.transcript", "tolk.result", "tolk.segment", "tolk.captions", "$JS.ACK"))]
+    assert "_INBOX.>" not in edge["subscribe"] and "tolk.segment.>" not in edge["subscribe"]
+    # Another way to authenticate (or an external NATS without the users' Secret) turns them off.
+    for values in ({"nats": {"user": "tolk", "password": "pw"}}, {"nats": {"actorUsers": {"enabled": False}}}):
+        docs = render(values)
+        assert "authorization {" not in nats_config(docs)
+        assert not [d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"] == "tolk-nats-users"]
+        assert env(container(workloads(docs)["edge"])).get("TOLK_NATS_USER") != "edge"
+    production = rendered("production")
+    assert "TOLK_NATS_USER" not in env(container(workloads(production)["edge"]))
+    external = render({"nats": {"install": False, "url": "nats://nats:4222", "actorUsers": {"existingSecret": "mine"}}})
+    assert env(container(workloads(external)["stt"]))["TOLK_NATS_PASSWORD"] == {
+        "secretKeyRef": {"name": "mine", "key": "stt"}}
+
+
+async def test_rendered_users_are_enforced_by_a_real_nats_server(tmp_path: Path) -> None:
+    """The chart's `authorization` block, on a real nats-server: the edge's user cannot publish a transcript."""
+    import nats  # the client, only here: the rest of this module needs no NATS
+
+    conf = nats_config(rendered("default"))
+    block = conf[conf.index("authorization {"):]
+    block = block[: block.index("\n}\n") + 3]
+    port = free_port()
+    (tmp_path / "auth.conf").write_text(f"listen: 127.0.0.1:{port}\n{block}")
+    proc = await asyncio.create_subprocess_exec(str(NATS_SERVER), "-c", str(tmp_path / "auth.conf"),
+                                                env={**os.environ, **user_passwords()},
+                                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        errors: list[str] = []
+
+        async def on_error(exc: Exception) -> None:
+            errors.append(str(exc).lower())
+
+        for _ in range(50):
+            try:
+                nc = await nats.connect(f"nats://127.0.0.1:{port}", user="edge", password="pwedgeXy9",
+                                        error_cb=on_error, max_reconnect_attempts=0, allow_reconnect=False)
+                break
+            except Exception as exc:  # the server is still starting
+                last = exc
+                await asyncio.sleep(0.1)
+        else:
+            raise AssertionError(f"no connection: {last}")
+        errors.clear()  # refused attempts while it started
+        await nc.publish("tolk.audio.0.s1", b"ok")
+        await nc.publish("tolk.transcript.0.s1", b"forged")
+        await nc.flush()
+        await asyncio.sleep(0.3)
+        await nc.close()
+        assert errors == ['nats: permissions violation for publish to "tolk.transcript.0.s1"'], errors
+        with pytest.raises(Exception, match=r"(?i)authorization"):
+            await nats.connect(f"nats://127.0.0.1:{port}", user="edge", password="pwadminXy9",
+                               max_reconnect_attempts=0, allow_reconnect=False)
+    finally:
+        proc.terminate()
+        await proc.wait()
 
 
 def test_single_server_nats_has_no_cluster_block() -> None:
@@ -675,7 +778,7 @@ def test_api_tokens_live_in_a_secret() -> None:
             assert "TOLK_API_TOKENS" not in env(container(doc)), name
     # Without tokens the edge gets none and no Secret is made; an existing Secret is referenced, not created.
     assert "TOLK_API_TOKENS" not in env(container(workloads(rendered("default"))["edge"]))
-    assert not of_kind(rendered("default"), "Secret")
+    assert [d["metadata"]["name"] for d in of_kind(rendered("default"), "Secret")] == ["tolk-nats-users"]
     prod = rendered("production")
     assert not of_kind(prod, "Secret")
     assert env(container(workloads(prod)["edge"]))["TOLK_API_TOKENS"] == {
@@ -741,6 +844,8 @@ def copy_chart(tmp_path: Path, files: dict[str, str]) -> Path:
     """The chart without its files/ (whatever is there now), plus the given placeholder files."""
     dest = tmp_path / "tolk"
     shutil.copytree(CHART, dest, ignore=shutil.ignore_patterns("files"))
+    (dest / "files").mkdir()
+    shutil.copy(CHART / "files" / "nats-permissions.json", dest / "files")  # generated with the code, always there
     for rel, text in files.items():
         (dest / rel).parent.mkdir(parents=True, exist_ok=True)
         (dest / rel).write_text(text)
@@ -820,9 +925,10 @@ def test_minimal_turns_every_option_off() -> None:
         "PrometheusRule",
         "PersistentVolumeClaim",
         "ServiceAccount",
-        "Secret",
     ):
         assert kind not in kinds, kind
+    # Only the per-actor NATS users' passwords: least privilege on NATS is not an option to turn off here.
+    assert [d["metadata"]["name"] for d in of_kind(docs, "Secret")] == ["tolk-nats-users"]
     assert not [d for d in of_kind(docs, "ConfigMap") if component(d) == "dashboards"]
     for name, doc in workloads(docs).items():
         assert doc["spec"]["replicas"] == 1, name

@@ -90,6 +90,38 @@ app.kubernetes.io/part-of: tolk
 {{- if or .Values.nats.user .Values.nats.existingAuthSecret }}true{{ end }}
 {{- end }}
 
+{{/*
+One NATS user per actor with its own permissions (nats/permissions.toml, rendered into
+files/nats-permissions.json by `python -m actors.runtime.permissions`): on unless another way to authenticate
+is set; with install=false only given an existing Secret of the passwords (your NATS has the same users).
+*/}}
+{{- define "tolk.natsActorUsers" -}}
+{{- $u := .Values.nats.actorUsers }}
+{{- if and $u.enabled (not (include "tolk.natsUserAuth" .)) (not .Values.nats.credentials.existingSecret) (or .Values.nats.install $u.existingSecret) }}true{{ end }}
+{{- end }}
+
+{{- define "tolk.natsUsersSecretName" -}}
+{{- default (printf "%s-nats-users" (include "tolk.fullname" .)) .Values.nats.actorUsers.existingSecret }}
+{{- end }}
+
+{{/* user → {publish, subscribe}: the chart's copy of the per-actor grants. */}}
+{{- define "tolk.natsPermissions" -}}
+{{- .Files.Get "files/nats-permissions.json" }}
+{{- end }}
+
+{{/* A Tolk container's own NATS user and password (from the users Secret). Context: dict "root" $ "user" name. */}}
+{{- define "tolk.natsUserEnv" -}}
+{{- if include "tolk.natsActorUsers" .root }}
+- name: TOLK_NATS_USER
+  value: {{ .user | quote }}
+- name: TOLK_NATS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "tolk.natsUsersSecretName" .root }}
+      key: {{ .user }}
+{{- end }}
+{{- end }}
+
 {{- define "tolk.authSecretName" -}}
 {{- default (printf "%s-auth" (include "tolk.fullname" .)) .Values.auth.existingSecret }}
 {{- end }}
@@ -287,6 +319,9 @@ spec:
           protocol: TCP
       env:
         {{- include "tolk.commonEnv" $root | nindent 8 }}
+        {{- with include "tolk.natsUserEnv" (dict "root" $root "user" .component) | trim }}
+        {{- . | nindent 8 }}
+        {{- end }}
         {{- if eq .portName "metrics" }}
         - name: TOLK_METRICS_PORT
           value: {{ .port | quote }}
