@@ -21,7 +21,7 @@ from nats.js.kv import KeyValue
 from actors.runtime import channels, listeners, settings, topology
 from actors.runtime.actor import Actor, RuntimeSettings, heartbeats
 from actors.runtime.bus import Bus
-from edge import auth
+from edge import auth, page
 from edge.files import FileTranscriber
 from edge.hub import ChannelHub
 from edge.listener import ChannelListener
@@ -110,6 +110,7 @@ class Edge(Actor):
             web.get("/v1/sessions/{session_id}/transcript", self.files.export),
             web.get("/metrics", self.metrics_route),
         ])
+        page.install(self.app)
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:

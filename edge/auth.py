@@ -28,7 +28,8 @@ from aiohttp.typedefs import Middleware
 log = logging.getLogger("tolk.edge.auth")
 
 TOKEN = web.RequestKey("token", str)  # who the request is (a limit key), set by the middleware
-OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})  # probes and scrapes: no secrets, no client data
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/"})  # probes, scrapes, the page: no client data
+OPEN_PREFIXES = ("/static/",)  # the page's own scripts and styles; what they fetch needs the token
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -120,7 +121,7 @@ def middleware(auth: Authenticator) -> Middleware:
 
     @web.middleware
     async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if auth.enabled and request.path not in OPEN_PATHS:
+        if auth.enabled and request.path not in OPEN_PATHS and not request.path.startswith(OPEN_PREFIXES):
             try:
                 request[TOKEN] = auth.identify(presented(request))
             except TokenError as err:

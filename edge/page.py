@@ -1,0 +1,38 @@
+"""The browser page at `/`: plain ES modules from edge/static, no build step and nothing from a CDN.
+
+The page holds no data of its own, so it is served without a token; everything it fetches or opens (the
+WebSocket, uploads, exports) goes through the same authentication as any other client.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from aiohttp import web
+
+STATIC = Path(__file__).with_name("static")
+
+# Only this origin: no CDN, no third-party script, the microphone for this page alone.
+HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; connect-src 'self'; media-src 'self' blob:; img-src 'self' data:; "
+                               "object-src 'none'; base-uri 'none'; frame-ancestors 'none'",
+    "Permissions-Policy": "microphone=(self), camera=(), geolocation=()",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",  # revalidated (ETag / Last-Modified): an upgraded edge serves its own page at once
+}
+
+
+def install(app: web.Application) -> None:
+    app.router.add_get("/", _index)
+    app.router.add_static("/static", STATIC)
+    app.on_response_prepare.append(_headers)
+
+
+async def _index(request: web.Request) -> web.StreamResponse:
+    return web.FileResponse(STATIC / "index.html")
+
+
+async def _headers(request: web.Request, response: web.StreamResponse) -> None:
+    if request.path == "/" or request.path.startswith("/static/"):
+        response.headers.update(HEADERS)

@@ -1,0 +1,184 @@
+// Microphone mode: getUserMedia → AudioWorklet (16 kHz int16) → /v1/listen, with live configure and
+// automatic resume. Audio captured while the connection is down is kept (up to BUFFER_S) and sent after the
+// resume, so a network drop loses neither speech nor finals.
+
+import { api, describeClose } from "./api.js";
+
+const RATE = 16000;
+const BUFFER_S = 30;                       // = the server's default resume grace
+const BUFFER_BYTES = RATE * 2 * BUFFER_S;
+const GIVE_UP = new Set(["session_resumed", "invalid_start", "unsupported_language", "invalid_targets",
+  "too_many_sessions", "session_too_long", "unauthorized", "invalid_token", "token_expired"]);
+
+export class MicSession {
+  constructor({ view, onStatus, onEnd }) {
+    this.view = view;
+    this.onStatus = onStatus;
+    this.onEnd = onEnd;
+    this.ws = null;
+    this.sessionId = "";
+    this.resumeToken = "";
+    this.lastSeq = 0;
+    this.started = false;      // the current connection got `started`
+    this.stopping = false;
+    this.finished = false;
+    this.reconnects = 0;
+    this.attempt = 0;
+    this.pending = [];         // audio frames not yet sent (while connecting or disconnected)
+    this.pendingBytes = 0;
+    this.dropped = 0;          // bytes of audio lost to a drop longer than BUFFER_S
+    this.lastError = null;
+    this.settings = { language: "en", targets: [] };
+    this.timer = 0;
+  }
+
+  async start(settings) {
+    this.settings = { ...settings };
+    this.stream = await navigator.mediaDevices.getUserMedia({
+      audio: { channelCount: 1, echoCancellation: false, noiseSuppression: false, autoGainControl: false },
+    });
+    this.ctx = new AudioContext();
+    await this.ctx.audioWorklet.addModule("/static/js/pcm-worklet.js");
+    this.node = new AudioWorkletNode(this.ctx, "pcm16k", { processorOptions: { frameMs: 100 } });
+    this.node.port.onmessage = (e) => this.audio(e.data);
+    this.source = this.ctx.createMediaStreamSource(this.stream);
+    this.source.connect(this.node);
+    this.node.connect(this.ctx.destination);  // the worklet outputs silence; connected so it keeps running
+    this.view.setTargets(this.settings.targets);
+    this.connect();
+  }
+
+  connect() {
+    this.started = false;
+    this.lastError = null;
+    const ws = new WebSocket(api.ws("/v1/listen"));
+    ws.binaryType = "arraybuffer";
+    this.ws = ws;
+    ws.onopen = () => {
+      const start = { type: "start", sample_rate: RATE, encoding: "pcm_s16le", language: this.settings.language,
+                      targets: this.settings.targets };
+      if (this.sessionId) Object.assign(start, { session_id: this.sessionId, resume_token: this.resumeToken,
+                                                 resume_from: this.lastSeq });
+      ws.send(JSON.stringify(start));
+    };
+    ws.onmessage = (e) => { if (typeof e.data === "string") this.message(JSON.parse(e.data)); };
+    ws.onclose = (e) => this.closed(ws, e);
+  }
+
+  message(m) {
+    switch (m.type) {
+      case "started":
+        this.started = true;
+        this.attempt = 0;
+        this.sessionId = m.session_id;
+        this.resumeToken = m.resume_token;
+        if (m.resumed) this.onStatus(`Reconnected: ${m.replayed} missed caption(s) recovered.`);
+        else this.onStatus("Listening… speak now.");
+        // Targets or language changed while the connection was down: the resumed session gets them now.
+        if (m.resumed && (m.language !== this.settings.language || !sameList(m.targets, this.settings.targets))) {
+          this.configure(this.settings);
+        }
+        this.flush();
+        if (this.stopping) this.ws.send(JSON.stringify({ type: "stop" }));
+        break;
+      case "partial":
+      case "final":
+        if (m.seq <= this.lastSeq) return;
+        this.lastSeq = m.seq;
+        this.view.show(m);
+        break;
+      case "configured":
+        this.view.setTargets(m.targets);
+        this.onStatus(`Now: ${m.language}${m.targets.length ? " → " + m.targets.join(", ") : ""}.`);
+        break;
+      case "done":
+        this.finished = true;
+        this.onStatus("Done.");
+        break;
+      case "error":
+        this.lastError = m;
+        this.onStatus(`${m.message} (${m.code})`, { error: true });
+        break;
+    }
+  }
+
+  closed(ws, e) {
+    if (ws !== this.ws) return;
+    this.started = false;
+    const err = this.lastError;
+    if (this.finished || (this.stopping && !this.sessionId)) return this.end();
+    if (err && err.code === "unknown_session") {  // expired while away: carry on as a new session
+      this.sessionId = "";
+      this.lastSeq = 0;
+    } else if (err && GIVE_UP.has(err.code)) {
+      return this.end(describeClose(e, err));
+    }
+    const delay = Math.min(5000, 250 * 2 ** this.attempt++);
+    this.reconnects += 1;
+    this.onStatus(`Connection lost (${describeClose(e, err)}); reconnecting in ${(delay / 1000).toFixed(1)} s…`,
+                  { error: true });
+    this.timer = setTimeout(() => this.connect(), delay);
+  }
+
+  audio(buf) {
+    if (this.stopping && this.node === null) return;
+    this.pending.push(buf);
+    this.pendingBytes += buf.byteLength;
+    while (this.pendingBytes > BUFFER_BYTES) {
+      const old = this.pending.shift();
+      this.pendingBytes -= old.byteLength;
+      this.dropped += old.byteLength;
+    }
+    if (this.started) this.flush();
+  }
+
+  flush() {
+    while (this.pending.length && this.ws.readyState === WebSocket.OPEN) {
+      const buf = this.pending.shift();
+      this.pendingBytes -= buf.byteLength;
+      this.ws.send(buf);
+    }
+  }
+
+  configure(settings) {
+    this.settings = { ...settings };
+    if (this.started && this.ws.readyState === WebSocket.OPEN) {
+      this.ws.send(JSON.stringify({ type: "configure", language: settings.language, targets: settings.targets }));
+    }
+  }
+
+  /** Stops the microphone, sends what it still had, and waits for the last finals (`done`). */
+  async stop() {
+    if (this.stopping) return;
+    this.stopping = true;
+    if (this.node) {
+      this.node.port.postMessage("stop");  // its last partial frame arrives before the port closes
+      await new Promise((r) => setTimeout(r, 150));
+      this.source.disconnect();
+      this.node.disconnect();
+      this.node = null;
+    }
+    this.stream?.getTracks().forEach((t) => t.stop());
+    await this.ctx?.close();
+    this.onStatus("Finishing the last sentence…");
+    if (this.started) {
+      this.flush();
+      this.ws.send(JSON.stringify({ type: "stop" }));
+    } else if (!this.sessionId) {
+      clearTimeout(this.timer);
+      this.ws?.close();
+      this.end();
+    }
+  }
+
+  end(reason = "") {
+    clearTimeout(this.timer);
+    this.node?.disconnect();
+    this.stream?.getTracks().forEach((t) => t.stop());
+    if (this.ctx && this.ctx.state !== "closed") this.ctx.close();
+    if (reason) this.onStatus(reason, { error: true });
+    this.onEnd?.(this);
+  }
+}
+
+const sameList = (a, b) => a.length === b.length && a.every((x, i) => x === b[i]);
