@@ -25,11 +25,12 @@ from dataclasses import dataclass
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from edge import page
+
 log = logging.getLogger("tolk.edge.auth")
 
 TOKEN = web.RequestKey("token", str)  # who the request is (a limit key), set by the middleware
-OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/"})  # probes, scrapes, the page: no client data
-OPEN_PREFIXES = ("/static/",)  # the page's own scripts and styles; what they fetch needs the token
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})  # probes and scrapes: no secrets, no client data
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -121,7 +122,8 @@ def middleware(auth: Authenticator) -> Middleware:
 
     @web.middleware
     async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if auth.enabled and request.path not in OPEN_PATHS and not request.path.startswith(OPEN_PREFIXES):
+        # The page holds no data either: what it fetches and opens needs the token.
+        if auth.enabled and request.path not in OPEN_PATHS and not page.is_page(request.path):
             try:
                 request[TOKEN] = auth.identify(presented(request))
             except TokenError as err:

@@ -33,6 +33,11 @@ async def _index(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(STATIC / "index.html")
 
 
+def is_page(path: str) -> bool:
+    """The page and its own files: served without a token (auth.py) and with the headers above."""
+    return path == "/" or path.startswith("/static/")
+
+
 async def _headers(request: web.Request, response: web.StreamResponse) -> None:
-    if request.path == "/" or request.path.startswith("/static/"):
+    if is_page(request.path):
         response.headers.update(HEADERS)

@@ -96,7 +96,7 @@ class ClientSession:
         self.last_seq = 0  # highest seq sent to this client: results never repeat or go back
         self.resume_key = ""
         self.created_at = 0.0  # the session's, kept in KV: a resume does not restart the length limit
-        self._close_code = Close.NORMAL  # how the connection closes after `done`
+        self._closing = (Close.NORMAL, b"done")  # how the connection closes after `done`
         # Live results that arrive while a resume replays missed ones from JetStream.
         self._holding: list[ClientResult] | None = None
         # How this connection ended: a drop (or an edge restart) keeps the session for a resume; a
@@ -245,7 +245,7 @@ class ClientSession:
         """Like `stop`, said first: what was spoken so far still arrives, then `done` and a 1008 close."""
         await self.fail(ProtocolError(ErrorCode.SESSION_TOO_LONG, f"sessions are limited to {limit:.0f} s; the "
                                       "rest of this one is flushed, then it closes"))
-        self._close_code = Close.POLICY
+        self._closing = (Close.POLICY, ErrorCode.SESSION_TOO_LONG.value.encode())
         await self._drain()
 
     async def _drain(self) -> None:
@@ -418,6 +418,6 @@ class ClientSession:
             if result.kind is ResultKind.END:
                 self.done.set()
                 self.phase = Phase.CLOSED
-                reason = b"done" if self._close_code is Close.NORMAL else ErrorCode.SESSION_TOO_LONG.value.encode()
-                await self.ws.close(code=self._close_code, message=reason)
+                code, reason = self._closing
+                await self.ws.close(code=code, message=reason)
                 return

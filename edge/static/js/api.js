@@ -46,6 +46,9 @@ export class HttpError extends Error {
   }
 }
 
+/** Reconnect delay after `attempt` failures in a row: 0.25 s doubling, at most 5 s. */
+export const retryDelay = (attempt) => Math.min(5000, 250 * 2 ** attempt);
+
 /** Why a close happened, for a person: the JSON error the server sent before closing wins. */
 export function describeClose(ev, lastError) {
   if (lastError) return `${lastError.message} (${lastError.code})`;

@@ -2,7 +2,7 @@
 // channel's stream clock (each binary frame: float64le stream time + MP3, appended at that time), and show
 // each caption when the audio reaches it (its `end`: every word of it has been heard), not when it arrived.
 
-import { api, describeClose } from "./api.js";
+import { api, describeClose, retryDelay } from "./api.js";
 
 const START_BUFFER_S = 2.0;   // audio buffered before playback starts: captions are ready when the audio gets there
 const MAX_BEHIND_S = 10;      // further behind the live edge than this (a stall): jump forward
@@ -58,7 +58,7 @@ export class ChannelPlayer {
     ws.onclose = (e) => {
       if (ws !== this.ws || this.leaving) return;
       if (this.lastError && ["unknown_channel", "invalid_subscribe"].includes(this.lastError.code)) return;
-      const delay = Math.min(5000, 250 * 2 ** this.attempt++);
+      const delay = retryDelay(this.attempt++);
       this.onStatus(`Connection lost (${describeClose(e, this.lastError)}); reconnecting…`, { error: true });
       setTimeout(() => { if (!this.leaving) this.connect(); }, delay);
     };

@@ -2,7 +2,7 @@
 // automatic resume. Audio captured while the connection is down is kept (up to BUFFER_S) and sent after the
 // resume, so a network drop loses neither speech nor finals.
 
-import { api, describeClose } from "./api.js";
+import { api, describeClose, retryDelay } from "./api.js";
 
 const RATE = 16000;
 const BUFFER_S = 30;                       // = the server's default resume grace
@@ -113,7 +113,7 @@ export class MicSession {
     } else if (err && GIVE_UP.has(err.code)) {
       return this.end(describeClose(e, err));
     }
-    const delay = Math.min(5000, 250 * 2 ** this.attempt++);
+    const delay = retryDelay(this.attempt++);
     this.reconnects += 1;
     this.onStatus(`Connection lost (${describeClose(e, err)}); reconnecting in ${(delay / 1000).toFixed(1)} s…`,
                   { error: true });
