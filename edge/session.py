@@ -345,21 +345,23 @@ class ClientSession:
         if c.language is not None and c.language != self.start.language:
             self.start = dataclasses.replace(self.start, language=c.language)
             await self._record(self.phase.value, only_if_ours=True)
-        if c.targets is not None:
-            self.targets = c.targets
-        if c.translate_partials is not None:
-            self.translate_partials = c.translate_partials
-        await self.announce()
+        targets = self.targets if c.targets is None else c.targets
+        partials = self.translate_partials if c.translate_partials is None else c.translate_partials
+        await self.announce(targets, partials)
+        # `configured` goes out before results are rendered with the new targets, never after one of them.
         await self.ws.send_json({
             "type": "configured", "session_id": self.session_id, "language": self.start.language,
-            "targets": list(self.targets), "translate_partials": self.translate_partials,
+            "targets": list(targets), "translate_partials": partials,
         })
+        self.targets, self.translate_partials = targets, partials
 
-    async def announce(self) -> None:
+    async def announce(self, targets: tuple[str, ...] | None = None, partials: bool | None = None) -> None:
         """(Re)write this client's listener record: what the translator translates this stream into."""
         record = ListenerRecord(
-            stream_id=self.session_id, listener_id="owner", targets=self.targets,
-            translate_partials=self.translate_partials, edge=self.edge.instance, updated_at=time.time(),
+            stream_id=self.session_id, listener_id="owner",
+            targets=self.targets if targets is None else targets,
+            translate_partials=self.translate_partials if partials is None else partials,
+            edge=self.edge.instance, updated_at=time.time(),
         )
         try:
             await listeners.put_listener(await self.edge.bus.kv(listeners.BUCKET), record)
