@@ -1,5 +1,5 @@
-"""`tolk`: up | actor NAME | exporter | nats apply | tap SUBJECT | status | token. The CLI wires processes and
-tools; it holds no actor logic."""
+"""`tolk`: up | actor NAME | exporter | nats apply | tap SUBJECT | status | token | models pull/list. The CLI
+wires processes and tools; it holds no actor logic."""
 
 from __future__ import annotations
 
@@ -40,13 +40,17 @@ def _parser() -> argparse.ArgumentParser:
                     help="embedded server port (-1: any free port)")
     up.add_argument("--nats-replicas", type=int, default=int(os.environ.get("TOLK_NATS_REPLICAS", "1")),
                     help="with --nats-url: JetStream replicas of streams and buckets (3 on a 3-node cluster)")
-    up.add_argument("--model", default=None, help="tiny.en (default) | base | /path/to/ctranslate2-whisper")
+    up.add_argument("--model", default=None, help="one STT pool on this model for every language (default: "
+                    "TOLK_STT_POOLS, else English on tiny.en and the rest on base): tiny.en | base | a "
+                    "faster-whisper name (small, large-v3, turbo…) | a Hugging Face repo id (org/name) | "
+                    "/path/to/ctranslate2-whisper")
     up.add_argument("--nats-auth", action=argparse.BooleanOptionalAction,
                     default=os.environ.get("TOLK_NATS_AUTH", "true").lower() not in ("0", "false", "no"),
                     help="embedded NATS: one user per actor with its permissions (nats/permissions.toml)")
 
     actor = sub.add_parser("actor", help="run one actor (what a Kubernetes pod runs)")
     actor.add_argument("name", choices=sorted(ACTORS))
+    actor.add_argument("--pool", default=None, help="stt: the STT pool to serve (= TOLK_STT_POOL; see TOLK_STT_POOLS)")
 
     sub.add_parser("exporter", help="JetStream consumer lag and actor health as Prometheus metrics "
                    "(= tolk actor exporter)")
@@ -72,6 +76,14 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--nats-url", default=None, help="default: TOLK_NATS_URL, else the `tolk up` in --data-dir")
     status.add_argument("--data-dir", default=os.environ.get("TOLK_DATA_DIR", "data"))
     status.add_argument("--json", action="store_true")
+
+    models = sub.add_parser("models", help="Whisper models: download ahead of time, list")
+    models_sub = models.add_subparsers(dest="models_command", required=True)
+    pull = models_sub.add_parser("pull", help="download a model into the model cache; print its folder")
+    pull.add_argument("name", help="a faster-whisper name (small, large-v3, turbo…) or a repo id (org/name)")
+    listing = models_sub.add_parser("list", help="faster-whisper's model names, and where each is found")
+    for cmd in (pull, listing):
+        cmd.add_argument("--cache", default=None, help="model cache (default: TOLK_MODEL_CACHE, ~/.cache/tolk/models)")
 
     nats = sub.add_parser("nats", help="NATS topology")
     nats_sub = nats.add_subparsers(dest="nats_command", required=True)
@@ -137,20 +149,49 @@ def main(argv: list[str] | None = None) -> int:
         configure_logging("WARNING")
         return _tool(args)
     configure_logging(os.environ.get("TOLK_LOG_LEVEL", "INFO"))
+    if args.command == "models":
+        return _models(args)
     if args.command in ("actor", "exporter"):
+        if getattr(args, "pool", None):
+            os.environ["TOLK_STT_POOL"] = args.pool
         module = importlib.import_module(ACTORS[getattr(args, "name", "exporter")])
         asyncio.run(serve(module.create))
         return 0
     if args.command == "nats":
         asyncio.run(_apply(args.nats_url, args.replicas))
         return 0
+    from actors.runtime.settings import SettingsError
     from actors.supervisor import Supervisor, UpOptions
 
-    extra = {"TOLK_MODEL": args.model} if args.model else {}
+    # --model: one STT pool on that model (it wins over a TOLK_STT_POOLS in the environment).
+    extra = {"TOLK_MODEL": args.model, "TOLK_STT_POOLS": ""} if args.model else {}
     opts = UpOptions(nats_url=args.nats_url, data_dir=Path(args.data_dir), host=args.host, port=args.port,
                      nats_port=args.nats_port, nats_replicas=args.nats_replicas, extra_env=extra,
                      nats_auth=args.nats_auth)
-    return asyncio.run(Supervisor(opts).run())
+    try:
+        supervisor = Supervisor(opts)
+    except SettingsError as exc:
+        print(f"tolk up: {exc}", file=sys.stderr)
+        return 2
+    return asyncio.run(supervisor.run())
+
+
+def _models(args: argparse.Namespace) -> int:
+    """`tolk models pull|list`: stdout is the folder (or the table); the log and any error go to stderr."""
+    from actors.stt import hub
+    from actors.stt.models import ModelError
+
+    cache = args.cache or hub.default_cache()
+    try:
+        if args.models_command == "pull":
+            print(hub.pull(args.name, cache))
+            return 0
+        for item in hub.listing(cache):
+            print(f"{item.name:<20} {item.repo:<46} {item.where or '-'}")
+        return 0
+    except ModelError as exc:
+        print(f"tolk models {args.models_command}: {exc}", file=sys.stderr)
+        return 2
 
 
 def _tool(args: argparse.Namespace) -> int:

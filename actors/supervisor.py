@@ -2,7 +2,8 @@
 
 Starts the embedded nats-server (unless --nats-url) with one user per actor (nats/permissions.toml, fresh
 random passwords each start, handed to each child in its environment only), applies the topology, starts the pipeline
-actors, waits until they report ready, then the edge. Crashed actors are restarted with backoff.
+actors (an STT child per STT pool, `stt-<pool>`, each with its own TOLK_STT_POOL), waits until they report ready,
+then the edge. Crashed actors are restarted with backoff.
 SIGINT/SIGTERM drain: the edge stops first (no new audio), then the pipeline, then NATS.
 """
 
@@ -17,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from actors.runtime import permissions, topology
+from actors.runtime import permissions, pools, topology
 from actors.runtime.actor import heartbeats
 from actors.runtime.bus import Bus, NatsAuth
 from actors.runtime.embedded import EmbeddedNats, die_with_parent
@@ -29,15 +30,17 @@ PIPELINE = ("segmenter", "stt", "translator", "fanout", "ingest", "exporter")
 
 @dataclass
 class Child:
-    name: str
+    name: str  # in the log: the actor, or `stt-<pool>`
     env: dict[str, str] = field(repr=False)  # holds its NATS password
+    actor: str = ""  # what `tolk actor` runs (default: name); the pool travels in TOLK_STT_POOL, not argv
     proc: asyncio.subprocess.Process | None = None
     restarts: int = 0
     started: float = 0.0
 
     async def spawn(self) -> None:
         self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "actors.cli", "actor", self.name, env=self.env, preexec_fn=die_with_parent
+            sys.executable, "-m", "actors.cli", "actor", self.actor or self.name, env=self.env,
+            preexec_fn=die_with_parent,
         )
         self.started = time.monotonic()
         log.info("started %s (pid %d)", self.name, self.proc.pid)
@@ -70,6 +73,10 @@ class UpOptions:
 class Supervisor:
     def __init__(self, opts: UpOptions) -> None:
         self.opts = opts
+        # Parsed once here (a malformed TOLK_STT_POOLS stops `tolk up` before anything starts), then handed to
+        # every child in its canonical form, so all of them route alike.
+        self.pools = pools.load({**os.environ, **opts.extra_env})
+        self.topo = topology.load(pools=self.pools)
         self.nats: EmbeddedNats | None = None
         self.children: list[Child] = []
         self._stop = asyncio.Event()
@@ -83,11 +90,11 @@ class Supervisor:
             url = await self._nats()
             bus = await Bus.connect(url, name="tolk-up", auth=self._auth(permissions.ADMIN))
             try:
-                await topology.apply(bus.js, topology.load(), replicas=self.opts.nats_replicas)
+                await topology.apply(bus.js, self.topo, replicas=self.opts.nats_replicas)
                 # Many actors on one host: each takes any free metrics port (announced in its heartbeat).
-                env = {**os.environ, **self.opts.extra_env, "TOLK_NATS_URL": url,
+                env = {**os.environ, **self.opts.extra_env, "TOLK_NATS_URL": url, pools.ENV_POOLS: self.pools.spec,
                        "TOLK_METRICS_HOST": self.opts.host, "TOLK_METRICS_PORT": "0"}
-                self.children = [Child(name, self._env(env, name)) for name in PIPELINE]
+                self.children = [child for name in PIPELINE for child in self._children(env, name)]
                 for child in self.children:
                     await child.spawn()
                 if not await self._wait_ready(bus):
@@ -109,7 +116,7 @@ class Supervisor:
             return self.opts.nats_url
         authorization = ""
         if self.opts.nats_auth:
-            by_user = permissions.grants(topology.load().partitions)
+            by_user = permissions.grants(self.topo.partitions)
             self._passwords = permissions.new_passwords(by_user)
             authorization = permissions.authorization(self._passwords, by_user)
         self.nats = EmbeddedNats(self.opts.data_dir, port=self.opts.nats_port, authorization=authorization)
@@ -128,12 +135,20 @@ class Supervisor:
         env = {k: v for k, v in base.items() if k != "TOLK_NATS_CREDS"}
         return {**env, "TOLK_NATS_USER": actor, "TOLK_NATS_PASSWORD": self._passwords[actor]}
 
+    def _children(self, env: dict[str, str], actor: str) -> list[Child]:
+        """One child per actor; STT one per pool, each serving its own (the models differ)."""
+        if actor != "stt":
+            return [Child(actor, self._env(env, actor))]
+        return [Child(f"stt-{p.name}", {**self._env(env, actor), pools.ENV_POOL: p.name}, actor=actor)
+                for p in self.pools.pools]
+
     async def _wait_ready(self, bus: Bus) -> bool:
+        """Every child ready, each STT pool included (an English-only ready STT is no help to German)."""
         deadline = time.monotonic() + self.opts.ready_timeout_s
-        pids = {c.proc.pid for c in self.children if c.proc}
         while time.monotonic() < deadline and not self._stop.is_set():
-            ready = {beat.actor for beat in await heartbeats(bus) if beat.ready and beat.pid in pids}
-            if ready >= set(PIPELINE):
+            pids = {c.proc.pid for c in self.children if c.proc}
+            ready = {beat.pid for beat in await heartbeats(bus) if beat.ready and beat.pid in pids}
+            if ready >= pids:
                 return True
             dead = [c.name for c in self.children if c.proc and c.proc.returncode is not None]
             if dead:

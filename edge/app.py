@@ -18,7 +18,7 @@ from aiohttp import web
 from nats.js.errors import KeyDeletedError, KeyNotFoundError, NoKeysError
 from nats.js.kv import KeyValue
 
-from actors.runtime import channels, listeners, settings, topology
+from actors.runtime import channels, listeners, pools, settings, topology
 from actors.runtime.actor import Actor, RuntimeSettings, heartbeats
 from actors.runtime.bus import Bus
 from edge import auth, page
@@ -65,7 +65,7 @@ class EdgeSettings:
     tls_key: str = ""  # its PEM private key file
     max_sessions: int = 0  # microphone sessions on this edge at once (0: no limit); more get `overloaded` (1013)
     max_sessions_per_token: int = 0  # microphone sessions at once per API token on this edge (0: no limit)
-    shed_backlog: int = 100  # finals waiting for STT (stt-final lag) above which new sessions are refused
+    shed_backlog: int = 100  # finals waiting for the session's STT pool (stt-final-<pool> lag): refuse above this
     max_session_s: float = 14400.0  # a session's longest life, resumes included (0: no limit)
     resume_grace_s: float = 30.0  # a dropped client's session waits this long for a resume before it is ended
     api_tokens: str = field(default="", repr=False)  # comma-separated; with token_secret empty too: no authentication
@@ -95,7 +95,8 @@ class Edge(Actor):
         self._runner: web.AppRunner | None = None
         self._ready_cache: tuple[float, dict[str, int]] = (0.0, {})
         self._ending: dict[str, asyncio.Task[None]] = {}
-        self._backlog: tuple[float, int] = (0.0, 0)
+        self.stt_pools = pools.load()  # a new session is shed on the backlog of the pool its language goes to
+        self._backlog: dict[str, tuple[float, int]] = {}
         self._tasks: set[asyncio.Task[None]] = set()  # detached sessions waiting out the resume grace
         self.app = web.Application(client_max_size=cfg.max_frame_bytes,
                                    middlewares=[auth.middleware(auth.Authenticator(
@@ -170,7 +171,7 @@ class Edge(Actor):
         task.add_done_callback(self._tasks.discard)
         return task
 
-    async def admit(self, token: str = "") -> None:
+    async def admit(self, token: str = "", language: str = "auto") -> None:
         """Load shedding for new microphone sessions: refusing one is better than every session falling behind.
         A resume is never refused here: it is a session already admitted."""
         per_token = self.cfg.max_sessions_per_token
@@ -180,22 +181,25 @@ class Edge(Actor):
         if self.cfg.max_sessions and len(self.sessions) >= self.cfg.max_sessions:
             raise ProtocolError(ErrorCode.OVERLOADED, f"this server is at its limit of {self.cfg.max_sessions} "
                                 "sessions; try again shortly")
-        backlog = await self.stt_backlog()
+        backlog = await self.stt_backlog(language)
         if self.cfg.shed_backlog and backlog > self.cfg.shed_backlog:
             raise ProtocolError(ErrorCode.OVERLOADED, f"speech recognition is {backlog} utterances behind; try "
                                 "again shortly")
 
-    async def stt_backlog(self) -> int:
-        """Finals not yet handed to any STT replica (cached 2 s; 0 if NATS cannot say)."""
-        at, value = self._backlog
+    async def stt_backlog(self, language: str = "auto") -> int:
+        """Finals not yet handed to any STT replica of the pool serving `language` (cached 2 s per pool; 0 if
+        NATS cannot say)."""
+        pool = self.stt_pools.route(language).name
+        at, value = self._backlog.get(pool, (0.0, 0))
         if time.monotonic() - at < 2.0:
             return value
         try:
-            value = int((await self.bus.js.consumer_info("TOLK_SEGMENTS", "stt-final")).num_pending or 0)
+            info = await self.bus.js.consumer_info("TOLK_SEGMENTS", pools.durable("final", pool))
+            value = int(info.num_pending or 0)
         except Exception as exc:
-            log.warning("stt backlog unknown: %s", exc)
+            log.warning("stt backlog of pool %s unknown: %s", pool, exc)
             value = 0
-        self._backlog = (time.monotonic(), value)
+        self._backlog[pool] = (time.monotonic(), value)
         return value
 
     def end_later(self, sid: str, epoch: int, partition: int, start: Start | None) -> None:

@@ -261,7 +261,7 @@ class ClientSession:
         if current is not None and not resuming:
             raise ProtocolError(ErrorCode.SESSION_IN_USE, f"session {sid} is already streaming")
         if not resuming:
-            await self.edge.admit(self.token)
+            await self.edge.admit(self.token, start.language)
         # Claimed before anything of this connection is set: a refused start leaves the session untouched.
         epoch = await self._attach(sid, start)
         self.start, self.session_id, self.epoch = start, sid, epoch

@@ -26,6 +26,7 @@ from typing import Any
 
 import psutil
 
+from actors.runtime import pools
 from loadtest.broadcast import free_port, start_tolk, wait_ready
 from loadtest.client import SessionRun, stream_pcm
 from loadtest.speech import Clip, clips
@@ -56,9 +57,11 @@ class FaultResult:
 
 
 def actor_process(root: psutil.Process, actor: str) -> psutil.Process | None:
+    """The child running `actor`; for stt, the one of the STT pool the (English) clips go to."""
+    pool = pools.load().route("en").name
     for p in root.children(recursive=True):
         try:
-            if f"actor {actor}" in " ".join(p.cmdline()):
+            if f"actor {actor}" in " ".join(p.cmdline()) and p.environ().get(pools.ENV_POOL, pool) == pool:
                 return p
         except psutil.Error:
             continue

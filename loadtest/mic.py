@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 
+from actors.runtime import pools
 from loadtest.client import SessionRun, stream_pcm
 from loadtest.speech import Clip, clips
 from loadtest.wer import corpus_wer
@@ -91,6 +92,8 @@ class ActorSampler:
                 cmd = p.cmdline()
                 name = cmd[cmd.index("actor") + 1] if "actor" in cmd else (
                     "nats-server" if "nats-server" in " ".join(cmd[:1]) else "supervisor")
+                if name == "stt" and p.environ().get("TOLK_STT_POOL"):  # one STT process per pool
+                    name = f"stt-{p.environ()['TOLK_STT_POOL']}"
                 out[name] = p
         return out
 
@@ -181,7 +184,8 @@ def render(rows: list[Row], args: argparse.Namespace, machine: str) -> str:
         "",
         f"- command: `python -m loadtest.mic {' '.join(sys.argv[1:])}`",
         f"- machine: {machine}",
-        f"- model: {os.environ.get('TOLK_MODEL', 'tiny.en')}; each session streams ≈{args.seconds:.0f} s of real "
+        f"- STT pools: `{pools.load().spec}` (English: {pools.load().route('en').model}); each session streams "
+        f"≈{args.seconds:.0f} s of real "
         "speech at real-time pace" + (f", translated into {', '.join(args.targets)}" if args.targets else ""),
         "- latency is client-side: audio leaving the client → text arriving (final: from the end of speech, so it "
         "includes the 500 ms endpoint silence)",

@@ -1,63 +1,76 @@
-"""Normalised word error rate, as ASR benchmarks report it (lower-case, no punctuation, digits spelt)."""
+"""Word error rate as Whisper's papers report it: Whisper's own text normalisers, jiwer's alignment.
+
+English goes through `EnglishTextNormalizer` (spelling variants, numbers to digits, contractions),
+every other language through `BasicTextNormalizer` (case, diacritics kept, punctuation and brackets
+dropped), so figures compare with published Whisper numbers.
+"""
 
 from __future__ import annotations
 
-import re
-import unicodedata
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import cache
 
-_ONES = "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "\
-    "seventeen eighteen nineteen".split()
-_TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
-
-
-def _under_100(n: int) -> str:
-    return _ONES[n] if n < 20 else _TENS[n // 10] + ("" if n % 10 == 0 else " " + _ONES[n % 10])
+import jiwer
+from whisper_normalizer.basic import BasicTextNormalizer
+from whisper_normalizer.english import EnglishTextNormalizer
 
 
-def _cardinal(n: int) -> str:
-    if n < 100:
-        return _under_100(n)
-    if n < 1000:
-        rest = n % 100
-        return _ONES[n // 100] + " hundred" + (" " + _under_100(rest) if rest else "")
-    if n < 1_000_000:
-        rest = n % 1000
-        return _cardinal(n // 1000) + " thousand" + (" " + _cardinal(rest) if rest else "")
-    return " ".join(_ONES[int(d)] for d in str(n))
+@cache
+def _english() -> EnglishTextNormalizer:
+    return EnglishTextNormalizer()
 
 
-def spell_number(token: str) -> str:
-    n = int(token)
-    if len(token) == 4 and 1100 <= n <= 1999 and n % 100 != 0:  # years: 1813 → eighteen thirteen
-        return _under_100(n // 100) + " " + _under_100(n % 100)
-    return _cardinal(n)
+@cache
+def _basic() -> BasicTextNormalizer:
+    return BasicTextNormalizer()
 
 
-def normalise(text: str) -> list[str]:
-    text = unicodedata.normalize("NFKC", text).lower()
-    text = re.sub(r"(\d),(\d{3})", r"\1\2", text)
-    text = re.sub(r"\d+", lambda m: " " + spell_number(m.group()) + " ", text)
-    text = re.sub(r"[-‐–—/]", " ", text)
-    text = re.sub(r"[^\w\s']", " ", text)
-    text = re.sub(r"(?<!\w)'|'(?!\w)", " ", text)
-    return text.split()
+def normalise(text: str, language: str = "en") -> list[str]:
+    """Words after Whisper's normaliser for `language` (English rules only for English)."""
+    norm = _english() if language.split("-")[0] == "en" else _basic()
+    return str(norm(text)).split()
 
 
-def edit_distance(ref: list[str], hyp: list[str]) -> int:
-    prev = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        cur = [i] + [0] * len(hyp)
-        for j, h in enumerate(hyp, 1):
-            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r != h))
-        prev = cur
-    return prev[-1]
+@dataclass(frozen=True)
+class Counts:
+    """Edit operations of an alignment; add them up over clips for a corpus figure."""
+
+    substitutions: int = 0
+    deletions: int = 0
+    insertions: int = 0
+    words: int = 0  # in the reference
+
+    @property
+    def errors(self) -> int:
+        return self.substitutions + self.deletions + self.insertions
+
+    @property
+    def wer(self) -> float:
+        return self.errors / max(1, self.words)
+
+    def __add__(self, other: Counts) -> Counts:
+        return Counts(self.substitutions + other.substitutions, self.deletions + other.deletions,
+                      self.insertions + other.insertions, self.words + other.words)
 
 
-def corpus_wer(pairs: list[tuple[str, str]]) -> float:
-    """Sum of edits over sum of reference words: long clips weigh as much as they speak."""
-    errors = words = 0
+def counts(reference: str, hypothesis: str, language: str = "en") -> Counts:
+    ref, hyp = normalise(reference, language), normalise(hypothesis, language)
+    if not ref:
+        return Counts(insertions=len(hyp))
+    if not hyp:
+        return Counts(deletions=len(ref), words=len(ref))
+    out = jiwer.process_words(" ".join(ref), " ".join(hyp))
+    return Counts(out.substitutions, out.deletions, out.insertions, len(ref))
+
+
+def corpus_counts(pairs: Iterable[tuple[str, str]], language: str = "en") -> Counts:
+    total = Counts()
     for ref, hyp in pairs:
-        r, h = normalise(ref), normalise(hyp)
-        errors += edit_distance(r, h)
-        words += len(r)
-    return errors / max(1, words)
+        total = total + counts(ref, hyp, language)
+    return total
+
+
+def corpus_wer(pairs: Iterable[tuple[str, str]], language: str = "en") -> float:
+    """Sum of edits over sum of reference words: long clips weigh as much as they speak."""
+    return corpus_counts(pairs, language).wer

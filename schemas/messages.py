@@ -92,6 +92,10 @@ class Segment(_Msg, frozen=True):
     speech_start: float = 0.0  # stream seconds of the VAD onset (`start` includes pre-roll)
     endpoint: Endpoint = Endpoint.NONE
     stream_id: str = ""
+    # On the final subject, kind FINAL, but not a final: the audio a final will carry if the pause goes on
+    # (sent once the tail pad of silence has passed). STT may decode it early and reuse that for the final;
+    # no transcript is published for it.
+    speculative: bool = False
 
 
 class Word(msgspec.Struct, frozen=True):
@@ -230,6 +234,7 @@ class ActorHeartbeat(_Msg, frozen=True):
     ready: bool
     detail: str = ""
     metrics_port: int = 0  # the actor's /metrics and probes (0: none)
+    info: dict[str, str] = {}  # what the actor serves, e.g. stt: {"pool", "model", "languages"}
 
 
 def client_result(t: Transcript, text: str, stable: str) -> ClientResult:

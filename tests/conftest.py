@@ -35,6 +35,9 @@ os.environ["HF_HOME"] = str(HF_HOME)
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.pop("HF_HUB_CACHE", None)
 os.environ.pop("TRANSFORMERS_CACHE", None)
+# Every `tolk up` and actor the tests start runs one STT pool on tiny.en (README "STT pools"): what all of them
+# but test_pools.py need, without the default pools' second model. test_pools.py runs the default pools.
+os.environ.setdefault("TOLK_MODEL", "tiny.en")
 
 
 def pytest_configure(config: pytest.Config) -> None:

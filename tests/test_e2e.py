@@ -14,7 +14,7 @@ import pytest
 import soxr
 
 import nats
-from actors.runtime import permissions
+from actors.runtime import permissions, pools
 from loadtest.client import SessionRun, stream_pcm
 from loadtest.speech import Clip, clips
 from loadtest.wer import corpus_wer
@@ -226,8 +226,9 @@ def embedded_admin(tolk: Running) -> dict[str, str]:
 async def test_garbage_on_internal_subjects_crashes_no_actor(tolk: Running) -> None:
     nc = await nats.connect(embedded_nats_url(tolk), **embedded_admin(tolk))
     js = nc.jetstream()
-    for subject in ("tolk.audio.0.junk", "tolk.segment.final.0.junk", "tolk.segment.partial.0.junk",
-                    "tolk.transcript.0.junk", "tolk.result.0.junk"):
+    pool = pools.load().route("en").name
+    for subject in ("tolk.audio.0.junk", pools.subject("final", pool, 0, "junk"),
+                    pools.subject("partial", pool, 0, "junk"), "tolk.transcript.0.junk", "tolk.result.0.junk"):
         for payload in (b"", b"\xff\xfe garbage", json.dumps({"v": 1}).encode()):
             await js.publish(subject, payload)
     # A listener record that is not one: the translator ignores it, the session below still works.

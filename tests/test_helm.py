@@ -148,6 +148,20 @@ def workloads(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def actor_of(name: str) -> str:
+    """The actor a workload runs: STT's are one per pool, component `stt-<pool>`."""
+    return "stt" if name.startswith("stt-") else name
+
+
+def stt_pools(value_set: str) -> list[str]:
+    return [p["name"] for p in effective_values(value_set)["stt"]["pools"]]
+
+
+def expected_workloads(value_set: str) -> set[str]:
+    actors = set(ACTORS) - {"stt"} - ({"exporter"} if value_set == "minimal" else set())
+    return actors | {f"stt-{pool}" for pool in stt_pools(value_set)}
+
+
 def pod_spec(doc: dict[str, Any]) -> dict[str, Any]:
     return doc["spec"]["template"]["spec"]
 
@@ -285,10 +299,11 @@ def test_every_option_on_validates() -> None:
         "speech-segmenter",
         "speech-fanout",
     }
-    stt = workloads(docs)["stt"]
-    assert pod_spec(stt)["runtimeClassName"] == "nvidia"
-    assert container(stt)["resources"]["limits"]["nvidia.com/gpu"] == 2
-    assert env(container(stt))["TOLK_BATCH_SIZE"] == "8"
+    for pool in ("en", "multi"):  # the stt defaults reach every pool
+        stt = workloads(docs)[f"stt-{pool}"]
+        assert pod_spec(stt)["runtimeClassName"] == "nvidia"
+        assert container(stt)["resources"]["limits"]["nvidia.com/gpu"] == 2
+        assert env(container(stt))["TOLK_BATCH_SIZE"] == "8"
     nats = named(docs, "StatefulSet", "speech-nats")
     assert nats["spec"]["volumeClaimTemplates"][0]["spec"]["storageClassName"] == ""
     assert named(docs, "PersistentVolumeClaim", "speech-models")["spec"]["storageClassName"] == "fast"
@@ -316,13 +331,12 @@ def test_schema_rejects_wrong_types() -> None:
 def test_one_workload_per_actor_with_its_command(value_set: str) -> None:
     docs = rendered(value_set)
     found = workloads(docs)
-    expected = set(ACTORS) - ({"exporter"} if value_set == "minimal" else set())
-    assert set(found) == expected
+    assert set(found) == expected_workloads(value_set)
     for name, doc in found.items():
         c = container(doc)
-        assert c["name"] == name
+        assert c["name"] == actor_of(name)
         assert c["command"] == ["tolk"]
-        assert c["args"] == ["actor", name]
+        assert c["args"] == ["actor", actor_of(name)]
         assert doc["kind"] == ("StatefulSet" if name in PARTITIONED else "Deployment")
         assert c["image"] == "ghcr.io/tolk/tolk:0.1.0"
         assert env(c)["TOLK_NATS_URL"].startswith("nats://")
@@ -455,14 +469,14 @@ def test_channels_configmap_is_mounted_into_edge_and_ingest_only() -> None:
 
 def test_gpu_resources_and_placement_only_on_stt() -> None:
     docs = rendered("production")
-    stt = workloads(docs)["stt"]
+    stt = workloads(docs)["stt-all"]
     spec, c = pod_spec(stt), container(stt)
     assert c["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert spec["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
     assert env(c)["TOLK_DEVICE"] == "cuda"
     for where, other in pod_specs(docs):
-        if where.endswith("-stt"):
+        if "-stt-" in where:
             continue
         assert "nvidia.com/gpu.present" not in other.get("nodeSelector", {}), where
         assert not other.get("tolerations"), where
@@ -472,18 +486,99 @@ def test_gpu_resources_and_placement_only_on_stt() -> None:
 
 
 def test_stt_on_cpu_by_default() -> None:
-    stt = workloads(rendered("default"))["stt"]
-    assert "nvidia.com/gpu" not in json.dumps(container(stt)["resources"])
-    assert "nodeSelector" not in pod_spec(stt)
-    assert env(container(stt))["TOLK_DEVICE"] == "cpu"
-    assert env(container(stt))["TOLK_MODEL"] == "tiny.en"
+    for pool in ("en", "multi"):
+        stt = workloads(rendered("default"))[f"stt-{pool}"]
+        assert "nvidia.com/gpu" not in json.dumps(container(stt)["resources"])
+        assert "nodeSelector" not in pod_spec(stt)
+        assert env(container(stt))["TOLK_DEVICE"] == "cpu"
+
+
+@pytest.mark.parametrize("value_set", list(VALUE_SETS))
+def test_one_stt_deployment_per_pool_and_every_pod_knows_the_pools(value_set: str) -> None:
+    """stt.pools → a Deployment `<release>-stt-<pool>` each, serving its pool (TOLK_STT_POOL); the same
+    TOLK_STT_POOLS in every pod (the segmenter routes by it, the edge sheds by it) and in the topology Job
+    (which declares each pool's durables)."""
+    docs = rendered(value_set)
+    pools = effective_values(value_set)["stt"]["pools"]
+    spec = ";".join(f"{p['name']}={p['model']}:{','.join(p['languages'])}" for p in pools)
+    for p in pools:
+        deployment = named(docs, "Deployment", f"tolk-stt-{p['name']}")
+        e = env(container(deployment))
+        assert e["TOLK_STT_POOL"] == p["name"]
+        assert "TOLK_MODEL" not in e  # the pool's model comes from TOLK_STT_POOLS
+        selector = deployment["spec"]["selector"]["matchLabels"]
+        assert selector["app.kubernetes.io/component"] == f"stt-{p['name']}"
+        assert deployment["spec"]["template"]["metadata"]["labels"].items() >= selector.items()
+    for where, spec_ in pod_specs(docs):
+        if "nats" not in where or "topology" in where:
+            assert env(spec_["containers"][0])["TOLK_STT_POOLS"] == spec, where
+    from actors.runtime import pools as stt_pools  # what the actors will make of it
+
+    assert stt_pools.parse(spec).names == tuple(p["name"] for p in pools)
+
+
+def test_defaults_mirror_tolk_up() -> None:
+    from actors.runtime import pools as stt_pools
+
+    assert env(container(workloads(rendered("default"))["stt-en"]))["TOLK_STT_POOLS"] == stt_pools.DEFAULT
+
+
+def test_a_pools_own_keys_override_the_stt_defaults() -> None:
+    docs = render({"stt": {
+        "gpu": {"enabled": True}, "keda": {"enabled": True}, "resources": {"limits": {"memory": "6Gi"}},
+        "pools": [
+            {"name": "en", "model": "/models/distil-large-v3", "languages": ["en"], "replicas": 3,
+             "gpu": {"enabled": False}, "autoscaling": {"enabled": False}, "keda": {"enabled": False},
+             "resources": {"requests": {"cpu": "3"}}, "nodeSelector": {"pool": "cpu"}},
+            {"name": "de", "model": "small", "languages": ["de", "nl"], "keda": {"maxReplicaCount": 2}},
+            {"name": "multi", "model": "/models/large-v3", "languages": ["*"], "gpu": {"count": 2}},
+        ]}})
+    validate_all(docs)
+    en, de, multi = (workloads(docs)[f"stt-{p}"] for p in ("en", "de", "multi"))
+    assert en["spec"]["replicas"] == 3 and env(container(en))["TOLK_DEVICE"] == "cpu"  # false wins over true
+    assert container(en)["resources"] == {"limits": {"memory": "6Gi"}, "requests": {"cpu": "3", "memory": "1Gi"}}
+    assert pod_spec(en)["nodeSelector"] == {"pool": "cpu"}
+    assert container(multi)["resources"]["limits"]["nvidia.com/gpu"] == 2
+    assert env(container(de))["TOLK_DEVICE"] == "cuda" and "replicas" not in de["spec"]
+    objects = {d["metadata"]["name"]: d["spec"] for d in of_kind(docs, "ScaledObject")}
+    assert set(objects) == {"tolk-stt-de", "tolk-stt-multi"}  # each on its own pool's finals
+    assert objects["tolk-stt-de"]["maxReplicaCount"] == 2 and objects["tolk-stt-multi"]["maxReplicaCount"] == 8
+    assert [t["metadata"]["consumer"] for t in objects["tolk-stt-de"]["triggers"]] == ["stt-final-de"]
+    assert env(container(en))["TOLK_STT_POOLS"] == ("en=/models/distil-large-v3:en;de=small:de,nl;"
+                                                   "multi=/models/large-v3:*")
+
+
+@pytest.mark.parametrize("pools, message", [
+    ([{"name": "en", "model": "tiny.en", "languages": ["en"]}], "exactly one pool must have languages"),
+    ([{"name": "a", "model": "base", "languages": ["*"]}, {"name": "b", "model": "small", "languages": ["*"]}],
+     "exactly one pool must have languages"),
+    ([{"name": "a", "model": "base", "languages": ["*"]}, {"name": "a", "model": "small", "languages": ["de"]}],
+     "the name a is used twice"),
+    ([{"name": "a", "model": "base", "languages": ["*"]}, {"name": "b", "model": "small", "languages": ["de"]},
+      {"name": "c", "model": "small", "languages": ["de"]}], "language de is in pools b and c"),
+    ([{"name": "a", "model": "base", "languages": ["de", "*"]}], "stands alone"),
+])
+def test_inconsistent_pools_fail(pools: list[dict[str, Any]], message: str) -> None:
+    assert message in render_error({"stt": {"pools": pools}})
+
+
+def test_pool_values_are_checked_by_the_schema() -> None:
+    for pool in ({"name": "En_1", "model": "base", "languages": ["*"]},
+                 {"name": "a", "model": "x;y", "languages": ["*"]},
+                 {"name": "a", "model": "base", "languages": ["english"]},
+                 {"name": "a", "languages": ["*"]}):
+        with pytest.raises(helm.HelmValuesError, match="stt/pools/0"):
+            render_raw({"stt": {"pools": [pool]}})
+    with pytest.raises(helm.HelmValuesError, match="stt/pools"):
+        render_raw({"stt": {"pools": []}})
+    assert "stt.model is replaced by stt.pools" in render_error({"stt": {"model": "base"}})
 
 
 def test_model_volume_for_stt_and_translator() -> None:
     docs = rendered("production")
     pvc = named(docs, "PersistentVolumeClaim", "tolk-models")
     assert pvc["spec"]["accessModes"] == load_values("production")["models"]["persistence"]["accessModes"]
-    for name in ("stt", "translator"):
+    for name in ("stt-all", "translator"):
         doc = workloads(docs)[name]
         volume = next(v for v in pod_spec(doc)["volumes"] if v["name"] == "models")
         assert volume["persistentVolumeClaim"]["claimName"] == "tolk-models"
@@ -499,7 +594,7 @@ def test_model_volume_for_stt_and_translator() -> None:
     # An existing claim: mounted, not created.
     existing = render({"models": {"persistence": {"enabled": True, "existingClaim": "whisper-models"}}})
     assert not of_kind(existing, "PersistentVolumeClaim")
-    volume = next(v for v in pod_spec(workloads(existing)["stt"])["volumes"] if v["name"] == "models")
+    volume = next(v for v in pod_spec(workloads(existing)["stt-en"])["volumes"] if v["name"] == "models")
     assert volume["persistentVolumeClaim"]["claimName"] == "whisper-models"
 
 
@@ -510,10 +605,10 @@ def test_keda_replaces_the_hpa() -> None:
     docs = rendered("production")
     hpa_targets = {d["spec"]["scaleTargetRef"]["name"] for d in of_kind(docs, "HorizontalPodAutoscaler")}
     objects = {d["spec"]["scaleTargetRef"]["name"]: d for d in of_kind(docs, "ScaledObject")}
-    assert set(objects) == {"tolk-stt", "tolk-translator"}
+    assert set(objects) == {"tolk-stt-all", "tolk-translator"}
     assert hpa_targets == {"tolk-edge"}
     expected = {
-        "tolk-stt": ("TOLK_SEGMENTS", "stt-final", "10"),
+        "tolk-stt-all": ("TOLK_SEGMENTS", "stt-final-all", "10"),
         "tolk-translator": ("TOLK_TRANSCRIPTS", "translator", "50"),
     }
     for target, (stream, consumer, lag) in expected.items():
@@ -530,14 +625,16 @@ def test_keda_replaces_the_hpa() -> None:
 def test_cpu_hpas_by_default_and_keda_endpoint_of_in_chart_nats() -> None:
     docs = rendered("default")
     hpas = {d["spec"]["scaleTargetRef"]["name"]: d for d in of_kind(docs, "HorizontalPodAutoscaler")}
-    assert set(hpas) == {"tolk-edge", "tolk-stt", "tolk-translator"}
+    assert set(hpas) == {"tolk-edge", "tolk-stt-en", "tolk-stt-multi", "tolk-translator"}
     for hpa in hpas.values():
         assert hpa["apiVersion"] == "autoscaling/v2"
         metric = hpa["spec"]["metrics"][0]["resource"]
         assert metric["name"] == "cpu" and metric["target"]["type"] == "Utilization"
     assert not of_kind(docs, "ScaledObject")
     keda = render({"stt": {"keda": {"enabled": True}}})
-    so = named(keda, "ScaledObject", "tolk-stt")
+    so = named(keda, "ScaledObject", "tolk-stt-en")
+    assert named(keda, "ScaledObject", "tolk-stt-multi")["spec"]["triggers"][0]["metadata"]["consumer"] == (
+        "stt-final-multi")
     # The KEDA operator lives in another namespace: a fully qualified name of the per-server (headless) Service.
     assert so["spec"]["triggers"][0]["metadata"]["natsServerMonitoringEndpoint"] == (
         f"tolk-nats-headless.{NAMESPACE}.svc.cluster.local:8222"
@@ -558,7 +655,7 @@ def test_pdbs() -> None:
     assert set(default) == {"tolk-edge", "tolk-nats"}
     assert default["tolk-nats"]["spec"]["maxUnavailable"] == 1
     production = {d["metadata"]["name"] for d in of_kind(rendered("production"), "PodDisruptionBudget")}
-    assert production == {"tolk-edge", "tolk-stt"}
+    assert production == {"tolk-edge", "tolk-stt-all"}
 
 
 # ------------------------------------------------------------------------------------------- NATS
@@ -636,8 +733,8 @@ def test_each_actor_is_its_own_nats_user() -> None:
     assert all(len(base64.b64decode(v)) == 32 for v in secret["data"].values())
     for name, doc in workloads(docs).items():
         e = env(container(doc))
-        assert e["TOLK_NATS_USER"] == name
-        assert e["TOLK_NATS_PASSWORD"] == {"secretKeyRef": {"name": "tolk-nats-users", "key": name}}
+        assert e["TOLK_NATS_USER"] == actor_of(name)  # every STT pool logs in as `stt`
+        assert e["TOLK_NATS_PASSWORD"] == {"secretKeyRef": {"name": "tolk-nats-users", "key": actor_of(name)}}
     e = env(container(named(docs, "Job", "tolk-topology")))
     assert e["TOLK_NATS_USER"] == "admin"
     assert e["TOLK_NATS_PASSWORD"] == {"secretKeyRef": {"name": "tolk-nats-users", "key": "admin"}}
@@ -663,7 +760,7 @@ def test_each_actor_is_its_own_nats_user() -> None:
     production = rendered("production")
     assert "TOLK_NATS_USER" not in env(container(workloads(production)["edge"]))
     external = render({"nats": {"install": False, "url": "nats://nats:4222", "actorUsers": {"existingSecret": "mine"}}})
-    assert env(container(workloads(external)["stt"]))["TOLK_NATS_PASSWORD"] == {
+    assert env(container(workloads(external)["stt-multi"]))["TOLK_NATS_PASSWORD"] == {
         "secretKeyRef": {"name": "mine", "key": "stt"}}
 
 
@@ -813,7 +910,8 @@ def test_topology_job_is_a_hook_running_nats_apply(value_set: str) -> None:
     c = container(job)
     assert c["command"] == ["tolk"]
     assert c["args"] == ["nats", "apply", "--replicas", str(values["nats"]["jetstreamReplicas"])]
-    assert env(c)["TOLK_NATS_URL"] == env(container(workloads(docs)["stt"]))["TOLK_NATS_URL"]
+    stt = workloads(docs)[f"stt-{stt_pools(value_set)[0]}"]
+    assert env(c)["TOLK_NATS_URL"] == env(container(stt))["TOLK_NATS_URL"]
     assert pod_spec(job)["restartPolicy"] == "Never"
 
 
@@ -827,7 +925,7 @@ def test_topology_job_can_be_turned_off() -> None:
 def test_service_monitors_select_a_service_with_the_named_port() -> None:
     docs = rendered("production")
     monitors = of_kind(docs, "ServiceMonitor")
-    assert {component(m) for m in monitors} == set(ACTORS)
+    assert {component(m) for m in monitors} == expected_workloads("production")
     services = of_kind(docs, "Service")
     for m in monitors:
         assert m["metadata"]["labels"]["release"] == "kube-prometheus-stack"

@@ -20,7 +20,7 @@ from nats.aio.client import Client
 from nats.js.api import ConsumerConfig
 
 import nats
-from actors.runtime import permissions, topology
+from actors.runtime import permissions, pools, topology
 from actors.runtime.bus import Bus, NatsAuth
 from actors.runtime.embedded import EmbeddedNats
 from edge import replay
@@ -32,6 +32,7 @@ from tests.conftest import Running
 on_loop = pytest.mark.asyncio(loop_scope="session")
 
 HELM_JSON = Path(__file__).resolve().parents[1] / "helm" / "tolk" / "files" / "nats-permissions.json"
+POOL = pools.load().route("en").name  # the STT pool English goes to (conftest: one pool)
 
 
 @dataclass
@@ -111,7 +112,7 @@ async def test_edge_cannot_forge_pipeline_output(secured: Secured) -> None:
     nc, errors = await secured.client("edge")
     js = nc.jetstream(timeout=1.5)
     data = encode(transcript("forged"))
-    for subject in ("tolk.transcript.0.forged", "tolk.result.0.forged", "tolk.segment.final.0.forged",
+    for subject in ("tolk.transcript.0.forged", "tolk.result.0.forged", pools.subject("final", POOL, 0, "forged"),
                     "tolk.captions.ch=radio", "tolk.deadletter.TOLK_RESULTS.fanout-p0"):
         with pytest.raises(nats.errors.TimeoutError):  # the server drops it: no stream ever acks
             await js.publish(subject, data)
@@ -144,7 +145,7 @@ async def test_edge_cannot_read_segments_or_other_actors_replies(secured: Secure
     for subject in ("tolk.segment.>", "tolk.audio.>", "_INBOX.stt.>"):
         assert any("permissions violation" in e.lower() and "subscription" in e.lower() and subject.lower() in e.lower()
                    for e in errors), (subject, errors)
-    await secured.admin.nc.publish("tolk.segment.final.0.x", b"secret")
+    await secured.admin.nc.publish(pools.subject("final", POOL, 0, "x"), b"secret")
     await secured.admin.nc.publish("_INBOX.stt.abc", b"secret")
     await secured.admin.nc.flush()
     await asyncio.sleep(0.3)
@@ -180,7 +181,7 @@ async def test_each_actor_can_do_what_its_code_does(secured: Secured) -> None:
         assert (await sessions.get("s1")).value == b"rec2"
         await (await edge.kv("tolk_listeners")).put("s1.owner", b"x")
         await (await edge.kv("tolk_listeners")).delete("s1.owner")
-        assert (await edge.js.consumer_info("TOLK_SEGMENTS", "stt-final")).num_pending == 0
+        assert (await edge.js.consumer_info("TOLK_SEGMENTS", pools.durable("final", POOL))).num_pending == 0
         await (await edge.kv("tolk_actors")).put("edge.i1", b"beat")
         assert "edge.i1" in await (await edge.kv("tolk_actors")).keys()
         await (await secured.admin.kv("tolk_channels")).put("radio", b"c")
@@ -190,12 +191,12 @@ async def test_each_actor_can_do_what_its_code_does(secured: Secured) -> None:
         (msg,) = await sub.fetch(1, timeout=5)
         await msg.in_progress()
         await msg.ack_sync()
-        await seg.js.publish("tolk.segment.final.0.s1", b"seg")
+        await seg.js.publish(pools.subject("final", POOL, 0, "s1"), b"seg")
         await (await seg.kv("tolk_segmenter")).put("s1", b"ckpt")
         await seg.js.delete_consumer("TOLK_AUDIO", "segmenter-p0")  # re-created on start (crash replay)
         await seg.js.add_consumer("TOLK_AUDIO", topology.consumer_config(topology.load().consumer("segmenter-p0")))
         # stt: the finals consumer, transcripts out
-        sub = await stt.js.pull_subscribe_bind("stt-final", stream="TOLK_SEGMENTS")
+        sub = await stt.js.pull_subscribe_bind(pools.durable("final", POOL), stream="TOLK_SEGMENTS")
         (msg,) = await sub.fetch(1, timeout=5)
         await msg.ack_sync()
         await stt.publish("tolk.transcript.0.s1", transcript("s1"), msg_id="s1:1")

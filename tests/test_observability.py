@@ -37,7 +37,7 @@ GAUGES_AND_COUNTERS = {
     "tolk_actor_ready", "tolk_messages_total", "tolk_redeliveries_total", "tolk_errors_total",
     "tolk_jetstream_consumer_pending_messages", "tolk_jetstream_consumer_ack_pending_messages",
     "tolk_jetstream_consumer_redelivered_messages", "tolk_jetstream_stream_messages", "tolk_jetstream_stream_bytes",
-    "tolk_dead_letters_total", "tolk_actor_instances",
+    "tolk_dead_letters_total", "tolk_actor_instances", "tolk_stt_pool_instances", "tolk_stt_pool_info",
 }
 HISTOGRAMS = {
     "channel_delivery_lag_seconds", "tolk_stt_latency_seconds", "tolk_stt_batch_size", "tolk_stt_real_time_factor",

@@ -90,10 +90,14 @@ def test_status_lists_every_actor_stream_and_consumer(tolk: Running) -> None:
     streams = {s["stream"]: s for s in st["streams"]}
     assert {"TOLK_AUDIO", "TOLK_SEGMENTS", "TOLK_TRANSCRIPTS", "TOLK_RESULTS", "TOLK_CAPTIONS"} <= set(streams)
     consumers = {c["consumer"] for c in streams["TOLK_SEGMENTS"]["consumers"]}
-    assert {"stt-final", "stt-partial"} <= consumers
+    assert {"stt-final-default", "stt-partial-default"} <= consumers  # conftest: one STT pool, TOLK_MODEL's
+    (pool,) = st["stt_pools"]
+    assert (pool["pool"], pool["model"], pool["languages"], pool["ready"]) == ("default", "tiny.en", "*", 1)
+    assert next(a for a in st["actors"] if a["actor"] == "stt")["info"]["pool"] == "default"
     assert {b["bucket"] for b in st["kv"]} >= {"tolk_actors", "tolk_sessions", "tolk_listeners"}
     table = tolk_cmd(tolk, "status").stdout
-    assert "translator" in table and "TOLK_SEGMENTS" in table and "stt-final" in table
+    assert "translator" in table and "TOLK_SEGMENTS" in table and "stt-final-default" in table
+    assert re.search(r"^default\s+tiny\.en\s+\*\s+1\s+0\s", table, re.M), table
     bad = subprocess.run([TOLK, "status", "--nats-url", "nats://127.0.0.1:1"], capture_output=True, text=True,
                          timeout=60, check=False)
     assert bad.returncode == 1 and "tolk status:" in bad.stderr and "Traceback" not in bad.stderr
@@ -133,12 +137,15 @@ async def test_metrics_move_when_a_session_runs_and_pass_promtool(tolk: Running)
     assert grew("fanout", "tolk_result_latency_seconds_count", kind="final") == len(run.finals)
     assert grew("fanout", "tolk_results_total", kind="final") == len(run.finals)
     assert grew("translator", "tolk_translation_latency_seconds_count") >= len(run.finals)
-    assert grew("stt", "tolk_messages_total", actor="stt", consumer="stt-final") >= len(run.finals)
+    assert grew("stt", "tolk_messages_total", actor="stt", consumer="stt-final-default") >= len(run.finals)
+    assert grew("stt", "tolk_stt_audio_seconds_total", kind="final", pool="default") > seconds * 0.5
+    assert metric(after["stt"], "tolk_stt_pool_info", pool="default", model="tiny.en", languages="*") == 1
     for actor in PIPELINE:
         assert metric(after[actor], "tolk_actor_ready", actor=actor) == 1
     assert metric(after["exporter"], "tolk_actor_instances", actor="stt", ready="true") == 1
     assert "tolk_jetstream_consumer_pending_messages{" in after["exporter"]
-    assert metric(after["exporter"], "tolk_jetstream_consumer_pending_messages", consumer="stt-final") == 0
+    assert metric(after["exporter"], "tolk_jetstream_consumer_pending_messages", consumer="stt-final-default") == 0
+    assert metric(after["exporter"], "tolk_stt_pool_instances", pool="default", ready="true") == 1
     assert metric(after["exporter"], "tolk_jetstream_stream_messages", stream="TOLK_RESULTS") > 0
 
     for actor, text in after.items():
@@ -181,7 +188,7 @@ async def test_tap_decodes_live_and_replayed_pipeline_messages(tolk: Running) ->
     assert since.returncode == 0, since.stderr
     assert [json.loads(x)["type"] for x in since.stdout.splitlines()] == ["Transcript", "Transcript"]
 
-    queue = tolk_cmd(tolk, "tap", "tolk.segment.final.*.tap-check", "--all", "--count", "1")
+    queue = tolk_cmd(tolk, "tap", "tolk.segment.final.*.*.tap-check", "--all", "--count", "1")
     assert queue.returncode == 1 and "work queue" in queue.stderr and "Traceback" not in queue.stderr
 
 

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 from nats.js.api import RetentionPolicy
 
-from actors.runtime import topology
+from actors.runtime import pools, topology
 from actors.runtime.bus import Bus
 from actors.runtime.consumer import Delivery, PullLoop
 from schemas import ResultKind, Transcript, encode
@@ -26,7 +26,7 @@ async def test_topology_applies_idempotently(bus: Bus) -> None:
     assert audio.config.retention == RetentionPolicy.WORK_QUEUE.value
     names = {c.name for c in topo.expanded_consumers()}
     assert {f"segmenter-p{p}" for p in range(topo.partitions)} <= names
-    assert {"stt-final", "stt-partial"} <= names
+    assert {pools.durable(kind, pool) for kind in ("final", "partial") for pool in topo.pools} <= names
     for c in topo.expanded_consumers():
         info = await bus.js.consumer_info(c.stream, c.name)
         assert info.config.max_deliver == c.max_deliver
@@ -40,14 +40,15 @@ async def test_changed_limits_are_updated(bus: Bus) -> None:
     topo = topology.load()
     import msgspec
 
+    finals = pools.durable("final", topo.pools[0])
     changed = msgspec.structs.replace(
-        topo, consumers=[msgspec.structs.replace(c, max_ack_pending=77) if c.name == "stt-final" else c
+        topo, consumers=[msgspec.structs.replace(c, max_ack_pending=77) if c.name == "stt-final-{pool}" else c
                          for c in topo.consumers]
     )
     await topology.apply(bus.js, changed)
-    assert (await bus.js.consumer_info("TOLK_SEGMENTS", "stt-final")).config.max_ack_pending == 77
+    assert (await bus.js.consumer_info("TOLK_SEGMENTS", finals)).config.max_ack_pending == 77
     await topology.apply(bus.js, topo)
-    assert (await bus.js.consumer_info("TOLK_SEGMENTS", "stt-final")).config.max_ack_pending == 256
+    assert (await bus.js.consumer_info("TOLK_SEGMENTS", finals)).config.max_ack_pending == 256
 
 
 async def test_pull_loop_terminates_garbage_and_keeps_serving(bus: Bus) -> None:

@@ -44,6 +44,10 @@ def finals(cuts: list[Cut]) -> list[Cut]:
     return [c for c in cuts if c.final]
 
 
+def partials(cuts: list[Cut]) -> list[Cut]:
+    return [c for c in cuts if not c.final and not c.speculative]
+
+
 def test_jfk_endpoints_at_the_pauses(silero: SileroModel) -> None:
     cuts, seg = run(silero, samples(clip("en_jfk")))
     f = finals(cuts)
@@ -73,19 +77,45 @@ def test_partial_cadence(silero: SileroModel) -> None:
     cfg = SegmenterConfig(partial_every_ms=700)
     cuts, _ = run(silero, samples(clip("en_librispeech_2412")), cfg)
     by_utt: dict[int, list[Cut]] = {}
-    for c in cuts:
-        if not c.final:
-            by_utt.setdefault(c.utterance_id, []).append(c)
+    for c in partials(cuts):
+        by_utt.setdefault(c.utterance_id, []).append(c)
     gaps = [b.end - a.end for ps in by_utt.values() for a, b in itertools.pairwise(ps)]
     assert gaps and all(0.6 <= g <= 1.5 for g in gaps)
 
 
 def test_first_partial_comes_early(silero: SileroModel) -> None:
     cuts, _ = run(silero, samples(clip("en_librispeech_2412")), SegmenterConfig(first_partial_ms=400))
-    first = next(c for c in cuts if not c.final)
-    later = [c for c in cuts if not c.final and c.utterance_id == first.utterance_id][1]
+    first = partials(cuts)[0]
+    later = [c for c in partials(cuts) if c.utterance_id == first.utterance_id][1]
     assert later.end - first.end == pytest.approx(0.7, abs=0.1)
     assert first.end - first.start <= 1.0 + 0.4 + 0.1  # pre-roll + first window
+
+
+def test_speculative_cut_carries_the_final_audio_ahead(silero: SileroModel) -> None:
+    """Once the tail pad of silence has passed, the would-be final's samples go ahead (STT decodes them while
+    the endpoint silence runs out); a pause-ended final then has exactly those samples."""
+    cuts, _ = run(silero, samples(clip("en_jfk")))
+    for f in finals(cuts):
+        early = [c for c in cuts if c.speculative and c.utterance_id == f.utterance_id]
+        if f.endpoint.value == "silence":
+            assert early, f"utterance {f.utterance_id} had no speculative cut"
+            assert np.array_equal(early[-1].audio, f.audio) and early[-1].end == f.end
+            position = {id(c): i for i, c in enumerate(cuts)}
+            assert position[id(early[-1])] < position[id(f)]
+            assert f.speech_end_wall == early[-1].speech_end_wall
+    off, _ = run(silero, samples(clip("en_jfk")), SegmenterConfig(speculate=False))
+    assert not any(c.speculative for c in off)
+    assert [len(c.audio) for c in finals(off)] == [len(c.audio) for c in finals(cuts)]
+
+
+def test_stop_keeps_every_sample(silero: SileroModel) -> None:
+    """A word right before `stop` must not be cut off by the VAD's view of where speech ended."""
+    audio = samples(clip("en_jfk"))
+    cut_at = int(16000 * 10.6)  # inside the last words
+    cuts, _ = run(silero, audio[:cut_at])
+    last = finals(cuts)[-1]
+    assert last.endpoint.value == "stop"
+    assert last.start * 16000 + len(last.audio) == pytest.approx(cut_at, abs=512)
 
 
 def test_silence_and_noise_yield_nothing(silero: SileroModel) -> None:

@@ -1,5 +1,6 @@
 """Load shedding at `start`: a session limit and STT's backlog refuse new sessions with 1013 `overloaded`,
-on a real edge app and a real NATS (the backlog is real: segments waiting on the stt-final consumer)."""
+on a real edge app and a real NATS (the backlog is real: segments waiting on the stt-final-<pool> consumer of
+the new session's STT pool)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
-from actors.runtime import topology
+from actors.runtime import pools, topology
 from actors.runtime.bus import Bus
 from actors.runtime.partition import partition_for
 from schemas import AudioChunk, ClientResult, ResultKind, Segment, SegmentKind, decode, encode
@@ -20,6 +21,7 @@ from tests.conftest import edge_server
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 START = {"type": "start", "sample_rate": 16000, "encoding": "pcm_s16le", "language": "en"}
+BACKLOG = pools.subject("final", pools.load().route("en").name, 0, "shed-backlog")  # the pool English goes to
 
 
 @pytest_asyncio.fixture(loop_scope="session")
@@ -28,7 +30,7 @@ async def edge_url(bus: Bus) -> AsyncIterator[str]:
         async with edge_server(bus, max_sessions=1, shed_backlog=5) as url:
             yield url.replace("http", "ws", 1) + "/v1/listen"
     finally:
-        await bus.js.purge_stream("TOLK_SEGMENTS", subject="tolk.segment.final.0.shed-backlog")
+        await bus.js.purge_stream("TOLK_SEGMENTS", subject=BACKLOG)
 
 
 async def first_reply(ws: aiohttp.ClientWebSocketResponse, start: dict[str, Any]) -> dict[str, Any]:
@@ -53,7 +55,7 @@ async def test_session_limit_then_stt_backlog_shed_new_sessions(edge_url: str, b
             seg = Segment(session_id="shed-backlog", utterance_id=i, seq=i + 1, final_index=i + 1,
                           kind=SegmentKind.FINAL, audio=bytes(3200), start=i, end=i + 0.1, language="en",
                           speech_end_wall=0.0, partition=0)
-            await bus.js.publish("tolk.segment.final.0.shed-backlog", encode(seg))
+            await bus.js.publish(BACKLOG, encode(seg))
         await asyncio.sleep(2.1)  # the edge reads the backlog at most every 2 s
         async with http.ws_connect(edge_url) as c:
             err = await first_reply(c, START)

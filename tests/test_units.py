@@ -9,7 +9,7 @@ import pytest
 from actors.runtime.partition import owned_partitions, partition_for, valid_session_id
 from actors.runtime.settings import SettingsError, load
 from actors.stt.guards import collapse_repeats, compression_ratio, reject_reason
-from loadtest.wer import corpus_wer, normalise
+from loadtest.wer import Counts, corpus_wer, counts, normalise
 
 
 def test_collapse_repeats() -> None:
@@ -28,9 +28,16 @@ def test_reject_reasons() -> None:
 
 
 def test_wer_normalisation() -> None:
-    assert normalise("In 1813, he paid $25!") == "in eighteen thirteen he paid twenty five".split()
+    # Whisper's English normaliser: numbers as digits, British spellings and contractions folded.
+    assert normalise("In eighteen thirteen, he paid twenty-five dollars!") == normalise("In 1813 he paid $25.")
     assert corpus_wer([("IN EIGHTEEN THIRTEEN", "In 1813.")]) == 0
+    assert corpus_wer([("the colour of it", "The color of it.")]) == 0
     assert corpus_wer([("a b c d", "a x c")]) == 0.5
+    assert counts("a b c d", "a x c") == Counts(substitutions=1, deletions=1, insertions=0, words=4)
+    assert counts("a b", "") == Counts(deletions=2, words=2)
+    # Other languages: case and punctuation only; words are not rewritten.
+    assert normalise("Über den Fluß, sagte er.", "de") == ["über", "den", "fluß", "sagte", "er"]
+    assert corpus_wer([("Está bien.", "esta bien")], "es") == 0.5
 
 
 @dataclass

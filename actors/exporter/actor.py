@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from nats.aio.msg import Msg
 from prometheus_client import Counter, Gauge
 
-from actors.runtime import settings
+from actors.runtime import pools, settings
 from actors.runtime.actor import Actor, RuntimeSettings, heartbeats
 from actors.runtime.bus import Bus
 
@@ -39,6 +39,8 @@ DEAD_LETTERS = Counter("tolk_dead_letters", "Messages a consumer gave up on afte
                        ["stream", "consumer"])
 INSTANCES = Gauge("tolk_actor_instances", "Live actor processes by readiness, from their heartbeats.",
                   ["actor", "ready"])
+POOL_INSTANCES = Gauge("tolk_stt_pool_instances", "Live STT processes per STT pool by readiness, from their "
+                       "heartbeats: a pool with none ready leaves its languages untranscribed.", ["pool", "ready"])
 LAST_SCRAPE = Gauge("tolk_exporter_last_scrape_timestamp_seconds", "When NATS was last read successfully: the "
                     "other numbers are this old (an alert can tell stale from zero).")
 SCRAPE_ERRORS = Counter("tolk_exporter_scrape_errors", "Failed reads of NATS state.")
@@ -59,6 +61,7 @@ class ExporterActor(Actor):
         self.cfg = cfg
         self._stop = asyncio.Event()
         self._seen: set[tuple[str, str]] = set()
+        self.pools = pools.load().names  # reported with zeros too, like the actors
 
     async def start(self) -> None:
         await self.bus.nc.subscribe(ADVISORY, cb=self._on_max_deliveries)
@@ -104,11 +107,16 @@ class ExporterActor(Actor):
         LAST_SCRAPE.set_to_current_time()
 
     async def _actors(self) -> None:
-        counts: Tally[tuple[str, str]] = Tally(
-            (beat.actor, "true" if beat.ready else "false") for beat in await heartbeats(self.bus))
+        beats = await heartbeats(self.bus)
+        counts: Tally[tuple[str, str]] = Tally((beat.actor, "true" if beat.ready else "false") for beat in beats)
         for actor in ACTORS:  # zero rows too, so "no ready stt" is a 0 an alert can see, not a gap
             for ready in ("true", "false"):
                 INSTANCES.labels(actor, ready).set(counts.get((actor, ready), 0))
+        in_pool: Tally[tuple[str, str]] = Tally((beat.info.get("pool", ""), "true" if beat.ready else "false")
+                                                for beat in beats if beat.actor == "stt")
+        for pool in dict.fromkeys([*self.pools, *(p for p, _ in in_pool if p)]):
+            for ready in ("true", "false"):
+                POOL_INSTANCES.labels(pool, ready).set(in_pool.get((pool, ready), 0))
 
     async def _on_max_deliveries(self, msg: Msg) -> None:
         try:

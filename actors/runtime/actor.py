@@ -87,6 +87,10 @@ class Actor(ABC):
         """Where an actor with `serves_ops` serves /metrics (announced in its heartbeat)."""
         return 0
 
+    def info(self) -> dict[str, str]:
+        """What this instance serves, announced in its heartbeat (stt: its pool, model and languages)."""
+        return {}
+
     async def close(self) -> None:  # noqa: B027 - optional hook, not abstract
         """Release resources after `run()` returned (executors, files)."""
 
@@ -109,6 +113,7 @@ async def _heartbeat(actor: Actor, started: float, metrics_port: int) -> None:
             started_at=started,
             ready=actor.ready,
             metrics_port=metrics_port,
+            info=actor.info(),
         )
         try:
             await kv.put(key, encode(beat))
@@ -151,7 +156,14 @@ async def serve(factory: Callable[[Bus, RuntimeSettings], Awaitable[Actor]]) -> 
     if runtime.metrics_port >= 0 and not actor.serves_ops:  # up before the models load: liveness passes meanwhile
         await ops.start(runtime.metrics_host, runtime.metrics_port)
     log.info("%s starting (instance %s)", actor.name, runtime.instance)
-    await actor.start()
+    try:
+        await actor.start()
+    except settings_mod.ConfigError as exc:
+        log.error("%s cannot start: %s", actor.name, exc)
+        await ops.close()
+        await actor.close()
+        await bus.close()
+        raise SystemExit(2) from None
     actor.ready = True
     metrics.ACTOR_READY.labels(actor.name).set(1)
     port = actor.ops_port() if actor.serves_ops else ops.port

@@ -29,7 +29,7 @@ _USER = re.compile(r"^[A-Za-z0-9_-]+$")
 class ActorPermissions(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     publish: list[str] = []
     subscribe: list[str] = []
-    consume: list[str] = []  # "STREAM/durable", `{p}` expanded per partition
+    consume: list[str] = []  # "STREAM/durable", `{p}` expanded per partition, `{pool}`: any durable of STREAM
     recreate: list[str] = []  # "STREAM/durable" it also deletes and re-creates (the segmenter, on start)
     kv_read: list[str] = []
     kv_write: list[str] = []
@@ -82,6 +82,10 @@ def _durable(ref: str, partitions: int) -> list[tuple[str, str]]:
     stream, _, name = ref.partition("/")
     if not stream or not name:
         raise ValueError(f"expected STREAM/consumer, not {ref!r}")
+    if "{pool}" in name:
+        # STT pools are chosen at deploy time and the Helm chart's grants are one static file: any durable of
+        # the stream (a subject wildcard is a whole token). TOLK_SEGMENTS holds STT's durables only.
+        return [(stream, "*")]
     if "{p}" not in name:
         return [(stream, name)]
     return [(stream, name.format(p=p)) for p in range(partitions)]

@@ -20,6 +20,11 @@ class SettingsError(ValueError):
     """An environment override does not parse as the field's type."""
 
 
+class ConfigError(RuntimeError):
+    """A setting names something unusable (e.g. a model that is not there). A restart cannot fix it, so
+    `serve` logs the message as one line and exits 2 instead of printing a traceback."""
+
+
 def load(cls: type[T], env: dict[str, str] | None = None, **overrides: Any) -> T:
     """Build `cls` (a dataclass) from defaults, then `TOLK_*` env vars, then explicit overrides."""
     if not (isinstance(cls, type) and is_dataclass(cls)):

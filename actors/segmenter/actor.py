@@ -18,7 +18,7 @@ import msgspec
 from nats.js.errors import KeyDeletedError, KeyNotFoundError, NotFoundError
 from prometheus_client import Counter
 
-from actors.runtime import metrics, settings, topology
+from actors.runtime import metrics, pools, settings, topology
 from actors.runtime.actor import Actor, RuntimeSettings
 from actors.runtime.bus import Bus
 from actors.runtime.consumer import Delivery, PullLoop
@@ -48,7 +48,8 @@ RELEASE_SAMPLES = 16_000  # in silence, ack (after a checkpoint) once this much 
 FRESH_S = 1.5  # a replayed chunk older than this gets no partials: its final follows within moments
 UPKEEP_S = 10.0  # how often held chunks are marked in progress and idle sessions reaped
 AUDIO_SECONDS = Counter("tolk_audio_seconds", "Seconds of audio received (microphones, files and channels).")
-SEGMENTS = Counter("tolk_segments", "Segments sent to STT: partial (utterance so far) and final.", ["kind"])
+SEGMENTS = Counter("tolk_segments", "Segments sent to STT: partial (utterance so far), final, and speculative "
+                   "(a final's audio sent ahead during the endpoint silence).", ["kind"])
 
 
 @dataclass
@@ -63,7 +64,8 @@ class SegmenterSettings:
     partial_every_ms: int = 700
     first_partial_ms: int = 300
     pre_speech_ms: int = 1000
-    min_speech_ms: int = 250
+    min_speech_ms: int = 160
+    speculate: bool = True  # send a final's audio ahead once the tail pad of silence has passed (STT: the same)
     session_idle_s: float = 600.0  # forget a session that sent nothing (its client vanished)
     workers: int = 1
 
@@ -90,10 +92,12 @@ class SessionState:
 class SegmenterActor(Actor):
     name = "segmenter"
 
-    def __init__(self, bus: Bus, runtime: RuntimeSettings, cfg: SegmenterSettings, topo: topology.Topology) -> None:
+    def __init__(self, bus: Bus, runtime: RuntimeSettings, cfg: SegmenterSettings, topo: topology.Topology,
+                 stt_pools: pools.Pools | None = None) -> None:
         super().__init__(bus, runtime)
         self.cfg = cfg
         self.topo = topo
+        self.pools = stt_pools or pools.load()  # which STT pool transcribes which language (TOLK_STT_POOLS)
         self.partitions = owned_partitions(topo.partitions, runtime.replicas, runtime.replica_index)
         self.executor = BoundedExecutor(workers=cfg.workers, backlog=len(self.partitions), name="vad")
         self.sessions: dict[str, SessionState] = {}
@@ -112,6 +116,7 @@ class SegmenterActor(Actor):
             first_partial_ms=cfg.first_partial_ms,
             pre_speech_ms=cfg.pre_speech_ms,
             min_speech_ms=cfg.min_speech_ms,
+            speculate=cfg.speculate,
         )
         self.loops = [
             PullLoop(bus.js, STREAM, f"segmenter-p{p}", AudioChunk, self._handle(p), batch=64, fetch_timeout=1.0)
@@ -196,8 +201,9 @@ class SegmenterActor(Actor):
                 log.warning("%s: resuming after final %d at %.2f s (a previous segmenter stopped mid-session)",
                             chunk.session_id, checkpoint.finals, checkpoint.frames * FRAME / 16000)
             else:
-                log.info("%s: new session on partition %d (%d Hz %s)", chunk.session_id, partition,
-                         chunk.sample_rate, chunk.encoding.value)
+                log.info("%s: new session on partition %d (%d Hz %s, language %s: STT pool %s)", chunk.session_id,
+                         partition, chunk.sample_rate, chunk.encoding.value, chunk.language,
+                         self.pools.route(chunk.language).name)
         return state
 
     async def _checkpoint(self, sid: str) -> SegmenterCheckpoint | None:
@@ -283,7 +289,10 @@ class SegmenterActor(Actor):
             else:
                 await d.raw.ack()  # covered by the checkpoint already
             return
-        state.language = chunk.language  # `configure` may change it: applies from the next utterance cut
+        if chunk.language != state.language:
+            log.info("%s: language %s -> %s (STT pool %s)", state.session_id, state.language, chunk.language,
+                     self.pools.route(chunk.language).name)
+        state.language = chunk.language  # `configure` may change it: applies from the next cut (and its pool)
         if chunk.sample_rate != state.sample_rate:
             log.error("%s: sample rate changed mid-session; chunk dropped", chunk.session_id)
             await d.raw.term()
@@ -329,9 +338,10 @@ class SegmenterActor(Actor):
 
     async def _emit(self, state: SessionState, cut: Cut) -> None:
         if state.replaying and not cut.final:
-            return  # stale audio: STT would only skip these partials
+            return  # stale audio: STT would only skip these partials (and early decodes)
         state.seq += 1
-        kind = SegmentKind.FINAL if cut.final else SegmentKind.PARTIAL
+        # A speculative cut travels with the finals (same lane and pool), under its own id.
+        kind = SegmentKind.FINAL if cut.final or cut.speculative else SegmentKind.PARTIAL
         final_index = state.finals + 1
         if cut.final:
             state.finals += 1
@@ -341,11 +351,15 @@ class SegmenterActor(Actor):
             audio=to_int16_bytes(cut.audio), start=round(cut.start, 3), end=round(cut.end, 3),
             language=state.language, speech_end_wall=cut.speech_end_wall, partition=state.partition,
             speech_start=round(cut.speech_start, 3), endpoint=cut.endpoint, stream_id=state.stream_id,
+            speculative=cut.speculative,
         )
         # A final is deduped by its index: one a dead segmenter published before its checkpoint is not re-made.
         msg_id = f"{state.session_id}:f{final_index}" if cut.final else f"{state.session_id}:{state.seq}"
-        await self.bus.publish(f"tolk.segment.{kind.value}.{state.partition}.{state.session_id}", seg, msg_id=msg_id)
-        SEGMENTS.labels(kind.value).inc()
+        # The session's language now picks the STT pool: a session switching language moves pools between
+        # cuts; fan-out still releases its finals by final_index, whichever pool transcribed them.
+        pool = self.pools.route(state.language).name
+        await self.bus.publish(pools.subject(kind.value, pool, state.partition, state.session_id), seg, msg_id=msg_id)
+        SEGMENTS.labels("speculative" if cut.speculative else kind.value).inc()
 
     async def _upkeep(self) -> None:
         """Held chunks are marked in progress before the ack wait; a session idle for `session_idle_s` (its

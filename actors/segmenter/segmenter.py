@@ -7,6 +7,7 @@ report latency from the end of speech.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from collections import deque
 from dataclasses import dataclass
@@ -33,8 +34,11 @@ class SegmenterConfig:
     first_partial_ms: int = 300  # the first window comes sooner: the user sees text start quickly
     pre_speech_ms: int = 1000  # audio kept before the onset (soft starts, Whisper context)
     onset_ms: int = 64  # consecutive speech needed to open an utterance
-    min_speech_ms: int = 250  # shorter blips are dropped
+    min_speech_ms: int = 160  # shorter blips are dropped (a short "yes" must not be)
     tail_pad_ms: int = 200  # silence kept after the last speech frame
+    # Once the tail pad of silence has passed, the would-be final's audio is complete: send it ahead as a
+    # speculative segment so STT can decode it (at final quality) while the endpoint silence runs out.
+    speculate: bool = True
     vad_reset_ms: int = 1000  # a pause this long resets the VAD's recurrent state
 
     def frames(self, ms: float) -> int:
@@ -51,6 +55,7 @@ class Cut:
     speech_end_wall: float
     speech_start: float  # stream seconds of the onset
     endpoint: Endpoint = Endpoint.NONE
+    speculative: bool = False  # the audio of a final that may follow (same samples), not a result of its own
 
 
 class UtteranceSegmenter:
@@ -65,6 +70,7 @@ class UtteranceSegmenter:
         self._onset_frames = cfg.frames(cfg.onset_ms)
         self._min_speech = cfg.frames(cfg.min_speech_ms)
         self._pad = cfg.frames(cfg.tail_pad_ms) if cfg.tail_pad_ms else 0
+        self._speculate_at = self._pad if cfg.speculate and 0 < self._pad < self._endpoint else 0
         self._reset_after = cfg.frames(cfg.vad_reset_ms)
         self._quiet_run = 0  # consecutive non-speech frames while INACTIVE
         self._pending = np.zeros(0, dtype=np.float32)
@@ -116,13 +122,16 @@ class UtteranceSegmenter:
         return cuts
 
     def flush(self, wall: float) -> list[Cut]:
-        """End of stream: the partial frame is zero-padded and any open utterance is finalised."""
+        """End of stream: the partial frame is zero-padded and any open utterance is finalised with every
+        sample up to the end (words right before `stop` are kept), speculative cuts left out."""
         cuts: list[Cut] = []
         if len(self._pending):
             frame = np.zeros(FRAME, dtype=np.float32)
             frame[: len(self._pending)] = self._pending
             self._pending = np.zeros(0, dtype=np.float32)
-            cuts.extend(self._frame(frame, wall))
+            cuts.extend(c for c in self._frame(frame, wall) if not c.speculative)
+        if self.state is State.INACTIVE and self._onset_run:  # speech began in the last frames before `stop`
+            self._open(self._n - 1)
         if self.state is not State.INACTIVE:
             cuts.extend(self._finalise(Endpoint.STOP))
         return cuts
@@ -157,6 +166,10 @@ class UtteranceSegmenter:
             return self._finalise(Endpoint.SILENCE)
         if len(self._frames) >= self._max:
             return self._cut_at_quietest()
+        if self._speculate_at and self._silence == self._speculate_at and self._wanted():
+            # Exactly the samples _finalise keeps if the silence lasts: STT can reuse the decode.
+            return [dataclasses.replace(self._cut(len(self._frames), final=False, end_frame=self._last_speech + 1,
+                                                  endpoint=Endpoint.SILENCE), speculative=True)]
         due = self._first_partial if self._partials == 0 else self._partial
         if self._since_partial >= due and self.state is State.ACTIVE:
             self._since_partial = 0
@@ -197,11 +210,17 @@ class UtteranceSegmenter:
             endpoint=endpoint,
         )
 
+    def _wanted(self) -> bool:
+        return self._speech_frames >= self._min_speech or self._partials > 0
+
     def _finalise(self, endpoint: Endpoint) -> list[Cut]:
-        """Close the utterance at its last speech frame (+ pad); trailing silence seeds pre-roll."""
+        """Close the utterance at its last speech frame (+ pad); trailing silence seeds pre-roll.
+        At `stop` nothing follows, so every sample is kept: the VAD may have missed a soft last word."""
         keep = min(len(self._frames), self._last_speech - self._start + 1 + self._pad)
-        wanted = self._speech_frames >= self._min_speech or self._partials > 0
-        cuts = [self._cut(keep, final=True, end_frame=self._last_speech + 1, endpoint=endpoint)] if wanted else []
+        if endpoint is Endpoint.STOP:
+            keep = len(self._frames)
+        cuts = [self._cut(keep, final=True, end_frame=self._last_speech + 1, endpoint=endpoint)] \
+            if self._wanted() else []
         for frame, wall in zip(self._frames[keep:], self._walls[keep:], strict=True):
             self._pre.append((frame, wall))
         self._reset_utterance()

@@ -11,14 +11,15 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass
 
 import numpy as np
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
-from actors.runtime import metrics, settings
+from actors.runtime import metrics, pools, settings
 from actors.runtime.actor import Actor, RuntimeSettings
 from actors.runtime.bus import Bus
 from actors.runtime.consumer import Delivery, PullLoop
 from actors.runtime.executor import BoundedExecutor
-from actors.stt.engine import SpeechToText, SttRequest, WhisperEngine, WhisperOptions
+from actors.stt.engine import SpeechToText, SttRequest, SttResult, WhisperEngine, WhisperOptions
+from actors.stt.finals import EarlyDecodes, PromptContext, early_key
 from actors.stt.langlock import LanguageLock
 from actors.stt.models import resolve
 from schemas import ResultKind, Segment, SegmentKind, Transcript, Word
@@ -27,22 +28,29 @@ log = logging.getLogger("tolk.stt")
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
 LATENCY = Histogram("tolk_stt_latency_seconds", "End of speech (the segment's end, edge clock) to its transcript "
-                    "stored, by kind.", ["kind"], buckets=LATENCY_BUCKETS)
-BATCH = Histogram("tolk_stt_batch_size", "Segments per model call, by lane.", ["kind"],
+                    "stored, by kind and STT pool.", ["kind", "pool"], buckets=LATENCY_BUCKETS)
+BATCH = Histogram("tolk_stt_batch_size", "Segments per model call, by lane and STT pool.", ["kind", "pool"],
                   buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32))
-RTF = Histogram("tolk_stt_real_time_factor", "Model seconds per audio second of a call, by lane.", ["kind"],
-                buckets=(0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 5.0))
-AUDIO_SECONDS = Counter("tolk_stt_audio_seconds", "Seconds of audio transcribed, by lane.", ["kind"])
+RTF = Histogram("tolk_stt_real_time_factor", "Model seconds per audio second of a call, by lane and STT pool.",
+                ["kind", "pool"], buckets=(0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 5.0))
+AUDIO_SECONDS = Counter("tolk_stt_audio_seconds", "Seconds of audio transcribed, by lane and STT pool.",
+                        ["kind", "pool"])
+POOL_INFO = Gauge("tolk_stt_pool_info", "The STT pool this process serves (TOLK_STT_POOL): its model and "
+                  "languages, always 1.", ["pool", "model", "languages"])
 
 STREAM = "TOLK_SEGMENTS"
+LOAD_WINDOW_S = 10.0  # the final lane's load is judged over this much recent time
 
 
 @dataclass
 class SttSettings:
     """Env: TOLK_MODEL, TOLK_DEVICE, TOLK_BATCH_SIZE, ... (README "Configuration")."""
 
-    model: str = "tiny.en"  # tiny.en | base | /path/to/ctranslate2-whisper
-    model_cache: str = "~/.cache/tolk/models"
+    model: str = "tiny.en"  # tiny.en | base (bundled) | a faster-whisper name | org/repo | /path/to/folder
+    # The STT pool served (TOLK_STT_POOL; actors/runtime/pools.py): its model replaces `model` above.
+    stt_pool: str = ""
+    model_cache: str = "~/.cache/tolk/models"  # base is assembled here; hub models are cached/downloaded here
+    model_download: bool = True  # false: hub models only from a cache, never downloaded
     device: str = "auto"
     compute_type: str = "auto"
     cpu_threads: int = 0  # 0 = auto: cores / workers (oversubscribing cores hurts latency)
@@ -50,9 +58,21 @@ class SttSettings:
     batch_size: int = 8  # finals per model call
     # Partials per model call: a final that arrives mid-batch waits for it, so keep partial calls short.
     partial_batch_size: int = 3
-    beam_size: int = 1
-    partial_window_s: float = 6.0  # partials are provisional: a shorter encoder window is cheaper
-    final_window_s: float = 0.0  # 0 = auto: full 30 s on CUDA, fitted (≥10 s) on CPU
+    # Finals get the best decode the time budget allows, chosen per call by the final lane's load: beam search
+    # with the session's previous text as prompt over Whisper's full 30 s window while the lane was busy less
+    # than full_window_below of the last 10 s, over a fitted loaded_window_s above that, and greedy over
+    # busy_window_s once busy_batch finals wait. `speculate` decodes a final's audio during the endpoint
+    # silence, so most finals are ready when the pause ends.
+    beam_size: int = 5
+    final_window_s: float = 30.0
+    full_window_below: float = 0.3
+    loaded_window_s: float = 15.0
+    busy_batch: int = 3
+    busy_beam_size: int = 1
+    busy_window_s: float = 10.0
+    prompt_tokens: int = 128  # previous-text prompt for finals (0: none); reset when the language changes
+    speculate: bool = True  # decode a final's audio during the endpoint silence, while the lane is idle
+    partial_window_s: float = 6.0  # partials are provisional: greedy over a shorter (cheaper) window
     no_speech_threshold: float = 0.6
     logprob_threshold: float = -1.0
     compression_threshold: float = 2.4
@@ -71,9 +91,13 @@ def transcript_subject(seg: Segment) -> str:
 class SttActor(Actor):
     name = "stt"
 
-    def __init__(self, bus: Bus, runtime: RuntimeSettings, cfg: SttSettings) -> None:
+    def __init__(self, bus: Bus, runtime: RuntimeSettings, cfg: SttSettings, pool: pools.Pool | None = None) -> None:
         super().__init__(bus, runtime)
         self.cfg = cfg
+        # One pool per process: its model and its pair of durables (TOLK_STT_POOLS / TOLK_STT_POOL).
+        self.pool = pool or pools.load().serving(cfg.stt_pool)
+        cfg.model = self.pool.model
+        POOL_INFO.labels(self.pool.name, self.pool.model, ",".join(self.pool.languages)).set(1)
         self.engine: SpeechToText | None = None
         # Two lanes, each one model call at a time: finals never wait for a partial batch to finish.
         self.final_lane = BoundedExecutor(workers=1, backlog=0, name="whisper-final")
@@ -88,28 +112,37 @@ class SttActor(Actor):
         # (session, utterance) → newest partial seq transcribed, or -1 once finalised.
         self.langlock = LanguageLock(cfg.lang_lock_prob, cfg.lang_lock_after, cfg.lang_reopen_pause_s)
         self._progress: OrderedDict[tuple[str, int], int] = OrderedDict()
+        self.context = PromptContext()
+        self._final_calls: deque[tuple[float, float]] = deque()  # (ended, seconds) of final-lane calls, 10 s
+        self._early: EarlyDecodes[SttResult] = EarlyDecodes()
         self._stats: dict[str, float] = dict.fromkeys(("batches", "items", "busy_s", "audio_s", "stale"), 0.0)
         self._stats_at = time.monotonic()
         self._loops = {
-            "final": PullLoop(bus.js, STREAM, "stt-final", Segment, self._enqueue_final, batch=cfg.batch_size),
-            "partial": PullLoop(bus.js, STREAM, "stt-partial", Segment, self._enqueue_partial, batch=cfg.batch_size),
+            "final": PullLoop(bus.js, STREAM, pools.durable("final", self.pool.name), Segment, self._enqueue_final,
+                              batch=cfg.batch_size),
+            "partial": PullLoop(bus.js, STREAM, pools.durable("partial", self.pool.name), Segment,
+                                self._enqueue_partial, batch=cfg.batch_size),
         }
 
+    def info(self) -> dict[str, str]:
+        """In the heartbeat: `tolk status` shows instances, model and languages per pool."""
+        return {"pool": self.pool.name, "model": self.pool.model, "languages": ",".join(self.pool.languages)}
+
     async def start(self) -> None:
-        path = resolve(self.cfg.model, self.cfg.model_cache)
+        # In a thread: a first-use download can take minutes, and the loop must keep /healthz and NATS alive.
+        path = await asyncio.to_thread(resolve, self.cfg.model, self.cfg.model_cache, self.cfg.model_download)
         options = WhisperOptions(
             device=self.cfg.device,
             compute_type=self.cfg.compute_type,
             cpu_threads=self.cfg.cpu_threads or max(1, (os.cpu_count() or 2) // self.cfg.workers),
             workers=self.cfg.workers,
             beam_size=self.cfg.beam_size,
+            prompt_tokens=self.cfg.prompt_tokens,
             no_speech_threshold=self.cfg.no_speech_threshold,
             logprob_threshold=self.cfg.logprob_threshold,
             compression_threshold=self.cfg.compression_threshold,
         )
         self.engine = await self.final_lane.run(WhisperEngine, path, options)
-        if self.cfg.final_window_s <= 0:
-            self.cfg.final_window_s = 30.0 if self.engine.device == "cuda" else 10.0
         # Warm-up: the first call pays one-off allocation costs; keep them out of user latency.
         warm = [SttRequest(np.zeros(16000, np.float32), "en")]
         await asyncio.gather(
@@ -172,12 +205,61 @@ class SttActor(Actor):
     async def _final_lane(self) -> None:
         while True:
             if self._finals:
-                batch = [self._finals.popleft() for _ in range(min(self.cfg.batch_size, len(self._finals)))]
-                firsts = self._first_partials(batch)  # published before their finals, so they are shown
-                await self._transcribe(self.final_lane, firsts + batch, self.cfg.final_window_s)
+                await self._final_step()
                 await self._made_space()
             elif not await self._idle(self._wake_final, self._finals):
                 return
+
+    async def _final_step(self) -> None:
+        """Finals first: one decoded early is published at once, the rest decoded at the best quality the
+        queue allows. With no final waiting, the newest speculative segment of each utterance is decoded."""
+        finals = [d for d in self._finals if not d.msg.speculative][: self.cfg.batch_size]
+        if finals:
+            for d in finals:
+                self._finals.remove(d)
+            todo = []
+            for d in finals:
+                early = self._early.take(self._early_key(d.msg))
+                if early is not None:
+                    await self._deliver(d, early)
+                else:
+                    todo.append(d)
+            if todo:
+                waiting = sum(not d.msg.speculative for d in self._finals)
+                window, beam = self._final_quality(len(todo) + waiting)
+                firsts = self._first_partials(todo)  # published before their finals, so they are shown
+                await self._transcribe(self.final_lane, firsts + todo, window, beam)
+            return
+        newest: dict[tuple[str, int], Delivery[Segment]] = {}
+        stale = []
+        for d in sorted(self._finals, key=lambda d: d.msg.seq):
+            key = (d.msg.session_id, d.msg.utterance_id)
+            if key in newest:
+                stale.append(newest[key])
+            newest[key] = d
+        self._finals.clear()
+        for d in [*stale, *(d for k, d in newest.items() if self._progress.get(k) == -1 or not self.cfg.speculate)]:
+            with contextlib.suppress(Exception):
+                await d.raw.ack()  # superseded, or its final is out: nothing will use it
+            newest.pop((d.msg.session_id, d.msg.utterance_id), None)
+        batch = sorted(newest.values(), key=lambda d: d.msg.speech_end_wall)[: self.cfg.batch_size]
+        self._finals.extend(d for d in newest.values() if d not in batch)
+        if batch:
+            await self._transcribe(self.final_lane, batch, *self._final_quality(0))
+
+    def _final_quality(self, waiting: int) -> tuple[float, int]:
+        """(encoder window, beam) for the next finals call, by how loaded the final lane is."""
+        if waiting >= self.cfg.busy_batch:
+            return self.cfg.busy_window_s, self.cfg.busy_beam_size
+        now = time.monotonic()
+        while self._final_calls and self._final_calls[0][0] < now - LOAD_WINDOW_S:
+            self._final_calls.popleft()
+        busy = sum(min(took, end - (now - LOAD_WINDOW_S)) for end, took in self._final_calls) / LOAD_WINDOW_S
+        window = self.cfg.final_window_s if busy < self.cfg.full_window_below else self.cfg.loaded_window_s
+        return window, self.cfg.beam_size
+
+    def _early_key(self, seg: Segment) -> tuple[str, int, int, str]:
+        return early_key(seg, self.langlock.language_for(seg.session_id, seg.language, seg.speech_start))
 
     async def _partial_lane(self) -> None:
         while True:
@@ -239,26 +321,32 @@ class SttActor(Actor):
             self._partials.appendleft(d)
         return ordered[: self.cfg.partial_batch_size]
 
-    async def _transcribe(self, lane: BoundedExecutor, batch: list[Delivery[Segment]], window_s: float) -> None:
+    def _request(self, seg: Segment) -> SttRequest:
+        language = self.langlock.language_for(seg.session_id, seg.language, seg.speech_start)
+        final = seg.kind is SegmentKind.FINAL
+        return SttRequest(
+            audio=np.frombuffer(seg.audio, "<i2").astype(np.float32) / 32768.0,
+            language=language,
+            word_timestamps=final,
+            prompt=self.context.prompt(seg.session_id, language) if final else "",  # partials stay cheap
+        )
+
+    async def _transcribe(self, lane: BoundedExecutor, batch: list[Delivery[Segment]], window_s: float,
+                          beam_size: int = 1) -> None:
         assert self.engine is not None
-        requests = [
-            SttRequest(
-                audio=np.frombuffer(d.msg.audio, "<i2").astype(np.float32) / 32768.0,
-                language=self.langlock.language_for(d.msg.session_id, d.msg.language, d.msg.speech_start),
-                word_timestamps=d.msg.kind is SegmentKind.FINAL,
-            )
-            for d in batch
-        ]
+        requests = [self._request(d.msg) for d in batch]
         began = time.monotonic()
         kind = "final" if lane is self.final_lane else "partial"
         self._inflight.extend(batch)
         try:
-            results = await lane.run(self.engine.transcribe_batch, requests, window_s)
+            results = await lane.run(self.engine.transcribe_batch, requests, window_s, beam_size)
             busy, audio = time.monotonic() - began, sum(len(r.audio) for r in requests) / 16000
+            if lane is self.final_lane:
+                self._final_calls.append((time.monotonic(), busy))
             self._account(len(batch), busy, audio)
-            BATCH.labels(kind).observe(len(batch))
-            RTF.labels(kind).observe(busy / max(audio, 1e-3))
-            AUDIO_SECONDS.labels(kind).inc(audio)
+            BATCH.labels(kind, self.pool.name).observe(len(batch))
+            RTF.labels(kind, self.pool.name).observe(busy / max(audio, 1e-3))
+            AUDIO_SECONDS.labels(kind, self.pool.name).inc(audio)
         except Exception:
             log.exception("transcription of %d segment(s) failed; nak for redelivery", len(batch))
             metrics.count_error("transcription_failed")
@@ -267,27 +355,39 @@ class SttActor(Actor):
             return
         finally:
             self._inflight = [d for d in self._inflight if d not in batch]
-        for d, r in zip(batch, results, strict=True):
-            seg = d.msg
-            final = seg.kind is SegmentKind.FINAL
-            self._mark(seg, final)
-            if final and seg.language == "auto" and r.text:
-                self.langlock.observe(seg.session_id, r.language, r.language_prob, seg.end)
-            if r.rejected and r.rejected != "empty":
-                log.info("%s/%d: %s guard blanked the text", seg.session_id, seg.utterance_id, r.rejected)
-            words = tuple(
-                Word(word=w.word, start=round(seg.start + w.start, 3), end=round(seg.start + w.end, 3),
-                     probability=w.probability)
-                for w in r.words
-            )
-            await self._publish(d, Transcript(
-                session_id=seg.session_id, utterance_id=seg.utterance_id, seq=seg.seq, final_index=seg.final_index,
-                kind=ResultKind.FINAL if final else ResultKind.PARTIAL, partition=seg.partition,
-                text=r.text, language=r.language, start=seg.start, end=seg.end, words=words,
-                speech_end_wall=seg.speech_end_wall, no_speech_prob=r.no_speech_prob, avg_logprob=r.avg_logprob,
-                speech_start=seg.speech_start, endpoint=seg.endpoint, language_prob=r.language_prob,
-                stream_id=seg.stream_id,
-            ))
+        for d, req, r in zip(batch, requests, results, strict=True):
+            if d.msg.speculative:  # kept for its final; nothing is published for it
+                self._early.put(early_key(d.msg, req.language), r)
+                with contextlib.suppress(Exception):
+                    await d.raw.ack()
+            else:
+                await self._deliver(d, r)
+
+    async def _deliver(self, d: Delivery[Segment], r: SttResult) -> None:
+        seg = d.msg
+        final = seg.kind is SegmentKind.FINAL
+        self._mark(seg, final)
+        if final:
+            self._early.drop_utterance(seg.session_id, seg.utterance_id)
+            self.context.add(seg.session_id, self.langlock.language_for(
+                seg.session_id, seg.language, seg.speech_start), r.text)
+        if final and seg.language == "auto" and r.text:
+            self.langlock.observe(seg.session_id, r.language, r.language_prob, seg.end)
+        if r.rejected and r.rejected != "empty":
+            log.info("%s/%d: %s guard blanked the text", seg.session_id, seg.utterance_id, r.rejected)
+        words = tuple(
+            Word(word=w.word, start=round(seg.start + w.start, 3), end=round(seg.start + w.end, 3),
+                 probability=w.probability)
+            for w in r.words
+        )
+        await self._publish(d, Transcript(
+            session_id=seg.session_id, utterance_id=seg.utterance_id, seq=seg.seq, final_index=seg.final_index,
+            kind=ResultKind.FINAL if final else ResultKind.PARTIAL, partition=seg.partition,
+            text=r.text, language=r.language, start=seg.start, end=seg.end, words=words,
+            speech_end_wall=seg.speech_end_wall, no_speech_prob=r.no_speech_prob, avg_logprob=r.avg_logprob,
+            speech_start=seg.speech_start, endpoint=seg.endpoint, language_prob=r.language_prob,
+            stream_id=seg.stream_id,
+        ))
 
     def _account(self, items: int, busy: float, audio: float) -> None:
         """Throughput in the log every 30 s: batches, sizes, real-time factor, stale skips."""
@@ -326,7 +426,7 @@ class SttActor(Actor):
             return
         await d.raw.ack()
         if t.speech_end_wall:
-            LATENCY.labels(t.kind.value).observe(max(0.0, time.time() - t.speech_end_wall))
+            LATENCY.labels(t.kind.value, self.pool.name).observe(max(0.0, time.time() - t.speech_end_wall))
 
     async def drain(self) -> None:
         self._stopping = True

@@ -21,6 +21,7 @@ log = logging.getLogger("tolk.stt.engine")
 SAMPLE_RATE = 16000
 N_FRAMES = 3000  # Whisper's 30 s window in mel frames
 HOP = 160
+PROMPT_BUCKETS = (8, 16, 32, 64, 128, 224)  # prompt lengths a batch is grouped by (224: Whisper's maximum)
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,9 @@ class SttRequest:
     audio: np.ndarray  # float32 mono 16 kHz, at most 30 s
     language: str  # ISO code, or "auto"
     word_timestamps: bool = False
+    # The session's previous text, as Whisper's <|startofprev|> prompt (offline Whisper conditions on it too):
+    # short utterances decoded without context come out garbled.
+    prompt: str = ""
 
 
 @dataclass(frozen=True)
@@ -55,7 +59,8 @@ class SpeechToText(Protocol):
     multilingual: bool
     device: str
 
-    def transcribe_batch(self, requests: list[SttRequest], window_s: float = 30.0) -> list[SttResult]: ...
+    def transcribe_batch(self, requests: list[SttRequest], window_s: float = 30.0,
+                         beam_size: int | None = None) -> list[SttResult]: ...
 
 
 @dataclass(frozen=True)
@@ -69,6 +74,7 @@ class WhisperOptions:
     logprob_threshold: float = -1.0
     compression_threshold: float = 2.4
     tokens_per_second: float = 8.0  # decode budget: speech runs ~3-4 tokens/s; loops run away
+    prompt_tokens: int = 128  # most of a request's previous text used as its prompt (0: none)
 
 
 def pick_device(requested: str) -> str:
@@ -137,7 +143,39 @@ class WhisperEngine:
         fitted = (longest_frames // 100 + 2) * 100  # + ≥1 s of padding, as Whisper expects silence after speech
         return min(N_FRAMES, max(int(window_s * 100), fitted))
 
-    def transcribe_batch(self, requests: list[SttRequest], window_s: float = 30.0) -> list[SttResult]:
+    def context_tokens(self, prompt: str) -> list[int]:
+        """The prompt's last tokens, cut to a length bucket: CTranslate2 decodes a batch together only when
+        every prompt has the same length, so a few fixed lengths keep sessions batched."""
+        if not prompt.strip() or self.opts.prompt_tokens <= 0:
+            return []
+        ids: list[int] = self.model.hf_tokenizer.encode(" " + prompt.strip(), add_special_tokens=False).ids
+        fits = [b for b in PROMPT_BUCKETS if b <= min(len(ids), self.opts.prompt_tokens)]
+        return ids[-fits[-1]:] if fits else []
+
+    def transcribe_batch(self, requests: list[SttRequest], window_s: float = 30.0,
+                         beam_size: int | None = None) -> list[SttResult]:
+        """One encoder + decoder call per prompt length in the batch (usually one or two)."""
+        contexts = [self.context_tokens(r.prompt) for r in requests]
+        groups: dict[int, list[int]] = {}
+        for i, ctx in enumerate(contexts):
+            groups.setdefault(len(ctx), []).append(i)
+        results: list[SttResult | None] = [None] * len(requests)
+        for idxs in groups.values():
+            out = self._transcribe([requests[i] for i in idxs], [contexts[i] for i in idxs], window_s,
+                                   beam_size or self.opts.beam_size)
+            for i, r in zip(idxs, out, strict=True):
+                results[i] = r
+        # A prompt can pull Whisper into repeating it: retry those without one, as offline Whisper resets it.
+        looped = [i for i, r in enumerate(results) if r is not None and r.rejected == "repetition" and contexts[i]]
+        if looped:
+            out = self._transcribe([requests[i] for i in looped], [[] for _ in looped], window_s,
+                                   beam_size or self.opts.beam_size)
+            for i, r in zip(looped, out, strict=True):
+                results[i] = r
+        return [r for r in results if r is not None]
+
+    def _transcribe(self, requests: list[SttRequest], contexts: list[list[int]], window_s: float,
+                    beam_size: int) -> list[SttResult]:
         from faster_whisper.audio import pad_or_trim
 
         if not requests:
@@ -148,13 +186,19 @@ class WhisperEngine:
         encoded = self.model.encode(np.stack([pad_or_trim(m, width) for m in mels]))
         languages, probs = self._languages(requests, encoded)
         tokenizers = [self._tokenizer(lang) for lang in languages]
-        prompts = [[*tok.sot_sequence, tok.no_timestamps] for tok in tokenizers]
+        prompts = [
+            [*([tok.sot_prev, *ctx] if ctx else []), *tok.sot_sequence, tok.no_timestamps]
+            for tok, ctx in zip(tokenizers, contexts, strict=True)
+        ]
         longest = max(len(r.audio) for r in requests) / SAMPLE_RATE
-        max_length = min(self.model.max_length, int(longest * self.opts.tokens_per_second) + 16)
+        budget = int(longest * self.opts.tokens_per_second) + 16
+        max_length = min(self.model.max_length, len(prompts[0]) + budget)
         outputs = self.model.model.generate(
             encoded,
             prompts,
-            beam_size=self.opts.beam_size,
+            beam_size=beam_size,
+            patience=1.0,
+            length_penalty=1.0,
             max_length=max_length,
             return_scores=True,
             return_no_speech_prob=True,
@@ -166,7 +210,7 @@ class WhisperEngine:
         for out, tok, lang, prob in zip(outputs, tokenizers, languages, probs, strict=True):
             tokens = [t for t in out.sequences_ids[0] if t < tok.eot]
             n = len(tokens)
-            avg_logprob = (out.scores[0] * n) / (n + 1) if n else -10.0
+            avg_logprob = (out.scores[0] * n) / (n + 1) if n else -10.0  # as faster-whisper computes it
             text = collapse_repeats(tok.decode(tokens).strip())
             reason = reject_reason(
                 text,

@@ -46,6 +46,6 @@ def reject_reason(
         return "no_speech"
     if compression_ratio(text) > compression_threshold:
         return "repetition"
-    if avg_logprob < logprob_threshold - 0.5:
-        return "low_confidence"
+    # No guard on low confidence alone: offline Whisper keeps such text, and blanking it lost real (short,
+    # accented, or noisy) speech; silence is caught by the VAD and the no-speech rule above.
     return None

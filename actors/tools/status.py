@@ -1,10 +1,11 @@
-"""`tolk status`: streams, durable consumers (lag), KV buckets and actor health, read from NATS.
+"""`tolk status`: streams, durable consumers (lag), KV buckets, actor health and STT pools, read from NATS.
 
 The same numbers the exporter gives Prometheus, for a terminal: is anything behind, is anything down.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
@@ -32,13 +33,42 @@ async def collect(url: str, auth: NatsAuth | None = None) -> dict[str, Any]:
                             "consumers": sorted(consumers, key=lambda c: str(c["consumer"]))})
         now = time.time()
         actors = [{"actor": beat.actor, "instance": beat.instance, "pid": beat.pid, "ready": beat.ready,
-                   "up_s": round(now - beat.started_at), "metrics_port": beat.metrics_port}
+                   "up_s": round(now - beat.started_at), "metrics_port": beat.metrics_port, "info": beat.info}
                   for beat in await heartbeats(bus)]
         return {"nats": url, "streams": sorted(streams, key=lambda s: str(s["stream"])),
                 "kv": sorted(buckets, key=lambda b: str(b["bucket"])),
-                "actors": sorted(actors, key=lambda a: (a["actor"], a["instance"]))}
+                "actors": sorted(actors, key=lambda a: (a["actor"], a["instance"])),
+                "stt_pools": stt_pools(actors, streams)}
     finally:
         await bus.close()
+
+
+POOL_DURABLE = re.compile(r"^stt-(final|partial)-([a-z0-9-]+)$")
+
+
+def stt_pools(actors: list[dict[str, Any]], streams: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per STT pool: its model and languages (from its instances' heartbeats), instances ready / down, and the
+    lag of its two durables. A pool with durables and no instance shows up too: nothing serves it."""
+    rows: dict[str, dict[str, Any]] = {}
+
+    def row(name: str) -> dict[str, Any]:
+        return rows.setdefault(name, {"pool": name, "model": "", "languages": "", "ready": 0, "down": 0,
+                                      "final_pending": 0, "final_ack_pending": 0, "partial_pending": 0})
+
+    for a in actors:
+        if a["actor"] == "stt" and a["info"].get("pool"):
+            r = row(a["info"]["pool"])
+            r["model"], r["languages"] = a["info"].get("model", ""), a["info"].get("languages", "")
+            r["ready" if a["ready"] else "down"] += 1
+    for s in streams:
+        for c in s["consumers"] if s["stream"] == "TOLK_SEGMENTS" else []:
+            m = POOL_DURABLE.match(str(c["consumer"]))
+            if m and m[1] == "final":
+                r = row(m[2])
+                r["final_pending"], r["final_ack_pending"] = c["pending"], c["ack_pending"]
+            elif m:
+                row(m[2])["partial_pending"] = c["pending"]
+    return [rows[name] for name in sorted(rows)]
 
 
 def render(status: dict[str, Any]) -> str:
@@ -50,9 +80,18 @@ def render(status: dict[str, Any]) -> str:
         rows = by_actor.get(name, [])
         ready = sum(1 for a in rows if a["ready"])
         where = ", ".join(f"{a['instance']} (up {a['up_s']}s" + (f", :{a['metrics_port']}" if a["metrics_port"]
-                                                                    else "") + ")" for a in rows) or "-"
+                                                                    else "")
+                          + (f", pool {a['info']['pool']}" if a.get("info", {}).get("pool") else "") + ")"
+                          for a in rows) or "-"
         flag = "" if ready else "   <- none ready"
         out.append(f"{name:<12} {ready:>5} {len(rows) - ready:>5}  {where}{flag}")
+    if status.get("stt_pools"):
+        out += ["", "STT POOL     MODEL                LANGUAGES     READY  DOWN  FINAL LAG  ACK-PEND  PARTIAL LAG"]
+        for p in status["stt_pools"]:
+            flag = "" if p["ready"] else "   <- none ready"
+            out.append(f"{p['pool']:<12} {p['model'] or '?':<20} {p['languages'] or '?':<12} {p['ready']:>6} "
+                       f"{p['down']:>5} {p['final_pending']:>10} {p['final_ack_pending']:>9} "
+                       f"{p['partial_pending']:>12}{flag}")
     out += ["", "STREAM / CONSUMER                     MESSAGES    PENDING  ACK-PEND  REDELIV"]
     for s in status["streams"]:
         out.append(f"{s['stream']:<36} {s['messages']:>9}   ({s['bytes'] / 2**20:.1f} MiB)")

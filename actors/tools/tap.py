@@ -42,7 +42,7 @@ from schemas import (
 # First match wins. Subjects are Tolk's (README "Subjects"); KV entries are stored on $KV.<bucket>.<key>.
 TYPES: list[tuple[re.Pattern[str], type[msgspec.Struct] | str]] = [
     (re.compile(r"^tolk\.audio\.[^.]+\.[^.]+$"), AudioChunk),
-    (re.compile(r"^tolk\.segment\.(partial|final)\.[^.]+\.[^.]+$"), Segment),
+    (re.compile(r"^tolk\.segment\.(partial|final)\.[^.]+\.[^.]+\.[^.]+$"), Segment),  # <kind>.<pool>.<p>.<sid>
     (re.compile(r"^tolk\.(transcript|result)\.[^.]+\.[^.]+$"), Transcript),
     (re.compile(r"^tolk\.session\.[^.]+\.out$"), ClientResult),
     (re.compile(r"^tolk\.captions\.[^.]+$"), ClientResult),

@@ -130,6 +130,31 @@ is set; with install=false only given an existing Secret of the passwords (your 
 {{- if or .Values.auth.tokens .Values.auth.existingSecret }}true{{ end }}
 {{- end }}
 
+{{/*
+Deep merge, in place: every key of .src into .dst, maps merged key by key, anything else replaced, false and 0
+included (sprig's merge/mergeOverwrite skip those, so a pool could not turn off a default). Context: dict
+"dst" "src". Renders nothing.
+*/}}
+{{- define "tolk.deepMerge" -}}
+{{- $dst := .dst }}
+{{- range $k, $v := .src }}
+{{- if and (kindIs "map" $v) (kindIs "map" (index $dst $k)) }}
+{{- include "tolk.deepMerge" (dict "dst" (index $dst $k) "src" $v) }}
+{{- else }}
+{{- $_ := set $dst $k (deepCopy $v) }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* TOLK_STT_POOLS from stt.pools: `en=tiny.en:en;multi=base:*` (actors/runtime/pools.py). */}}
+{{- define "tolk.sttPools" -}}
+{{- $out := list }}
+{{- range .Values.stt.pools }}
+{{- $out = append $out (printf "%s=%s:%s" .name .model (join "," .languages)) }}
+{{- end }}
+{{- join ";" $out }}
+{{- end }}
+
 {{/* ------------------------------------------------------------------ checks that fail early */}}
 
 {{- define "tolk.validate" -}}
@@ -155,6 +180,32 @@ is set; with install=false only given an existing Secret of the passwords (your 
 {{- if and .Values.models.persistence.enabled (not .Values.models.persistence.existingClaim) (not .Values.models.persistence.accessModes) }}
 {{- fail "models.persistence.accessModes must not be empty" }}
 {{- end }}
+{{- if hasKey .Values.stt "model" }}
+{{- fail "stt.model is replaced by stt.pools (TOLK_STT_POOLS): e.g. stt.pools: [{name: default, model: base, languages: [\"*\"]}]" }}
+{{- end }}
+{{- $names := dict }}
+{{- $owner := dict }}
+{{- $catchAll := 0 }}
+{{- range $pool := .Values.stt.pools }}
+{{- if hasKey $names $pool.name }}
+{{- fail (printf "stt.pools: the name %s is used twice" $pool.name) }}
+{{- end }}
+{{- $_ := set $names $pool.name true }}
+{{- if and (has "*" $pool.languages) (gt (len $pool.languages) 1) }}
+{{- fail (printf "stt.pools: pool %s: \"*\" stands alone (it takes every language no other pool lists)" $pool.name) }}
+{{- end }}
+{{- range $lang := $pool.languages }}
+{{- if eq $lang "*" }}
+{{- $catchAll = add1 $catchAll }}
+{{- else if hasKey $owner $lang }}
+{{- fail (printf "stt.pools: language %s is in pools %s and %s" $lang (index $owner $lang) $pool.name) }}
+{{- end }}
+{{- $_ := set $owner $lang $pool.name }}
+{{- end }}
+{{- end }}
+{{- if ne $catchAll 1 }}
+{{- fail (printf "stt.pools: exactly one pool must have languages [\"*\"] (every other language, and auto); found %d" $catchAll) }}
+{{- end }}
 {{- end }}
 
 {{/* ------------------------------------------------------------------ container pieces */}}
@@ -165,6 +216,10 @@ is set; with install=false only given an existing Secret of the passwords (your 
   value: {{ include "tolk.natsUrl" . | quote }}
 - name: TOLK_LOG_LEVEL
   value: {{ .Values.logLevel | quote }}
+{{- /* Every actor reads the pools the same way: the segmenter routes by them, the edge sheds by them, the
+       topology Job declares their durables, the exporter reports them. */}}
+- name: TOLK_STT_POOLS
+  value: {{ include "tolk.sttPools" . | quote }}
 {{- /* The root filesystem is read-only: caches (assembled Whisper base, Hugging Face, Silero) go to /tmp. */}}
 - name: HOME
   value: /tmp
@@ -240,7 +295,8 @@ readinessProbe:
 The pod template every actor shares.
 Context: dict
   root       $
-  component  actor name (also the container name)
+  component  the workload's name and label (stt: stt-<pool>)
+  actor      (optional) the actor: container name and NATS user (default: component)
   cfg        the actor's values block
   args       list: the tolk CLI arguments
   port       container port serving /metrics, /healthz, /readyz (8080 edge, metrics.port otherwise)
@@ -307,7 +363,7 @@ spec:
     {{- toYaml . | nindent 4 }}
   {{- end }}
   containers:
-    - name: {{ .component }}
+    - name: {{ .actor | default .component }}
       image: {{ include "tolk.image" $root }}
       imagePullPolicy: {{ $root.Values.image.pullPolicy }}
       command: ["tolk"]
@@ -319,7 +375,7 @@ spec:
           protocol: TCP
       env:
         {{- include "tolk.commonEnv" $root | nindent 8 }}
-        {{- with include "tolk.natsUserEnv" (dict "root" $root "user" .component) | trim }}
+        {{- with include "tolk.natsUserEnv" (dict "root" $root "user" (.actor | default .component)) | trim }}
         {{- . | nindent 8 }}
         {{- end }}
         {{- if eq .portName "metrics" }}

@@ -1,0 +1,220 @@
+"""Accuracy benchmark: streaming WER through a real `tolk up` against the same model offline.
+
+    python -m loadtest.accuracy [--groups en multi] [--sessions 4] [--clips PREFIX ...]
+
+Per language group (English on tiny.en; de/fr/es/pt on base), every dev-set clip is streamed as its own
+microphone session at real-time pace, N sessions at once, through its own `tolk up`; then, in the same
+run, faster-whisper's `transcribe()` with its defaults (beam 5, previous text as prompt, whole file) reads
+the same clips with the same model and compute type. WER uses Whisper's normalisers (loadtest.wer);
+the report has substitutions/deletions/insertions, the streaming/offline ratio per group and per-clip
+rows, and is printed and saved under loadtest/reports/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import signal
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+from loadtest.client import SessionRun, stream_pcm
+from loadtest.mic import REPORTS, pct, start_tolk
+from loadtest.speech import Clip, clips
+from loadtest.wer import Counts, counts
+
+GOAL_RATIO = 1.05
+
+
+@dataclass(frozen=True)
+class Group:
+    name: str
+    model: str
+    languages: tuple[str, ...]
+
+
+GROUPS = {
+    "en": Group("en", "tiny.en", ("en",)),
+    "multi": Group("multi", "base", ("de", "fr", "es", "pt")),
+}
+
+
+@dataclass
+class ClipRow:
+    clip: str
+    language: str
+    seconds: float
+    stream: Counts
+    offline: Counts
+    stream_text: str
+    offline_text: str
+
+
+@dataclass
+class GroupResult:
+    group: str
+    model: str
+    rows: list[ClipRow] = field(default_factory=list)
+    final_latencies: list[float] = field(default_factory=list)
+    errors: int = 0
+
+    @property
+    def stream(self) -> Counts:
+        return sum((r.stream for r in self.rows), Counts())
+
+    @property
+    def offline(self) -> Counts:
+        return sum((r.offline for r in self.rows), Counts())
+
+    @property
+    def ratio(self) -> float:
+        return self.stream.wer / max(self.offline.wer, 1e-9)
+
+
+async def stream_clips(url: str, cs: list[Clip], sessions: int, pace: float) -> list[SessionRun]:
+    gate = asyncio.Semaphore(sessions)
+
+    async def one(i: int, c: Clip) -> SessionRun:
+        async with gate:
+            await asyncio.sleep(0.37 * (i % sessions))  # staggered like real users, not in lockstep
+            pcm, rate = c.pcm16()
+            return await stream_pcm(url, pcm, rate, pace=pace, language=c.language, timeout=120)
+
+    return list(await asyncio.gather(*(one(i, c) for i, c in enumerate(cs))))
+
+
+def offline(model: str, cs: list[Clip]) -> list[str]:
+    """faster-whisper's own transcribe() with its defaults, same model folder and compute type as Tolk."""
+    from faster_whisper import WhisperModel
+
+    from actors.runtime import settings
+    from actors.stt.actor import SttSettings
+    from actors.stt.models import resolve
+
+    cfg = settings.load(SttSettings)
+    path = resolve(model, cfg.model_cache)
+    whisper = WhisperModel(str(path), device="cpu", compute_type="int8", cpu_threads=os.cpu_count() or 2)
+    out = []
+    for c in cs:
+        pcm, rate = c.pcm16()
+        assert rate == 16000, c.name
+        audio = np.frombuffer(pcm, "<i2").astype(np.float32) / 32768.0
+        segments, _ = whisper.transcribe(audio, language=c.language if whisper.model.is_multilingual else None)
+        out.append(" ".join(s.text.strip() for s in segments))
+    return out
+
+
+async def run_group(group: Group, cs: list[Clip], args: argparse.Namespace) -> GroupResult:
+    result = GroupResult(group.name, group.model)
+    with tempfile.TemporaryDirectory(prefix="tolk-accuracy-") as tmp:
+        proc, url = start_tolk(Path(tmp), {"TOLK_MODEL": group.model})
+        try:
+            began = time.monotonic()
+            runs = await stream_clips(url, cs, args.sessions, args.pace)
+            print(f"[{group.name}] streamed {len(cs)} clips in {time.monotonic() - began:.0f} s", flush=True)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=90)
+    began = time.monotonic()
+    texts = offline(group.model, cs) if not args.no_offline else [""] * len(cs)
+    print(f"[{group.name}] offline transcribe() in {time.monotonic() - began:.0f} s", flush=True)
+    for c, run, text in zip(cs, runs, texts, strict=True):
+        result.rows.append(ClipRow(c.name, c.language, c.seconds, counts(c.reference, run.text(), c.language),
+                                   counts(c.reference, text, c.language), run.text(), text))
+        result.final_latencies += run.final_latencies()
+        result.errors += len(run.errors) + (not run.done)
+    return result
+
+
+def _cell(c: Counts) -> str:
+    return f"{c.wer:.3f} ({c.substitutions}/{c.deletions}/{c.insertions})"
+
+
+def render(results: list[GroupResult], args: argparse.Namespace, machine: str) -> str:
+    lines = [
+        "# Tolk accuracy benchmark: streaming vs offline Whisper",
+        "",
+        f"- command: `python -m loadtest.accuracy {' '.join(sys.argv[1:])}`",
+        f"- machine: {machine}",
+        f"- streaming: each clip is one session through `tolk up` at {args.pace:g}× real time, "
+        f"{args.sessions} at once, `stop` right after the clip's last sample",
+        "- offline: faster-whisper `transcribe()` defaults (beam 5, previous text as prompt, whole file), same model "
+        "folder, CPU int8 as Tolk uses",
+        "- WER: Whisper's normalisers (English / basic), jiwer alignment; cells are WER (substitutions/deletions/"
+        "insertions)",
+        "",
+        "| group | model | clips | words | streaming WER | offline WER | ratio | deletions streaming / offline | "
+        "final p50 / p95 (s) | errors |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for g in results:
+        s, o = g.stream, g.offline
+        lines.append(
+            f"| {g.group} | {g.model} | {len(g.rows)} | {s.words} | {_cell(s)} | {_cell(o)} | {g.ratio:.2f} | "
+            f"{100 * s.deletions / max(1, s.words):.1f} % / {100 * o.deletions / max(1, o.words):.1f} % | "
+            f"{pct(g.final_latencies, 50):.2f} / {pct(g.final_latencies, 95):.2f} | {g.errors} |")
+    lines += ["", f"Goal: ratio ≤ {GOAL_RATIO} and no more deletions than offline, per group.", ""]
+    for g in results:
+        lines += [f"## {g.group} ({g.model})", "", "| clip | s | streaming | offline |", "|---|---:|---:|---:|"]
+        for r in g.rows:
+            lines.append(f"| {r.clip} | {r.seconds:.1f} | {_cell(r.stream)} | {_cell(r.offline)} |")
+        lines.append("")
+        worse = [r for r in g.rows if r.stream.errors > r.offline.errors]
+        if worse:
+            lines += ["Clips where streaming made more errors than offline:", ""]
+            for r in worse:
+                lines += [f"- **{r.clip}**", f"  - streaming: {r.stream_text}", f"  - offline: {r.offline_text}"]
+            lines.append("")
+    return "\n".join(lines)
+
+
+async def main_async(args: argparse.Namespace) -> int:
+    results = []
+    for name in args.groups:
+        group = GROUPS[name]
+        cs = [c for c in clips() if c.language in group.languages
+              and (not args.clips or any(c.name.startswith(p) for p in args.clips))]
+        if not cs:
+            continue
+        if args.model:
+            group = Group(group.name, args.model, group.languages)
+        results.append(await run_group(group, cs, args))
+    if not results:
+        raise SystemExit("no clips match")
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB"
+    report = render(results, args, machine)
+    print("\n" + report)
+    REPORTS.mkdir(exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    (REPORTS / f"{args.name}-{stamp}.md").write_text(report)
+    (REPORTS / f"{args.name}-latest.md").write_text(report)
+    summary = [{"group": g.group, "model": g.model, "stream": asdict(g.stream), "offline": asdict(g.offline),
+                "ratio": g.ratio, "final_latencies": g.final_latencies, "rows": [asdict(r) for r in g.rows]}
+               for g in results]
+    (REPORTS / f"{args.name}-{stamp}.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False))
+    return 0
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--groups", nargs="+", choices=sorted(GROUPS), default=["en", "multi"])
+    p.add_argument("--sessions", type=int, default=4, help="sessions streaming at once")
+    p.add_argument("--pace", type=float, default=1.0, help="1 = real time")
+    p.add_argument("--clips", nargs="*", default=[], help="clip name prefixes (default: the whole dev set)")
+    p.add_argument("--model", default=None, help="use this model for every group instead of tiny.en / base")
+    p.add_argument("--no-offline", action="store_true", help="skip the offline reference run")
+    p.add_argument("--name", default="accuracy", help="report name: loadtest/reports/<name>-latest.md")
+    return asyncio.run(main_async(p.parse_args()))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
