@@ -28,6 +28,7 @@ from edge.listener import ChannelListener
 from edge.metrics import EdgeMetrics
 from edge.protocol import ErrorCode, ProtocolError, Start
 from edge.session import ClientSession, Limits
+from edge.vendors import deepgram, openai, speechmatics
 from schemas import (
     AudioChunk,
     ChannelRecord,
@@ -100,7 +101,8 @@ class Edge(Actor):
         self._tasks: set[asyncio.Task[None]] = set()  # detached sessions waiting out the resume grace
         self.app = web.Application(client_max_size=cfg.max_frame_bytes,
                                    middlewares=[auth.middleware(auth.Authenticator(
-                                       auth.parse_tokens(cfg.api_tokens), cfg.token_secret))])
+                                       auth.parse_tokens(cfg.api_tokens), cfg.token_secret),
+                                       refusals=(openai.refusal, deepgram.refusal))])
         self.app.add_routes([
             web.get("/v1/listen", self.listen),
             web.get("/healthz", self.healthz),
@@ -110,6 +112,9 @@ class Edge(Actor):
             web.get("/v1/transcriptions/ws", self.files.websocket),
             web.get("/v1/sessions/{session_id}/transcript", self.files.export),
             web.get("/metrics", self.metrics_route),
+            *openai.routes(self),  # OpenAI's audio API: /v1/audio/transcriptions, /v1/audio/translations
+            *deepgram.routes(self),  # Deepgram's pre-recorded POST /v1/listen (its live one: `listen` below)
+            *speechmatics.routes(self),  # Speechmatics realtime: /v2, /v2/<language>
         ])
         page.install(self.app)
 
@@ -268,6 +273,8 @@ class Edge(Actor):
 
     # ------------------------------------------------------------------ routes
     async def listen(self, request: web.Request) -> web.StreamResponse:
+        if deepgram.is_deepgram(request):  # Deepgram's query settings / `Authorization: Token`: its protocol
+            return await deepgram.listen(self, request, request.get(auth.TOKEN, ""))
         ws = web.WebSocketResponse(
             # aiohttp closes an over-limit frame itself (1009) before we could explain why, so its
             # limit sits well above ours: up to 4x the limit gets a JSON `frame_too_large` first.

@@ -2,12 +2,14 @@
 
 Two kinds, either or both configured:
 - API tokens (`TOLK_API_TOKENS`): long-lived shared secrets for servers and trusted apps;
-- signed tokens (`TOLK_TOKEN_SECRET`): `v1.<payload>.<signature>`, HMAC-SHA256 over a small JSON payload with a
-  subject and an expiry, minted by your backend (or `tolk token`) for a browser or phone, so the long-lived
-  secret never reaches a device. Per-token session limits count per subject.
+- signed tokens (`TOLK_TOKEN_SECRET`): standard JWTs (HS256, claims `sub` and `exp`), minted by your backend in
+  any language (or `tolk token`) for a browser or phone, so the long-lived secret never reaches a device.
+  Per-token session limits count per subject. The previous `v1.<payload>.<HMAC>` format is still accepted for
+  this release (deprecated: logged once) and will be dropped in the next.
 
-`Authorization: Bearer <token>`, or `?token=<token>` for browsers, whose WebSocket API cannot set headers
-(prefer the header elsewhere: URLs end up in proxy logs). Tokens are compared in constant time and never
+`Authorization: Bearer <token>` (or `Authorization: Token <token>`, as Deepgram's SDKs send it), or
+`?token=<token>` for browsers, whose WebSocket API cannot set headers (prefer the header elsewhere: URLs end
+up in proxy logs). Tokens are compared in constant time and never
 logged. With neither configured the edge is open, which `tolk up` on a laptop wants; it says so loudly.
 """
 
@@ -22,6 +24,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+import jwt
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
@@ -49,6 +52,8 @@ def presented(request: web.Request) -> str:
     header = request.headers.get("Authorization", "")
     if header[:7].lower() == "bearer ":
         return header[7:].strip()
+    if header[:6].lower() == "token ":  # Deepgram's SDKs
+        return header[6:].strip()
     return request.query.get("token", "")
 
 
@@ -69,15 +74,53 @@ def _unb64(text: str) -> bytes:
 
 
 def mint(secret: str, subject: str, ttl_s: float, now: float | None = None) -> str:
-    """A signed token for `subject`, valid for `ttl_s` seconds."""
+    """A JWT (HS256) for `subject`, valid for `ttl_s` seconds."""
+    issued = int(now or time.time())
+    return jwt.encode({"sub": subject, "iat": issued, "exp": int(issued + ttl_s)}, secret, algorithm="HS256")
+
+
+def looks_signed(token: str) -> bool:
+    """A JWT (three base64url parts, the header a JSON object) or a legacy `v1.` token."""
+    return token.startswith(("v1.", "eyJ")) and token.count(".") == 2
+
+
+def verify(secret: str, token: str, now: float | None = None) -> str:
+    """The subject of a JWT (HS256 only: `alg: none` and others are refused) or legacy `v1.` token, or
+    TokenError (`invalid_token`, `token_expired`)."""
+    if token.startswith("v1."):
+        return verify_v1(secret, token, now)
+    try:
+        # Expiry is checked below against `now` (testable); PyJWT checks the signature and the claims' presence.
+        claims = jwt.decode(token, secret, algorithms=["HS256"],
+                            options={"require": ["sub", "exp"], "verify_exp": False, "verify_iat": False})
+        subject, expires = claims["sub"], float(claims["exp"])
+    except (jwt.InvalidTokenError, ValueError, TypeError, KeyError):
+        raise TokenError("invalid_token", "the token is not valid") from None
+    if not isinstance(subject, str) or not subject:
+        raise TokenError("invalid_token", "the token is not valid")
+    if expires <= (now or time.time()):
+        raise TokenError("token_expired", "the token has expired: get a new one")
+    return subject
+
+
+_warned_v1 = False
+
+
+def mint_v1(secret: str, subject: str, ttl_s: float, now: float | None = None) -> str:
+    """The deprecated pre-JWT format (`v1.<payload>.<HMAC-SHA256>`), kept for tests of its last release."""
     payload = _b64(json.dumps({"sub": subject, "exp": int((now or time.time()) + ttl_s)},
                               separators=(",", ":")).encode())
     sig = hmac.new(secret.encode(), f"v1.{payload}".encode(), hashlib.sha256).digest()
     return f"v1.{payload}.{_b64(sig)}"
 
 
-def verify(secret: str, token: str, now: float | None = None) -> str:
-    """The token's subject, or TokenError (`invalid_token`, `token_expired`)."""
+def verify_v1(secret: str, token: str, now: float | None = None) -> str:
+    """A deprecated `v1.` token's subject, or TokenError (`invalid_token`, `token_expired`)."""
+    global _warned_v1
+    if not _warned_v1:
+        _warned_v1 = True
+        log.warning("a deprecated v1. client token was presented: mint JWTs (`tolk token`); v1. tokens are "
+                    "refused from the next release")
     parts = token.split(".")
     if len(parts) != 3 or parts[0] != "v1":
         raise TokenError("invalid_token", "the token is not valid")
@@ -108,14 +151,22 @@ class Authenticator:
         """Who presents `token` (the per-token limit key), or TokenError."""
         if not token:
             raise TokenError("unauthorized", "a token is required: Authorization: Bearer <token>, or ?token=<token>")
-        if self.secret and token.startswith("v1."):
-            return "sub:" + verify(self.secret, token)
+        if self.secret and looks_signed(token):
+            try:
+                return "sub:" + verify(self.secret, token)
+            except TokenError as err:  # an API token that happens to look like one still counts as one
+                if err.code != "invalid_token" or not token_ok(token, self.tokens):
+                    raise
         if token_ok(token, self.tokens):
             return "key:" + hashlib.sha256(token.encode()).hexdigest()[:16]
         raise TokenError("invalid_token", "the token is not valid")
 
 
-def middleware(auth: Authenticator) -> Middleware:
+# A vendor adapter's own 401 body for its routes (OpenAI's, Deepgram's shape), or None for Tolk's.
+Refusal = Callable[[web.Request, TokenError], web.Response | None]
+
+
+def middleware(auth: Authenticator, refusals: tuple[Refusal, ...] = ()) -> Middleware:
     if not auth.enabled:
         log.warning("AUTHENTICATION IS OFF: anyone who can reach this edge can use it. Set TOLK_API_TOKENS "
                     "and/or TOLK_TOKEN_SECRET for anything but local development.")
@@ -128,6 +179,9 @@ def middleware(auth: Authenticator) -> Middleware:
                 request[TOKEN] = auth.identify(presented(request))
             except TokenError as err:
                 log.info("%s %s: %s from %s", request.method, request.path, err.code, request.remote)
+                for refuse in refusals:
+                    if (shaped := refuse(request, err)) is not None:
+                        return shaped
                 return web.json_response({"error": {"code": err.code, "message": err.message}}, status=401,
                                          headers={"WWW-Authenticate": 'Bearer realm="tolk"'})
         return await handler(request)

@@ -19,7 +19,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
@@ -89,8 +89,33 @@ class FileTranscriber:
         if self.jobs >= self.cfg.file_jobs:
             raise FileError(503, "busy", f"{self.cfg.file_jobs} files are being transcribed; try again shortly")
 
+    @contextlib.contextmanager
+    def slot(self) -> Iterator[None]:
+        """One file job for the duration of the block (FileError 503 `busy` when all are taken)."""
+        self.admit()
+        self.jobs += 1
+        try:
+            yield
+        finally:
+            self.jobs -= 1
+
+    async def transcribe(self, path: str, language: str, targets: tuple[str, ...] = (),
+                         prompt: str = "") -> tuple[list[Cue], str]:
+        """Every final of the file as cues, and the language they came in (the detected one for `auto`)."""
+        cues, lang = [], language
+        async for r in self.run(path, language, targets, prompt):
+            if r.kind is ResultKind.FINAL and r.text:
+                cues.append(_cue(r))
+                lang = r.language or lang
+        return cues, lang
+
+    async def duration(self, path: str) -> float:
+        """`probe` on a thread: FileError 415 when the file holds no decodable audio."""
+        return await asyncio.get_running_loop().run_in_executor(self.threads, probe, path)
+
     # ------------------------------------------------------------------ the pipeline run
-    async def run(self, path: str, language: str, targets: tuple[str, ...]) -> AsyncIterator[ClientResult]:
+    async def run(self, path: str, language: str, targets: tuple[str, ...],
+                  prompt: str = "") -> AsyncIterator[ClientResult]:
         sid = f"file-{uuid.uuid4().hex}"
         self.edge.metrics.sessions_started.labels("file").inc()
         partition = partition_for(sid, self.edge.partitions)
@@ -105,7 +130,7 @@ class FileTranscriber:
         if targets:
             await listeners.put_listener(kv, ListenerRecord(stream_id=sid, listener_id="owner", targets=targets,
                                                             edge=self.edge.instance, updated_at=time.time()))
-        feeder = asyncio.create_task(self._feed(path, sid, partition, language), name=f"edge.file.{sid}")
+        feeder = asyncio.create_task(self._feed(path, sid, partition, language, prompt), name=f"edge.file.{sid}")
         try:
             while True:
                 try:
@@ -127,7 +152,7 @@ class FileTranscriber:
                 with contextlib.suppress(Exception):
                     await listeners.remove_listener(kv, sid, "owner")
 
-    async def _feed(self, path: str, sid: str, partition: int, language: str) -> None:
+    async def _feed(self, path: str, sid: str, partition: int, language: str, prompt: str = "") -> None:
         """Decode on a thread, publish 1 s chunks, at most `file_pace` × real time ahead of the wall clock."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[SourceChunk | None] = asyncio.Queue(maxsize=16)
@@ -159,7 +184,7 @@ class FileTranscriber:
                         await asyncio.sleep(ahead)
                 msg = AudioChunk(
                     session_id=sid, chunk_seq=seq, sample_rate=16000, encoding=Encoding.PCM_S16LE, language=language,
-                    data=chunk.pcm if chunk else b"", received_at=time.time(), end=chunk is None,
+                    data=chunk.pcm if chunk else b"", received_at=time.time(), end=chunk is None, prompt=prompt,
                 )
                 await self.edge.bus.publish_audio(msg, partition)
                 if chunk is None:
@@ -172,7 +197,9 @@ class FileTranscriber:
             await thread
 
     # ------------------------------------------------------------------ upload handling
-    async def _receive_multipart(self, request: web.Request) -> tuple[str, dict[str, str]]:
+    async def receive_multipart(self, request: web.Request) -> tuple[str, dict[str, str]]:
+        """The upload stored under a name of ours, and the other form fields (a repeated field's values
+        joined by commas, e.g. `timestamp_granularities[]`)."""
         limit = self.cfg.max_upload_bytes
         if request.content_length is not None and request.content_length > limit + 65536:
             raise FileError(413, "file_too_large", f"uploads are limited to {limit} bytes")
@@ -186,14 +213,15 @@ class FileTranscriber:
             if not isinstance(part, aiohttp.BodyPartReader):
                 continue
             if part.name == "file":
-                path = await self._store(part.read_chunk, limit)
+                path = await self.store(part.read_chunk, limit)
             elif part.name and len(fields) < 16:
-                fields[part.name] = (await part.read(decode=True))[:1024].decode("utf-8", "replace")
+                value = (await part.read(decode=True))[:1024].decode("utf-8", "replace")
+                fields[part.name] = f"{fields[part.name]},{value}" if part.name in fields else value
         if not path:
             raise FileError(400, "invalid_request", "missing the `file` field")
         return path, fields
 
-    async def _store(self, read: Any, limit: int) -> str:
+    async def store(self, read: Any, limit: int) -> str:
         """Copy the upload to a temp file named by us (never by the client), enforcing the size limit."""
         fd, path = tempfile.mkstemp(prefix="tolk-upload-", dir=self.cfg.upload_dir or None)
         size = 0
@@ -241,16 +269,12 @@ class FileTranscriber:
             resp.headers["Retry-After"] = "10"
             return resp
         try:
-            path, fields = await self._receive_multipart(request)
+            path, fields = await self.receive_multipart(request)
             fmt, language, stream, targets = self._options(fields)
-            duration = await asyncio.get_running_loop().run_in_executor(self.threads, probe, path)
+            duration = await self.duration(path)
             if stream:
                 return await self._sse(request, path, language, targets, fmt, duration)
-            cues, lang = [], language
-            async for r in self.run(path, language, targets):
-                if r.kind is ResultKind.FINAL and r.text:
-                    cues.append(_cue(r))
-                    lang = r.language or lang
+            cues, lang = await self.transcribe(path, language, targets)
             body, ctype = render(cues, fmt, lang, duration)
             if isinstance(body, dict):
                 return web.json_response(body)
@@ -310,8 +334,8 @@ class FileTranscriber:
                     return b""
                 raise FileError(400, "invalid_frame", 'send the file as binary frames, then {"type":"end"}')
 
-            path = await self._store(read, self.cfg.max_upload_bytes)
-            duration = await asyncio.get_running_loop().run_in_executor(self.threads, probe, path)
+            path = await self.store(read, self.cfg.max_upload_bytes)
+            duration = await self.duration(path)
             await ws.send_json({"type": "started", "duration": round(duration, 3), "language": language,
                                 "targets": list(targets)})
             async for r in self.run(path, language, targets):

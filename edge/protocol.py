@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from actors.runtime.partition import valid_session_id
+from edge.audio_in import COMPRESSED, RATE
 from schemas import ClientResult, Encoding, ResultKind
 from schemas.languages import WHISPER_LANGUAGES
 
@@ -55,6 +56,7 @@ class ErrorCode(enum.StrEnum):
     SESSION_TOO_LONG = "session_too_long"
     AUDIO_BEFORE_START = "audio_before_start"
     INVALID_FRAME = "invalid_frame"
+    INVALID_AUDIO = "invalid_audio"
     FRAME_TOO_LARGE = "frame_too_large"
     INVALID_BASE64 = "invalid_base64"
     IDLE_TIMEOUT = "idle_timeout"
@@ -85,6 +87,7 @@ CLOSE_FOR: dict[ErrorCode, Close | None] = {
     ErrorCode.OVERLOADED: Close.TRY_AGAIN,  # shed at start, so the sessions already running keep their latency
     ErrorCode.AUDIO_BEFORE_START: Close.POLICY,
     ErrorCode.INVALID_FRAME: Close.INVALID_PAYLOAD,
+    ErrorCode.INVALID_AUDIO: Close.INVALID_PAYLOAD,  # compressed audio that does not decode as it said
     ErrorCode.FRAME_TOO_LARGE: Close.TOO_BIG,
     ErrorCode.INVALID_BASE64: Close.INVALID_PAYLOAD,
     ErrorCode.IDLE_TIMEOUT: Close.POLICY,
@@ -119,6 +122,14 @@ class Start:
     translate_partials: bool = False
     resume_from: int | None = None  # resume `session_id`: the last `seq` this client saw (0: none)
     resume_token: str = ""  # the `resume_token` the session's `started` carried
+    # Compressed audio (`ogg_opus`, `webm_opus`, `opus`; vendor adapters also `mulaw`, `file`): decoded at the
+    # edge (edge/audio_in.py) into `encoding` at `sample_rate`, which is what the pipeline receives. "": raw PCM.
+    codec: str = ""
+
+    @property
+    def wire_encoding(self) -> str:
+        """The encoding the client sends (what `started` echoes)."""
+        return self.codec or self.encoding.value
 
 
 @dataclass(frozen=True)
@@ -189,11 +200,16 @@ def parse_start(obj: dict[str, Any]) -> Start:
             ErrorCode.UNSUPPORTED_SAMPLE_RATE, f"sample_rate {rate} outside {MIN_RATE}-{MAX_RATE} Hz"
         )
     enc = obj.get("encoding", Encoding.PCM_S16LE.value)
-    try:
-        encoding = Encoding(enc)
-    except ValueError:
-        supported = ", ".join(e.value for e in Encoding)
-        raise ProtocolError(ErrorCode.UNSUPPORTED_ENCODING, f"encoding {enc!r} not supported ({supported})") from None
+    codec = ""
+    if enc in COMPRESSED:  # decoded at the edge: the pipeline gets 16 kHz s16le whatever the client's rate
+        codec, encoding, rate = enc, Encoding.PCM_S16LE, RATE
+    else:
+        try:
+            encoding = Encoding(enc)
+        except ValueError:
+            supported = ", ".join([*(e.value for e in Encoding), *COMPRESSED])
+            raise ProtocolError(ErrorCode.UNSUPPORTED_ENCODING,
+                                f"encoding {enc!r} not supported ({supported})") from None
     language = parse_language(obj.get("language", "auto"), ErrorCode.UNSUPPORTED_LANGUAGE)
     sid = obj.get("session_id")
     if sid is not None and (not isinstance(sid, str) or not valid_session_id(sid)):
@@ -211,7 +227,8 @@ def parse_start(obj: dict[str, Any]) -> Start:
     token = obj.get("resume_token", "")
     if resume is not None and (not isinstance(token, str) or not 1 <= len(token) <= 64):
         raise ProtocolError(ErrorCode.INVALID_START, "resume_from needs the resume_token from the session's `started`")
-    return Start(rate, encoding, language, sid, targets, partials, resume, token if resume is not None else "")
+    return Start(rate, encoding, language, sid, targets, partials, resume, token if resume is not None else "",
+                 codec)
 
 
 def parse_language(language: Any, code: ErrorCode) -> str:

@@ -16,7 +16,7 @@ import secrets
 import time
 import uuid
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import msgspec
@@ -28,6 +28,7 @@ from nats.js.errors import KeyWrongLastSequenceError
 from actors.runtime import listeners
 from actors.runtime.partition import partition_for
 from edge import replay
+from edge.audio_in import AudioFormatError, StreamDecoder, decoder_for
 from edge.protocol import (
     Audio,
     Close,
@@ -103,6 +104,7 @@ class ClientSession:
         # protocol error, an idle client or a newer connection resuming it does not.
         self._detach = False
         self.superseded = False
+        self.decoder: StreamDecoder | None = None  # compressed audio (start.codec): decoded here, per connection
 
     # ------------------------------------------------------------------ lifecycle
     async def serve(self) -> Subscribe | None:
@@ -133,7 +135,7 @@ class ClientSession:
         if self.ws.closed:
             return
         with contextlib.suppress(Exception):
-            await self.ws.send_json(err.to_json())
+            await self.ws.send_json(self.error_json(err))
         if err.close is not None:
             self.phase = Phase.CLOSED
             with contextlib.suppress(Exception):
@@ -232,9 +234,24 @@ class ClientSession:
     async def _on_audio(self, data: bytes) -> None:
         if self.phase is Phase.AWAIT_START or self.start is None:
             raise ProtocolError(ErrorCode.AUDIO_BEFORE_START, 'send {"type":"start"} before audio')
-        check_audio(data, self.start.encoding, self.limits.max_frame_bytes)
+        if self.decoder is None:
+            check_audio(data, self.start.encoding, self.limits.max_frame_bytes)
+        elif len(data) > self.limits.max_frame_bytes:
+            raise ProtocolError(ErrorCode.FRAME_TOO_LARGE, f"audio frame of {len(data)} bytes exceeds "
+                                f"{self.limits.max_frame_bytes}")
         if self.phase is not Phase.STREAMING or not data:
             return  # audio after stop is ignored: the stream is already being flushed
+        if self.decoder is not None:
+            try:  # a large frame (minutes of Opus) decodes off the event loop, so other sessions do not wait
+                data = await asyncio.to_thread(self.decoder.feed, data) if len(data) > 16384 \
+                    else self.decoder.feed(data)
+            except AudioFormatError as exc:
+                raise ProtocolError(ErrorCode.INVALID_AUDIO, f"{self.start.wire_encoding}: {exc}") from None
+            except Exception as exc:  # whatever a damaged stream makes the parser or FFmpeg raise: this session's
+                raise ProtocolError(ErrorCode.INVALID_AUDIO, f"{self.start.wire_encoding}: undecodable audio "
+                                    f"({exc.__class__.__name__})") from None
+            if not data:
+                return
         limit = self.limits.max_session_s
         if limit and time.time() - self.created_at > limit:
             await self._too_long(limit)
@@ -265,6 +282,7 @@ class ClientSession:
         # Claimed before anything of this connection is set: a refused start leaves the session untouched.
         epoch = await self._attach(sid, start)
         self.start, self.session_id, self.epoch = start, sid, epoch
+        self.decoder = decoder_for(start.codec) if start.codec else None
         self.partition = partition_for(sid, self.edge.partitions)
         self.chunk_seq = epoch << 32
         if current is not None:  # the old connection is half-dead (the client already came back): retire it
@@ -282,9 +300,9 @@ class ClientSession:
         self.phase = Phase.STREAMING
         self.edge.metrics.sessions_started.labels("resume" if resuming else "mic").inc()
         missed = await self._missed(start.resume_from) if start.resume_from is not None else []
-        await self.ws.send_json({
+        await self.send_started({
             "type": "started", "session_id": sid, "sample_rate": start.sample_rate,
-            "encoding": start.encoding.value, "language": start.language, "targets": list(self.targets),
+            "encoding": start.wire_encoding, "language": start.language, "targets": list(self.targets),
             "translate_partials": self.translate_partials, "resume_token": self.resume_key,
             **({"resumed": True, "replayed": len(missed)} if resuming else {}),
         })
@@ -395,6 +413,17 @@ class ClientSession:
             log.warning("%s: session record not written: %s", self.session_id, exc)
             return False
 
+    # ------------------------------------------------------------------ what the client sees (vendor adapters
+    # on this same session, edge/vendors/, override these three)
+    def error_json(self, err: ProtocolError) -> dict[str, Any]:
+        return err.to_json()
+
+    async def send_started(self, started: dict[str, Any]) -> None:
+        await self.ws.send_json(started)
+
+    async def send_result(self, result: ClientResult, targets: tuple[str, ...]) -> None:
+        await self.ws.send_json(render_result(result, targets=targets))
+
     # ------------------------------------------------------------------ results
     async def _on_result(self, msg: Msg) -> None:
         try:
@@ -416,7 +445,7 @@ class ClientSession:
                 continue  # already sent (a fan-out that crashed between sending and recording it sends again)
             self.last_seq = result.seq
             wanted = self.targets if result.kind is not ResultKind.PARTIAL or self.translate_partials else ()
-            await self.ws.send_json(render_result(result, targets=wanted))
+            await self.send_result(result, wanted)
             if result.kind is ResultKind.END:
                 self.done.set()
                 self.phase = Phase.CLOSED

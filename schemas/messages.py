@@ -28,7 +28,8 @@ class Endpoint(enum.StrEnum):
 
     NONE = ""  # partials
     SILENCE = "silence"  # the speaker paused for endpoint_ms
-    MAX_DURATION = "max_duration"  # cut at the quietest point of an over-long utterance
+    MAX_DURATION = "max_duration"  # no gap at all: cut at the quietest recent point of an over-long utterance
+    GAP = "gap"  # continuous speech past soft_max_s: ended at its first short VAD gap
     STOP = "stop"  # the client sent stop (or vanished)
 
 
@@ -68,6 +69,7 @@ class AudioChunk(_Msg, frozen=True):
     # Whose listeners get the results: "" = the session itself (a microphone). A broadcast channel's
     # pipeline runs are sessions `ch=<name>=<run>` of the stream `ch=<name>` (see `stream_of`).
     stream_id: str = ""
+    prompt: str = ""  # Whisper's initial prompt for this session's finals (OpenAI `prompt`); "" = none
 
 
 class Segment(_Msg, frozen=True):
@@ -96,6 +98,7 @@ class Segment(_Msg, frozen=True):
     # (sent once the tail pad of silence has passed). STT may decode it early and reuse that for the final;
     # no transcript is published for it.
     speculative: bool = False
+    prompt: str = ""  # the session's initial prompt (AudioChunk.prompt), for finals when it has no text yet
 
 
 class Word(msgspec.Struct, frozen=True):

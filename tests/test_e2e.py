@@ -17,12 +17,12 @@ import nats
 from actors.runtime import permissions, pools
 from loadtest.client import SessionRun, stream_pcm
 from loadtest.speech import Clip, clips
-from loadtest.wer import corpus_wer
+from loadtest.wer import corpus_wer, normalise
 from tests.conftest import Running
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.e2e]
 
-WER_BOUND = 0.15
+WER_BOUND = 0.1  # Whisper's normaliser; streaming measured 0.04 here (python -m loadtest.accuracy)
 
 
 async def stream_many(ws: str, cs: list[Clip], pace: float, concurrency: int) -> dict[str, SessionRun]:
@@ -243,3 +243,60 @@ async def test_garbage_on_internal_subjects_crashes_no_actor(tolk: Running) -> N
     log = tolk.log.read_text()
     assert "exited with" not in log, "an actor crashed on garbage"
     assert "terminating undecodable message" in log
+
+
+def stt_metrics(tolk: Running) -> str:
+    """Every STT process's /metrics, found through its heartbeat (`tolk status --json`)."""
+    import subprocess
+    import urllib.request
+
+    from tests.conftest import TOLK
+
+    out = subprocess.run([TOLK, "status", "--json", "--data-dir", str(Path(tolk.log).parent / "data")],
+                         capture_output=True, text=True, timeout=60, check=False)
+    texts = []
+    for a in json.loads(out.stdout)["actors"]:
+        if a["actor"] == "stt" and a["ready"]:
+            with urllib.request.urlopen(f"http://127.0.0.1:{a['metrics_port']}/metrics", timeout=5) as resp:
+                texts.append(resp.read().decode())
+    return "\n".join(texts)
+
+
+def counter(text: str, name: str, **labels: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()))
+
+
+def trimmed_after_last_word(c: Clip) -> bytes:
+    """The clip cut 30 ms after its last loud sample: `stop` follows the last word with no pause at all."""
+    pcm, rate = c.pcm16()
+    x = np.frombuffer(pcm, "<i2").astype(np.float32) / 32768
+    frames = x[: len(x) // 160 * 160].reshape(-1, 160)
+    loud = np.flatnonzero(np.sqrt((frames**2).mean(axis=1)) > 0.02)
+    end = (int(loud[-1]) + 1) * 160 + rate * 30 // 1000
+    return pcm[: end * 2]
+
+
+async def test_the_last_words_before_stop_are_kept(tolk: Running) -> None:
+    """#13: the words right before `stop` (no pause after them) reach the last final."""
+    c = next(c for c in clips("en") if c.name.startswith("en_jfk"))
+    run = await stream_pcm(tolk.ws, trimmed_after_last_word(c), 16000, pace=2.0)
+    check_ordering(run)
+    assert run.finals[-1]["endpoint"] == "stop"
+    assert normalise(run.text())[-3:] == ["for", "your", "country"], run.text()
+    assert corpus_wer([(c.reference, run.text())]) < 0.1, run.text()
+
+
+async def test_finals_reuse_their_early_decode(tolk: Running) -> None:
+    """Utterances ended by a pause are decoded during the pause (speculative segments); their finals reuse it."""
+    before = stt_metrics(tolk)
+    c = next(c for c in clips("en") if c.name.startswith("en_gb0"))
+    pcm, rate = c.pcm16()
+    run = await stream_pcm(tolk.ws, pcm[: rate * 2 * 40], rate, pace=1.0)  # 40 s, about 6 pauses
+    check_ordering(run)
+    after = stt_metrics(tolk)
+    used = counter(after, "tolk_stt_speculative_total", outcome="used") - \
+        counter(before, "tolk_stt_speculative_total", outcome="used")
+    silence_ended = sum(f["endpoint"] == "silence" for f in run.finals)
+    assert silence_ended >= 3 and used >= 1, (silence_ended, used)
+    assert corpus_wer([(c.reference[: len(run.text()) + 20], run.text())]) < 0.15

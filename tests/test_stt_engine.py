@@ -56,6 +56,21 @@ def test_words_in_a_batch_mixing_finals_and_partials(tiny: WhisperEngine) -> Non
     assert all(abs(a.start - b.start) < 0.05 for a, b in zip(mixed[1].words, alone.words, strict=True))
 
 
+def test_prompts_of_mixed_lengths_in_one_batch(tiny: WhisperEngine) -> None:
+    """CTranslate2 batches only equal-length prompts: the engine groups by a few fixed lengths, so a batch mixing
+    sessions with no, short and long previous text gives each the text it would get alone, in order."""
+    cs = [clip("en_librispeech_61"), clip("en_fleurs_003"), clip("en_jfk")]
+    prompts = ["", "He was not an ill disposed young man.", clip("en_gb0").reference[:1000]]
+    assert [len(tiny.context_tokens(p)) for p in prompts] == [0, 8, 128]
+    reqs = [SttRequest(audio(c), "en", True, prompt=p) for c, p in zip(cs, prompts, strict=True)]
+    batched = tiny.transcribe_batch(reqs, window_s=30, beam_size=5)
+    single = [tiny.transcribe_batch([q], window_s=30, beam_size=5)[0] for q in reqs]
+    assert [r.text for r in batched] == [r.text for r in single]
+    for c, r in zip(cs, batched, strict=True):
+        assert corpus_wer([(c.reference, r.text)]) < 0.15, r.text  # the prompt conditions, it is not repeated
+        assert r.words and " ".join(w.word for w in r.words).split() == r.text.split()
+
+
 def test_fitted_window_keeps_accuracy(tiny: WhisperEngine) -> None:
     cs = [c for c in clips("en") if c.seconds < 14]
     pairs = [(c.reference, tiny.transcribe_batch([SttRequest(audio(c), "en")], window_s=10)[0].text) for c in cs]

@@ -9,7 +9,9 @@ import pytest
 from actors.runtime.partition import owned_partitions, partition_for, valid_session_id
 from actors.runtime.settings import SettingsError, load
 from actors.stt.guards import collapse_repeats, compression_ratio, reject_reason
+from actors.stt.finals import EarlyDecodes, PromptContext, early_key
 from loadtest.wer import Counts, corpus_wer, counts, normalise
+from schemas import Segment, SegmentKind
 
 
 def test_collapse_repeats() -> None:
@@ -122,3 +124,39 @@ def test_channel_config_and_names() -> None:
         with pytest.raises(channels.ChannelConfigError):
             channels.parse(bad)
 
+
+
+def test_prompt_context_is_bounded_and_per_language() -> None:
+    ctx = PromptContext(max_chars=20, max_sessions=2)
+    ctx.add("a", "en", "Good morning.")
+    ctx.add("a", "en", "This Tuesday is election day.")
+    assert ctx.prompt("a", "en") == "esday is election day."[-20:] and len(ctx.prompt("a", "en")) <= 20
+    assert ctx.prompt("a", "de") == ""  # another language's text would pull Whisper off
+    ctx.add("a", "de", "Guten Morgen.")
+    assert ctx.prompt("a", "de") == "Guten Morgen." and ctx.prompt("a", "en") == ""
+    ctx.add("b", "en", "x")
+    ctx.add("c", "en", "y")
+    assert ctx.prompt("a", "de") == ""  # least recently used session forgotten
+    ctx.add("c", "en", "   ")
+    assert ctx.prompt("c", "en") == "y"
+
+
+def _segment(utterance: int, samples: int, speculative: bool) -> Segment:
+    return Segment(session_id="s", utterance_id=utterance, seq=1, final_index=1, kind=SegmentKind.FINAL,
+                   audio=b"\0\0" * samples, start=0.0, end=1.0, language="en", speech_end_wall=0.0, partition=0,
+                   speculative=speculative)
+
+
+def test_early_decodes_match_only_the_same_samples() -> None:
+    early: EarlyDecodes[str] = EarlyDecodes(capacity=2)
+    early.put(early_key(_segment(1, 16000, True), "en"), "text")
+    assert early.take(early_key(_segment(1, 16001, False), "en")) is None  # speech went on: other samples
+    assert early.take(early_key(_segment(1, 16000, False), "de")) is None
+    assert early.take(early_key(_segment(1, 16000, False), "en")) == "text"
+    assert early.take(early_key(_segment(1, 16000, False), "en")) is None  # used once
+    for n in range(3):
+        early.put(early_key(_segment(2, n + 1, True), "en"), str(n))
+    assert early_key(_segment(2, 1, False), "en") not in early  # bounded: the oldest went
+    early.drop_utterance("s", 2)
+    assert early_key(_segment(2, 3, False), "en") not in early
+    assert (early.made, early.hits) == (4, 1)

@@ -75,6 +75,7 @@ class SessionState:
         self.session_id = chunk.session_id
         self.partition = partition
         self.language = chunk.language
+        self.prompt = chunk.prompt
         self.stream_id = chunk.stream_id
         self.sample_rate = chunk.sample_rate
         self.resampler = Resampler(chunk.sample_rate)
@@ -351,7 +352,7 @@ class SegmenterActor(Actor):
             audio=to_int16_bytes(cut.audio), start=round(cut.start, 3), end=round(cut.end, 3),
             language=state.language, speech_end_wall=cut.speech_end_wall, partition=state.partition,
             speech_start=round(cut.speech_start, 3), endpoint=cut.endpoint, stream_id=state.stream_id,
-            speculative=cut.speculative,
+            speculative=cut.speculative, prompt=state.prompt,
         )
         # A final is deduped by its index: one a dead segmenter published before its checkpoint is not re-made.
         msg_id = f"{state.session_id}:f{final_index}" if cut.final else f"{state.session_id}:{state.seq}"

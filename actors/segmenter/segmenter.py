@@ -28,8 +28,17 @@ class State(enum.Enum):
 
 @dataclass(frozen=True)
 class SegmenterConfig:
-    endpoint_ms: int = 500  # silence that ends an utterance
-    max_utterance_s: float = 15.0  # longer speech is cut at its quietest point
+    endpoint_ms: int = 500  # silence that ends a short utterance
+    # Continuous speech (a presenter who never pauses for endpoint_ms): the pause that ends an utterance
+    # shrinks as it grows, from endpoint_ms at shrink_after_s down to endpoint_min_ms at soft_max_s; past
+    # soft_max_s the first VAD gap of gap_ms ends it (Endpoint.GAP). 0 for soft_max_s: off.
+    endpoint_min_ms: int = 200
+    shrink_after_s: float = 3.0
+    soft_max_s: float = 6.0
+    gap_ms: int = 64
+    gap_db: float = 20.0  # in that phase a frame also counts as gap when this far below the utterance's loud frames
+    max_utterance_s: float = 15.0  # with no gap at all, speech is cut at the quietest point of the last...
+    cap_lookback_s: float = 2.0  # ...this many seconds (never further back than half the utterance)
     partial_every_ms: int = 700  # new speech between partial windows
     first_partial_ms: int = 300  # the first window comes sooner: the user sees text start quickly
     pre_speech_ms: int = 1000  # audio kept before the onset (soft starts, Whisper context)
@@ -65,12 +74,19 @@ class UtteranceSegmenter:
         self.state = State.INACTIVE
         self._endpoint = cfg.frames(cfg.endpoint_ms)
         self._max = cfg.frames(cfg.max_utterance_s * 1000)
+        self._lookback = cfg.frames(cfg.cap_lookback_s * 1000)
+        soft = cfg.soft_max_s if 0 < cfg.soft_max_s < cfg.max_utterance_s else 0.0
+        self._soft = cfg.frames(soft * 1000) if soft else 0
+        self._shrink_from = min(cfg.frames(cfg.shrink_after_s * 1000), self._soft) if soft else 0
+        self._endpoint_min = min(self._endpoint, cfg.frames(cfg.endpoint_min_ms)) if soft else self._endpoint
+        self._gap = min(self._endpoint_min, cfg.frames(cfg.gap_ms)) if soft else self._endpoint
+        self._gap_ratio = 10 ** (-cfg.gap_db / 20)
         self._partial = cfg.frames(cfg.partial_every_ms)
         self._first_partial = cfg.frames(min(cfg.first_partial_ms, cfg.partial_every_ms))
         self._onset_frames = cfg.frames(cfg.onset_ms)
         self._min_speech = cfg.frames(cfg.min_speech_ms)
         self._pad = cfg.frames(cfg.tail_pad_ms) if cfg.tail_pad_ms else 0
-        self._speculate_at = self._pad if cfg.speculate and 0 < self._pad < self._endpoint else 0
+        self._speculate = cfg.speculate and self._pad > 0
         self._reset_after = cfg.frames(cfg.vad_reset_ms)
         self._quiet_run = 0  # consecutive non-speech frames while INACTIVE
         self._pending = np.zeros(0, dtype=np.float32)
@@ -89,6 +105,7 @@ class UtteranceSegmenter:
         self._last_speech = -1  # absolute frame index
         self._speech_frames = 0
         self._silence = 0
+        self._quiet = 0  # consecutive frames that are silence or far below the utterance's level
         self._since_partial = 0
         self._partials = 0
 
@@ -162,11 +179,14 @@ class UtteranceSegmenter:
             self._silence += 1
         self._since_partial += 1
 
-        if self._silence >= self._endpoint:
-            return self._finalise(Endpoint.SILENCE)
+        needed, kind = self._pause_needed()
+        if kind is Endpoint.GAP:
+            self._quiet = self._quiet + 1 if not speech or self._dip() else 0
+        if (self._quiet if kind is Endpoint.GAP else self._silence) >= needed:
+            return self._finalise(kind)
         if len(self._frames) >= self._max:
             return self._cut_at_quietest()
-        if self._speculate_at and self._silence == self._speculate_at and self._wanted():
+        if self._speculate and self._silence == self._pad and self._wanted():
             # Exactly the samples _finalise keeps if the silence lasts: STT can reuse the decode.
             return [dataclasses.replace(self._cut(len(self._frames), final=False, end_frame=self._last_speech + 1,
                                                   endpoint=Endpoint.SILENCE), speculative=True)]
@@ -176,6 +196,29 @@ class UtteranceSegmenter:
             self._partials += 1
             return [self._cut(len(self._frames), final=False, end_frame=idx + 1)]
         return []
+
+    def _pause_needed(self) -> tuple[int, Endpoint]:
+        """Frames of silence that end the utterance now, and the endpoint they make.
+
+        The clock is the speech so far (onset → now, pre-roll excluded). A speculative cut is sent at
+        `tail_pad_ms` of silence whenever more is needed: a final ended by silence ≥ the pad keeps exactly
+        the samples up to the last speech frame + pad, the speculative cut's, whichever threshold ends it.
+        """
+        if not self._soft:
+            return self._endpoint, Endpoint.SILENCE
+        spoken = self._n - self._onset_at
+        if spoken >= self._soft:
+            return self._gap, Endpoint.GAP
+        if spoken <= self._shrink_from:
+            return self._endpoint, Endpoint.SILENCE
+        frac = (spoken - self._shrink_from) / max(1, self._soft - self._shrink_from)
+        return round(self._endpoint - frac * (self._endpoint - self._endpoint_min)), Endpoint.SILENCE
+
+    def _dip(self) -> bool:
+        """The last frame is `gap_db` below the utterance's loud frames (its 90th percentile): a breath
+        between words that the VAD's hangover still calls speech, not the inside of a word."""
+        loud = float(np.percentile(self._energy, 90))
+        return self._energy[-1] < loud * self._gap_ratio
 
     def _open(self, idx: int) -> None:
         self.utterance_id += 1
@@ -229,11 +272,12 @@ class UtteranceSegmenter:
         return cuts
 
     def _cut_at_quietest(self) -> list[Cut]:
-        """Cap reached: split at the lowest-energy point of the later half, keep the rest open."""
+        """Cap reached with no gap: split at the lowest-energy point of the last `cap_lookback_s` (at most the
+        later half), so the final ends close to now; keep the rest open."""
         energy = np.asarray(self._energy)
         window = 5
         smooth = np.convolve(energy, np.ones(window) / window, mode="same")
-        lo = len(smooth) // 2
+        lo = max(len(smooth) // 2, len(smooth) - self._lookback)
         split = lo + int(np.argmin(smooth[lo:]))
         split = max(1, min(split, len(self._frames) - 1))
         head = self._cut(split, final=True, end_frame=self._start + split, endpoint=Endpoint.MAX_DURATION)

@@ -35,6 +35,9 @@ RTF = Histogram("tolk_stt_real_time_factor", "Model seconds per audio second of 
                 ["kind", "pool"], buckets=(0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 5.0))
 AUDIO_SECONDS = Counter("tolk_stt_audio_seconds", "Seconds of audio transcribed, by lane and STT pool.",
                         ["kind", "pool"])
+SPECULATIVE = Counter("tolk_stt_speculative", "Speculative segments (a final's audio sent ahead during the endpoint "
+                      "silence) by outcome: decoded early, used by their final, or skipped undecoded.",
+                      ["pool", "outcome"])
 POOL_INFO = Gauge("tolk_stt_pool_info", "The STT pool this process serves (TOLK_STT_POOL): its model and "
                   "languages, always 1.", ["pool", "model", "languages"])
 
@@ -215,12 +218,18 @@ class SttActor(Actor):
         queue allows. With no final waiting, the newest speculative segment of each utterance is decoded."""
         finals = [d for d in self._finals if not d.msg.speculative][: self.cfg.batch_size]
         if finals:
-            for d in finals:
+            keys = {(d.msg.session_id, d.msg.utterance_id) for d in finals}
+            for d in [d for d in self._finals if (d.msg.session_id, d.msg.utterance_id) in keys]:
                 self._finals.remove(d)
+                if d.msg.speculative:  # its final is here: it would never be used
+                    SPECULATIVE.labels(self.pool.name, "skipped").inc()
+                    with contextlib.suppress(Exception):
+                        await d.raw.ack()
             todo = []
             for d in finals:
                 early = self._early.take(self._early_key(d.msg))
                 if early is not None:
+                    SPECULATIVE.labels(self.pool.name, "used").inc()
                     await self._deliver(d, early)
                 else:
                     todo.append(d)
@@ -238,10 +247,11 @@ class SttActor(Actor):
                 stale.append(newest[key])
             newest[key] = d
         self._finals.clear()
-        for d in [*stale, *(d for k, d in newest.items() if self._progress.get(k) == -1 or not self.cfg.speculate)]:
+        unused = [k for k in newest if self._progress.get(k) == -1 or not self.cfg.speculate]
+        for d in [*stale, *(newest.pop(k) for k in unused)]:
+            SPECULATIVE.labels(self.pool.name, "skipped").inc()
             with contextlib.suppress(Exception):
                 await d.raw.ack()  # superseded, or its final is out: nothing will use it
-            newest.pop((d.msg.session_id, d.msg.utterance_id), None)
         batch = sorted(newest.values(), key=lambda d: d.msg.speech_end_wall)[: self.cfg.batch_size]
         self._finals.extend(d for d in newest.values() if d not in batch)
         if batch:
@@ -328,7 +338,8 @@ class SttActor(Actor):
             audio=np.frombuffer(seg.audio, "<i2").astype(np.float32) / 32768.0,
             language=language,
             word_timestamps=final,
-            prompt=self.context.prompt(seg.session_id, language) if final else "",  # partials stay cheap
+            # partials stay cheap; a session's own text wins over its initial prompt (OpenAI `prompt`)
+            prompt=(self.context.prompt(seg.session_id, language) or seg.prompt) if final else "",
         )
 
     async def _transcribe(self, lane: BoundedExecutor, batch: list[Delivery[Segment]], window_s: float,
@@ -341,7 +352,8 @@ class SttActor(Actor):
         try:
             results = await lane.run(self.engine.transcribe_batch, requests, window_s, beam_size)
             busy, audio = time.monotonic() - began, sum(len(r.audio) for r in requests) / 16000
-            if lane is self.final_lane:
+            if lane is self.final_lane and not all(d.msg.speculative for d in batch):
+                # Early decodes run only while no final waits, so they do not count as the lane's load.
                 self._final_calls.append((time.monotonic(), busy))
             self._account(len(batch), busy, audio)
             BATCH.labels(kind, self.pool.name).observe(len(batch))
@@ -357,6 +369,7 @@ class SttActor(Actor):
             self._inflight = [d for d in self._inflight if d not in batch]
         for d, req, r in zip(batch, requests, results, strict=True):
             if d.msg.speculative:  # kept for its final; nothing is published for it
+                SPECULATIVE.labels(self.pool.name, "decoded").inc()
                 self._early.put(early_key(d.msg, req.language), r)
                 with contextlib.suppress(Exception):
                     await d.raw.ack()
