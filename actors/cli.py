@@ -44,6 +44,8 @@ def _parser() -> argparse.ArgumentParser:
                     "TOLK_STT_POOLS, else English on tiny.en and the rest on base): tiny.en | base | a "
                     "faster-whisper name (small, large-v3, turbo…) | a Hugging Face repo id (org/name) | "
                     "/path/to/ctranslate2-whisper")
+    up.add_argument("--ready-timeout", type=float, default=float(os.environ.get("TOLK_READY_TIMEOUT_S", "300")),
+                    help="seconds the actors may take to become ready (a first model download counts)")
     up.add_argument("--nats-auth", action=argparse.BooleanOptionalAction,
                     default=os.environ.get("TOLK_NATS_AUTH", "true").lower() not in ("0", "false", "no"),
                     help="embedded NATS: one user per actor with its permissions (nats/permissions.toml)")
@@ -68,7 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     tap.add_argument("--idle-exit", type=float, default=0.0, help="exit after this many seconds without one")
     tap.add_argument("--bytes", action="store_true", help="print audio and other bytes as base64, not sizes")
 
-    token = sub.add_parser("token", help="mint a signed, expiring client token (needs TOLK_TOKEN_SECRET)")
+    token = sub.add_parser("token", help="mint a signed, expiring client token: a JWT, HS256 (needs TOLK_TOKEN_SECRET)")
     token.add_argument("--subject", required=True, help="who it is for: per-token session limits count per subject")
     token.add_argument("--ttl", type=float, default=3600, help="seconds it stays valid")
 
@@ -167,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     extra = {"TOLK_MODEL": args.model, "TOLK_STT_POOLS": ""} if args.model else {}
     opts = UpOptions(nats_url=args.nats_url, data_dir=Path(args.data_dir), host=args.host, port=args.port,
                      nats_port=args.nats_port, nats_replicas=args.nats_replicas, extra_env=extra,
-                     nats_auth=args.nats_auth)
+                     nats_auth=args.nats_auth, ready_timeout_s=args.ready_timeout)
     try:
         supervisor = Supervisor(opts)
     except SettingsError as exc:

@@ -33,6 +33,10 @@ class AudioFormatError(ValueError):
     """The client's audio is not what it said it would send (or is damaged beyond skipping)."""
 
 
+class UnsupportedAudio(AudioFormatError):
+    """A file of a kind not decoded here (the client said "a file", and it is neither WAV, Ogg nor WebM)."""
+
+
 def _opus_head(channels: int = 1) -> bytes:
     """A minimal OpusHead (RFC 7845): what a raw-packet stream lacks."""
     return b"OpusHead" + struct.pack("<BBHIhB", 1, channels, 0, 48000, 0, 0)
@@ -164,8 +168,6 @@ class OggOpusDecoder(StreamDecoder):
                 if lace < 255:
                     out += self._packet(bytes(self.packet))
                     self.packet.clear()
-        if len(self.buf) > MAX_PENDING and self.buf[:4] != b"OggS":
-            raise AudioFormatError("not an Ogg stream")
         return bytes(out)
 
     def _packet(self, data: bytes) -> bytes:
@@ -407,7 +409,7 @@ class SniffingDecoder(StreamDecoder):
             elif magic == b"\x1a\x45\xdf\xa3":
                 self.inner = WebmOpusDecoder()
             else:
-                raise AudioFormatError("audio files must be WAV, Ogg Opus or WebM Opus")
+                raise UnsupportedAudio("audio files must be WAV, Ogg Opus or WebM Opus")
             data, self.head = bytes(self.head), bytearray()
         return self.inner.feed(data)
 

@@ -28,7 +28,7 @@ from nats.js.errors import KeyWrongLastSequenceError
 from actors.runtime import listeners
 from actors.runtime.partition import partition_for
 from edge import replay
-from edge.audio_in import AudioFormatError, StreamDecoder, decoder_for
+from edge.audio_in import AudioFormatError, StreamDecoder, UnsupportedAudio, decoder_for
 from edge.protocol import (
     Audio,
     Close,
@@ -245,6 +245,8 @@ class ClientSession:
             try:  # a large frame (minutes of Opus) decodes off the event loop, so other sessions do not wait
                 data = await asyncio.to_thread(self.decoder.feed, data) if len(data) > 16384 \
                     else self.decoder.feed(data)
+            except UnsupportedAudio as exc:
+                raise ProtocolError(ErrorCode.UNSUPPORTED_ENCODING, str(exc)) from None
             except AudioFormatError as exc:
                 raise ProtocolError(ErrorCode.INVALID_AUDIO, f"{self.start.wire_encoding}: {exc}") from None
             except Exception as exc:  # whatever a damaged stream makes the parser or FFmpeg raise: this session's

@@ -40,25 +40,30 @@ class SessionRun:
         """When the audio at `stream_s` left the client (audio is sent at `pace` × real time)."""
         return self.t0 + stream_s / self.pace
 
-    def final_latencies(self) -> list[float]:
-        """Seconds from sending the end of speech to receiving the final, for finals ended by a pause.
+    def final_latencies(self, endpoint: str = "silence") -> list[float]:
+        """Seconds from sending a final's `end` to receiving it, for finals with this `endpoint`.
 
-        Finals cut at max_duration (no pause to wait for) or by `stop` are not "after end of speech".
+        For `silence` that is from the end of speech (the pause included); for `gap` and `max_duration` (cut in
+        running speech) from the cut; `stop` finals wait for the client's stop and are not "after their end".
         """
-        out = []
+        return self.final_latencies_by_endpoint().get(endpoint, [])
+
+    def final_latencies_by_endpoint(self) -> dict[str, list[float]]:
+        out: dict[str, list[float]] = {}
         for r, at in zip(self.results, self.received_at, strict=True):
-            if r["type"] == "final" and r["text"] and r.get("endpoint") == "silence":
-                out.append(at - self.sent_wall(r["end"]))
+            if r["type"] == "final" and r["text"]:
+                out.setdefault(r.get("endpoint") or "", []).append(at - self.sent_wall(r["end"]))
         return out
 
     def first_partial_latencies(self) -> list[float]:
         """Seconds from sending an utterance's speech onset to its first text (partial or final).
 
-        Utterances continuing a max_duration cut have no onset of their own and are skipped.
+        Utterances continuing a cut in running speech (max_duration, gap) have no onset of their own and are
+        skipped.
         """
         continued = set()
         for r in self.finals:
-            if r.get("endpoint") == "max_duration":
+            if r.get("endpoint") in ("max_duration", "gap"):
                 continued.add(r["utterance_id"] + 1)
         first: dict[int, tuple[float, float]] = {}
         for r, at in zip(self.results, self.received_at, strict=True):

@@ -1,12 +1,19 @@
 """Microphone benchmark: N concurrent real-time sessions of real speech through a real `tolk up`.
 
     python -m loadtest.mic --sessions 1 2 4 6 8 [--seconds 60] [--clips en_jfk ...] [--url ws://...]
+    python -m loadtest.mic --continuous --sessions 1 6   # also the same speech with its pauses squeezed out
 
 Each session streams a long "microphone" made of corpus clips (1 s of silence between them, a
 different order per session) at real-time pace. Reports first-partial and final latency (p50/p95,
 from the client's own clock: when the audio left it → when the text arrived), corpus WER, CPU and
 RSS per actor process, and the largest N whose p95 final latency stays ≤ 2 s. The report is printed
 and saved under loadtest/reports/.
+
+`--continuous` runs every level twice: first as above (the paused original), then the same clips with every
+pause over 150 ms squeezed out (`loadtest.speech.squeeze_pauses`, an energy gate like ffmpeg's
+`silenceremove`; clips joined by 150 ms instead of 1 s): a presenter who never stops for the 500 ms endpoint.
+It reports final latency per endpoint type (`silence`, `gap`, `max_duration`: from the final's `end` to its
+arrival) and the continuous run's WER next to the paused run's. `--only-continuous` skips the paused pass.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ import psutil
 
 from actors.runtime import pools
 from loadtest.client import SessionRun, stream_pcm
-from loadtest.speech import Clip, clips
+from loadtest.speech import Clip, clips, squeeze_pauses
 from loadtest.wer import corpus_wer
 
 REPORTS = Path(__file__).resolve().parent / "reports"
@@ -52,14 +59,20 @@ class Row:
     errors: int
     cpu: dict[str, float]  # % of one core, per actor
     rss_mib: dict[str, float]  # peak
+    load: tuple[float, float] = (0.0, 0.0)  # the box's 1-minute load average before and after (shared machines)
+    mode: str = "paused"  # or "continuous": pauses over 150 ms squeezed out
+    by_endpoint: dict[str, list[float]] | None = None  # final latencies (s) per endpoint type
 
 
 def pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
 
-def mic_stream(cs: list[Clip], offset: int, seconds: float) -> tuple[bytes, str]:
-    """Clips in rotated order, joined with 1 s of silence, until `seconds` of audio."""
+def mic_stream(cs: list[Clip], offset: int, seconds: float, continuous: bool = False) -> tuple[bytes, str]:
+    """Clips in rotated order, joined with 1 s of silence, until `seconds` of audio (of the paused original).
+
+    `continuous`: the same clips, each with its pauses over 150 ms squeezed out, joined by 150 ms.
+    """
     parts: list[bytes] = []
     refs: list[str] = []
     total = 0.0
@@ -68,7 +81,10 @@ def mic_stream(cs: list[Clip], offset: int, seconds: float) -> tuple[bytes, str]
         c = cs[i % len(cs)]
         pcm, rate = c.pcm16()
         assert rate == 16000
-        parts += [pcm, b"\x00\x00" * 16000]
+        if continuous:
+            parts += [squeeze_pauses(np.frombuffer(pcm, "<i2")).tobytes(), b"\x00\x00" * 2400]
+        else:
+            parts += [pcm, b"\x00\x00" * 16000]
         refs.append(c.reference)
         total += c.seconds + 1
         i += 1
@@ -129,8 +145,8 @@ class ActorSampler:
 
 
 async def run_level(url: str, n: int, cs: list[Clip], seconds: float, sampler: ActorSampler | None,
-                    targets: list[str] | None = None) -> Row:
-    streams = [mic_stream(cs, i * 3, seconds) for i in range(n)]
+                    targets: list[str] | None = None, continuous: bool = False) -> Row:
+    streams = [mic_stream(cs, i * 3, seconds, continuous) for i in range(n)]
 
     async def one(i: int) -> SessionRun:
         await asyncio.sleep(i * 0.37)  # staggered like real users, not in lockstep
@@ -139,10 +155,15 @@ async def run_level(url: str, n: int, cs: list[Clip], seconds: float, sampler: A
 
     if sampler:
         sampler.start()
+    load0 = os.getloadavg()[0]
     runs = await asyncio.gather(*(one(i) for i in range(n)))
     cpu, rss = await sampler.stop() if sampler else ({}, {})
     finals = [x for r in runs for x in r.final_latencies()]
     firsts = [x for r in runs for x in r.first_partial_latencies()]
+    by_endpoint: dict[str, list[float]] = {}
+    for r in runs:
+        for kind, xs in r.final_latencies_by_endpoint().items():
+            by_endpoint.setdefault(kind, []).extend(round(x, 3) for x in xs)
     return Row(
         sessions=n,
         audio_s=round(sum(len(s[0]) / 32000 for s in streams), 1),
@@ -150,8 +171,44 @@ async def run_level(url: str, n: int, cs: list[Clip], seconds: float, sampler: A
         first_partial_p50=round(pct(firsts, 50), 3), first_partial_p95=round(pct(firsts, 95), 3),
         final_p50=round(pct(finals, 50), 3), final_p95=round(pct(finals, 95), 3),
         finals=len(finals), errors=sum(len(r.errors) + (not r.done) for r in runs),
-        cpu=cpu, rss_mib=rss,
+        cpu=cpu, rss_mib=rss, load=(round(load0, 1), round(os.getloadavg()[0], 1)),
+        mode="continuous" if continuous else "paused", by_endpoint=by_endpoint,
     )
+
+
+ENDPOINTS = ("silence", "gap", "max_duration", "stop")
+
+
+def render_endpoints(rows: list[Row]) -> list[str]:
+    """Final latency per endpoint type, paused vs continuous input, and WER of each."""
+    lines = [
+        "Final latency per endpoint type (from the final's `end` to its arrival, client clock): "
+        "p50 / p95 / max in seconds (count). `silence`: ended by a pause (the pause included); `gap`: continuous "
+        "speech past 6 s cut at its first short gap; `max_duration`: no gap, cut at the cap; `stop` waits for the "
+        "client's stop and is not a latency.",
+        "",
+        "| sessions | input | WER | finals | " + " | ".join(f"`{e}`" for e in ENDPOINTS) + " | load avg |",
+        "|---:|---|---:|---:|" + "---|" * len(ENDPOINTS) + "---|",
+    ]
+    for r in rows:
+        cells = []
+        for e in ENDPOINTS:
+            xs = (r.by_endpoint or {}).get(e, [])
+            if not xs:
+                cells.append("—")
+            elif e == "stop":
+                cells.append(f"({len(xs)})")
+            else:
+                cells.append(f"{pct(xs, 50):.2f} / {pct(xs, 95):.2f} / {max(xs):.2f} ({len(xs)})")
+        total = sum(len(v) for v in (r.by_endpoint or {}).values())
+        lines.append(f"| {r.sessions} | {r.mode} | {r.wer:.3f} | {total} | " + " | ".join(cells)
+                     + f" | {r.load[0]:.1f} → {r.load[1]:.1f} |")
+    pairs = {(r.sessions, r.mode): r for r in rows}
+    for n in sorted({r.sessions for r in rows}):
+        if (n, "paused") in pairs and (n, "continuous") in pairs:
+            d = pairs[(n, "continuous")].wer - pairs[(n, "paused")].wer
+            lines.append(f"\n{n} session(s): continuous WER − paused WER = {d:+.3f}")
+    return lines
 
 
 def start_tolk(data: Path, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
@@ -194,15 +251,19 @@ def render(rows: list[Row], args: argparse.Namespace, machine: str) -> str:
         "|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        lines.append(f"| {r.sessions} | {r.wer:.3f} | {r.first_partial_p50:.2f} / {r.first_partial_p95:.2f} | "
+        lines.append(f"| {r.sessions}{' (continuous)' if r.mode == 'continuous' else ''} | {r.wer:.3f} | "
+                     f"{r.first_partial_p50:.2f} / {r.first_partial_p95:.2f} | "
                      f"{r.final_p50:.2f} / {r.final_p95:.2f} | {r.finals} | {r.errors} |")
     lines += ["", "CPU (% of one core) and peak RSS (MiB) per process:", "",
               "| sessions | " + " | ".join(actors) + " |", "|---:|" + "---:|" * len(actors)]
     for r in rows:
         cells = [f"{r.cpu.get(a, 0):.0f}% / {r.rss_mib.get(a, 0):.0f}" for a in actors]
-        lines.append(f"| {r.sessions} | " + " | ".join(cells) + " |")
+        lines.append(f"| {r.sessions}{' (continuous)' if r.mode == 'continuous' else ''} | " + " | ".join(cells)
+                     + " |")
     lines += ["", f"Largest N with p95 final ≤ {GOAL_P95_FINAL_S:.0f} s and no errors: "
               f"**{max(held) if held else 'none'}**", ""]
+    if any(r.mode == "continuous" for r in rows):
+        lines += [*render_endpoints(rows), ""]
     return "\n".join(lines)
 
 
@@ -219,12 +280,18 @@ async def main_async(args: argparse.Namespace) -> int:
         proc, url = start_tolk(Path(tmp.name), {})
     rows = []
     try:
+        modes = [False] if not (args.continuous or args.only_continuous) else \
+            [True] if args.only_continuous else [False, True]
         for n in args.sessions:
-            sampler = ActorSampler(proc.pid) if proc else None
-            row = await run_level(url, n, cs, args.seconds, sampler, args.targets)
-            print(f"sessions={n}: WER {row.wer:.3f}, final p50/p95 {row.final_p50:.2f}/{row.final_p95:.2f} s, "
-                  f"first partial p50/p95 {row.first_partial_p50:.2f}/{row.first_partial_p95:.2f} s", flush=True)
-            rows.append(row)
+            for continuous in modes:
+                sampler = ActorSampler(proc.pid) if proc else None
+                row = await run_level(url, n, cs, args.seconds, sampler, args.targets, continuous)
+                print(f"sessions={n} {row.mode}: WER {row.wer:.3f}, final p50/p95 {row.final_p50:.2f}/"
+                      f"{row.final_p95:.2f} s, first partial p50/p95 {row.first_partial_p50:.2f}/"
+                      f"{row.first_partial_p95:.2f} s, by endpoint "
+                      f"{ {k: (len(v), round(pct(v, 95), 2)) for k, v in (row.by_endpoint or {}).items()} }",
+                      flush=True)
+                rows.append(row)
     finally:
         if proc:
             proc.send_signal(signal.SIGTERM)
@@ -250,6 +317,9 @@ def main() -> int:
     p.add_argument("--url", default=None, help="benchmark a running edge instead of starting `tolk up`")
     p.add_argument("--targets", nargs="*", default=[], help="translate every session into these languages")
     p.add_argument("--name", default="mic", help="report name: loadtest/reports/<name>-latest.md")
+    p.add_argument("--continuous", action="store_true",
+                   help="run each level paused and then with pauses over 150 ms squeezed out; latency per endpoint")
+    p.add_argument("--only-continuous", action="store_true", help="only the squeezed pass")
     return asyncio.run(main_async(p.parse_args()))
 
 

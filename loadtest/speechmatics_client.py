@@ -1,5 +1,5 @@
 """Speechmatics' own realtime SDK (`speechmatics-python`, unmodified) against Tolk's `/v2`, recording what comes
-back and when: for tests/test_vendor_speechmatics.py and loadtest/vendor_latency.py."""
+back and when: for tests/test_vendor_speechmatics.py and loadtest/speechmatics_latency.py."""
 
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ import pytest_asyncio
 
 from actors.runtime.bus import Bus
 from edge.app import EdgeSettings
-from edge.auth import TokenError, mint, token_ok, verify
+from edge.auth import TokenError, mint, mint_v1, token_ok, verify
 from tests.conftest import edge_server
 
 on_loop = pytest.mark.asyncio(loop_scope="session")
@@ -133,3 +133,26 @@ def test_token_verification_rules() -> None:
     assert err.value.code == "token_expired"
     with pytest.raises(TokenError):
         verify("wrong", token, now=1005)
+
+
+def test_tokens_are_standard_jwts() -> None:
+    """Any backend's JWT library mints them (HS256, `sub`, `exp`); the pre-JWT `v1.` format still verifies for
+    this release; `alg: none`, other algorithms and tokens without `sub` / `exp` do not."""
+    import jwt
+
+    token = mint(SECRET, "alice", ttl_s=60)
+    assert jwt.get_unverified_header(token)["alg"] == "HS256"
+    claims = jwt.decode(token, SECRET, algorithms=["HS256"])
+    assert claims["sub"] == "alice" and claims["exp"] > claims["iat"]
+    by_backend = jwt.encode({"sub": "bob", "exp": 2000}, SECRET, algorithm="HS256")
+    assert verify(SECRET, by_backend, now=1999) == "bob"
+    assert verify(SECRET, mint_v1(SECRET, "carol", 10, now=1000), now=1005) == "carol"
+    unsigned = jwt.encode({"sub": "mallory", "exp": 2000}, None, algorithm="none")
+    other_alg = jwt.encode({"sub": "mallory", "exp": 2000}, SECRET, algorithm="HS512")
+    no_exp = jwt.encode({"sub": "mallory"}, SECRET, algorithm="HS256")
+    no_sub = jwt.encode({"exp": 2000}, SECRET, algorithm="HS256")
+    for bad in (unsigned, other_alg, no_exp, no_sub, by_backend + "x", "eyJ.eyJ.x"):
+        with pytest.raises(TokenError) as err:
+            verify(SECRET, bad, now=1000)
+        assert err.value.code == "invalid_token", bad
+

@@ -159,8 +159,11 @@ async def speak_and_stop(page: Page, seconds: float) -> None:
     await page.wait_for_function("window.tolk.mic.finished", timeout=60_000)
 
 
-async def test_microphone_transcribes_and_translates_live(browser: Browser, stack: Running) -> None:
-    page = await open_page(browser, stack.http + "/")
+@pytest.mark.parametrize("audio", ["opus", "pcm"])
+async def test_microphone_transcribes_and_translates_live(browser: Browser, stack: Running, audio: str) -> None:
+    """Chromium records Opus in WebM with MediaRecorder (`webm_opus`); `?audio=pcm` (or a browser without it) sends
+    16 kHz PCM from the AudioWorklet. Both transcribe the same."""
+    page = await open_page(browser, stack.http + ("/?audio=pcm" if audio == "pcm" else "/"))
     await page.check("#mic-targets input[value=pt]")
     await page.click("#mic-start")
     await page.wait_for_function("window.tolk.views.mic.finals.length >= 1", timeout=60_000)
@@ -168,12 +171,15 @@ async def test_microphone_transcribes_and_translates_live(browser: Browser, stac
     await page.wait_for_function("document.querySelector('#mic-status').textContent.includes('pt, de')")
     await shot(page, "mic-live")
     await speak_and_stop(page, jfk().seconds)
-    await shot(page, "mic-done")
+    await shot(page, f"mic-done-{audio}")
     finals = await page_finals(page, "mic")
     sid = await page.evaluate("window.tolk.mic.sessionId")
     said = " ".join(f["text"] for f in finals)
     wer = corpus_wer([(jfk().reference, said)])
-    print(f"\nbrowser microphone: WER {wer:.3f}: {said!r}")
+    encoding = await page.evaluate("window.tolk.mic.codec ? window.tolk.mic.codec.encoding : 'pcm_s16le'")
+    assert encoding == ("webm_opus" if audio == "opus" else "pcm_s16le")
+    sent = await page.evaluate("window.tolk.mic.sentBytes")
+    print(f"\nbrowser microphone ({encoding}): {sent} audio bytes sent; WER {wer:.3f}: {said!r}")
     assert wer < WER_BOUND, said
     assert [f["text"] for f in finals] == stored_finals(stack.http, sid)  # the page shows what the pipeline made
     assert await page.evaluate("window.tolk.views.mic.partials") > 0  # partials were shown as speech went on

@@ -60,7 +60,15 @@ class SegmenterSettings:
     webrtc_aggressiveness: int = 2
     silero_threshold: float = 0.5
     endpoint_ms: int = 500
+    # Continuous speech (README "Segmenter"): the ending pause shrinks from endpoint_ms to endpoint_min_ms
+    # between shrink_after_s and soft_max_s of speech; past soft_max_s the first gap_ms gap ends it.
+    endpoint_min_ms: int = 200
+    shrink_after_s: float = 3.0
+    soft_max_s: float = 6.0
+    gap_ms: int = 64
+    gap_db: float = 26.0
     max_utterance_s: float = 15.0
+    cap_lookback_s: float = 2.0
     partial_every_ms: int = 700
     first_partial_ms: int = 300
     pre_speech_ms: int = 1000
@@ -112,7 +120,13 @@ class SegmenterActor(Actor):
         self.silero: SileroModel | None = None
         self.seg_config = SegmenterConfig(
             endpoint_ms=cfg.endpoint_ms,
+            endpoint_min_ms=cfg.endpoint_min_ms,
+            shrink_after_s=cfg.shrink_after_s,
+            soft_max_s=cfg.soft_max_s,
+            gap_ms=cfg.gap_ms,
+            gap_db=cfg.gap_db,
             max_utterance_s=cfg.max_utterance_s,
+            cap_lookback_s=cfg.cap_lookback_s,
             partial_every_ms=cfg.partial_every_ms,
             first_partial_ms=cfg.first_partial_ms,
             pre_speech_ms=cfg.pre_speech_ms,

@@ -36,7 +36,7 @@ class SegmenterConfig:
     shrink_after_s: float = 3.0
     soft_max_s: float = 6.0
     gap_ms: int = 64
-    gap_db: float = 20.0  # in that phase a frame also counts as gap when this far below the utterance's loud frames
+    gap_db: float = 26.0  # in that phase a frame also counts as gap when this far below the utterance's loud frames
     max_utterance_s: float = 15.0  # with no gap at all, speech is cut at the quietest point of the last...
     cap_lookback_s: float = 2.0  # ...this many seconds (never further back than half the utterance)
     partial_every_ms: int = 700  # new speech between partial windows

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import time
@@ -230,6 +231,8 @@ class SttActor(Actor):
                 early = self._early.take(self._early_key(d.msg))
                 if early is not None:
                     SPECULATIVE.labels(self.pool.name, "used").inc()
+                    for p in self._first_partials([d]):  # shown first, as a decoded final's would be
+                        await self._deliver(p, self._prefix(early, p.msg.end - d.msg.start))
                     await self._deliver(d, early)
                 else:
                     todo.append(d)
@@ -247,7 +250,7 @@ class SttActor(Actor):
                 stale.append(newest[key])
             newest[key] = d
         self._finals.clear()
-        unused = [k for k in newest if self._progress.get(k) == -1 or not self.cfg.speculate]
+        unused = [k for k in newest if self._progress.get(k) == -1 or not self.cfg.speculate or self._stopping]
         for d in [*stale, *(newest.pop(k) for k in unused)]:
             SPECULATIVE.labels(self.pool.name, "skipped").inc()
             with contextlib.suppress(Exception):
@@ -267,6 +270,12 @@ class SttActor(Actor):
         busy = sum(min(took, end - (now - LOAD_WINDOW_S)) for end, took in self._final_calls) / LOAD_WINDOW_S
         window = self.cfg.final_window_s if busy < self.cfg.full_window_below else self.cfg.loaded_window_s
         return window, self.cfg.beam_size
+
+    @staticmethod
+    def _prefix(result: SttResult, upto: float) -> SttResult:
+        """A partial's text from its final's decode: the words that end within the partial's audio."""
+        words = [w.word for w in result.words if w.end <= upto]
+        return dataclasses.replace(result, text=" ".join(words), words=[], rejected=None)
 
     def _early_key(self, seg: Segment) -> tuple[str, int, int, str]:
         return early_key(seg, self.langlock.language_for(seg.session_id, seg.language, seg.speech_start))
@@ -306,7 +315,7 @@ class SttActor(Actor):
         """Newest partial per utterance, oldest first; superseded ones are acked without a transcript."""
         newest: dict[tuple[str, int], Delivery[Segment]] = {}
         stale: list[Delivery[Segment]] = []
-        final_keys = {(d.msg.session_id, d.msg.utterance_id) for d in self._finals}
+        final_keys = {(d.msg.session_id, d.msg.utterance_id) for d in self._finals if not d.msg.speculative}
         while self._partials:
             d = self._partials.popleft()
             key = (d.msg.session_id, d.msg.utterance_id)
@@ -382,8 +391,7 @@ class SttActor(Actor):
         self._mark(seg, final)
         if final:
             self._early.drop_utterance(seg.session_id, seg.utterance_id)
-            self.context.add(seg.session_id, self.langlock.language_for(
-                seg.session_id, seg.language, seg.speech_start), r.text)
+            self.context.add(seg.session_id, r.language, r.text)
         if final and seg.language == "auto" and r.text:
             self.langlock.observe(seg.session_id, r.language, r.language_prob, seg.end)
         if r.rejected and r.rejected != "empty":

@@ -43,6 +43,8 @@ ACCEPTED = frozenset({
     "mip_opt_out", "detect_entities", "no_delay", "detect_language", "utterances", "paragraphs", "language_hint",
     "multichannel", "callback", "callback_method", "summarize", "topics", "intents", "sentiment", "detect_topics",
 })
+# Deepgram's `opus` / `ogg-opus`: Ogg-encapsulated Opus, decoded by edge/audio_in.py as on Tolk's own protocol.
+COMPRESSED = {"opus": "ogg_opus", "ogg-opus": "ogg_opus"}
 _TRUE = ("true", "1", "yes")
 _LANG = re.compile(r"^([a-zA-Z]{2,3})(?:-[A-Za-z0-9]{2,8})*$")
 MODEL_UUID = "00000000-0000-4000-8000-746f6c6b0001"  # a fixed id for "whatever Tolk's STT pool runs"
@@ -107,11 +109,11 @@ class Options:
         else:
             language = m.group(1).lower()
         encoding = q.get("encoding") or None
-        if encoding is not None and encoding not in ENCODINGS:
-            raise _bad(f"encoding {encoding!r} is not supported: use one of {', '.join(ENCODINGS)}, or send WAV "
-                       "without `encoding`")
+        if encoding is not None and encoding not in ENCODINGS and encoding not in COMPRESSED:
+            raise _bad(f"encoding {encoding!r} is not supported: use one of {', '.join([*ENCODINGS, *COMPRESSED])}, "
+                       "or send a WAV, Ogg Opus or WebM Opus stream without `encoding`")
         rate, channels = number("sample_rate", 0), number("channels", 1)
-        if encoding is not None and not MIN_RATE <= rate <= MAX_RATE:
+        if encoding in ENCODINGS and not MIN_RATE <= rate <= MAX_RATE:
             raise _bad(f"sample_rate must be {MIN_RATE}-{MAX_RATE} with encoding={encoding}" if rate else
                        "sample_rate is required with encoding")
         if not 1 <= channels <= 8:
@@ -154,14 +156,29 @@ class DeepgramSession(ClientSession):
         self.pcm: PcmDecoder | None = None
         self.sample_rate = opts.sample_rate
         self.from_finalize = False
+        self.compressed = False  # Opus (Ogg / WebM): the session's own decoder (edge/audio_in.py) takes the bytes
+        self.published = 0  # bytes of 16-bit PCM handed to the pipeline (Metadata's `duration`)
 
     async def _open(self, rate: int, encoding: str, channels: int) -> None:
         self.pcm, self.sample_rate = PcmDecoder(encoding, channels), rate
         await self._begin(Start(sample_rate=rate, encoding=Encoding.PCM_S16LE, language=self.opts.language,
                                 session_id=None))
 
+    async def _open_compressed(self, codec: str) -> None:
+        self.compressed, self.sample_rate = True, 16000
+        await self._begin(Start(sample_rate=16000, encoding=Encoding.PCM_S16LE, language=self.opts.language,
+                                session_id=None, codec=codec))
+
+    async def _publish(self, data: bytes, end: bool) -> None:
+        self.published += len(data)
+        await super()._publish(data, end)
+
     async def _read_loop(self) -> None:
-        if self.opts.encoding is not None:  # raw audio: the session starts now; WAV: at its header
+        # Raw audio and Opus: the session starts now; no `encoding`: at the first frame (a WAV header, or a
+        # container the session's decoder sniffs: Ogg / WebM Opus).
+        if self.opts.encoding in COMPRESSED:
+            await self._open_compressed(COMPRESSED[self.opts.encoding])
+        elif self.opts.encoding is not None:
             await self._open(self.opts.sample_rate, self.opts.encoding, self.opts.channels)
         while self.phase is not Phase.CLOSED:
             timeout = self.limits.stop_timeout_s if self.phase is Phase.DRAINING else self.limits.idle_timeout_s
@@ -184,22 +201,26 @@ class DeepgramSession(ClientSession):
         if not data:  # Deepgram's older way of saying CloseStream
             await self._close_stream()
             return
-        if self.pcm is None:
+        if self.pcm is None and not self.compressed:
             header = wav_header(data)
-            if header is None:
-                raise ProtocolError(ErrorCode.UNSUPPORTED_ENCODING, "send raw audio with `encoding` and `sample_rate` "
-                                    "in the query, or a PCM WAV file (16-bit) without them")
+            if header is None:  # not WAV: Ogg / WebM Opus, or refused by the sniffing decoder
+                await self._open_compressed("file")
+                await self._on_audio(data)
+                return
             rate, channels, bits, offset = header
             if bits != 16 or not MIN_RATE <= rate <= MAX_RATE or not 1 <= channels <= 8:
                 raise ProtocolError(ErrorCode.UNSUPPORTED_ENCODING, f"WAV of {bits}-bit {rate} Hz x{channels}: send "
                                     "16-bit PCM at 8000-48000 Hz")
             await self._open(rate, "linear16", channels)
             data = data[offset:]
-        assert self.pcm is not None
         if self.phase is not Phase.STREAMING:
             return  # after CloseStream: being flushed
         if len(data) > self.limits.max_frame_bytes:
             raise ProtocolError(ErrorCode.FRAME_TOO_LARGE, f"frame exceeds {self.limits.max_frame_bytes} bytes")
+        if self.compressed:
+            await self._on_audio(data)
+            return
+        assert self.pcm is not None
         pcm = self.pcm.feed(data)
         if pcm:
             await self._on_audio(pcm)
@@ -267,7 +288,7 @@ class DeepgramSession(ClientSession):
             await self.ws.send_json({"type": "UtteranceEnd", "channel": [0, 1], "last_word_end": last})
 
     async def _metadata(self) -> None:
-        seconds = self.pcm.samples / self.sample_rate if self.pcm and self.sample_rate else 0.0
+        seconds = self.published / 2 / self.sample_rate if self.sample_rate else 0.0
         await self.ws.send_json({
             "type": "Metadata", "transaction_key": "deprecated", "request_id": self.request_id, "sha256": "",
             "created": self.created, "duration": round(seconds, 3), "channels": self.opts.channels,

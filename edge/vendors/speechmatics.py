@@ -233,8 +233,10 @@ class SpeechmaticsSession(ClientSession):
             await self.ws.send_json({"message": "EndOfTranscript"})
             return
         final = result.kind is ResultKind.FINAL
+        results = _results(result)
+        span = _span(result, results)
         if final or self.enable_partials:
-            await self.ws.send_json(render_transcript(result))
+            await self.ws.send_json(render_transcript(result, results, span))
         for target in targets:
             error = result.translation_errors.get(target)
             if error and target not in self.warned:
@@ -242,7 +244,7 @@ class SpeechmaticsSession(ClientSession):
                 await self.ws.send_json({"message": "Warning", "type": "unsupported_translation_pair",
                                          "reason": f"{result.language}->{target}: {error}"})
             if target in result.translations:
-                await self.ws.send_json(render_translation(result, target, result.translations[target]))
+                await self.ws.send_json(render_translation(result, target, result.translations[target], span))
 
 
 def _results(r: ClientResult) -> list[dict[str, Any]]:
@@ -278,15 +280,14 @@ def _span(r: ClientResult, results: list[dict[str, Any]]) -> tuple[float, float]
     return round(r.speech_start or r.start, 3), round(r.end, 3)
 
 
-def render_transcript(r: ClientResult) -> dict[str, Any]:
-    results = _results(r)
-    start, end = _span(r, results)
+def render_transcript(r: ClientResult, results: list[dict[str, Any]], span: tuple[float, float]) -> dict[str, Any]:
+    start, end = span
     return {"message": "AddTranscript" if r.kind is ResultKind.FINAL else "AddPartialTranscript", "format": FORMAT,
             "metadata": {"start_time": start, "end_time": end, "transcript": r.text.strip()}, "results": results}
 
 
-def render_translation(r: ClientResult, language: str, text: str) -> dict[str, Any]:
-    start, end = round(r.speech_start or r.start, 3), round(r.end, 3)
+def render_translation(r: ClientResult, language: str, text: str, span: tuple[float, float]) -> dict[str, Any]:
+    start, end = span
     return {"message": "AddTranslation" if r.kind is ResultKind.FINAL else "AddPartialTranslation",
             "format": FORMAT, "language": language,
             "results": [{"content": text, "start_time": start, "end_time": end, "speaker": SPEAKER}]

@@ -1,12 +1,25 @@
-// Microphone mode: getUserMedia → AudioWorklet (16 kHz int16) → /v1/listen, with live configure and
-// automatic resume. Audio captured while the connection is down is kept (up to BUFFER_S) and sent after the
-// resume, so a network drop loses neither speech nor finals.
+// Microphone mode: getUserMedia → MediaRecorder (Opus in WebM or Ogg, 32 kbit/s, where the browser has it) or
+// else an AudioWorklet (16 kHz int16, 256 kbit/s) → /v1/listen, with live configure and automatic resume. Audio
+// captured while the connection is down is kept (up to BUFFER_S) and sent after the resume, so a network drop
+// loses neither speech nor finals. `?audio=pcm` in the page's address forces the worklet.
 
 import { api, describeClose, retryDelay } from "./api.js";
 
 const RATE = 16000;
 const BUFFER_S = 30;                       // = the server's default resume grace
 const BUFFER_BYTES = RATE * 2 * BUFFER_S;
+const OPUS_BPS = 32000;                    // asked of MediaRecorder: an eighth of PCM, and as accurate (README)
+const OPUS_BUFFER_BYTES = 64000 / 8 * BUFFER_S;  // recorders overshoot their bitrate: room for 64 kbit/s
+const FORCE_PCM = new URLSearchParams(location.search).get("audio") === "pcm";
+
+/** The compressed format this browser records, as Tolk names it, or null (then PCM). */
+export function pickCodec() {
+  if (FORCE_PCM || typeof MediaRecorder === "undefined") return null;
+  for (const [mime, encoding] of [["audio/webm;codecs=opus", "webm_opus"], ["audio/ogg;codecs=opus", "ogg_opus"]]) {
+    if (MediaRecorder.isTypeSupported(mime)) return { mime, encoding };
+  }
+  return null;
+}
 const GIVE_UP = new Set(["session_resumed", "invalid_start", "unsupported_language", "invalid_targets",
   "too_many_sessions", "session_too_long", "unauthorized", "invalid_token", "token_expired"]);
 
@@ -30,6 +43,10 @@ export class MicSession {
     this.lastError = null;
     this.settings = { language: "en", targets: [] };
     this.timer = 0;
+    this.codec = null;         // {mime, encoding} when recording Opus, else PCM from the worklet
+    this.recorder = null;
+    this.chunks = Promise.resolve();  // keeps the recorder's blobs in order while they are read
+    this.sentBytes = 0;        // audio bytes sent, all connections together
   }
 
   async start(settings) {
@@ -37,6 +54,13 @@ export class MicSession {
     this.stream = await navigator.mediaDevices.getUserMedia({
       audio: { channelCount: 1, echoCancellation: false, noiseSuppression: false, autoGainControl: false },
     });
+    this.codec = pickCodec();
+    this.view.setTargets(this.settings.targets);
+    if (this.codec) {
+      this.record();
+      this.connect();
+      return;
+    }
     this.ctx = new AudioContext();
     await this.ctx.audioWorklet.addModule("/static/js/pcm-worklet.js");
     this.node = new AudioWorkletNode(this.ctx, "pcm16k", { processorOptions: { frameMs: 100 } });
@@ -48,6 +72,27 @@ export class MicSession {
     this.connect();
   }
 
+  /** (Re)starts the recorder. Each connection needs a stream that begins with its container's header, so after a
+   * drop a new recording starts at once: it holds what is said during the outage, sent after the resume. */
+  record() {
+    const old = this.recorder;
+    if (old && old.state !== "inactive") {
+      this.recorder = null;
+      old.stop();
+    }
+    this.pending = [];          // what the old recording left unsent cannot follow a new header
+    this.pendingBytes = 0;
+    const rec = new MediaRecorder(this.stream, { mimeType: this.codec.mime, audioBitsPerSecond: OPUS_BPS });
+    this.recorder = rec;
+    rec.ondataavailable = (e) => {
+      if (!e.data.size) return;
+      this.chunks = this.chunks.then(() => e.data.arrayBuffer()).then((buf) => {
+        if (rec === this.recorder) this.audio(buf);
+      });
+    };
+    rec.start(100);
+  }
+
   connect() {
     this.started = false;
     this.lastError = null;
@@ -55,7 +100,8 @@ export class MicSession {
     ws.binaryType = "arraybuffer";
     this.ws = ws;
     ws.onopen = () => {
-      const start = { type: "start", sample_rate: RATE, encoding: "pcm_s16le", language: this.settings.language,
+      const encoding = this.codec ? this.codec.encoding : "pcm_s16le";
+      const start = { type: "start", sample_rate: RATE, encoding, language: this.settings.language,
                       targets: this.settings.targets };
       if (this.sessionId) Object.assign(start, { session_id: this.sessionId, resume_token: this.resumeToken,
                                                  resume_from: this.lastSeq });
@@ -113,6 +159,7 @@ export class MicSession {
     } else if (err && GIVE_UP.has(err.code)) {
       return this.end(describeClose(e, err));
     }
+    if (this.recorder && !this.stopping) this.record();
     const delay = retryDelay(this.attempt++);
     this.reconnects += 1;
     this.onStatus(`Connection lost (${describeClose(e, err)}); reconnecting in ${(delay / 1000).toFixed(1)} s…`,
@@ -124,6 +171,11 @@ export class MicSession {
     if (this.stopping && this.node === null) return;
     this.pending.push(buf);
     this.pendingBytes += buf.byteLength;
+    if (this.codec && this.pendingBytes > OPUS_BUFFER_BYTES) {  // an outage longer than BUFFER_S
+      this.dropped += this.pendingBytes;
+      this.record();
+      return;
+    }
     while (this.pendingBytes > BUFFER_BYTES) {
       const old = this.pending.shift();
       this.pendingBytes -= old.byteLength;
@@ -136,6 +188,7 @@ export class MicSession {
     while (this.pending.length && this.ws.readyState === WebSocket.OPEN) {
       const buf = this.pending.shift();
       this.pendingBytes -= buf.byteLength;
+      this.sentBytes += buf.byteLength;
       this.ws.send(buf);
     }
   }
@@ -151,6 +204,11 @@ export class MicSession {
   async stop() {
     if (this.stopping) return;
     this.stopping = true;
+    const rec = this.recorder;
+    if (rec && rec.state !== "inactive") {  // its last blob comes before `stop`
+      await new Promise((resolve) => { rec.onstop = resolve; rec.stop(); });
+      await this.chunks;
+    }
     if (this.node) {
       this.node.port.postMessage("stop");  // its last partial frame arrives before the port closes
       await new Promise((r) => setTimeout(r, 150));
@@ -173,6 +231,7 @@ export class MicSession {
 
   end(reason = "") {
     clearTimeout(this.timer);
+    if (this.recorder && this.recorder.state !== "inactive") this.recorder.stop();
     this.node?.disconnect();
     this.stream?.getTracks().forEach((t) => t.stop());
     if (this.ctx && this.ctx.state !== "closed") this.ctx.close();

@@ -1,0 +1,126 @@
+"""What each accuracy lever is worth: the finals path replayed in-process, lever by lever.
+
+    python -m loadtest.levers [--groups en multi] [--clips PREFIX ...]
+
+Every dev-set clip goes through the segmenter's state machine in 100 ms chunks, as the segmenter actor feeds
+it, and each final cut is decoded by the STT engine with one set of options, the session's previous finals as
+prompt where that lever is on. No NATS, no concurrency: the words match what `tolk up` delivers when its
+finals lane has headroom (python -m loadtest.accuracy measures that through the real pipeline), and a lever's
+effect shows without load noise. The report is printed and saved under loadtest/reports/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from loadtest.accuracy import GROUPS, Group
+from loadtest.mic import REPORTS
+from loadtest.speech import Clip, clips
+from loadtest.wer import Counts, counts
+
+
+@dataclass(frozen=True)
+class Lever:
+    name: str
+    window_s: float = 10.0
+    beam: int = 1
+    prompt: bool = False
+    segmenter: dict[str, object] = field(default_factory=dict)
+    vote: str = "and"
+
+
+LEVERS = [
+    Lever("before: greedy, fitted ≥10 s window, no prompt, min speech 250 ms",
+          segmenter={"min_speech_ms": 250, "speculate": False}),
+    Lever("+ beam 5", beam=5),
+    Lever("+ beam 5, full 30 s window", window_s=30.0, beam=5),
+    Lever("+ beam 5, 30 s, previous text as prompt", window_s=30.0, beam=5, prompt=True),
+    Lever("+ beam 5, fitted ≥15 s (the loaded tier), prompt", window_s=15.0, beam=5, prompt=True),
+    Lever("+ beam 5, 30 s, prompt, VAD vote hysteresis (not kept: merges pauses, more 15 s caps)",
+          window_s=30.0, beam=5, prompt=True, vote="hysteresis"),
+]
+
+
+def finals_text(c: Clip, lever: Lever, engine: object, silero: object) -> tuple[str, int]:
+    from actors.segmenter.segmenter import SegmenterConfig, UtteranceSegmenter
+    from actors.segmenter.vad import DualVad, SileroModel, Vote, WebRtcStream
+    from actors.stt.engine import SttRequest, WhisperEngine
+
+    assert isinstance(engine, WhisperEngine) and isinstance(silero, SileroModel)
+    pcm, rate = c.pcm16()
+    audio = np.frombuffer(pcm, "<i2").astype(np.float32) / 32768
+    seg = UtteranceSegmenter(DualVad(WebRtcStream(2), silero.stream(0.5), Vote(lever.vote)),
+                             SegmenterConfig(**lever.segmenter))  # type: ignore[arg-type]
+    cuts = []
+    for i in range(0, len(audio), rate // 10):
+        cuts += seg.push(audio[i : i + rate // 10], i / rate)
+    cuts += seg.flush(len(audio) / rate)
+    texts: list[str] = []
+    for cut in (x for x in cuts if x.final):
+        prompt = " ".join(texts)[-800:] if lever.prompt else ""
+        r = engine.transcribe_batch([SttRequest(cut.audio, c.language, True, prompt)], lever.window_s, lever.beam)[0]
+        if r.text:
+            texts.append(r.text)
+    return " ".join(texts), sum(x.final for x in cuts)
+
+
+def run_group(group: Group, cs: list[Clip]) -> list[tuple[Lever, Counts, int]]:
+    from actors.runtime import settings
+    from actors.segmenter.vad import SileroModel
+    from actors.stt.actor import SttSettings
+    from actors.stt.engine import WhisperEngine, WhisperOptions
+    from actors.stt.models import resolve
+
+    path = resolve(group.model, settings.load(SttSettings).model_cache)
+    engine = WhisperEngine(path, WhisperOptions(cpu_threads=os.cpu_count() or 2, workers=1))
+    silero = SileroModel()
+    rows = []
+    for lever in LEVERS:
+        began = time.monotonic()
+        total, n = Counts(), 0
+        for c in cs:
+            text, finals = finals_text(c, lever, engine, silero)
+            total, n = total + counts(c.reference, text, c.language), n + finals
+        rows.append((lever, total, n))
+        print(f"[{group.name}] {lever.name}: WER {total.wer:.4f} "
+              f"({total.substitutions}/{total.deletions}/{total.insertions}), {n} finals, "
+              f"{time.monotonic() - began:.0f} s", flush=True)
+    return rows
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--groups", nargs="+", choices=sorted(GROUPS), default=["en", "multi"])
+    p.add_argument("--clips", nargs="*", default=[], help="clip name prefixes (default: the whole dev set)")
+    p.add_argument("--name", default="levers")
+    args = p.parse_args()
+    lines = ["# Accuracy levers: the finals path replayed in-process", "",
+             f"- command: `python -m loadtest.levers {' '.join(sys.argv[1:])}`",
+             "- WER with Whisper's normalisers (loadtest.wer); cells: WER (substitutions/deletions/insertions)", ""]
+    for name in args.groups:
+        group = GROUPS[name]
+        cs = [c for c in clips() if c.language in group.languages
+              and (not args.clips or any(c.name.startswith(x) for x in args.clips))]
+        rows = run_group(group, cs)
+        lines += [f"## {group.name} ({group.model}, {len(cs)} clips, {rows[0][1].words} words)", "",
+                  "| lever | WER (S/D/I) | finals |", "|---|---:|---:|"]
+        lines += [f"| {lv.name} | {c.wer:.4f} ({c.substitutions}/{c.deletions}/{c.insertions}) | {n} |"
+                  for lv, c, n in rows]
+        lines.append("")
+    report = "\n".join(lines)
+    print("\n" + report)
+    REPORTS.mkdir(exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    (REPORTS / f"{args.name}-{stamp}.md").write_text(report)
+    (REPORTS / f"{args.name}-latest.md").write_text(report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""Compressed audio on Tolk's own protocol (`encoding: ogg_opus | webm_opus`), decoded at the edge: real speech
+made into Opus by FFmpeg (PyAV) gives the same finals as PCM through a real `tolk up`; malformed streams end
+only their own session, with `invalid_audio`; and the decoders' bounds hold."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import av
+import numpy as np
+import pytest
+
+from edge.audio_in import MAX_ELEMENT, AudioFormatError, OggOpusDecoder, WebmOpusDecoder, decoder_for
+from loadtest.client import stream_pcm
+from loadtest.compressed import opus, stream_encoded
+from loadtest.speech import Clip, clips, encode_audio
+from loadtest.wer import corpus_wer
+from tests.conftest import Running, start_tolk, stop_tolk
+
+WER_BOUND = 0.15
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    # Finals decoded the same way whatever the load and timing (always the full window with beam search, one
+    # segment per model call, no speculative decode), so that PCM and Opus runs differ only by their audio.
+    run = start_tolk(tmp_path_factory.mktemp("tolk-opus"), env={
+        "TOLK_MT_DOWNLOAD": "0", "TOLK_FULL_WINDOW_BELOW": "2", "TOLK_BUSY_BATCH": "1000", "TOLK_BATCH_SIZE": "1",
+        "TOLK_SPECULATE": "false"})
+    yield run
+    stop_tolk(run)
+
+
+def clip(prefix: str = "en_jfk") -> Clip:
+    return next(c for c in clips("en") if c.name.startswith(prefix))
+
+
+# ---------------------------------------------------------------------- decoders alone (no server)
+@pytest.mark.parametrize(("container", "encoding"), [("ogg", "ogg_opus"), ("webm", "webm_opus")])
+@pytest.mark.parametrize("piece", [1, 333, 4096])
+def test_decoder_any_piece_size(container: str, encoding: str, piece: int) -> None:
+    """Fed in pieces of any size (one byte at a time included), the decoder yields the whole clip at 16 kHz, close
+    to the original samples."""
+    c = clip()
+    pcm, rate = c.pcm16()
+    data = opus(c, container, bitrate=32000)
+    d = decoder_for(encoding)
+    out = bytearray()
+    for i in range(0, len(data), piece):
+        out += d.feed(data[i:i + piece])
+    got = np.frombuffer(bytes(out), "<i2").astype(np.float64)
+    want = np.frombuffer(pcm, "<i2").astype(np.float64)
+    assert abs(len(got) - len(want)) <= 0.05 * rate  # the encoder's padding at most
+    # The same sound at the same times: loudness per 20 ms, correlated (a lossy codec keeps the envelope).
+    n = min(len(got), len(want)) // 320 * 320
+    env = [np.sqrt((x[:n].reshape(-1, 320) ** 2).mean(axis=1)) for x in (got, want)]
+    corr = np.corrcoef(env[0], env[1])[0, 1]
+    assert corr > 0.95, corr
+
+
+def test_decoders_refuse_other_streams() -> None:
+    c = clip()
+    pcm, rate = c.pcm16()
+    samples = np.frombuffer(pcm, "<i2")[: rate * 2]
+    vorbis = encode_audio(samples, rate, "ogg", "libvorbis") if "libvorbis" in av.codecs_available else b""
+    cases = [
+        ("ogg_opus", b"RIFF" + bytes(200), "not an Ogg stream"),
+        ("ogg_opus", opus(c, "webm")[:4000], "not an Ogg stream"),
+        ("webm_opus", opus(c, "ogg")[:4000], "not a WebM stream"),
+        ("webm_opus", encode_audio(samples, rate, "webm", "libvorbis") if vorbis else b"", "no Opus audio track"),
+        ("ogg_opus", vorbis, "not Opus"),
+    ]
+    for encoding, data, message in cases:
+        if not data:
+            continue
+        with pytest.raises(AudioFormatError, match=message):
+            decoder_for(encoding).feed(data)
+
+
+def test_decoders_are_bounded() -> None:
+    # A WebM block claiming 1 GiB is refused at its header, not buffered.
+    head = opus(clip(), "webm")[:1000]
+    d = WebmOpusDecoder()
+    d.feed(head[: head.index(b"\x1f\x43\xb6\x75")])  # up to the first Cluster
+    with pytest.raises(AudioFormatError, match="too large"):
+        cluster = b"\x1f\x43\xb6\x75\x01\xff\xff\xff\xff\xff\xff\xff"  # of unknown size, as MediaRecorder's
+        d.feed(cluster + b"\xa3\x01\x00\x00\x00\x40\x00\x00\x00" + b"x" * 10)  # a 1 GiB SimpleBlock
+    assert len(d.buf) < MAX_ELEMENT
+    # Ogg: a page can never hold more than 64 KiB, so pending bytes stay below that whatever arrives.
+    o = OggOpusDecoder()
+    page = opus(clip(), "ogg")
+    o.feed(page[:58000])
+    assert len(o.buf) <= 65307
+
+
+# ---------------------------------------------------------------------- through a real tolk up
+@pytest.mark.asyncio(loop_scope="session")
+@pytest.mark.e2e
+async def test_opus_in_ogg_and_webm_gives_the_finals_of_pcm(stack: Running) -> None:
+    """A two-minute talk (about 350 words, so 0.02 is a handful of words) as PCM, then as Opus at 24 kbit/s (below
+    the browser page's 32)."""
+    c = clip("en_gb0")
+    pcm, rate = c.pcm16()
+    native = await stream_pcm(stack.ws, pcm, rate, pace=2.0, timeout=240)
+    assert native.done and not native.errors
+    wer_pcm = corpus_wer([(c.reference, native.text())])
+    assert wer_pcm <= WER_BOUND
+    for container, encoding in (("ogg", "ogg_opus"), ("webm", "webm_opus")):
+        data = opus(c, container, bitrate=24000)
+        run, wire = await stream_encoded(stack.ws, data, c.seconds, encoding, pace=2.0, targets=["pt"], timeout=240)
+        assert run.done and not run.errors, (encoding, run.errors)
+        assert run.close_code == 1000
+        assert run.started["encoding"] == encoding and run.started["sample_rate"] == 16000
+        wer = corpus_wer([(c.reference, run.text())])
+        assert abs(wer - wer_pcm) <= 0.02, (encoding, wer, wer_pcm, run.text(), native.text())
+        assert all(f["translations"].get("pt") for f in run.finals if f["text"])
+        # A tenth of what PCM would have sent (32,000 B/s of payload at 16 kHz).
+        assert wire / c.seconds < 32000 / 5, wire / c.seconds
+
+
+@pytest.mark.asyncio(loop_scope="session")
+@pytest.mark.e2e
+async def test_malformed_stream_ends_only_its_own_session(stack: Running) -> None:
+    """A session sending garbage as ogg_opus, one sending Ogg to webm_opus, and one whose Opus packets are
+    damaged mid-stream run beside a healthy one: the bad ones get `invalid_audio` (1007) or have the damaged
+    packets skipped; the healthy session is transcribed as if alone."""
+    c = clip()
+    pcm, rate = c.pcm16()
+    ogg = opus(c, "ogg")
+    damaged = bytearray(ogg)
+    rng = np.random.default_rng(7)
+    for pos in rng.integers(len(ogg) // 3, len(ogg), 40):  # flip bytes inside pages (not their headers' "OggS")
+        if damaged[pos:pos + 4] != b"OggS":
+            damaged[pos] ^= 0x5A
+    healthy, garbage, wrong, flipped = await asyncio.gather(
+        stream_pcm(stack.ws, pcm, rate, pace=2.0),
+        stream_encoded(stack.ws, bytes(rng.integers(0, 256, 40000, dtype=np.uint8)), 4.0, "ogg_opus", pace=2.0),
+        stream_encoded(stack.ws, ogg, c.seconds, "webm_opus", pace=2.0),
+        stream_encoded(stack.ws, bytes(damaged), c.seconds, "ogg_opus", pace=2.0),
+    )
+    assert healthy.done and not healthy.errors
+    assert corpus_wer([(c.reference, healthy.text())]) <= WER_BOUND
+    for run, _ in (garbage, wrong):
+        assert [e["code"] for e in run.errors] == ["invalid_audio"], run.errors
+        assert run.close_code == 1007
+    run, _ = flipped
+    # Damaged pages either decode around the damage (the session completes) or end it with invalid_audio.
+    assert run.done or [e["code"] for e in run.errors] == ["invalid_audio"], run.errors
+    if run.done:
+        assert run.close_code == 1000
+
+
+@pytest.mark.asyncio(loop_scope="session")
+@pytest.mark.e2e
+async def test_unknown_encoding_still_refused(stack: Running) -> None:
+    run, _ = await stream_encoded(stack.ws, b"x" * 100, 1.0, "mp3")
+    assert [e["code"] for e in run.errors] == ["unsupported_encoding"]
+    assert "ogg_opus" in run.errors[0]["message"] and "webm_opus" in run.errors[0]["message"]
+    assert run.close_code == 1003

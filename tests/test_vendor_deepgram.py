@@ -1,0 +1,175 @@
+"""Deepgram's listen API at the edge, driven by the unmodified `deepgram-sdk` pointed at a real `tolk up`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+
+import aiohttp
+import numpy as np
+import pytest
+import pytest_asyncio
+from deepgram.core.api_error import ApiError
+
+from actors.runtime.bus import Bus
+from loadtest.client import stream_pcm
+from loadtest.speech import Clip, clips, encode_audio
+from loadtest.vendors import DeepgramRun, deepgram_client, stream_deepgram
+from loadtest.wer import corpus_wer
+from tests.conftest import Running, edge_server
+
+pytestmark = [pytest.mark.asyncio(loop_scope="session")]
+e2e = pytest.mark.e2e
+
+LIVE = {"encoding": "linear16", "channels": 1, "language": "en-US", "interim_results": "true",
+        "utterance_end_ms": 1000, "endpointing": 300, "punctuate": "true", "smart_format": "true"}
+
+
+def clip(prefix: str) -> Clip:
+    return next(c for c in clips("en") if c.name.startswith(prefix))
+
+
+def check_live(run: DeepgramRun) -> None:
+    kinds = [getattr(m, "type", None) for _, m in run.messages]
+    assert kinds and kinds[-1] == "Metadata" and kinds.count("Metadata") == 1, kinds
+    assert "Error" not in kinds, [m for _, m in run.messages if getattr(m, "type", None) == "Error"]
+    finals = run.finals
+    assert finals and all(m.speech_final is not None and m.channel_index == [0, 1] for m in finals)
+    first_final = kinds.index("Results") + [m.is_final for m in run.of("Results")].index(True)
+    interims = [m for _, m in run.messages[:first_final] if getattr(m, "type", None) == "Results" and not m.is_final
+                and m.channel.alternatives[0].transcript]
+    assert interims, "an interim result arrives before the first final"
+    words = [w for m in finals for w in m.channel.alternatives[0].words]
+    assert words and all(w.punctuated_word and w.start <= w.end and 0 <= w.confidence <= 1 for w in words)
+    assert run.of("UtteranceEnd"), "utterance_end_ms was asked for"
+    assert run.of("Metadata")[0].duration > 0
+
+
+@e2e
+async def test_deepgram_and_tolk_clients_stream_at_once(tolk: Running) -> None:
+    """Raw linear16 and a WAV file (header first, no `encoding`) through the Deepgram SDK, and a Tolk-protocol
+    client, all on /v1/listen at the same time."""
+    api = deepgram_client(tolk.http)
+    a, b, c = clip("en_jfk"), clip("en_librispeech_2412"), clip("en_fleurs_000")
+    pcm_a, rate_a = a.pcm16()
+    pcm_c, rate_c = c.pcm16()
+    raw, wav, native = await asyncio.gather(
+        stream_deepgram(api, pcm_a, rate_a * 2, sample_rate=rate_a, **LIVE),
+        stream_deepgram(api, b.path.read_bytes(), 32000, **{k: v for k, v in LIVE.items() if k != "encoding"}),
+        stream_pcm(tolk.ws, pcm_c, rate_c, language="en"),
+    )
+    for run in (raw, wav):
+        check_live(run)
+    assert native.done and not native.errors and native.finals
+    wer = corpus_wer([(a.reference, raw.text), (b.reference, wav.text)])
+    print(f"\nDeepgram SDK WER {wer:.3f}: {raw.text!r} / {wav.text!r}; Tolk client: {native.text()!r}")
+    assert wer <= 0.15
+    assert corpus_wer([(c.reference, native.text())]) <= 0.15
+
+
+@e2e
+async def test_opus_in_ogg_and_webm(tolk: Running) -> None:
+    """Deepgram's `encoding=opus` (Ogg Opus), and WebM Opus as MediaRecorder makes it (no `encoding`: sniffed)."""
+    api = deepgram_client(tolk.http)
+    cs = [clip("en_jfk"), clip("en_fleurs_003")]
+    encoded = [encode_audio(np.frombuffer(c.pcm16()[0], "<i2"), c.pcm16()[1], container, "libopus", bitrate=24000)
+               for c, container in zip(cs, ("ogg", "webm"), strict=True)]
+    runs = await asyncio.gather(
+        stream_deepgram(api, encoded[0], int(len(encoded[0]) / cs[0].seconds), pace=2.0, encoding="opus"),
+        stream_deepgram(api, encoded[1], int(len(encoded[1]) / cs[1].seconds), pace=2.0, language="en"),
+    )
+    for c, run in zip(cs, runs, strict=True):
+        kinds = [getattr(m, "type", None) for _, m in run.messages]
+        assert kinds[-1] == "Metadata" and "Error" not in kinds, kinds
+        assert abs(run.of("Metadata")[0].duration - c.seconds) < 1.0
+    wer = corpus_wer([(c.reference, r.text) for c, r in zip(cs, runs, strict=True)])
+    print(f"\nDeepgram SDK, Ogg/WebM Opus: WER {wer:.3f}: {[r.text for r in runs]}")
+    assert wer <= 0.15
+
+
+@e2e
+async def test_control_messages_and_bad_input(tolk: Running) -> None:
+    api = deepgram_client(tolk.http)
+    c = clip("en_librispeech_61")
+    pcm, rate = c.pcm16()
+    async with api.listen.v1.connect(model="nova-3", encoding="linear16", sample_rate=rate, language="en") as conn:
+        await conn.send_keep_alive()
+        await conn._send({"type": "Bogus"})  # an unknown message: Deepgram's Error shape, and the stream goes on
+        error = await asyncio.wait_for(conn.recv(), 10)
+        assert error.type == "Error" and error.description and error.variant, error
+        await conn._send("not json at all")
+        assert (await asyncio.wait_for(conn.recv(), 10)).type == "Error"
+        step = rate // 5 * 2
+        for off in range(0, len(pcm), step):
+            await conn.send_media(pcm[off:off + step])
+            await asyncio.sleep(0.05)  # 4x real time
+        await conn.send_finalize()
+        await conn.send_close_stream()
+        got = [m async for m in conn]
+    finals = [m for m in got if m.type == "Results"]
+    assert finals and all(m.is_final for m in finals), "no interim results unless asked for"
+    assert got[-1].type == "Metadata"
+    assert corpus_wer([(c.reference, " ".join(m.channel.alternatives[0].transcript for m in finals))]) <= 0.15
+
+    for bad in ({"encoding": "speex-9"}, {"encoding": "linear16"}, {"encoding": "linear16", "sample_rate": 16000,
+                                                                    "language": "tlh"}):
+        with pytest.raises(ApiError) as err:
+            async with api.listen.v1.connect(model="nova-3", **bad):
+                pass
+        assert err.value.status_code == 400, bad
+    async with aiohttp.ClientSession() as http:  # the refusal's body is Deepgram's
+        async with http.get(f"{tolk.http}/v1/listen?encoding=speex-9&model=nova-3") as resp:
+            body = await resp.json()
+            assert resp.status == 400 and set(body) == {"err_code", "err_msg", "request_id"}, body
+        # Not raw audio and no WAV header: Deepgram's Error, then a close; the server is fine.
+        async with http.ws_connect(f"{tolk.ws}?model=nova-3") as ws:
+            await ws.send_bytes(b"\x00\x01garbage" * 100)
+            msg = await ws.receive_json(timeout=10)
+            assert msg["type"] == "Error" and msg["variant"] == "unsupported_encoding", msg
+        # A Tolk client is still a Tolk client: binary first is `audio_before_start`, as before.
+        async with http.ws_connect(tolk.ws) as ws:
+            await ws.send_bytes(b"\x00" * 3200)
+            assert (await ws.receive_json(timeout=10))["code"] == "audio_before_start"
+
+
+@e2e
+async def test_prerecorded(tolk: Running) -> None:
+    api = deepgram_client(tolk.http)
+    cs = [clip("en_jfk"), clip("en_fleurs_003")]
+    results = await asyncio.gather(*(api.listen.v1.media.transcribe_file(
+        request=c.path.read_bytes(), model="nova-3", language="en", punctuate=True, utterances=True) for c in cs))
+    hyps = [r.results.channels[0].alternatives[0].transcript for r in results]
+    wer = corpus_wer([(c.reference, h) for c, h in zip(cs, hyps, strict=True)])
+    print(f"\nDeepgram pre-recorded WER {wer:.3f}: {hyps}")
+    assert wer <= 0.15
+    for c, r in zip(cs, results, strict=True):
+        assert 0 < r.metadata.duration <= c.seconds + 0.5 and r.metadata.channels == 1
+        alt = r.results.channels[0].alternatives[0]
+        assert alt.words and 0 < alt.confidence <= 1 and r.results.utterances
+    with pytest.raises(ApiError) as err:
+        await api.listen.v1.media.transcribe_url(url="https://example.com/audio.wav", model="nova-3")
+    assert err.value.status_code == 400 and "not supported" in json.dumps(err.value.body), err.value.body
+    with pytest.raises(ApiError) as err:
+        await api.listen.v1.media.transcribe_file(request=b"definitely not audio" * 50, model="nova-3")
+    assert err.value.status_code == 400 and err.value.body["err_code"] == "Bad Request", err.value.body
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def guarded(bus: Bus) -> AsyncIterator[str]:
+    async with edge_server(bus, api_tokens="dg-key-1") as url:
+        yield url
+
+
+async def test_deepgram_token_auth_maps_onto_api_tokens(guarded: str) -> None:
+    """`Authorization: Token <key>` is an API token; a wrong one gets Deepgram's 401 body."""
+    good, bad = deepgram_client(guarded, "dg-key-1"), deepgram_client(guarded, "wrong")
+    with pytest.raises(ApiError) as err:
+        async with bad.listen.v1.connect(model="nova-3", encoding="linear16", sample_rate=16000):
+            pass
+    assert err.value.status_code == 401
+    with pytest.raises(ApiError) as err:
+        await bad.listen.v1.media.transcribe_file(request=b"\x00" * 100, model="nova-3")
+    assert err.value.status_code == 401 and err.value.body["err_code"] == "INVALID_AUTH", err.value.body
+    async with good.listen.v1.connect(model="nova-3", encoding="linear16", sample_rate=16000) as conn:
+        await conn.send_keep_alive()  # accepted: no pipeline behind this edge, so nothing more to check
