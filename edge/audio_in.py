@@ -77,8 +77,7 @@ class _Opus:
             raise AudioFormatError(f"Opus stream with {channels} channels")
         self.ctx = av.CodecContext.create("opus", "r")
         self.ctx.extradata = bytes(head)
-        self.pcm = _Pcm16k()
-        self.skip = struct.unpack_from("<H", head, 10)[0] // 3  # pre-skip, in 16 kHz samples
+        self.pcm = _Pcm16k()  # (FFmpeg's decoder drops the OpusHead's pre-skip itself)
         self.bad = 0
 
     def packet(self, data: bytes) -> bytes:
@@ -93,12 +92,7 @@ class _Opus:
             if self.bad > MAX_BAD_PACKETS:
                 raise AudioFormatError(f"undecodable Opus packets ({exc.__class__.__name__})") from None
             return b""
-        out = self.pcm.frames([f for f in frames if isinstance(f, av.AudioFrame)])
-        if self.skip:
-            cut = min(self.skip, len(out) // 2)
-            self.skip -= cut
-            out = out[cut * 2:]
-        return out
+        return self.pcm.frames([f for f in frames if isinstance(f, av.AudioFrame)])
 
 
 class StreamDecoder:

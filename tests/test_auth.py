@@ -156,3 +156,24 @@ def test_tokens_are_standard_jwts() -> None:
             verify(SECRET, bad, now=1000)
         assert err.value.code == "invalid_token", bad
 
+
+@on_loop
+async def test_vendor_api_keys_are_tolk_tokens(signed_server: str) -> None:
+    """OpenAI's SDK sends its key as Bearer, Deepgram's as `Token`: both are Tolk tokens (here JWTs), and a
+    refusal comes in that vendor's error shape."""
+    good = mint(SECRET, "app-7", ttl_s=60)
+    async with aiohttp.ClientSession() as http:
+        for key, status in (("wrong", 401), (good, 400)):
+            form = aiohttp.FormData()  # no `model`: past authentication, OpenAI's 400
+            form.add_field("file", b"RIFF0000WAVE", filename="a.wav")
+            async with http.post(f"{signed_server}/v1/audio/transcriptions", data=form,
+                                 headers={"Authorization": f"Bearer {key}"}) as resp:
+                body = (await resp.json())["error"]
+            assert resp.status == status and set(body) >= {"message", "type", "param", "code"}, body
+            assert body["code"] == ("invalid_api_key" if status == 401 else "missing_required_parameter"), body
+        for key, status in (("wrong", 401), (good, 400)):  # Deepgram pre-recorded: JSON `url` bodies are refused
+            async with http.post(f"{signed_server}/v1/listen?model=nova-3", json={"url": "https://example.com/a.wav"},
+                                 headers={"Authorization": f"Token {key}"}) as resp:
+                body = await resp.json()
+            assert resp.status == status and set(body) == {"err_code", "err_msg", "request_id"}, body
+

@@ -5,11 +5,14 @@ only their own session, with `invalid_audio`; and the decoders' bounds hold."""
 from __future__ import annotations
 
 import asyncio
+import io
 from collections.abc import Iterator
 
 import av
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edge.audio_in import MAX_ELEMENT, AudioFormatError, OggOpusDecoder, WebmOpusDecoder, decoder_for
 from loadtest.client import stream_pcm
@@ -50,6 +53,12 @@ def test_decoder_any_piece_size(container: str, encoding: str, piece: int) -> No
     for i in range(0, len(data), piece):
         out += d.feed(data[i:i + piece])
     got = np.frombuffer(bytes(out), "<i2").astype(np.float64)
+    # Exactly what FFmpeg makes of the whole file (its demuxer, pre-skip and all), however it was cut up.
+    with av.open(io.BytesIO(data)) as f:
+        resampler = av.AudioResampler(format="s16", layout="mono", rate=16000)
+        ffmpeg = np.concatenate([r.to_ndarray().reshape(-1) for frame in f.decode(audio=0)
+                                 for r in resampler.resample(frame)]).astype(np.float64)
+    assert len(got) >= len(ffmpeg) and np.abs(got[: len(ffmpeg)] - ffmpeg).max() <= 1, "not FFmpeg's decode"
     want = np.frombuffer(pcm, "<i2").astype(np.float64)
     assert abs(len(got) - len(want)) <= 0.05 * rate  # the encoder's padding at most
     # The same sound at the same times: loudness per 20 ms, correlated (a lossy codec keeps the envelope).
@@ -158,3 +167,21 @@ async def test_unknown_encoding_still_refused(stack: Running) -> None:
     assert [e["code"] for e in run.errors] == ["unsupported_encoding"]
     assert "ogg_opus" in run.errors[0]["message"] and "webm_opus" in run.errors[0]["message"]
     assert run.close_code == 1003
+
+
+_HEADERS = {name: opus(clip(), name.split("_")[0], bitrate=24000)[:1500] for name in ("ogg_opus", "webm_opus")}
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(["ogg_opus", "webm_opus", "opus", "mulaw", "file"]), st.booleans(),
+       st.lists(st.binary(max_size=700), max_size=8))
+def test_any_bytes_are_decoded_or_refused(encoding: str, real_head: bool, pieces: list[bytes]) -> None:
+    """Whatever arrives (garbage after a real header included), a decoder returns PCM or raises AudioFormatError:
+    nothing else escapes to the session, and what it returns is whole 16-bit samples."""
+    d = decoder_for(encoding)
+    head = _HEADERS.get(encoding, b"") if real_head else b""
+    try:
+        for piece in [head, *pieces]:
+            assert len(d.feed(piece)) % 2 == 0
+    except AudioFormatError:
+        pass

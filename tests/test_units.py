@@ -8,8 +8,8 @@ import pytest
 
 from actors.runtime.partition import owned_partitions, partition_for, valid_session_id
 from actors.runtime.settings import SettingsError, load
-from actors.stt.guards import collapse_repeats, compression_ratio, reject_reason
 from actors.stt.finals import EarlyDecodes, PromptContext, early_key
+from actors.stt.guards import collapse_repeats, compression_ratio, reject_reason
 from loadtest.wer import Counts, corpus_wer, counts, normalise
 from schemas import Segment, SegmentKind
 

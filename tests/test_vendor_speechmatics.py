@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
+import numpy as np
 import pytest
 
 from loadtest.speech import Clip, clips, encode_audio
@@ -109,8 +110,6 @@ async def test_partial_translations_when_enabled_and_partials_off(stack: Running
 async def test_file_audio_type(stack: Running, container: str) -> None:
     """`AudioSettings()` without an encoding sends `{"type": "file"}` and the file's bytes as they are: WAV (the
     SDK's usual input), or Opus in Ogg / WebM, decoded at the edge as they arrive."""
-    import numpy as np
-
     clip = jfk()
     if container == "wav":
         data = clip.path.read_bytes()
@@ -196,7 +195,8 @@ async def test_bad_input_gets_speechmatics_errors(stack: Running, frames: list[s
     assert set(errors[0]) == {"message", "type", "reason"}
     assert messages[-1] is errors[0], "nothing after the Error"
     assert code == close
-    async with aiohttp.ClientSession() as http, http.get(f"{stack.http}/readyz") as resp:  # the edge is fine
+    # The edge is alive (a full session after all of these: test_language_from_the_path_…, next).
+    async with aiohttp.ClientSession() as http, http.get(f"{stack.http}/healthz") as resp:
         assert resp.status == 200
 
 
@@ -227,3 +227,26 @@ async def test_unsupported_translation_pair_is_a_warning(stack: Running) -> None
     assert "qq" in warnings[0]["reason"]
     assert {m["language"] for m in run.of("AddTranslation")} == {"pt"}
     assert isinstance(run, SmRun) and run.finals()
+
+
+def mulaw(samples: np.ndarray) -> bytes:
+    """G.711 µ-law of int16 samples (what a telephony stack sends)."""
+    x = samples.astype(np.int32)
+    sign = np.where(x < 0, 0x80, 0)
+    magnitude = np.minimum(np.abs(x), 32635) + 0x84
+    exponent = np.floor(np.log2(magnitude)).astype(np.int32) - 7
+    mantissa = (magnitude >> (exponent + 3)) & 0x0F
+    return (~(sign | (exponent << 4) | mantissa) & 0xFF).astype(np.uint8).tobytes()
+
+
+async def test_mulaw_telephony_audio(stack: Running) -> None:
+    """`pcm_s16le`'s telephone cousin: µ-law at 8 kHz, expanded at the edge."""
+    import soxr
+
+    clip = jfk()
+    pcm, rate = clip.pcm16()
+    narrow = soxr.resample(np.frombuffer(pcm, "<i2"), rate, 8000).astype(np.int16)
+    run = await stream_sdk(sm_url(stack), mulaw(narrow), bytes_per_s=8000, pace=2.0, encoding="mulaw",
+                           sample_rate=8000, chunk_size=800, enable_partials=False, token=KEY)
+    assert not run.error, run.error
+    assert corpus_wer([(clip.reference, run.text())]) <= WER_BOUND, run.text()

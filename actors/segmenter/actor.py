@@ -66,7 +66,7 @@ class SegmenterSettings:
     shrink_after_s: float = 3.0
     soft_max_s: float = 6.0
     gap_ms: int = 64
-    gap_db: float = 26.0
+    gap_db: float = 32.0
     max_utterance_s: float = 15.0
     cap_lookback_s: float = 2.0
     partial_every_ms: int = 700

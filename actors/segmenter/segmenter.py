@@ -31,12 +31,13 @@ class SegmenterConfig:
     endpoint_ms: int = 500  # silence that ends a short utterance
     # Continuous speech (a presenter who never pauses for endpoint_ms): the pause that ends an utterance
     # shrinks as it grows, from endpoint_ms at shrink_after_s down to endpoint_min_ms at soft_max_s; past
-    # soft_max_s the first VAD gap of gap_ms ends it (Endpoint.GAP). 0 for soft_max_s: off.
+    # soft_max_s the first gap of gap_ms ends it (Endpoint.GAP): frames the VAD calls silence or that dip gap_db
+    # under the utterance's loud frames (the VAD's hangover bridges short breaths). 0 for soft_max_s: off.
     endpoint_min_ms: int = 200
     shrink_after_s: float = 3.0
     soft_max_s: float = 6.0
     gap_ms: int = 64
-    gap_db: float = 26.0  # in that phase a frame also counts as gap when this far below the utterance's loud frames
+    gap_db: float = 32.0  # in that phase a frame also counts as gap when this far below the utterance's loud frames
     max_utterance_s: float = 15.0  # with no gap at all, speech is cut at the quietest point of the last...
     cap_lookback_s: float = 2.0  # ...this many seconds (never further back than half the utterance)
     partial_every_ms: int = 700  # new speech between partial windows

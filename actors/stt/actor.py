@@ -11,6 +11,7 @@ import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 
+import msgspec
 import numpy as np
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -23,7 +24,7 @@ from actors.stt.engine import SpeechToText, SttRequest, SttResult, WhisperEngine
 from actors.stt.finals import EarlyDecodes, PromptContext, early_key
 from actors.stt.langlock import LanguageLock
 from actors.stt.models import resolve
-from schemas import ResultKind, Segment, SegmentKind, Transcript, Word
+from schemas import Endpoint, ResultKind, Segment, SegmentKind, Transcript, Word
 
 log = logging.getLogger("tolk.stt")
 
@@ -118,7 +119,7 @@ class SttActor(Actor):
         self._progress: OrderedDict[tuple[str, int], int] = OrderedDict()
         self.context = PromptContext()
         self._final_calls: deque[tuple[float, float]] = deque()  # (ended, seconds) of final-lane calls, 10 s
-        self._early: EarlyDecodes[SttResult] = EarlyDecodes()
+        self._early: EarlyDecodes[tuple[SttResult, int]] = EarlyDecodes()  # (result, speculative seq)
         self._stats: dict[str, float] = dict.fromkeys(("batches", "items", "busy_s", "audio_s", "stale"), 0.0)
         self._stats_at = time.monotonic()
         self._loops = {
@@ -231,9 +232,8 @@ class SttActor(Actor):
                 early = self._early.take(self._early_key(d.msg))
                 if early is not None:
                     SPECULATIVE.labels(self.pool.name, "used").inc()
-                    for p in self._first_partials([d]):  # shown first, as a decoded final's would be
-                        await self._deliver(p, self._prefix(early, p.msg.end - d.msg.start))
-                    await self._deliver(d, early)
+                    await self._show_first_partial(d, *early)
+                    await self._deliver(d, early[0])
                 else:
                     todo.append(d)
             if todo:
@@ -270,6 +270,21 @@ class SttActor(Actor):
         busy = sum(min(took, end - (now - LOAD_WINDOW_S)) for end, took in self._final_calls) / LOAD_WINDOW_S
         window = self.cfg.final_window_s if busy < self.cfg.full_window_below else self.cfg.loaded_window_s
         return window, self.cfg.beam_size
+
+    async def _show_first_partial(self, final: Delivery[Segment], early: SttResult, early_seq: int) -> None:
+        """An utterance that showed no partial yet shows one before its final, as when the final is decoded
+        (_first_partials). A queued partial is answered from the early decode's words within its audio; with
+        none queued (still in NATS or in the partial lane, which then comes too late and is dropped), the
+        speculative segment's own seq carries the early text as that partial."""
+        key = (final.msg.session_id, final.msg.utterance_id)
+        if key in self._progress:
+            return
+        for p in self._first_partials([final]):
+            await self._deliver(p, self._prefix(early, p.msg.end - final.msg.start))
+            return
+        seg = msgspec.structs.replace(final.msg, seq=early_seq, kind=SegmentKind.PARTIAL, speculative=False,
+                                      endpoint=Endpoint.NONE)
+        await self._deliver(Delivery(seg, final.raw), dataclasses.replace(early, words=[]), ack=False)
 
     @staticmethod
     def _prefix(result: SttResult, upto: float) -> SttResult:
@@ -379,13 +394,13 @@ class SttActor(Actor):
         for d, req, r in zip(batch, requests, results, strict=True):
             if d.msg.speculative:  # kept for its final; nothing is published for it
                 SPECULATIVE.labels(self.pool.name, "decoded").inc()
-                self._early.put(early_key(d.msg, req.language), r)
+                self._early.put(early_key(d.msg, req.language), (r, d.msg.seq))
                 with contextlib.suppress(Exception):
                     await d.raw.ack()
             else:
                 await self._deliver(d, r)
 
-    async def _deliver(self, d: Delivery[Segment], r: SttResult) -> None:
+    async def _deliver(self, d: Delivery[Segment], r: SttResult, ack: bool = True) -> None:
         seg = d.msg
         final = seg.kind is SegmentKind.FINAL
         self._mark(seg, final)
@@ -401,7 +416,7 @@ class SttActor(Actor):
                  probability=w.probability)
             for w in r.words
         )
-        await self._publish(d, Transcript(
+        await self._publish(d, ack, Transcript(
             session_id=seg.session_id, utterance_id=seg.utterance_id, seq=seg.seq, final_index=seg.final_index,
             kind=ResultKind.FINAL if final else ResultKind.PARTIAL, partition=seg.partition,
             text=r.text, language=r.language, start=seg.start, end=seg.end, words=words,
@@ -435,16 +450,19 @@ class SttActor(Actor):
         while len(self._progress) > 10_000:
             self._progress.popitem(last=False)
 
-    async def _publish(self, d: Delivery[Segment], t: Transcript) -> None:
+    async def _publish(self, d: Delivery[Segment], ack: bool, t: Transcript) -> None:
         """Ack only once the transcript is stored; a failure redelivers this one segment only."""
         try:
             await self.bus.publish(transcript_subject(d.msg), t, msg_id=f"{t.session_id}:{t.seq}")
         except Exception:
             log.exception("%s/%d: publishing transcript failed; nak", t.session_id, t.seq)
             metrics.count_error("publish_failed")
-            with contextlib.suppress(Exception):
-                await d.raw.nak(delay=1.0)
+            if ack:
+                with contextlib.suppress(Exception):
+                    await d.raw.nak(delay=1.0)
             return
+        if not ack:
+            return  # nothing of its own to settle
         await d.raw.ack()
         if t.speech_end_wall:
             LATENCY.labels(t.kind.value, self.pool.name).observe(max(0.0, time.time() - t.speech_end_wall))
