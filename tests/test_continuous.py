@@ -89,7 +89,7 @@ def test_continuous_speech_is_finalised_between_words(silero: SileroModel, tiny:
     assert max(b - a for a, b in itertools.pairwise(ends)) <= cfg.max_utterance_s
     kinds = [c.endpoint.value for c in cont]
     assert kinds.count("gap") >= len(cont) // 2 and kinds.count("max_duration") <= 1
-    assert len(cont) >= len(squeezed) / 16000 / cfg.max_utterance_s + 2
+    assert len(cont) >= len(squeezed) / 16000 / (cfg.soft_max_s + 2)  # the cap alone makes one per 15 s
     # Cuts tile the audio: nothing heard twice, nothing between two finals lost.
     for a, b in itertools.pairwise(cont):
         assert a.end <= b.start + 1e-6 and b.start - a.end < 1.0
@@ -139,7 +139,9 @@ def test_speculative_cuts_carry_the_samples_of_the_final_that_follows(silero: Si
     for i, f in enumerate(cuts):
         if not f.final:
             continue
-        early = [c for c in cuts[:i] if c.speculative and c.utterance_id == f.utterance_id]
+        # The speculative cut sent at this final's pause (one from an earlier pause of the utterance, where
+        # speech went on, has other samples; none is sent when the pause needed is the pad itself).
+        early = [c for c in cuts[:i] if c.speculative and c.utterance_id == f.utterance_id and c.end == f.end]
         if f.endpoint.value == "silence" and early:
             assert np.array_equal(early[-1].audio, f.audio) and early[-1].end == f.end
             if f.end - f.speech_start > cfg.shrink_after_s + 0.5:  # ended by a threshold under 500 ms

@@ -63,8 +63,8 @@ class SegmenterSettings:
     # Continuous speech (README "Segmenter"): the ending pause shrinks from endpoint_ms to endpoint_min_ms
     # between shrink_after_s and soft_max_s of speech; past soft_max_s the first gap_ms gap ends it.
     endpoint_min_ms: int = 200
-    shrink_after_s: float = 3.0
-    soft_max_s: float = 6.0
+    shrink_after_s: float = 6.0
+    soft_max_s: float = 10.0
     gap_ms: int = 64
     gap_db: float = 32.0
     max_utterance_s: float = 15.0

@@ -34,8 +34,8 @@ class SegmenterConfig:
     # soft_max_s the first gap of gap_ms ends it (Endpoint.GAP): frames the VAD calls silence or that dip gap_db
     # under the utterance's loud frames (the VAD's hangover bridges short breaths). 0 for soft_max_s: off.
     endpoint_min_ms: int = 200
-    shrink_after_s: float = 3.0
-    soft_max_s: float = 6.0
+    shrink_after_s: float = 6.0
+    soft_max_s: float = 10.0
     gap_ms: int = 64
     gap_db: float = 32.0  # in that phase a frame also counts as gap when this far below the utterance's loud frames
     max_utterance_s: float = 15.0  # with no gap at all, speech is cut at the quietest point of the last...
