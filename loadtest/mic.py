@@ -184,8 +184,8 @@ def render_endpoints(rows: list[Row]) -> list[str]:
     lines = [
         "Final latency per endpoint type (from the final's `end` to its arrival, client clock): "
         "p50 / p95 / max in seconds (count). `silence`: ended by a pause (the pause included); `gap`: continuous "
-        "speech past 6 s cut at its first short gap; `max_duration`: no gap, cut at the cap; `stop` waits for the "
-        "client's stop and is not a latency.",
+        "speech past TOLK_SOFT_MAX_S (default 10 s) cut at its first short gap; `max_duration`: no gap, cut at the "
+        "cap; `stop` waits for the client's stop and is not a latency.",
         "",
         "| sessions | input | WER | finals | " + " | ".join(f"`{e}`" for e in ENDPOINTS) + " | load avg |",
         "|---:|---|---:|---:|" + "---|" * len(ENDPOINTS) + "---|",

@@ -376,8 +376,7 @@ class SttActor(Actor):
         try:
             results = await lane.run(self.engine.transcribe_batch, requests, window_s, beam_size)
             busy, audio = time.monotonic() - began, sum(len(r.audio) for r in requests) / 16000
-            if lane is self.final_lane and not all(d.msg.speculative for d in batch):
-                # Early decodes run only while no final waits, so they do not count as the lane's load.
+            if lane is self.final_lane:  # early decodes too: a final arriving meanwhile waits for them
                 self._final_calls.append((time.monotonic(), busy))
             self._account(len(batch), busy, audio)
             BATCH.labels(kind, self.pool.name).observe(len(batch))
