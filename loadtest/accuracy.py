@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
-import platform
 import signal
 import sys
 import tempfile
@@ -25,10 +23,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import psutil
 
 from loadtest.client import SessionRun, stream_pcm
-from loadtest.mic import REPORTS, pct, start_tolk
+from loadtest.mic import machine, pct, save_report, start_tolk
 from loadtest.speech import Clip, clips
 from loadtest.wer import Counts, counts
 
@@ -190,17 +187,10 @@ async def main_async(args: argparse.Namespace) -> int:
         results.append(await run_group(group, cs, args))
     if not results:
         raise SystemExit("no clips match")
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB"
-    report = render(results, args, machine)
-    print("\n" + report)
-    REPORTS.mkdir(exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    (REPORTS / f"{args.name}-{stamp}.md").write_text(report)
-    (REPORTS / f"{args.name}-latest.md").write_text(report)
     summary = [{"group": g.group, "model": g.model, "stream": asdict(g.stream), "offline": asdict(g.offline),
                 "ratio": g.ratio, "final_latencies": g.final_latencies, "rows": [asdict(r) for r in g.rows]}
                for g in results]
-    (REPORTS / f"{args.name}-{stamp}.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False))
+    save_report(args.name, render(results, args, machine()), summary)
     return 0
 
 

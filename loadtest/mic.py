@@ -233,6 +233,20 @@ def start_tolk(data: Path, env: dict[str, str]) -> tuple[subprocess.Popen[bytes]
     raise SystemExit(f"tolk up did not become ready; see {data / 'tolk-up.log'}")
 
 
+def machine() -> str:
+    return f"{platform.machine()}, {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB"
+
+
+def save_report(name: str, report: str, data: object) -> None:
+    """Print the report; save it (and its data as JSON) under loadtest/reports/ as <name>-<stamp> and -latest."""
+    print("\n" + report)
+    REPORTS.mkdir(exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    (REPORTS / f"{name}-{stamp}.md").write_text(report)
+    (REPORTS / f"{name}-latest.md").write_text(report)
+    (REPORTS / f"{name}-{stamp}.json").write_text(json.dumps(data, indent=1, ensure_ascii=False))
+
+
 def render(rows: list[Row], args: argparse.Namespace, machine: str) -> str:
     held = [r.sessions for r in rows if r.final_p95 <= GOAL_P95_FINAL_S and r.errors == 0]
     actors = sorted({k for r in rows for k in r.cpu} | {k for r in rows for k in r.rss_mib})
@@ -298,14 +312,7 @@ async def main_async(args: argparse.Namespace) -> int:
             proc.wait(timeout=90)
         if tmp:
             tmp.cleanup()
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB"
-    report = render(rows, args, machine)
-    print("\n" + report)
-    REPORTS.mkdir(exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    (REPORTS / f"{args.name}-{stamp}.md").write_text(report)
-    (REPORTS / f"{args.name}-latest.md").write_text(report)
-    (REPORTS / f"{args.name}-{stamp}.json").write_text(json.dumps([asdict(r) for r in rows], indent=2))
+    save_report(args.name, render(rows, args, machine()), [asdict(r) for r in rows])
     return 0
 
 
