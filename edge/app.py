@@ -275,14 +275,20 @@ class Edge(Actor):
     async def listen(self, request: web.Request) -> web.StreamResponse:
         if deepgram.is_deepgram(request):  # Deepgram's query settings / `Authorization: Token`: its protocol
             return await deepgram.listen(self, request, request.get(auth.TOKEN, ""))
-        ws = web.WebSocketResponse(
-            # aiohttp closes an over-limit frame itself (1009) before we could explain why, so its
-            # limit sits well above ours: up to 4x the limit gets a JSON `frame_too_large` first.
-            max_msg_size=self.cfg.max_frame_bytes * 4 + 4096,
-            heartbeat=self.cfg.ws_heartbeat_s,
-        )
+        ws = self.client_socket()
         await ws.prepare(request)
-        session = ClientSession(self, ws, self.limits, token=request.get(auth.TOKEN, ""))
+        return await self.serve_client(ws, ClientSession(self, ws, self.limits, token=request.get(auth.TOKEN, "")),
+                                       request)
+
+    def client_socket(self) -> web.WebSocketResponse:
+        # aiohttp closes an over-limit frame itself (1009) before we could explain why, so its
+        # limit sits well above ours: up to 4x the limit gets a JSON `frame_too_large` first.
+        return web.WebSocketResponse(max_msg_size=self.cfg.max_frame_bytes * 4 + 4096,
+                                     heartbeat=self.cfg.ws_heartbeat_s)
+
+    async def serve_client(self, ws: web.WebSocketResponse, session: ClientSession,
+                           request: web.Request) -> web.WebSocketResponse:
+        """Every client protocol's session (Tolk's and the vendors'): refused while shutting down, counted."""
         if not self.accepting:
             await session.fail(ProtocolError(ErrorCode.SHUTTING_DOWN, "server restarting; reconnect"))
             return ws

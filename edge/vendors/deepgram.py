@@ -303,18 +303,9 @@ async def listen(edge: Edge, request: web.Request, token: str) -> web.StreamResp
     except DeepgramError as err:
         edge.metrics.client_errors.labels("deepgram_bad_request").inc()
         return err.response(str(uuid.uuid4()))
-    ws = web.WebSocketResponse(max_msg_size=edge.cfg.max_frame_bytes * 4 + 4096, heartbeat=edge.cfg.ws_heartbeat_s)
+    ws = edge.client_socket()
     await ws.prepare(request)
-    session = DeepgramSession(edge, ws, edge.limits, token, opts)
-    if not edge.accepting:
-        await session.fail(ProtocolError(ErrorCode.SHUTTING_DOWN, "server restarting; reconnect"))
-        return ws
-    edge.metrics.connected_clients.inc()
-    try:
-        await session.serve()
-    finally:
-        edge.metrics.connected_clients.dec()
-    return ws
+    return await edge.serve_client(ws, DeepgramSession(edge, ws, edge.limits, token, opts), request)
 
 
 # ---------------------------------------------------------------------------------------------------- pre-recorded

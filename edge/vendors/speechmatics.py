@@ -298,19 +298,11 @@ def handler(edge: Edge) -> Any:
     """The `/v2[/<language>]` WebSocket route."""
 
     async def realtime(request: web.Request) -> web.StreamResponse:
-        ws = web.WebSocketResponse(max_msg_size=edge.cfg.max_frame_bytes * 4 + 4096, heartbeat=edge.cfg.ws_heartbeat_s)
+        ws = edge.client_socket()
         await ws.prepare(request)
         session = SpeechmaticsSession(edge, ws, edge.limits, token=request.get(auth.TOKEN, ""),
                                       path_language=request.match_info.get("language", ""))
-        if not edge.accepting:
-            await session.fail(ProtocolError(ErrorCode.SHUTTING_DOWN, "server restarting; reconnect"))
-            return ws
-        edge.metrics.connected_clients.inc()
-        try:
-            await session.serve()
-        finally:
-            edge.metrics.connected_clients.dec()
-        return ws
+        return await edge.serve_client(ws, session, request)
 
     return realtime
 
