@@ -224,9 +224,7 @@ class SttActor(Actor):
             for d in [d for d in self._finals if (d.msg.session_id, d.msg.utterance_id) in keys]:
                 self._finals.remove(d)
                 if d.msg.speculative:  # its final is here: it would never be used
-                    SPECULATIVE.labels(self.pool.name, "skipped").inc()
-                    with contextlib.suppress(Exception):
-                        await d.raw.ack()
+                    await self._skip_early(d)
             todo = []
             for d in finals:
                 early = self._early.take(self._early_key(d.msg))
@@ -251,14 +249,18 @@ class SttActor(Actor):
             newest[key] = d
         self._finals.clear()
         unused = [k for k in newest if self._progress.get(k) == -1 or not self.cfg.speculate or self._stopping]
-        for d in [*stale, *(newest.pop(k) for k in unused)]:
-            SPECULATIVE.labels(self.pool.name, "skipped").inc()
-            with contextlib.suppress(Exception):
-                await d.raw.ack()  # superseded, or its final is out: nothing will use it
+        for d in [*stale, *(newest.pop(k) for k in unused)]:  # superseded, or its final is out
+            await self._skip_early(d)
         batch = sorted(newest.values(), key=lambda d: d.msg.speech_end_wall)[: self.cfg.batch_size]
         self._finals.extend(d for d in newest.values() if d not in batch)
         if batch:
             await self._transcribe(self.final_lane, batch, *self._final_quality(0))
+
+    async def _skip_early(self, d: Delivery[Segment]) -> None:
+        """A speculative segment nothing will use: settled undecoded."""
+        SPECULATIVE.labels(self.pool.name, "skipped").inc()
+        with contextlib.suppress(Exception):
+            await d.raw.ack()
 
     def _final_quality(self, waiting: int) -> tuple[float, int]:
         """(encoder window, beam) for the next finals call, by how loaded the final lane is."""
