@@ -31,6 +31,7 @@ pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.e2e]
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(os.environ.get("TOLK_ARTIFACTS", Path(__file__).resolve().parents[1] / "test-artifacts")) / "browser"
 WER_BOUND = 0.15  # as tests/test_e2e.py: tiny.en on these clips is well under it
+UNCUT_WER: dict[str, float] = {}  # the uninterrupted microphone run's WER per encoding, for the reconnect test
 CHROME_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
                "--disable-component-update", "--disable-sync", "--autoplay-policy=no-user-gesture-required",
                "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"]
@@ -181,6 +182,7 @@ async def test_microphone_transcribes_and_translates_live(browser: Browser, stac
     sent = await page.evaluate("window.tolk.mic.sentBytes")
     print(f"\nbrowser microphone ({encoding}): {sent} audio bytes sent; WER {wer:.3f}: {said!r}")
     assert wer < WER_BOUND, said
+    UNCUT_WER[encoding] = wer
     assert [f["text"] for f in finals] == stored_finals(stack.http, sid)  # the page shows what the pipeline made
     assert await page.evaluate("window.tolk.views.mic.partials") > 0  # partials were shown as speech went on
     # Every final is translated into pt, in its own column; after the switch, de is there too (served or not).
@@ -211,7 +213,13 @@ async def test_reconnect_resumes_and_no_final_is_missing(browser: Browser, stack
     assert seqs == sorted(set(seqs)), seqs  # none twice, none backwards
     assert [f["text"] for f in finals] == stored_finals(stack.http, sid)  # none missing
     said = " ".join(f["text"] for f in finals)
-    assert corpus_wer([(jfk().reference, said)]) < WER_BOUND, said  # the audio of the outage was kept and sent
+    wer = corpus_wer([(jfk().reference, said)])
+    print(f"\nreconnected: WER {wer:.3f}: {said!r}")
+    # The audio of the outage was kept and sent, the recording carried on across the drop: as good as the same
+    # audio uncut, give or take one word (where the drop fell moves the 100 ms chunking); a lost second of
+    # speech costs several.
+    uncut = UNCUT_WER.get("webm_opus", WER_BOUND - 1 / len(jfk().reference.split()))
+    assert wer <= uncut + 1.01 / len(jfk().reference.split()), (said, uncut)
     assert await page.evaluate("window.tolk.mic.dropped") == 0
 
 

@@ -72,8 +72,9 @@ export class MicSession {
     this.connect();
   }
 
-  /** (Re)starts the recorder. Each connection needs a stream that begins with its container's header, so after a
-   * drop a new recording starts at once: it holds what is said during the outage, sent after the resume. */
+  /** (Re)starts the recorder. A drop does not restart it: the resumed connection gets the recording's header
+   * (EBML, Segment, Tracks) again, then the blocks that follow, so nothing said across the drop is cut off. Only an
+   * outage longer than BUFFER_S starts a new recording. */
   record() {
     const old = this.recorder;
     if (old && old.state !== "inactive") {
@@ -82,12 +83,22 @@ export class MicSession {
     }
     this.pending = [];          // what the old recording left unsent cannot follow a new header
     this.pendingBytes = 0;
+    this.header = null;         // WebM: the recording's bytes before its first Cluster, once they are all in
+    this.firstBuf = null;       // the recording's first buffer (it carries the header itself)
+    const webm = this.codec.encoding === "webm_opus" ? new WebmElements() : null;
     const rec = new MediaRecorder(this.stream, { mimeType: this.codec.mime, audioBitsPerSecond: OPUS_BPS });
     this.recorder = rec;
     rec.ondataavailable = (e) => {
       if (!e.data.size) return;
       this.chunks = this.chunks.then(() => e.data.arrayBuffer()).then((buf) => {
-        if (rec === this.recorder) this.audio(buf);
+        if (rec !== this.recorder) return;
+        if (webm) {  // blobs end mid-element: pass on whole ones, so a resumed connection starts on a boundary
+          buf = webm.push(buf);
+          if (!this.header && webm.header) this.header = webm.header;
+          if (!buf.byteLength) return;
+        }
+        if (!this.firstBuf) this.firstBuf = buf;
+        this.audio(buf);
       });
     };
     rec.start(100);
@@ -95,6 +106,7 @@ export class MicSession {
 
   connect() {
     this.started = false;
+    this.streamed = false;      // this connection has had its container header
     this.lastError = null;
     const ws = new WebSocket(api.ws("/v1/listen"));
     ws.binaryType = "arraybuffer";
@@ -159,7 +171,7 @@ export class MicSession {
     } else if (err && GIVE_UP.has(err.code)) {
       return this.end(describeClose(e, err));
     }
-    if (this.recorder && !this.stopping) this.record();
+    if (this.recorder && !this.stopping && !this.header) this.record();  // Ogg: its pages cannot be resumed
     const delay = retryDelay(this.attempt++);
     this.reconnects += 1;
     this.onStatus(`Connection lost (${describeClose(e, err)}); reconnecting in ${(delay / 1000).toFixed(1)} s…`,
@@ -185,6 +197,10 @@ export class MicSession {
   }
 
   flush() {
+    if (this.codec && !this.streamed && this.pending.length && this.ws.readyState === WebSocket.OPEN) {
+      if (this.pending[0] !== this.firstBuf && this.header) this.ws.send(this.header);  // a resumed recording
+      this.streamed = true;
+    }
     while (this.pending.length && this.ws.readyState === WebSocket.OPEN) {
       const buf = this.pending.shift();
       this.pendingBytes -= buf.byteLength;
@@ -238,6 +254,65 @@ export class MicSession {
     if (reason) this.onStatus(reason, { error: true });
     this.onEnd?.(this);
   }
+}
+
+/** Cuts a growing WebM recording into whole elements (Segment and Cluster, of unknown size, are entered: only
+ * their headers are cut off), and keeps what comes before the first Cluster as the header a new connection needs
+ * ahead of later blocks. */
+class WebmElements {
+  constructor() {
+    this.buf = new Uint8Array(0);
+    this.header = null;
+    this.head = [];
+  }
+
+  /** Appends a blob; returns the whole elements completed so far (maybe none). */
+  push(blob) {
+    const b = new Uint8Array(this.buf.length + blob.byteLength);
+    b.set(this.buf);
+    b.set(new Uint8Array(blob), this.buf.length);
+    let pos = 0;
+    for (;;) {
+      const id = vint(b, pos, true);
+      const size = id && vint(b, pos + id.len, false);
+      if (!size) break;
+      const entered = id.value === 0x18538067 || id.value === 0x1f43b675;  // Segment, Cluster
+      const end = pos + id.len + size.len + (entered ? 0 : size.value);
+      if (!entered && size.value < 0) throw new Error("WebM element of unknown size");
+      if (end > b.length) break;
+      if (!this.header && id.value === 0x1f43b675) this.header = concat(this.head, b.subarray(0, pos));
+      pos = end;
+    }
+    if (!this.header) this.head.push(b.slice(0, pos));
+    this.buf = b.slice(pos);
+    return b.slice(0, pos).buffer;
+  }
+}
+
+/** An EBML variable-length number at `pos`, or null when it is not all there yet (-1: unknown size). */
+function vint(b, pos, keepMarker) {
+  if (pos >= b.length) return null;
+  const first = b[pos];
+  const len = Math.clz32(first) - 23;
+  if (len < 1 || len > 8) throw new Error("not a WebM stream");
+  if (pos + len > b.length) return null;
+  let value = keepMarker ? first : first & (0xff >> len);
+  let ones = value === (0xff >> len);
+  for (let i = 1; i < len; i++) {
+    value = value * 256 + b[pos + i];
+    ones = ones && b[pos + i] === 0xff;
+  }
+  return { value: !keepMarker && ones ? -1 : value, len };
+}
+
+function concat(parts, tail) {
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0) + tail.length);
+  let at = 0;
+  for (const p of [...parts, tail]) {
+    out.set(p, at);
+    at += p.length;
+  }
+  return out.buffer;
 }
 
 const sameList = (a, b) => a.length === b.length && a.every((x, i) => x === b[i]);
