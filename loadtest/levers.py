@@ -42,6 +42,10 @@ LEVERS = [
     Lever("+ beam 5, full 30 s window", window_s=30.0, beam=5),
     Lever("+ beam 5, 30 s, previous text as prompt", window_s=30.0, beam=5, prompt=True),
     Lever("+ beam 5, fitted ≥15 s (the loaded tier), prompt", window_s=15.0, beam=5, prompt=True),
+    Lever("the busy tier: greedy, fitted ≥10 s, prompt", window_s=10.0, prompt=True),
+    Lever("beam 2, fitted ≥10 s, prompt", window_s=10.0, beam=2, prompt=True),
+    Lever("beam 5, fitted ≥10 s, prompt", window_s=10.0, beam=5, prompt=True),
+    Lever("greedy, 30 s, prompt", window_s=30.0, prompt=True),
     Lever("+ beam 5, 30 s, prompt, VAD vote hysteresis (not kept: merges pauses, more 15 s caps)",
           window_s=30.0, beam=5, prompt=True, vote="hysteresis"),
 ]
@@ -70,7 +74,7 @@ def finals_text(c: Clip, lever: Lever, engine: object, silero: object) -> tuple[
     return " ".join(texts), sum(x.final for x in cuts)
 
 
-def run_group(group: Group, cs: list[Clip]) -> list[tuple[Lever, Counts, int]]:
+def run_group(group: Group, cs: list[Clip], levers: list[Lever]) -> list[tuple[Lever, Counts, int]]:
     from actors.runtime import settings
     from actors.segmenter.vad import SileroModel
     from actors.stt.actor import SttSettings
@@ -81,7 +85,7 @@ def run_group(group: Group, cs: list[Clip]) -> list[tuple[Lever, Counts, int]]:
     engine = WhisperEngine(path, WhisperOptions(cpu_threads=os.cpu_count() or 2, workers=1))
     silero = SileroModel()
     rows = []
-    for lever in LEVERS:
+    for lever in levers:
         began = time.monotonic()
         total, n = Counts(), 0
         for c in cs:
@@ -98,6 +102,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--groups", nargs="+", choices=sorted(GROUPS), default=["en", "multi"])
     p.add_argument("--clips", nargs="*", default=[], help="clip name prefixes (default: the whole dev set)")
+    p.add_argument("--levers", nargs="*", type=int, default=[], help="indices into LEVERS (default: all)")
     p.add_argument("--name", default="levers")
     args = p.parse_args()
     lines = ["# Accuracy levers: the finals path replayed in-process", "",
@@ -107,7 +112,7 @@ def main() -> int:
         group = GROUPS[name]
         cs = [c for c in clips() if c.language in group.languages
               and (not args.clips or any(c.name.startswith(x) for x in args.clips))]
-        rows = run_group(group, cs)
+        rows = run_group(group, cs, [LEVERS[i] for i in args.levers] if args.levers else LEVERS)
         lines += [f"## {group.name} ({group.model}, {len(cs)} clips, {rows[0][1].words} words)", "",
                   "| lever | WER (S/D/I) | finals |", "|---|---:|---:|"]
         lines += [f"| {lv.name} | {c.wer:.4f} ({c.substitutions}/{c.deletions}/{c.insertions}) | {n} |"

@@ -66,15 +66,16 @@ class SttSettings:
     # Finals get the best decode the time budget allows, chosen per call by the final lane's load: beam search
     # with the session's previous text as prompt over Whisper's full 30 s window while the lane was busy less
     # than full_window_below of the last 10 s, over a fitted loaded_window_s above that, and greedy over
-    # busy_window_s once busy_batch finals wait. `speculate` decodes a final's audio during the endpoint
-    # silence, so most finals are ready when the pause ends.
+    # busy_window_s once busy_batch finals wait: an overload valve only, as greedy decoding costs base a fifth
+    # more errors (python -m loadtest.levers) and a window under 15 s makes tiny.en invent words. `speculate`
+    # decodes a final's audio during the endpoint silence, so most finals are ready when the pause ends.
     beam_size: int = 5
     final_window_s: float = 30.0
     full_window_below: float = 0.3
     loaded_window_s: float = 15.0
-    busy_batch: int = 3
+    busy_batch: int = 6
     busy_beam_size: int = 1
-    busy_window_s: float = 10.0
+    busy_window_s: float = 15.0
     prompt_tokens: int = 128  # previous-text prompt for finals (0: none); reset when the language changes
     speculate: bool = True  # decode a final's audio during the endpoint silence, while the lane is idle
     partial_window_s: float = 6.0  # partials are provisional: greedy over a shorter (cheaper) window
