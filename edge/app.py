@@ -56,6 +56,7 @@ class EdgeSettings:
     stop_timeout_s: float = 60.0  # after `stop`, how long to wait for the last final
     result_queue: int = 256
     ws_heartbeat_s: float = 20.0
+    sse_ping_s: float = 15.0  # a `: ping` comment on event streams silent this long (proxies cut idle ones)
     shutdown_grace_s: float = 5.0
     max_upload_bytes: int = 200 * 1024 * 1024  # file transcription: larger uploads get 413
     upload_dir: str = ""  # where uploads wait while being transcribed (default: the system temp dir)

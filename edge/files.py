@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import re
+import secrets
 import tempfile
 import threading
 import time
@@ -31,10 +32,22 @@ from nats.aio.msg import Msg
 from actors.runtime import listeners
 from actors.runtime.media import SourceChunk, SourceEnded, read_source
 from actors.runtime.partition import partition_for
-from edge import replay
+from edge import auth, replay
 from edge.formats import FORMATS, Cue, render
 from edge.protocol import Close, ErrorCode, ProtocolError, parse_language, parse_targets, render_result
-from schemas import AudioChunk, ClientResult, DecodeError, Encoding, ListenerRecord, ResultKind, Transcript, decode
+from edge.sse import EventStream, event
+from schemas import (
+    AudioChunk,
+    ClientResult,
+    DecodeError,
+    Encoding,
+    ListenerRecord,
+    ResultKind,
+    SessionRecord,
+    Transcript,
+    decode,
+    encode,
+)
 
 if TYPE_CHECKING:
     from edge.app import Edge
@@ -99,11 +112,11 @@ class FileTranscriber:
         finally:
             self.jobs -= 1
 
-    async def transcribe(self, path: str, language: str, targets: tuple[str, ...] = (),
-                         prompt: str = "") -> tuple[list[Cue], str]:
+    async def transcribe(self, path: str, language: str, targets: tuple[str, ...] = (), prompt: str = "",
+                         owner: str = "") -> tuple[list[Cue], str]:
         """Every final of the file as cues, and the language they came in (the detected one for `auto`)."""
         cues, lang = [], language
-        async for r in self.run(path, language, targets, prompt):
+        async for r in self.run(path, language, targets, prompt, owner):
             if r.kind is ResultKind.FINAL and r.text:
                 cues.append(_cue(r))
                 lang = r.language or lang
@@ -114,11 +127,18 @@ class FileTranscriber:
         return await asyncio.get_running_loop().run_in_executor(self.threads, probe, path)
 
     # ------------------------------------------------------------------ the pipeline run
-    async def run(self, path: str, language: str, targets: tuple[str, ...],
-                  prompt: str = "") -> AsyncIterator[ClientResult]:
+    async def run(self, path: str, language: str, targets: tuple[str, ...], prompt: str = "",
+                  owner: str = "") -> AsyncIterator[ClientResult]:
+        """`owner`: the uploader's identity (edge.auth), recorded so that only it can export the transcript."""
         sid = f"file-{uuid.uuid4().hex}"
         self.edge.metrics.sessions_started.labels("file").inc()
         partition = partition_for(sid, self.edge.partitions)
+        now = time.time()
+        sessions, _, _ = await self.edge.session_record(sid)  # (a fresh id: no record yet)
+        await sessions.put(sid, encode(SessionRecord(
+            session_id=sid, status="file", sample_rate=16000, encoding=Encoding.PCM_S16LE, language=language,
+            partition=partition, created_at=now, updated_at=now, edge=self.edge.instance,
+            resume_key=secrets.token_urlsafe(18), owner=owner)))
         results: asyncio.Queue[ClientResult] = asyncio.Queue()  # finals of a file are never dropped
 
         async def on_result(msg: Msg) -> None:
@@ -274,7 +294,7 @@ class FileTranscriber:
             duration = await self.duration(path)
             if stream:
                 return await self._sse(request, path, language, targets, fmt, duration)
-            cues, lang = await self.transcribe(path, language, targets)
+            cues, lang = await self.transcribe(path, language, targets, owner=request.get(auth.TOKEN, ""))
             body, ctype = render(cues, fmt, lang, duration)
             if isinstance(body, dict):
                 return web.json_response(body)
@@ -289,22 +309,21 @@ class FileTranscriber:
 
     async def _sse(self, request: web.Request, path: str, language: str, targets: tuple[str, ...], fmt: str,
                    duration: float) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
-        await resp.prepare(request)
         cues: list[Cue] = []
-        try:
-            async for r in self.run(path, language, targets):
-                if r.kind is ResultKind.END:
-                    body, _ = render(cues, fmt if fmt in ("json", "verbose_json") else "json", language, duration)
-                    await resp.write(_event("done", body if isinstance(body, dict) else {"text": body}))
-                    break
-                if r.kind is ResultKind.FINAL and r.text:
-                    cues.append(_cue(r))
-                await resp.write(_event(r.kind.value, render_result(r, targets=targets)))
-        except FileError as err:
-            self._count(err.code)
-            await resp.write(_event("error", {"code": err.code, "message": err.message}))
-        return resp
+        async with EventStream(request, self.cfg.sse_ping_s) as sse:
+            try:
+                async for r in self.run(path, language, targets, owner=request.get(auth.TOKEN, "")):
+                    if r.kind is ResultKind.END:
+                        body, _ = render(cues, fmt if fmt in ("json", "verbose_json") else "json", language, duration)
+                        await sse.send(event(body if isinstance(body, dict) else {"text": body}, "done"))
+                        break
+                    if r.kind is ResultKind.FINAL and r.text:
+                        cues.append(_cue(r))
+                    await sse.send(event(render_result(r, targets=targets), r.kind.value))
+            except FileError as err:
+                self._count(err.code)
+                await sse.send(event({"code": err.code, "message": err.message}, "error"))
+        return sse.response
 
     async def websocket(self, request: web.Request) -> web.StreamResponse:
         """`{"type":"file","language":…,"targets":[…]}`, binary frames of the file, `{"type":"end"}`."""
@@ -338,7 +357,7 @@ class FileTranscriber:
             duration = await self.duration(path)
             await ws.send_json({"type": "started", "duration": round(duration, 3), "language": language,
                                 "targets": list(targets)})
-            async for r in self.run(path, language, targets):
+            async for r in self.run(path, language, targets, owner=request.get(auth.TOKEN, "")):
                 if r.kind is ResultKind.END:
                     await ws.send_json({"type": "done", "session_id": r.session_id})
                     await ws.close(code=Close.NORMAL, message=b"done")
@@ -369,7 +388,7 @@ class FileTranscriber:
             return FileError(400, "invalid_session_id", "not a session id").response()
         if fmt not in FORMATS:
             return FileError(400, "invalid_request", f"format must be one of {', '.join(FORMATS)}").response()
-        finals = await self._stored_finals(sid)
+        finals = await self._stored_finals(sid) if await self._owns(request, sid) else []
         if not finals:
             return FileError(404, "not_found", f"no finished transcript for {sid} (kept 1 h)").response()
         language = next((t.language for t in finals if t.language), "")
@@ -377,6 +396,17 @@ class FileTranscriber:
         if isinstance(body, dict):
             return web.json_response(body)
         return web.Response(text=body, content_type=ctype.split(";")[0], charset="utf-8")
+
+    async def _owns(self, request: web.Request, sid: str) -> bool:
+        """Only its owner reads a session; anyone else is told what a missing one tells (ids may be guessable).
+        With authentication off every caller is "" and so is every owner."""
+        who = request.get(auth.TOKEN, "")
+        if sid.startswith("ch="):
+            return True  # a channel run: channels are every authenticated listener's
+        _, rec, _ = await self.edge.session_record(sid)
+        if rec is None:
+            return not who  # no record (expired, or from before owners were kept): open only when auth is off
+        return bool(rec.owner == who)
 
     async def _stored_finals(self, sid: str) -> list[Transcript]:
         return replay.finals(await replay.stored(self.edge.bus, sid))
@@ -391,10 +421,6 @@ def _remove(path: str) -> None:
 def _cue(r: ClientResult | Transcript) -> Cue:
     words = [{"word": w.word, "start": w.start, "end": w.end, "probability": w.probability} for w in r.words]
     return Cue(r.speech_start or r.start, r.end, r.text, words, dict(r.translations))
-
-
-def _event(name: str, data: Any) -> bytes:
-    return f"event: {name}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
 
 
 async def _ws_fail(ws: web.WebSocketResponse, code: str, message: str, close: int) -> None:

@@ -38,19 +38,67 @@ def _clock(seconds: float, sep: str) -> str:
     return f"{h:02d}:{m:02d}:{s:02d}{sep}{ms:03d}"
 
 
+LINE_CHARS = 42  # a subtitle line, as broadcasters and subtitle tools expect
+CUE_LINES = 2
+
+
+def lines(text: str, width: int = LINE_CHARS) -> list[str]:
+    """Words filled into lines of at most `width` characters (a longer word gets a line of its own)."""
+    out: list[str] = []
+    for word in text.split():
+        if out and len(out[-1]) + 1 + len(word) <= width:
+            out[-1] += " " + word
+        else:
+            out.append(word)
+    return out
+
+
+def captions(cues: Sequence[Cue], translation: str | None = None) -> list[Cue]:
+    """Cues a player can show: at most two lines of ~42 characters each. A longer cue is split into several,
+    timed from its words where they are known (the source text), else in proportion to their characters."""
+    out: list[Cue] = []
+    for c in monotonic(cues):
+        text = c.translations.get(translation, c.text) if translation else c.text
+        rows = lines(text)
+        if len(rows) <= CUE_LINES:
+            out.append(Cue(c.start, c.end, "\n".join(rows)))
+            continue
+        parts = [rows[i:i + CUE_LINES] for i in range(0, len(rows), CUE_LINES)]
+        counts = [sum(len(r.split()) for r in part) for part in parts]
+        timed = not translation and len(c.words) == len(text.split())
+        total, done, start = len(text), 0, c.start
+        for k, part in enumerate(parts):
+            body = " ".join(part)
+            done += len(body) + 1
+            if k == len(parts) - 1:
+                end = c.end
+            elif timed:
+                end = float(c.words[sum(counts[:k + 1]) - 1]["end"])
+            else:
+                end = c.start + (c.end - c.start) * min(1.0, done / total)
+            end = min(c.end - 0.001 * (len(parts) - 1 - k), max(end, start + 0.001))
+            out.append(Cue(round(start, 3), round(end, 3), "\n".join(part)))
+            start = end
+    return out
+
+
 def srt(cues: Sequence[Cue], translation: str | None = None) -> str:
     blocks = []
-    for i, c in enumerate(monotonic(cues), 1):
-        text = c.translations.get(translation, c.text) if translation else c.text
+    for i, c in enumerate(captions(cues, translation), 1):
+        text = c.text.replace("-->", "->")  # SRT has no escapes: a timing arrow in the text would start a cue
         blocks.append(f"{i}\n{_clock(c.start, ',')} --> {_clock(c.end, ',')}\n{text}\n")
     return "\n".join(blocks)
 
 
+def _vtt_text(text: str) -> str:
+    """WebVTT cue text is markup: `&`, `<` and `>` are escaped, and `-->` (a cue timing) cannot appear."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def vtt(cues: Sequence[Cue], translation: str | None = None) -> str:
     blocks = ["WEBVTT\n"]
-    for c in monotonic(cues):
-        text = c.translations.get(translation, c.text) if translation else c.text
-        blocks.append(f"{_clock(c.start, '.')} --> {_clock(c.end, '.')}\n{text.replace('-->', '->')}\n")
+    for c in captions(cues, translation):
+        blocks.append(f"{_clock(c.start, '.')} --> {_clock(c.end, '.')}\n{_vtt_text(c.text)}\n")
     return "\n".join(blocks)
 
 

@@ -321,7 +321,8 @@ class ClientSession:
                                     'with "resume_from", or start with a new session_id')
             epoch, created, key = 1, now, secrets.token_urlsafe(18)
         else:
-            if rec is None or not hmac.compare_digest(rec.resume_key.encode(), start.resume_token.encode()):
+            if (rec is None or rec.status == "file" or rec.owner != self.token
+                    or not hmac.compare_digest(rec.resume_key.encode(), start.resume_token.encode())):
                 # A wrong token gets the same answer as no session: ids cannot be probed.
                 raise ProtocolError(ErrorCode.UNKNOWN_SESSION, f"no session {sid} to resume with that resume_token "
                                     "(sessions are kept for an hour); start a new one")
@@ -333,7 +334,7 @@ class ClientSession:
         new = SessionRecord(session_id=sid, status=status, sample_rate=start.sample_rate, encoding=start.encoding,
                             language=start.language, partition=partition_for(sid, self.edge.partitions),
                             created_at=created, updated_at=now, edge=self.edge.instance, epoch=epoch,
-                            resume_key=key)
+                            resume_key=key, owner=self.token)
         try:
             if revision is None:
                 await kv.create(sid, encode(new))

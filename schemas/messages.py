@@ -177,6 +177,9 @@ class SessionRecord(_Msg, frozen=True):
     epoch: int = 0
     # Given to the client in `started`; a resume must present it, so knowing a session id is not enough.
     resume_key: str = ""
+    # Who started it (edge.auth identity: "key:<hash>" or "sub:<subject>"; "" with authentication off): its
+    # transcript, export and resume answer no one else. Uploads get a record too (status "file").
+    owner: str = ""
 
 
 class SegmenterCheckpoint(_Msg, frozen=True):

@@ -47,6 +47,9 @@ async def post(tolk: Running, data: bytes, filename: str = "speech.mp3", **field
 def parse_sse(text: str) -> list[tuple[str, Any]]:
     events = []
     for block in text.strip().split("\n\n"):
+        if all(line.startswith(":") for line in block.split("\n")):
+            assert block == ": ping", block  # a keep-alive comment (TOLK_SSE_PING_S=1 in tests)
+            continue
         name = re.search(r"^event: (.*)$", block, re.M)
         data = re.search(r"^data: (.*)$", block, re.M)
         assert name and data, block
@@ -81,6 +84,22 @@ def monotonic(times: list[tuple[float, float]]) -> None:
     assert times
     for (s0, e0), (s1, e1) in itertools.pairwise(times):
         assert s0 < e0 <= s1 < e1, times
+
+
+async def test_event_streams_pass_proxies(tolk: Running) -> None:
+    """Behind nginx-style proxies: the headers that stop response buffering, and `: ping` comments while a long
+    silence at the start of an upload yields no events (the tests' stack pings after 1 s; 15 s by default)."""
+    c = clip("en_jfk")
+    pcm, rate = c.pcm16()
+    audio = np.concatenate([np.zeros(rate * 40, "<i2"), np.frombuffer(pcm, "<i2")])
+    resp = await post(tolk, encode_audio(audio, rate, "mp3", "libmp3lame"), stream="true")
+    assert resp.status == 200
+    assert resp.headers["X-Accel-Buffering"] == "no" and resp.headers["Cache-Control"] == "no-cache"
+    text = await resp.text()
+    first = text.index("event: ")
+    assert text[:first].count(": ping\n\n") >= 2, text[:200]  # 40 s of silence at 10x real time: ≥ 4 s quiet
+    events = parse_sse(text)
+    assert events[-1][0] == "done" and corpus_wer([(c.reference, events[-1][1]["text"])]) < 0.15
 
 
 async def test_long_upload_streams_partials_then_finals(tolk: Running) -> None:

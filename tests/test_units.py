@@ -98,13 +98,48 @@ def test_subtitle_formats_are_ordered_and_well_formed() -> None:
     assert srt(cues) == ("1\n00:00:00,200 --> 00:00:03,900\nfirst\n\n"
                          "2\n00:00:03,900 --> 00:00:05,000\nsecond\n\n"
                          "3\n00:00:06,000 --> 00:00:06,001\ninstant\n")
-    assert vtt([Cue(3725.5, 3726.25, "a --> b")]) == "WEBVTT\n\n01:02:05.500 --> 01:02:06.250\na -> b\n"
+    assert vtt([Cue(3725.5, 3726.25, "a --> b")]) == "WEBVTT\n\n01:02:05.500 --> 01:02:06.250\na --&gt; b\n"
     body, ctype = render(cues, "verbose_json", "en", 8.0)
     assert isinstance(body, dict) and ctype == "application/json"
     assert [s["text"] for s in body["segments"]] == ["first", "second", "instant"] and body["text"] == \
         "first second instant"
     translated = srt([Cue(0, 1, "hello", translations={"pt": "olá"})], translation="pt")
     assert "olá" in translated
+
+
+def test_webvtt_escapes_markup_and_wraps_long_cues() -> None:
+    """What a subtitle parser (webvtt-py) reads back is the text as said; no cue has more than two lines of 42
+    characters; a long cue is split at its words' times, a translation's in proportion to its length."""
+    import html
+    import io
+
+    import webvtt
+
+    from edge.formats import Cue, lines, srt, vtt
+
+    said = "Tom <b>& Jerry</b> said 3 > 2 --> true"
+    long = ("and so my fellow Americans ask not what your country can do for you ask what you can do for your "
+            "country my fellow citizens of the world ask not what America will do for you")
+    words = [{"word": w, "start": 2 + i * 0.4, "end": 2 + i * 0.4 + 0.3} for i, w in enumerate(long.split())]
+    cues = [Cue(0.0, 2.0, said), Cue(2.0, 2.0 + 0.4 * len(words), long, words, {"pt": long.upper()})]
+    parsed = webvtt.from_buffer(io.StringIO(vtt(cues)))
+    assert html.unescape(parsed[0].text) == said and "<b>" not in parsed[0].text
+    assert " ".join(c.text.replace("\n", " ") for c in parsed[1:]) == long
+    shown = [html.unescape(c.text).split("\n") for c in parsed]
+    assert all(len(rows) <= 2 and all(len(x) <= 42 for x in rows) for rows in shown), shown
+    parts = -(-len(lines(long)) // 2)
+    assert parts >= 2 and len(parsed) == 1 + parts
+    # Split where a word ends: the second cue begins as the first one's last word is over.
+    def sec(t: str) -> float:  # webvtt-py's *_in_seconds are whole seconds
+        h, m, rest = t.split(":")
+        return int(h) * 3600 + int(m) * 60 + float(rest)
+
+    n = len(parsed[1].text.split())
+    assert sec(parsed[1].end) == pytest.approx(words[n - 1]["end"], abs=0.002)
+    assert parsed[2].start == parsed[1].end and sec(parsed[-1].end) == pytest.approx(cues[1].end, abs=0.002)
+    starts = [sec(c.start) for c in webvtt.from_buffer(io.StringIO(vtt(cues, translation="pt")))]
+    assert starts == sorted(starts) and len(starts) == 1 + parts
+    assert srt(cues).count(" --> ") == 1 + parts  # SRT gets the same cues
 
 
 def test_channel_config_and_names() -> None:
@@ -160,3 +195,29 @@ def test_early_decodes_match_only_the_same_samples() -> None:
     early.drop_utterance("s", 2)
     assert early_key(_segment(2, 3, False), "en") not in early
     assert (early.made, early.hits) == (4, 1)
+
+
+def test_every_setting_is_in_the_readme() -> None:
+    """Every `TOLK_*` variable a settings class reads is in the README's configuration table."""
+    import dataclasses
+    import re
+    from pathlib import Path
+
+    from actors.exporter.actor import ExporterSettings
+    from actors.fanout.actor import FanoutSettings
+    from actors.ingest.actor import IngestSettings
+    from actors.runtime.actor import RuntimeSettings
+    from actors.runtime.bus import NatsAuth
+    from actors.segmenter.actor import SegmenterSettings
+    from actors.stt.actor import SttSettings
+    from actors.translator.actor import TranslatorSettings
+    from edge.app import EdgeSettings
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    table = set(re.findall(r"^\|[^|\n]*`(TOLK_[A-Z0-9_]+)`", readme, re.M)) | {
+        m for row in re.findall(r"^\|([^|\n]*)\|", readme, re.M) for m in re.findall(r"`(TOLK_[A-Z0-9_]+)`", row)}
+    classes = (NatsAuth, RuntimeSettings, FanoutSettings, SegmenterSettings, IngestSettings, TranslatorSettings,
+               ExporterSettings, SttSettings, EdgeSettings)
+    missing = [f"{cls.__name__}: TOLK_{f.name.upper()}" for cls in classes for f in dataclasses.fields(cls)
+               if f"TOLK_{f.name.upper()}" not in table]
+    assert not missing, missing

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 from aiohttp import web
 
+from edge import auth
 from edge.auth import TokenError
 from edge.files import FileError, _remove
 from edge.formats import Cue, monotonic
@@ -329,7 +330,7 @@ async def prerecorded(edge: Edge, request: web.Request) -> web.StreamResponse:
         with edge.files.slot():
             path = await edge.files.store(request.content.read, edge.cfg.max_upload_bytes)
             duration = await edge.files.duration(path)
-            cues, language = await edge.files.transcribe(path, opts.language)
+            cues, language = await edge.files.transcribe(path, opts.language, owner=request.get(auth.TOKEN, ""))
     except DeepgramError as err:
         edge.metrics.client_errors.labels("deepgram_bad_request").inc()
         return err.response(request_id)

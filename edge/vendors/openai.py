@@ -8,16 +8,17 @@ translator into English (`targets=["en"]`), so only source languages an installe
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from edge import auth
 from edge.auth import TokenError
 from edge.files import FileError, _cue, _remove
 from edge.formats import FORMATS, Cue, monotonic, render
+from edge.sse import EventStream, event
 from schemas import ResultKind
 from schemas.languages import WHISPER_LANGUAGES
 
@@ -136,7 +137,8 @@ async def handle(edge: Edge, request: web.Request, task: str) -> web.StreamRespo
             targets = ("en",) if task == "translate" else ()
             if opts.stream:
                 return await _stream(edge, request, path, opts, targets, task)
-            cues, language = await edge.files.transcribe(path, opts.language, targets, opts.prompt)
+            cues, language = await edge.files.transcribe(path, opts.language, targets, opts.prompt,
+                                                         request.get(auth.TOKEN, ""))
             if task == "translate":
                 cues = _english(cues, language)
             if opts.fmt == "verbose_json":
@@ -157,35 +159,30 @@ async def handle(edge: Edge, request: web.Request, task: str) -> web.StreamRespo
             _remove(path)
 
 
-def _sse(data: dict[str, Any]) -> bytes:
-    return f"data: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
-
-
 async def _stream(edge: Edge, request: web.Request, path: str, opts: Options, targets: tuple[str, ...],
                   task: str) -> web.StreamResponse:
     """OpenAI's streaming events: a `transcript.text.delta` per final (text is only ever appended, so partials,
     which may still change, are not sent), then `transcript.text.done` with the whole text."""
-    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
-    await resp.prepare(request)
     texts: list[str] = []
-    try:
-        async for r in edge.files.run(path, opts.language, targets, opts.prompt):
-            if r.kind is ResultKind.END:
-                break
-            if r.kind is not ResultKind.FINAL or not r.text.strip():
-                continue
-            text = r.text.strip()
-            if task == "translate":
-                text = _english([_cue(r)], r.language)[0].text
-            await resp.write(_sse({"type": "transcript.text.delta", "delta": (" " if texts else "") + text}))
-            texts.append(text)
-        await resp.write(_sse({"type": "transcript.text.done", "text": " ".join(texts)}))
-    except FileError as err:
-        edge.metrics.client_errors.labels(err.code).inc()
-        await resp.write(_sse(from_file_error(err).body()))
-    except OpenAIError as err:
-        await resp.write(_sse(err.body()))
-    return resp
+    async with EventStream(request, edge.cfg.sse_ping_s) as sse:
+        try:
+            async for r in edge.files.run(path, opts.language, targets, opts.prompt, request.get(auth.TOKEN, "")):
+                if r.kind is ResultKind.END:
+                    break
+                if r.kind is not ResultKind.FINAL or not r.text.strip():
+                    continue
+                text = r.text.strip()
+                if task == "translate":
+                    text = _english([_cue(r)], r.language)[0].text
+                await sse.send(event({"type": "transcript.text.delta", "delta": (" " if texts else "") + text}))
+                texts.append(text)
+            await sse.send(event({"type": "transcript.text.done", "text": " ".join(texts)}))
+        except FileError as err:
+            edge.metrics.client_errors.labels(err.code).inc()
+            await sse.send(event(from_file_error(err).body()))
+        except OpenAIError as err:
+            await sse.send(event(err.body()))
+    return sse.response
 
 
 def refusal(request: web.Request, err: TokenError) -> web.Response | None:

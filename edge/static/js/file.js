@@ -33,11 +33,15 @@ export async function transcribe({ file, language, targets, view, onStatus, sign
 /** Parses text/event-stream from a fetch body. */
 export async function* events(body) {
   const reader = body.pipeThrough(new TextDecoderStream()).getReader();
-  let buf = "";
+  let buf = "", cr = "";
   for (;;) {
     const { value, done } = await reader.read();
     if (done) return;
-    buf += value.replaceAll("\r\n", "\n");
+    // Lines end in \n, \r\n or \r; a \r\n split across two chunks is one line end, so a trailing \r waits.
+    let text = cr + value;
+    cr = text.endsWith("\r") ? "\r" : "";
+    if (cr) text = text.slice(0, -1);
+    buf += text.replace(/\r\n?/g, "\n");
     let cut;
     while ((cut = buf.indexOf("\n\n")) >= 0) {
       const block = buf.slice(0, cut);
