@@ -29,22 +29,25 @@ ACTORS = {
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tolk", description="Real-time speech transcription over NATS JetStream")
+    p.add_argument("--version", action="version", version=f"tolk {version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
     up = sub.add_parser("up", help="run everything on this machine (embedded NATS unless --nats-url)")
     up.add_argument("--nats-url", default=os.environ.get("TOLK_NATS_URL"), help="use this NATS; start none")
     up.add_argument("--data-dir", default=os.environ.get("TOLK_DATA_DIR", "data"), help="JetStream store etc.")
     up.add_argument("--host", default=os.environ.get("TOLK_HOST", "127.0.0.1"))
-    up.add_argument("--port", type=int, default=int(os.environ.get("TOLK_PORT", "8080")))
-    up.add_argument("--nats-port", type=int, default=int(os.environ.get("TOLK_NATS_PORT", "-1")),
+    # Defaults from the environment stay strings: argparse converts them with `type`, so a bad TOLK_* value is
+    # one usage line ("argument --nats-port: invalid int value: 'abc'"), not a traceback.
+    up.add_argument("--port", type=int, default=os.environ.get("TOLK_PORT", "8080"))
+    up.add_argument("--nats-port", type=int, default=os.environ.get("TOLK_NATS_PORT", "-1"),
                     help="embedded server port (-1: any free port)")
-    up.add_argument("--nats-replicas", type=int, default=int(os.environ.get("TOLK_NATS_REPLICAS", "1")),
+    up.add_argument("--nats-replicas", type=int, default=os.environ.get("TOLK_NATS_REPLICAS", "1"),
                     help="with --nats-url: JetStream replicas of streams and buckets (3 on a 3-node cluster)")
     up.add_argument("--model", default=None, help="one STT pool on this model for every language (default: "
                     "TOLK_STT_POOLS, else English on tiny.en and the rest on base): tiny.en | base | a "
                     "faster-whisper name (small, large-v3, turbo…) | a Hugging Face repo id (org/name) | "
                     "/path/to/ctranslate2-whisper")
-    up.add_argument("--ready-timeout", type=float, default=float(os.environ.get("TOLK_READY_TIMEOUT_S", "300")),
+    up.add_argument("--ready-timeout", type=float, default=os.environ.get("TOLK_READY_TIMEOUT_S", "300"),
                     help="seconds the actors may take to become ready (a first model download counts)")
     up.add_argument("--nats-auth", action=argparse.BooleanOptionalAction,
                     default=os.environ.get("TOLK_NATS_AUTH", "true").lower() not in ("0", "false", "no"),
@@ -91,7 +94,7 @@ def _parser() -> argparse.ArgumentParser:
     nats_sub = nats.add_subparsers(dest="nats_command", required=True)
     apply = nats_sub.add_parser("apply", help="create/update streams, consumers, KV buckets (idempotent)")
     apply.add_argument("--nats-url", default=os.environ.get("TOLK_NATS_URL", "nats://127.0.0.1:4222"))
-    apply.add_argument("--replicas", type=int, default=int(os.environ.get("TOLK_NATS_REPLICAS", "1")))
+    apply.add_argument("--replicas", type=int, default=os.environ.get("TOLK_NATS_REPLICAS", "1"))
     return p
 
 
@@ -99,12 +102,28 @@ async def _apply(url: str, replicas: int) -> None:
     from actors.runtime import topology
     from actors.runtime.bus import Bus
 
-    bus = await Bus.connect(url, name="tolk-nats-apply")
+    bus = await Bus.connect(url, name="tolk-nats-apply", first_attempt_s=10)
     try:
         for line in await topology.apply(bus.js, topology.load(), replicas=replicas):
             print(line)
     finally:
         await bus.close()
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("tolk")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def quiet_connect() -> None:
+    """Tools report an unreachable NATS in one line after their first attempt; the client's retry warnings
+    before it would only bury that line."""
+    logging.getLogger("tolk.bus").setLevel(logging.ERROR)
 
 
 def nats_url(explicit: str | None, data_dir: str) -> str:
@@ -149,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command in ("tap", "status"):  # stdout is their output: only warnings go to stderr
         configure_logging("WARNING")
+        quiet_connect()
         return _tool(args)
     configure_logging(os.environ.get("TOLK_LOG_LEVEL", "INFO"))
     if args.command == "models":
@@ -160,7 +180,12 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(serve(module.create))
         return 0
     if args.command == "nats":
-        asyncio.run(_apply(args.nats_url, args.replicas))
+        quiet_connect()
+        try:
+            asyncio.run(_apply(args.nats_url, args.replicas))
+        except ConnectionError as exc:
+            print(f"tolk nats apply: {exc}", file=sys.stderr)
+            return 1
         return 0
     from actors.runtime.settings import SettingsError
     from actors.supervisor import Supervisor, UpOptions
@@ -208,11 +233,11 @@ def _tool(args: argparse.Namespace) -> int:
             asyncio.run(tap(url, args.subject, since=args.since, seq=args.seq, last=args.last, all_=args.all,
                             count=args.count, idle_exit_s=args.idle_exit, with_bytes=args.bytes, auth=auth))
             return 0
-        from actors.tools.status import collect, render
+        from actors.tools.status import all_ready, collect, render
 
         result = asyncio.run(collect(url, auth=auth))
         print(json.dumps(result, indent=1) if args.json else render(result))
-        return 0
+        return 0 if all_ready(result) else 3  # a health check: some actor or STT pool has no ready instance
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # unreachable server, unknown subject: one line, not a traceback

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import shutil
 import struct
@@ -101,6 +102,7 @@ def test_status_lists_every_actor_stream_and_consumer(tolk: Running) -> None:
     bad = subprocess.run([TOLK, "status", "--nats-url", "nats://127.0.0.1:1"], capture_output=True, text=True,
                          timeout=60, check=False)
     assert bad.returncode == 1 and "tolk status:" in bad.stderr and "Traceback" not in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1, bad.stderr  # no screen of reconnect warnings before it
 
 
 def test_every_actor_serves_probes(tolk: Running) -> None:
@@ -112,6 +114,28 @@ def test_every_actor_serves_probes(tolk: Running) -> None:
         code, body = get(f"{base}/readyz")
         assert code == 200, body
         assert json.loads(body)["checks"] == {"nats": True, "started": True}
+        code, body = get(f"{base}/metrics")
+        version = subprocess.run([TOLK, "--version"], capture_output=True, text=True, timeout=60).stdout.split()[1]
+        assert re.search(rf'^tolk_build_info{{.*version="{re.escape(version)}"', body, re.M), a["actor"]
+
+
+def test_status_is_a_health_check_and_bad_settings_are_one_line(nats_url: str) -> None:
+    """`tolk status` exits 3 while an actor has no ready instance (here: a NATS with no actors at all), and a bad
+    setting or an unreachable NATS is one line on stderr with a non-zero exit, never a traceback."""
+    subprocess.run([TOLK, "nats", "apply", "--nats-url", nats_url], capture_output=True, timeout=60, check=True)
+    down = subprocess.run([TOLK, "status", "--nats-url", nats_url], capture_output=True, text=True, timeout=60)
+    assert down.returncode == 3 and "none ready" in down.stdout, (down.returncode, down.stderr)
+    for args, env, code in [
+        (["up", "--data-dir", "/nonexistent"], {"TOLK_NATS_PORT": "abc"}, 2),
+        (["nats", "apply", "--replicas", "x"], {}, 2),
+        (["nats", "apply", "--nats-url", "nats://127.0.0.1:1"], {}, 1),
+        (["tap", "tolk.>", "--nats-url", "nats://127.0.0.1:1"], {}, 1),
+    ]:
+        out = subprocess.run([TOLK, *args], capture_output=True, text=True, timeout=60, env={**os.environ, **env})
+        assert out.returncode == code and "Traceback" not in out.stderr, (args, out.stderr)
+        *usage, last = out.stderr.strip().splitlines()
+        assert last.startswith("tolk ") and ("abc" in last or "'x'" in last or "nats://127.0.0.1:1" in last), last
+        assert all(line.startswith(("usage:", " ")) for line in usage), out.stderr  # argparse's usage, then it
 
 
 @on_loop

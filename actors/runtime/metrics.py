@@ -7,8 +7,11 @@ is fixed per process by `set_actor`, so dashboards can sum across replicas by ac
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge
+import platform
 
+from prometheus_client import Counter, Gauge, Info
+
+BUILD = Info("tolk_build", "This process's Tolk version and Python (tolk_build_info).")
 ACTOR_READY = Gauge("tolk_actor_ready", "1 while this actor process is ready (models loaded, consumers bound).",
                     ["actor"])
 MESSAGES = Counter("tolk_messages", "JetStream messages handled, by durable consumer.", ["actor", "consumer"])
@@ -22,6 +25,16 @@ _actor = "unknown"
 def set_actor(name: str) -> None:
     global _actor
     _actor = name
+    BUILD.info({"version": _version(), "python": platform.python_version(), "actor": name})
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("tolk")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def actor() -> str:

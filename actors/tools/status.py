@@ -71,6 +71,12 @@ def stt_pools(actors: list[dict[str, Any]], streams: list[dict[str, Any]]) -> li
     return [rows[name] for name in sorted(rows)]
 
 
+def all_ready(status: dict[str, Any]) -> bool:
+    """Every actor, and every STT pool, has a ready instance (`tolk status` exits 0 only then)."""
+    ready = {a["actor"] for a in status["actors"] if a["ready"]}
+    return set(ACTORS) <= ready and all(p["ready"] for p in status.get("stt_pools", []))
+
+
 def render(status: dict[str, Any]) -> str:
     out = [f"NATS {status['nats']}", "", "ACTOR        READY  DOWN  INSTANCES"]
     by_actor: dict[str, list[dict[str, Any]]] = {}
