@@ -103,8 +103,9 @@ def start_tolk(tmp: Path, extra_args: list[str] | None = None, env: dict[str, st
     port = free_port()
     log = tmp / "tolk-up.log"
     args = [TOLK, "up", "--data-dir", str(tmp / "data"), "--port", str(port), *(extra_args or [])]
-    full_env = {**os.environ, "TOLK_IDLE_TIMEOUT_S": "4", "TOLK_SSE_PING_S": "1", "TOLK_MODEL_CACHE": str(tmp / "models"),
-                "TOLK_MAX_UPLOAD_BYTES": str(UPLOAD_LIMIT), "TOLK_UPLOAD_DIR": str(tmp / "uploads"), **(env or {})}
+    full_env = {**os.environ, "TOLK_IDLE_TIMEOUT_S": "4", "TOLK_SSE_PING_S": "1",
+                "TOLK_MODEL_CACHE": str(tmp / "models"), "TOLK_MAX_UPLOAD_BYTES": str(UPLOAD_LIMIT),
+                "TOLK_UPLOAD_DIR": str(tmp / "uploads"), **(env or {})}
     full_env.pop("TOLK_NATS_URL", None)
     with open(log, "wb") as fh:
         proc = subprocess.Popen(args, stdout=fh, stderr=subprocess.STDOUT, env=full_env)
