@@ -28,6 +28,8 @@ ACTORS = {
 
 
 def _parser() -> argparse.ArgumentParser:
+    from actors.runtime.metrics import version
+
     p = argparse.ArgumentParser(prog="tolk", description="Real-time speech transcription over NATS JetStream")
     p.add_argument("--version", action="version", version=f"tolk {version()}")
     sub = p.add_subparsers(dest="command", required=True)
@@ -108,16 +110,6 @@ async def _apply(url: str, replicas: int) -> None:
             print(line)
     finally:
         await bus.close()
-
-
-def version() -> str:
-    from importlib.metadata import PackageNotFoundError
-    from importlib.metadata import version as installed
-
-    try:
-        return installed("tolk")
-    except PackageNotFoundError:
-        return "unknown"
 
 
 def quiet_connect() -> None:

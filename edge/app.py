@@ -221,9 +221,12 @@ class Edge(Actor):
         if task is not None:
             task.cancel()
 
+    async def sessions_kv(self) -> KeyValue:
+        return await self.bus.kv(SESSIONS)
+
     async def session_record(self, sid: str) -> tuple[KeyValue, SessionRecord | None, int | None]:
         """A session's KV record and its revision, for compare-and-set updates (None, None: none, or unreadable)."""
-        kv = await self.bus.kv(SESSIONS)
+        kv = await self.sessions_kv()
         try:
             entry = await kv.get(sid)
             return kv, (decode(entry.value, SessionRecord) if entry.value else None), entry.revision

@@ -134,11 +134,10 @@ class FileTranscriber:
         self.edge.metrics.sessions_started.labels("file").inc()
         partition = partition_for(sid, self.edge.partitions)
         now = time.time()
-        sessions, _, _ = await self.edge.session_record(sid)  # (a fresh id: no record yet)
-        await sessions.put(sid, encode(SessionRecord(
+        await (await self.edge.sessions_kv()).put(sid, encode(SessionRecord(
             session_id=sid, status="file", sample_rate=16000, encoding=Encoding.PCM_S16LE, language=language,
             partition=partition, created_at=now, updated_at=now, edge=self.edge.instance,
-            resume_key=secrets.token_urlsafe(18), owner=owner)))
+            resume_key=secrets.token_urlsafe(18), owner=owner)))  # key never given out: not resumable
         results: asyncio.Queue[ClientResult] = asyncio.Queue()  # finals of a file are never dropped
 
         async def on_result(msg: Msg) -> None:

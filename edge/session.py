@@ -321,7 +321,7 @@ class ClientSession:
                                     'with "resume_from", or start with a new session_id')
             epoch, created, key = 1, now, secrets.token_urlsafe(18)
         else:
-            if (rec is None or rec.status == "file" or rec.owner != self.token
+            if (rec is None or rec.owner != self.token
                     or not hmac.compare_digest(rec.resume_key.encode(), start.resume_token.encode())):
                 # A wrong token gets the same answer as no session: ids cannot be probed.
                 raise ProtocolError(ErrorCode.UNKNOWN_SESSION, f"no session {sid} to resume with that resume_token "

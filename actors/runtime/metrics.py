@@ -25,14 +25,16 @@ _actor = "unknown"
 def set_actor(name: str) -> None:
     global _actor
     _actor = name
-    BUILD.info({"version": _version(), "python": platform.python_version(), "actor": name})
+    BUILD.info({"version": version(), "python": platform.python_version(), "actor": name})
 
 
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
+def version() -> str:
+    """The installed Tolk's version (`tolk --version`, tolk_build_info)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
 
     try:
-        return version("tolk")
+        return installed("tolk")
     except PackageNotFoundError:
         return "unknown"
 
