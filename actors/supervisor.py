@@ -3,13 +3,14 @@
 Starts the embedded nats-server (unless --nats-url) with one user per actor (nats/permissions.toml, fresh
 random passwords each start, handed to each child in its environment only), applies the topology, starts the pipeline
 actors (an STT child per STT pool, `stt-<pool>`, each with its own TOLK_STT_POOL), waits until they report ready,
-then the edge. Crashed actors are restarted with backoff.
+then the edge. Crashed actors are restarted with a jittered backoff that a stop cuts short.
 SIGINT/SIGTERM drain: the edge stops first (no new audio), then the pipeline, then NATS.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -18,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from actors.runtime import permissions, pools, topology
+from actors.runtime import backoff, permissions, pools, topology
 from actors.runtime.actor import heartbeats
 from actors.runtime.bus import Bus, NatsAuth
 from actors.runtime.embedded import EmbeddedNats, die_with_parent
@@ -36,6 +37,7 @@ class Child:
     proc: asyncio.subprocess.Process | None = None
     restarts: int = 0
     started: float = 0.0
+    restart_at: float | None = None  # crashed: when the backoff ends
 
     async def spawn(self) -> None:
         self.proc = await asyncio.create_subprocess_exec(
@@ -160,21 +162,26 @@ class Supervisor:
         return False
 
     async def _watch(self) -> None:
-        """Restart crashed children (backoff grows with quick repeat crashes)."""
+        """Restart crashed children after a jittered backoff that grows with quick repeat crashes.
+
+        A backoff is a due time, not a sleep: one child's wait holds up neither another's restart nor a stop.
+        """
         while not self._stop.is_set():
+            now = time.monotonic()
             for child in self.children:
-                if child.proc and child.proc.returncode is not None:
-                    quick = time.monotonic() - child.started < 30
+                if not child.proc or child.proc.returncode is None:
+                    continue
+                if child.restart_at is None:
+                    quick = now - child.started < 30
                     child.restarts = child.restarts + 1 if quick else 0
-                    delay = min(30.0, 0.5 * 2**child.restarts)
+                    delay = backoff.delay(child.restarts, 0.5, 30.0)
+                    child.restart_at = now + delay
                     log.error("%s exited with %s; restarting in %.1fs", child.name, child.proc.returncode, delay)
-                    await asyncio.sleep(delay)
-                    if not self._stop.is_set():
-                        await child.spawn()
-            try:
-                await asyncio.wait_for(self._stop.wait(), 0.5)
-            except TimeoutError:
-                pass
+                elif now >= child.restart_at:
+                    child.restart_at = None
+                    await child.spawn()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), 0.2)
 
     async def shutdown(self) -> None:
         # Edge first (stops new audio), then the pipeline drains, then NATS.

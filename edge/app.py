@@ -21,7 +21,7 @@ from nats.js.kv import KeyValue
 from actors.runtime import channels, listeners, pools, settings, topology
 from actors.runtime.actor import Actor, RuntimeSettings, heartbeats
 from actors.runtime.bus import Bus
-from edge import auth, page
+from edge import auth, errors, page
 from edge.files import FileTranscriber
 from edge.hub import ChannelHub
 from edge.listener import ChannelListener
@@ -101,7 +101,7 @@ class Edge(Actor):
         self._backlog: dict[str, tuple[float, int]] = {}
         self._tasks: set[asyncio.Task[None]] = set()  # detached sessions waiting out the resume grace
         self.app = web.Application(client_max_size=cfg.max_frame_bytes,
-                                   middlewares=[auth.middleware(auth.Authenticator(
+                                   middlewares=[errors.json_errors, auth.middleware(auth.Authenticator(
                                        auth.parse_tokens(cfg.api_tokens), cfg.token_secret),
                                        refusals=(openai.refusal, deepgram.refusal))])
         self.app.add_routes([

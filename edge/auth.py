@@ -20,6 +20,7 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -93,10 +94,18 @@ def verify(secret: str, token: str, now: float | None = None) -> str:
         # Expiry is checked below against `now` (testable); PyJWT checks the signature and the claims' presence.
         claims = jwt.decode(token, secret, algorithms=["HS256"],
                             options={"require": ["sub", "exp"], "verify_exp": False, "verify_iat": False})
-        subject, expires = claims["sub"], float(claims["exp"])
     except (jwt.InvalidTokenError, ValueError, TypeError, KeyError):
         raise TokenError("invalid_token", "the token is not valid") from None
-    if not isinstance(subject, str) or not subject:
+    return _subject(claims, now)
+
+
+def _subject(claims: object, now: float | None) -> str:
+    """The subject of claims whose signature checked out: `sub` a non-empty string, `exp` a finite number
+    (a NaN or infinite one, which JSON parsers accept, would never expire) still ahead."""
+    subject = claims.get("sub") if isinstance(claims, dict) else None
+    expires = claims.get("exp") if isinstance(claims, dict) else None
+    if (not isinstance(subject, str) or not subject or isinstance(expires, bool)
+            or not isinstance(expires, int | float) or not math.isfinite(expires)):
         raise TokenError("invalid_token", "the token is not valid")
     if expires <= (now or time.time()):
         raise TokenError("token_expired", "the token has expired: get a new one")
@@ -130,12 +139,9 @@ def verify_v1(secret: str, token: str, now: float | None = None) -> str:
         if not hmac.compare_digest(signature, expected):
             raise TokenError("invalid_token", "the token is not valid")
         claims = json.loads(_unb64(parts[1]))
-        subject, expires = str(claims["sub"]), float(claims["exp"])
     except (ValueError, KeyError, TypeError):
         raise TokenError("invalid_token", "the token is not valid") from None
-    if expires <= (now or time.time()):
-        raise TokenError("token_expired", "the token has expired: get a new one")
-    return subject
+    return _subject(claims, now)
 
 
 @dataclass(frozen=True)

@@ -55,6 +55,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("tolk.edge.files")
 
 _SESSION = re.compile(r"^[A-Za-z0-9_=-]{1,80}$")
+# What aiohttp's multipart reader raises on a body that is not what its headers say.
+MALFORMED = (ValueError, RuntimeError, AssertionError, LookupError, aiohttp.http_exceptions.HttpProcessingError)
 
 
 class FileError(Exception):
@@ -222,20 +224,23 @@ class FileTranscriber:
         limit = self.cfg.max_upload_bytes
         if request.content_length is not None and request.content_length > limit + 65536:
             raise FileError(413, "file_too_large", f"uploads are limited to {limit} bytes")
-        try:
-            reader = await request.multipart()
-        except (AssertionError, ValueError, KeyError):
-            raise FileError(400, "invalid_request", "send multipart/form-data with a `file` field") from None
         fields: dict[str, str] = {}
         path = ""
-        while (part := await reader.next()) is not None:
-            if not isinstance(part, aiohttp.BodyPartReader):
-                continue
-            if part.name == "file":
-                path = await self.store(part.read_chunk, limit)
-            elif part.name and len(fields) < 16:
-                value = (await part.read(decode=True))[:1024].decode("utf-8", "replace")
-                fields[part.name] = f"{fields[part.name]},{value}" if part.name in fields else value
+        try:
+            reader = await request.multipart()
+            while (part := await reader.next()) is not None:
+                if not isinstance(part, aiohttp.BodyPartReader):
+                    continue
+                if part.name == "file":
+                    _remove(path)  # a second `file` part replaces the first
+                    path = await self.store(part.read_chunk, limit)
+                elif part.name and len(fields) < 16:
+                    value = (await part.read(decode=True))[:1024].decode("utf-8", "replace")
+                    fields[part.name] = f"{fields[part.name]},{value}" if part.name in fields else value
+        except MALFORMED as exc:  # a bad boundary, a truncated body, an unknown transfer encoding: aiohttp's words
+            _remove(path)
+            raise FileError(400, "invalid_request", f"malformed multipart/form-data ({exc.__class__.__name__}): "
+                            "send a `file` field") from None
         if not path:
             raise FileError(400, "invalid_request", "missing the `file` field")
         return path, fields

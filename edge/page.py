@@ -23,14 +23,26 @@ HEADERS = {
 }
 
 
+# The page's files, listed once: a request names one of these or gets 404, so no spelling of a path (`..`,
+# encoded slashes, names too long for the file system) ever reaches the file system.
+FILES = {f.relative_to(STATIC).as_posix(): f for f in STATIC.rglob("*") if f.is_file()}
+
+
 def install(app: web.Application) -> None:
     app.router.add_get("/", _index)
-    app.router.add_static("/static", STATIC)
+    app.router.add_get("/static/{name:.+}", _static)
     app.on_response_prepare.append(_headers)
 
 
 async def _index(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(STATIC / "index.html")
+
+
+async def _static(request: web.Request) -> web.StreamResponse:
+    path = FILES.get(request.match_info["name"])
+    if path is None:
+        raise web.HTTPNotFound()
+    return web.FileResponse(path)
 
 
 def is_page(path: str) -> bool:

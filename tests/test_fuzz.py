@@ -148,3 +148,170 @@ async def test_a_real_edge_answers_hundreds_of_hostile_connections(edge_ws: str)
         async with http.ws_connect(edge_ws) as ws:  # and the next ordinary client is served normally
             await ws.send_json({"type": "start", "sample_rate": 16000, "encoding": "pcm_s16le", "language": "en"})
             assert (await ws.receive_json(timeout=10))["type"] == "started"
+
+
+# ---------------------------------------------------------------- the HTTP routes: exports, page, tokens, uploads
+
+SECRET = "fuzz-secret-of-at-least-thirty-two-bytes"
+API_TOKEN = "fuzz-api-token"
+ERROR_CODES = {"unauthorized", "invalid_token", "token_expired", "invalid_session_id", "invalid_request",
+               "not_found", "file_too_large", "empty_file", "unsupported_media", "invalid_audio",
+               "method_not_allowed", "request_too_large", "bad_request"}
+
+
+def _b64url(data: bytes) -> str:
+    import base64
+
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+claim_values = st.one_of(st.none(), st.booleans(), st.integers(-(2**64), 2**64), st.text(max_size=20),
+                         st.floats(allow_nan=True, allow_infinity=True), st.lists(st.integers(), max_size=2),
+                         st.sampled_from(["nan", "inf", "-inf", "1e400", "9" * 40]))
+headers_jwt = st.fixed_dictionaries({"alg": st.sampled_from(["HS256", "none", "None", "HS512", "RS256", "", "hs256"])},
+                                    optional={"typ": st.sampled_from(["JWT", "", "jwt"]), "kid": st.text(max_size=8),
+                                              "crit": st.lists(st.text(max_size=5), max_size=2)})
+claims_jwt = st.dictionaries(st.sampled_from(["sub", "exp", "iat", "nbf", "aud", "iss"]), claim_values, max_size=5)
+
+
+@st.composite
+def crafted_tokens(draw: st.DrawFn) -> str:
+    """JWT-shaped tokens with hostile headers and claims, some signed with the real secret (a buggy or
+    compromised minting backend), some with another key or none; legacy `v1.` ones; and plain garbage."""
+    import hashlib
+    import hmac
+
+    header = draw(headers_jwt)
+    claims = draw(claims_jwt)
+    kind = draw(st.sampled_from(["secret", "other", "unsigned", "v1", "garbage"]))
+    if kind == "garbage":
+        return draw(st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126), max_size=120))
+    payload = _b64url(json.dumps(claims, allow_nan=True).encode())
+    if kind == "v1":
+        sig = hmac.new(SECRET.encode(), f"v1.{payload}".encode(), hashlib.sha256).digest()
+        return f"v1.{payload}.{_b64url(sig)}"
+    signing = f"{_b64url(json.dumps(header).encode())}.{payload}"
+    key = {"secret": SECRET, "other": "not-the-secret"}.get(kind)
+    sig = _b64url(hmac.new(key.encode(), signing.encode(), hashlib.sha256).digest()) if key else ""
+    return f"{signing}.{sig}"
+
+
+@settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(crafted_tokens())
+def test_crafted_signed_tokens_give_a_subject_or_a_token_error(token: str) -> None:
+    """Nothing but a non-empty string subject from a finite, future `exp` and an HS256 signature by the secret
+    is let in; everything else is a TokenError with its code, never another exception."""
+    import math
+    import time
+
+    from edge.auth import TokenError, verify
+
+    try:
+        subject = verify(SECRET, token)
+    except TokenError as err:
+        assert err.code in ("invalid_token", "token_expired")
+        return
+    header = json.loads(base64_json(token.split(".")[0])) if not token.startswith("v1.") else {"alg": "HS256"}
+    claims = json.loads(base64_json(token.split(".")[1]))
+    assert header["alg"] == "HS256" and isinstance(subject, str) and subject
+    exp = claims["exp"]
+    assert not isinstance(exp, bool) and math.isfinite(float(exp)) and float(exp) > time.time(), claims
+
+
+def base64_json(part: str) -> str:
+    import base64
+
+    return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)).decode()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def edge_http(bus: Bus, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
+    uploads = tmp_path_factory.mktemp("fuzz-uploads")
+    async with edge_server(bus, api_tokens=API_TOKEN, token_secret=SECRET, max_upload_bytes=4096,
+                           upload_dir=str(uploads)) as url:
+        yield url
+
+
+hostile_text = st.one_of(
+    st.text(max_size=60),
+    st.sampled_from(["..", "../..", "%2e%2e", "%2e%2e%2f%2e%2e", "..%2f..%2fREADME.md", "%00", "a%00b", "ch=",
+                     "ch=../x", "ch=%2f", "%ff%fe", "\u202e", "a" * 5000, "*", "{session_id}", "%", "%zz",
+                     "index.html%3f", "js/../../app.py", "//etc/passwd", "..\\..\\app.py"]),
+)
+
+
+def _path_part(text: str) -> str:
+    import urllib.parse
+
+    return urllib.parse.quote(text, safe="%./\\=*{}")  # keep the traversal spellings raw, quote the rest
+
+
+def _check_error(status: int, body: bytes, allowed: set[int]) -> None:
+    assert status in allowed, (status, body[:200])
+    payload = json.loads(body)
+    assert payload["error"]["code"] in ERROR_CODES and payload["error"]["message"], payload
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_a_real_edge_answers_hostile_http_requests(edge_http: str) -> None:
+    """Hundreds of generated requests at the routes added since the WebSocket fuzzing: transcript exports with
+    hostile ids and formats, the page's static paths, crafted tokens, malformed and oversized multipart. Each
+    gets a JSON error with a code and a 4xx (or the page's own 403/404), never a 5xx, never a file from outside
+    the page's folder, and the edge stays healthy for an ordinary client."""
+    from yarl import URL
+
+    from edge import page
+
+    outside = [f.read_bytes() for d in (page.STATIC.parent, page.STATIC.parent.parent) for f in d.iterdir()
+               if f.is_file()]  # edge/app.py next to static/, the repository's README.md above
+    good = {"Authorization": f"Bearer {API_TOKEN}"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NonInteractiveExampleWarning)
+        exports = [(hostile_text.example(), st.one_of(hostile_text, st.sampled_from(["srt", "vtt", "json"])).example())
+                   for _ in range(150)]
+        statics = [hostile_text.example() for _ in range(150)]
+        tokens = [crafted_tokens().example() for _ in range(150)]
+        bodies = [st.binary(max_size=600).example() for _ in range(60)]
+        boundaries = [st.text(alphabet="abcXYZ-_'\" ;=", max_size=30).example() for _ in range(60)]
+    async with aiohttp.ClientSession() as http:
+        for sid, fmt in exports:
+            url = URL(f"{edge_http}/v1/sessions/{_path_part(sid)}/transcript?format={_path_part(fmt)}", encoded=True)
+            async with http.get(url, headers=good) as resp:
+                _check_error(resp.status, await resp.read(), {400, 404})
+        for path in statics:
+            url = URL(f"{edge_http}/static/{_path_part(path)}", encoded=True)
+            async with http.get(url) as resp:
+                body = await resp.read()
+                assert resp.status in (200, 400, 403, 404), (path, resp.status)
+                if resp.status == 200:  # only a file of the page's folder, with the page's headers
+                    assert "Content-Security-Policy" in resp.headers, path
+                    assert body not in outside, path
+        for token in tokens:
+            async with http.get(f"{edge_http}/v1/channels", headers={"Authorization": f"Bearer {token}"}) as resp:
+                body = await resp.read()
+                if resp.status != 200:
+                    _check_error(resp.status, body, {401})
+            async with http.get(f"{edge_http}/v1/channels", params={"token": token}) as resp:
+                assert resp.status in (200, 401), resp.status
+        for i, body in enumerate(bodies):
+            boundary = boundaries[i]
+            encoding = ["base64", "quoted-printable", "x-bogus", "binary"][i % 4]
+            framed = body if i % 3 == 0 else (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="{"file" if i % 2 else "x"}"; '
+                f'filename="a.wav"\r\nContent-Transfer-Encoding: {encoding}\r\n\r\n'.encode()
+                + body + (f"\r\n--{boundary}--\r\n".encode() if i % 5 else b""))
+            ctype = f"multipart/form-data; boundary={boundary}" if i % 7 else "multipart/form-data"
+            for route in ("/v1/transcriptions", "/v1/audio/transcriptions"):
+                async with http.post(f"{edge_http}{route}", data=framed,
+                                     headers={**good, "Content-Type": ctype}) as resp:
+                    got = await resp.read()
+                    assert resp.status < 500, (route, resp.status, got[:200], framed[:200])
+                    assert resp.status >= 400 and json.loads(got)["error"]["message"], (route, got[:200])
+        big = b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\n\r\n" + b"\0" * 10_000
+        async with http.post(f"{edge_http}/v1/transcriptions", data=big,
+                             headers={**good, "Content-Type": "multipart/form-data; boundary=b"}) as resp:
+            _check_error(resp.status, await resp.read(), {413})
+        async with http.get(f"{edge_http}/healthz") as resp:
+            assert resp.status == 200
+        async with http.get(f"{edge_http}/v1/channels", headers=good) as resp:
+            assert resp.status == 200 and "channels" in await resp.json()

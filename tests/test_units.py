@@ -221,3 +221,14 @@ def test_every_setting_is_in_the_readme() -> None:
     missing = [f"{cls.__name__}: TOLK_{f.name.upper()}" for cls in classes for f in dataclasses.fields(cls)
                if f"TOLK_{f.name.upper()}" not in table]
     assert not missing, missing
+
+
+def test_backoff_is_capped_and_jittered() -> None:
+    from actors.runtime.backoff import delay, spread
+
+    for attempt, step in [(0, 0.5), (1, 1.0), (3, 4.0), (10, 5.0), (500, 5.0)]:
+        assert delay(attempt, 0.5, 5.0, rand=lambda: 0.0) == step / 2
+        assert delay(attempt, 0.5, 5.0, rand=lambda: 1.0) == step
+    draws = {round(delay(4, 0.5, 30.0), 6) for _ in range(200)}
+    assert len(draws) > 150 and min(draws) >= 4.0 and max(draws) <= 8.0  # a crowd spreads over half the step
+    assert 0.5 <= spread(0.5) <= 0.75

@@ -42,3 +42,38 @@ def test_sigkilled_supervisor_leaves_no_orphans(tmp_path: Path) -> None:
     gone, alive = psutil.wait_procs(children, timeout=30)
     assert not alive, f"orphans after SIGKILL: {[(p.pid, p.cmdline()) for p in alive]}"
     assert len(gone) == len(children)
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_a_crash_backoff_does_not_delay_a_stop(tmp_path: Path) -> None:
+    """A child in a crash loop (here a real `tolk actor` that exits at once) is restarted after a jittered
+    backoff that grows with each quick crash; a stop during a long backoff ends the watch at once."""
+    import asyncio
+    import os
+    import time
+
+    from actors.supervisor import Child, Supervisor, UpOptions
+
+    sup = Supervisor(UpOptions(nats_url="nats://127.0.0.1:1", data_dir=tmp_path))
+    crasher = Child("crasher", dict(os.environ), actor="no-such-actor")
+    sup.children = [crasher]
+    await crasher.spawn()
+    watch = asyncio.create_task(sup._watch())
+    spawns = {crasher.proc.pid if crasher.proc else 0}
+    for _ in range(400):  # restarts reaches 3 after waits of 0.5-1 s and 1-2 s
+        if crasher.restarts >= 3:
+            break
+        await asyncio.sleep(0.05)
+        spawns.add(crasher.proc.pid if crasher.proc else 0)
+    assert len(spawns) >= 3  # restarted, each time a new process
+    crasher.restarts = 8  # the next crash waits 15-30 s
+    for _ in range(200):
+        if crasher.restart_at is not None and crasher.restart_at - time.monotonic() > 10:
+            break
+        await asyncio.sleep(0.05)
+    assert crasher.restart_at is not None
+    t0 = time.monotonic()
+    sup._stop.set()
+    await asyncio.wait_for(watch, 5)
+    assert time.monotonic() - t0 < 1.0
+    await sup.shutdown()

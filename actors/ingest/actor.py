@@ -23,7 +23,7 @@ from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 from prometheus_client import Counter, Gauge
 
-from actors.runtime import channels, listeners, settings, topology
+from actors.runtime import backoff, channels, listeners, settings, topology
 from actors.runtime.actor import Actor, RuntimeSettings
 from actors.runtime.bus import Bus
 from actors.runtime.media import SourceChunk, SourceEnded, read_source
@@ -45,7 +45,7 @@ class IngestSettings:
     channels_file: str = ""  # TOML/JSON channel list (see actors/runtime/channels.py)
     channels: str = ""  # or the same as JSON in the environment
     ingest_grace_s: float = 10.0  # keep a channel running this long after its last listener left
-    ingest_backoff_max_s: float = 30.0  # reconnect delays double from 1 s up to this
+    ingest_backoff_max_s: float = 30.0  # reconnect delays double from 1-2 s (jittered) up to this
     ingest_open_timeout_s: float = 10.0
     ingest_max_channels: int = 32  # pipelines this replica runs at once
     ingest_audio_frame_ms: int = 500  # relayed audio is sent to listeners in frames this long (fewer messages)
@@ -75,7 +75,7 @@ class Pipeline:
     async def run(self) -> None:
         publisher = asyncio.create_task(self._publish_loop(), name=f"ingest.pub.{self.channel.name}")
         loop = asyncio.get_running_loop()
-        backoff = 1.0
+        attempt = 0
         try:
             while not self.stop.is_set():
                 began_at = self.t
@@ -88,12 +88,13 @@ class Pipeline:
                 if self.stop.is_set():
                     break
                 if self.t - began_at > 10:
-                    backoff = 1.0  # it had been flowing: this is a fresh drop, not a dead source
+                    attempt = 0  # it had been flowing: this is a fresh drop, not a dead source
                 self.reconnects += 1
                 RECONNECTS.labels(self.channel.name).inc()
-                log.info("%s: reconnecting in %.0f s (reconnect %d)", self.channel.name, backoff, self.reconnects)
-                await self._sleep(backoff)
-                backoff = min(backoff * 2, self.actor.cfg.ingest_backoff_max_s)
+                wait = backoff.delay(attempt, 2.0, self.actor.cfg.ingest_backoff_max_s)
+                log.info("%s: reconnecting in %.1f s (reconnect %d)", self.channel.name, wait, self.reconnects)
+                await self._sleep(wait)
+                attempt += 1
         finally:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.queue.join(), 10)  # publish what was read before END

@@ -16,7 +16,7 @@ from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
 import nats
-from actors.runtime import permissions, settings
+from actors.runtime import backoff, permissions, settings
 from schemas import AudioChunk, encode
 
 log = logging.getLogger("tolk.bus")
@@ -83,7 +83,9 @@ class Bus:
             servers=[u.strip() for u in url.split(",")],
             name=name,
             max_reconnect_attempts=-1,
-            reconnect_time_wait=0.5,
+            # nats-py waits a constant between attempts; drawn per process, so a fleet that lost its server
+            # together does not return in lockstep.
+            reconnect_time_wait=backoff.spread(0.5),
             connect_timeout=5,
             error_cb=on_error,
             disconnected_cb=on_disconnect,
@@ -107,17 +109,18 @@ class Bus:
         headers: dict[str, Any] | None = {"Nats-Msg-Id": msg_id} if msg_id else None
         data = encode(msg)
         deadline = time.monotonic() + retry_s
-        delay = 0.1
+        attempt = 0
         while True:
             try:
                 await self.js.publish(subject, data, headers=headers)
                 return
             except TRANSIENT as exc:
+                delay = backoff.delay(attempt, 0.1, 2.0)
                 if not msg_id or time.monotonic() + delay > deadline:
                     raise
                 log.warning("publish to %s failed (%s); retrying in %.1f s", subject, exc.__class__.__name__, delay)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+                attempt += 1
 
     async def publish_audio(self, chunk: AudioChunk, partition: int) -> None:
         """Audio into the pipeline, from any source (microphone, file, channel): one subject and dedupe id scheme."""

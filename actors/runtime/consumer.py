@@ -12,7 +12,7 @@ import nats.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from actors.runtime import metrics
+from actors.runtime import backoff, metrics
 from schemas import DecodeError, decode
 
 T = TypeVar("T", bound=msgspec.Struct)
@@ -83,14 +83,17 @@ class PullLoop(Generic[T]):
 
     async def run(self) -> None:
         sub = await self.subscribe()
+        failures = 0
         try:
             while not self._stopping.is_set():
                 try:
                     items = await self.fetch(sub, self.batch, self.fetch_timeout)
                 except nats.errors.Error as exc:  # reconnecting, JetStream failing over: wait, retry
                     log.warning("%s: fetch failed (%s); retrying", self.durable, exc)
-                    await asyncio.sleep(0.5)
+                    await asyncio.sleep(backoff.delay(failures, 0.5, 5.0))
+                    failures += 1
                     continue
+                failures = 0
                 if items:
                     await self.settle(items)
         finally:

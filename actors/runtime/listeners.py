@@ -15,6 +15,7 @@ import time
 
 from nats.js.kv import KeyValue
 
+from actors.runtime import backoff
 from schemas import DecodeError, ListenerRecord, decode, encode
 
 log = logging.getLogger("tolk.listeners")
@@ -94,4 +95,4 @@ class ListenerView:
                 raise
             except Exception as exc:
                 log.warning("listener watch failed (%s); re-watching", exc)
-                await asyncio.sleep(1.0)
+                await asyncio.sleep(backoff.delay(1, 0.5, 1.0))

@@ -46,8 +46,14 @@ export class HttpError extends Error {
   }
 }
 
-/** Reconnect delay after `attempt` failures in a row: 0.25 s doubling, at most 5 s. */
-export const retryDelay = (attempt) => Math.min(5000, 250 * 2 ** attempt);
+/**
+ * Reconnect delay after `attempt` failures in a row: 0.25 s doubling, at most 5 s, half of it random, so a
+ * crowd of pages that lost the same edge does not come back as one wave.
+ */
+export function retryDelay(attempt) {
+  const step = Math.min(5000, 250 * 2 ** Math.min(attempt, 20));
+  return step / 2 + Math.random() * step / 2;
+}
 
 /** Why a close happened, for a person: the JSON error the server sent before closing wins. */
 export function describeClose(ev, lastError) {
