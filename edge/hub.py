@@ -19,8 +19,9 @@ from typing import Protocol, TypeAlias
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from actors.runtime import channels
+from actors.runtime import backoff, channels
 from actors.runtime.bus import Bus
+from edge import replay
 from edge.protocol import render_result
 from schemas import ClientResult, DecodeError, ResultKind, decode, stream_of
 
@@ -51,6 +52,7 @@ def ws_frame(payload: bytes, opcode: int) -> bytes:
 
 
 TEXT, BINARY = 0x1, 0x2
+HISTORY = 50  # = TOLK_CAPTIONS max_msgs_per_subject: what a joining listener is replayed
 
 
 class _Channel:
@@ -65,6 +67,7 @@ class ChannelHub:
     def __init__(self, bus: Bus) -> None:
         self.bus = bus
         self._channels: dict[str, _Channel] = {}
+        self._history = replay.SharedReads(self._read_history)
         self._rendered: OrderedDict[tuple[str, int, str, tuple[str, ...], bool], str] = OrderedDict()
         self._framed: OrderedDict[tuple[str, int, str, tuple[str, ...], bool], bytes] = OrderedDict()
 
@@ -97,6 +100,22 @@ class ChannelHub:
 
     def active(self) -> list[str]:
         return [name for name, ch in self._channels.items() if ch.members]
+
+    async def history(self, name: str) -> list[ClientResult]:
+        """The channel's last finals (TOLK_CAPTIONS keeps HISTORY per channel), as stored when asked: reads
+        of many listeners joining at once are shared (replay.SharedReads); a failed read is retried."""
+        for attempt in range(3):
+            try:
+                return await self._history.get(name)
+            except Exception as exc:
+                log.warning("%s: history read failed (%s)%s", name, exc, "; retrying" if attempt < 2 else "")
+                if attempt < 2:
+                    await asyncio.sleep(backoff.delay(attempt, 0.5, 2.0))
+        return []
+
+    async def _read_history(self, name: str) -> list[ClientResult]:
+        subject = channels.captions_subject(channels.stream_id(name))
+        return (await replay.read_all(self.bus, subject, "TOLK_CAPTIONS", ClientResult, HISTORY))[-HISTORY:]
 
     async def join(self, name: str, member: Member) -> None:
         ch = self._channels.get(name)

@@ -40,8 +40,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tolk.edge.listener")
 
-REPLAY = 50  # = TOLK_CAPTIONS max_msgs_per_subject
 FAST_PATH_BUFFER = 16384  # bytes waiting in the socket below which a message is written directly
+UPTO_S = 10.0  # how long after a replay a live copy of a replayed final may still arrive (normally milliseconds)
 
 
 class _Replayed:
@@ -64,6 +64,8 @@ class ChannelListener:
         self.translate_partials = False
         self.queue: asyncio.Queue[ClientResult | bytes | _Replayed] = asyncio.Queue(maxsize=queue_size)
         self._holding: list[ClientResult] | None = None  # live results that arrive during a replay
+        self._upto: dict[str, int] = {}  # run → last seq replayed: its live copies are dropped (see _subscribe)
+        self._upto_until = 0.0
         self._writer: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -162,14 +164,23 @@ class ChannelListener:
             "targets": list(self.targets), "translate_partials": self.translate_partials,
             "audio": {"codec": "mp3", "sample_rate": 16000, "frame": "8-byte float64le stream time + MP3"},
         })
-        replayed = await self._replay(record.name)
+        history = await self.edge.hub.history(record.name)
         held, self._holding = self._holding, None
-        last = {r.session_id: r.seq for r in replayed}
+        last = {r.session_id: r.seq for r in history}
+        if sub.after:  # a reconnect: what it saw live before the drop is not sent again
+            last[sub.after[0]] = max(last.get(sub.after[0], 0), sub.after[1])
+        replayed = replay.after_cursor(history, sub.after)
         for r in replayed:
             self._put(r, replay=True)
+        # Fan-out stores a channel final before sending it live, so the live copy of something just replayed
+        # may still be on its way: live results at or below what was replayed are dropped until a newer one of
+        # that run arrives (after which they all are newer).
+        # Only the runs that may still send: the one last stored, the one the reconnecting listener was on.
+        self._upto = {sid: last[sid] for sid in {history[-1].session_id if history else "",
+                                                  sub.after[0] if sub.after else ""} if sid in last}
+        self._upto_until = time.monotonic() + UPTO_S
         for r in held or []:
-            if r.seq > last.get(r.session_id, 0):
-                self._put(r)
+            self.deliver_result(r)
         log.info("listener %s: on %s (%d replayed)", self.listener_id, record.name, len(replayed))
 
     async def _configure(self, targets: tuple[str, ...] | None, partials: bool | None) -> None:
@@ -203,16 +214,6 @@ class ChannelListener:
         while not self.queue.empty():  # nothing of the old channel after the switch
             self.queue.get_nowait()
 
-    async def _replay(self, name: str) -> list[ClientResult]:
-        """The channel's last finals, from JetStream (TOLK_CAPTIONS keeps 50 per channel)."""
-        subject = channels.captions_subject(channels.stream_id(name))
-        try:
-            out = await replay.read_all(self.edge.bus, subject, "TOLK_CAPTIONS", ClientResult, REPLAY, 0.3)
-        except Exception as exc:
-            log.warning("%s: no replay: %s", name, exc)
-            return []
-        return out[-REPLAY:]
-
     # ------------------------------------------------------------------ delivery (from the hub)
     def _can_send_now(self) -> bool:
         """Nothing queued, nothing being sent, and the socket's buffer nearly empty: write directly.
@@ -223,7 +224,8 @@ class ChannelListener:
         out to thousands. Frames are written whole, so they never interleave with aiohttp's own writes.
         """
         t = self.transport
-        return (not self._closed and not self._sending and self._holding is None and self.queue.empty()
+        return (not self._closed and not self._sending and self._holding is None
+                and not (self._upto and self._filtering()) and self.queue.empty()
                 and t is not None and not t.is_closing() and t.get_write_buffer_size() < FAST_PATH_BUFFER)
 
     def deliver(self, items: list[Item], joined: dict[object, bytes], direct: bool) -> None:
@@ -251,12 +253,30 @@ class ChannelListener:
     def deliver_result(self, result: ClientResult) -> None:
         if self._holding is not None:
             self._holding.append(result)
+        elif self._upto and self._replayed_already(result):
+            return
         elif self._can_send_now() and result.kind is not ResultKind.END:
             assert self.transport is not None
             self.transport.write(self.edge.hub.framed(result, self._wanted(result), replay=False))
             self._observe(result, replay=False)
         else:
             self._put(result)
+
+    def _filtering(self) -> bool:
+        if time.monotonic() > self._upto_until:
+            self._upto = {}
+        return bool(self._upto)
+
+    def _replayed_already(self, result: ClientResult) -> bool:
+        if not self._filtering():
+            return False
+        upto = self._upto.get(result.session_id)
+        if upto is None:
+            return False
+        if result.seq <= upto:
+            return True
+        del self._upto[result.session_id]  # fan-out sends a run's results in order: the rest are all new
+        return False
 
     def deliver_audio(self, data: bytes, frame: bytes) -> None:
         """`frame`: `data` already framed as a WebSocket binary message (built once for every listener)."""

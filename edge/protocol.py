@@ -148,6 +148,7 @@ class Subscribe:
     channel: str
     targets: tuple[str, ...] | None
     translate_partials: bool
+    after: tuple[str, int] | None = None  # a reconnecting listener's last final (session_id, seq): replay after it
 
 
 @dataclass(frozen=True)
@@ -261,7 +262,14 @@ def parse_subscribe(obj: dict[str, Any]) -> Subscribe:
     partials = obj.get("translate_partials", False)
     if not isinstance(partials, bool):
         raise ProtocolError(code, "translate_partials must be true or false")
-    return Subscribe(channel, targets, partials)
+    after = obj.get("after")
+    if after is not None:
+        sid, seq = (after.get("session_id"), after.get("seq")) if isinstance(after, dict) else (None, None)
+        if not isinstance(sid, str) or not 0 < len(sid) <= 128 or isinstance(seq, bool) or not isinstance(seq, int) \
+                or not 0 <= seq < 2**63:
+            raise ProtocolError(code, '"after" must be the last final seen: {"session_id": "...", "seq": 12}')
+        after = (sid, seq)
+    return Subscribe(channel, targets, partials, after)
 
 
 def parse_configure(obj: dict[str, Any]) -> Configure:

@@ -3,8 +3,11 @@ and transcript export, a channel's last finals in TOLK_CAPTIONS for late joiners
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from typing import TypeVar
+import time
+from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
 
 import msgspec
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -16,29 +19,78 @@ T = TypeVar("T", bound=msgspec.Struct)
 
 
 async def read_all(bus: Bus, subject: str, stream: str, typ: type[T], batch: int = 256,
-                   timeout: float = 0.5) -> list[T]:
-    """Everything stored on `subject`, in stream order (an ephemeral consumer; nothing is acked)."""
+                   timeout: float = 5.0) -> list[T]:
+    """Everything stored on `subject` when called, in stream order (an ephemeral consumer; nothing is acked).
+
+    All of it or TimeoutError, never a silent part: the consumer says at creation how many messages match, and
+    a fetch that times out under load is not mistaken for the end of the stream.
+    """
     # Created unnamed: the server then makes only ephemeral consumers, which is all the edge's NATS user may
     # create (nats/permissions.toml), so it cannot alter the durable ones.
     info = await bus.js.add_consumer(stream, ConsumerConfig(
-        filter_subject=subject, deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.NONE, inactive_threshold=30.0))
-    psub = await bus.js.pull_subscribe_bind(info.name, stream=stream)
+        filter_subject=subject, deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.NONE, inactive_threshold=5.0))
+    want = info.num_pending or 0
     out: list[T] = []
+    if not want:
+        return out
+    psub = await bus.js.pull_subscribe_bind(info.name, stream=stream)
+    deadline = time.monotonic() + timeout
+    got = 0
     try:
-        while True:
+        while got < want:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"read {got} of the {want} messages on {subject} in {timeout:.0f} s")
             try:
-                msgs = await psub.fetch(batch, timeout=timeout)
+                msgs = await psub.fetch(min(batch, want - got), timeout=left)
             except TimeoutError:
-                break
+                continue  # the deadline check above reports it
+            got += len(msgs)
             for m in msgs:
                 with contextlib.suppress(DecodeError):
                     out.append(decode(m.data, typ))
-            if not msgs or msgs[-1].metadata.num_pending == 0:
-                break
+            if msgs and msgs[-1].metadata.num_pending == 0:
+                break  # fewer than counted: limits removed some meanwhile
     finally:
         with contextlib.suppress(Exception):
             await psub.unsubscribe()
     return out
+
+
+class SharedReads(Generic[T]):
+    """Concurrent reads of one subject, coalesced: a storm of 2,000 listeners re-subscribing to a restarted
+    edge costs a few JetStream consumers per channel, not 2,000.
+
+    A caller joins the next read that *starts* after it asked, never one already under way (that one may have
+    missed what was stored since), so each gets everything stored before its request, as its own read would.
+    """
+
+    def __init__(self, read: Callable[[str], Awaitable[list[T]]]) -> None:
+        self._read = read
+        self._next: dict[str, asyncio.Future[list[T]]] = {}
+        self._running: dict[str, asyncio.Task[None]] = {}
+
+    async def get(self, key: str) -> list[T]:
+        fut = self._next.get(key)
+        if fut is None:
+            fut = self._next[key] = asyncio.get_running_loop().create_future()
+            after = self._running.get(key)
+            self._running[key] = asyncio.create_task(self._run(key, fut, after), name=f"replay.{key}")
+        return list(await asyncio.shield(fut))
+
+    async def _run(self, key: str, fut: asyncio.Future[list[T]], after: asyncio.Task[None] | None) -> None:
+        try:
+            if after is not None:
+                await asyncio.wait([after])
+            if self._next.get(key) is fut:  # from now on newcomers wait for the next read
+                del self._next[key]
+            fut.set_result(await self._read(key))
+        except Exception as exc:
+            fut.set_exception(exc)
+            fut.exception()  # retrieved: callers that gave up must not leave it "never retrieved"
+        finally:
+            if self._running.get(key) is asyncio.current_task():
+                del self._running[key]
 
 
 async def stored(bus: Bus, session_id: str) -> list[Transcript]:
@@ -72,3 +124,15 @@ def missed(transcripts: list[Transcript], after_seq: int) -> list[ClientResult]:
             out.append(client_result(t, t.text, t.text))
         index += 1
     return out
+
+
+def after_cursor(history: list[ClientResult], after: tuple[str, int] | None) -> list[ClientResult]:
+    """A channel's history (stream order) past a reconnecting listener's last final, so it gets what it missed
+    and nothing twice. A cursor no longer in the history (older than what is kept) replays all of it, except
+    its own run's finals at or before it."""
+    if after is None:
+        return history
+    for i, r in enumerate(history):
+        if (r.session_id, r.seq) == after:
+            return history[i + 1:]
+    return [r for r in history if r.session_id != after[0] or r.seq > after[1]]

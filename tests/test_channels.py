@@ -119,11 +119,13 @@ class Heard:
 
 
 async def listen(ws_url: str, channel: str, seconds: float, targets: list[str] | None = None,
-                 then: list[tuple[float, dict[str, Any]]] | None = None) -> Heard:
+                 then: list[tuple[float, dict[str, Any]]] | None = None, after: dict[str, Any] | None = None) -> Heard:
     heard = Heard()
     msg: dict[str, Any] = {"type": "subscribe", "channel": channel}
     if targets is not None:
         msg["targets"] = targets
+    if after is not None:
+        msg["after"] = after
     async with aiohttp.ClientSession() as http, http.ws_connect(ws_url) as ws:
         await ws.send_json(msg)
         began = time.monotonic()
@@ -192,6 +194,16 @@ async def test_late_joiner_gets_the_last_finals_at_once(tolk_channels: Running) 
     assert replayed, late
     seen = {(f["session_id"], f["seq"]) for f in early.finals}
     assert {(f["session_id"], f["seq"]) for f in replayed} & seen
+    # A reconnect names the last final it saw (here: one before early's last): only what came after is replayed.
+    said = [f for f in early.finals if f["text"]]
+    assert len(said) >= 2, early.finals
+    cursor = said[-2]
+    back = await listen(tolk_channels.ws, "radio", 2.0, after={"session_id": cursor["session_id"],
+                                                               "seq": cursor["seq"]})
+    again = [(f["session_id"], f["seq"]) for f in back.finals if f.get("replay")]
+    assert (said[-1]["session_id"], said[-1]["seq"]) in again, (again, said[-1])
+    assert not {(f["session_id"], f["seq"]) for f in said[:-1]} & set(again), again
+    assert all(seq > cursor["seq"] for sid, seq in again if sid == cursor["session_id"])
 
 
 async def test_switch_channel_and_targets_without_reconnecting(tolk_channels: Running) -> None:

@@ -146,3 +146,26 @@ def test_render_translations_only_for_this_listener() -> None:
     assert "translations" not in render_result(r, now=0)  # asked for none: no translation fields
     partial = ClientResult(session_id="s", utterance_id=1, seq=2, kind=ResultKind.PARTIAL, text="Hel")
     assert "translations" not in render_result(partial, now=0, targets=("pt",))
+
+
+def test_subscribe_after_cursor_replays_only_what_was_missed() -> None:
+    from edge.protocol import Subscribe
+    from edge.replay import after_cursor
+
+    msg = parse_text('{"type":"subscribe","channel":"news","after":{"session_id":"ch=news=r1","seq":7}}', MAX)
+    assert msg == Subscribe("news", None, False, ("ch=news=r1", 7))
+    for bad in ('"x"', '{"session_id":"a"}', '{"session_id":"","seq":1}', '{"session_id":"a","seq":true}',
+                '{"session_id":"a","seq":-1}', '{"session_id":"a","seq":1.5}', '[1,2]'):
+        assert err('{"type":"subscribe","channel":"news","after":' + bad + "}").code is ErrorCode.INVALID_SUBSCRIBE
+
+    def final(sid: str, seq: int) -> ClientResult:
+        return ClientResult(session_id=sid, utterance_id=seq, seq=seq, kind=ResultKind.FINAL, text=f"{sid} {seq}")
+
+    history = [final("ch=news=r1", s) for s in (3, 5, 7, 9)] + [final("ch=news=r2", s) for s in (1, 2)]
+    keys = lambda rs: [(r.session_id, r.seq) for r in rs]  # noqa: E731
+    assert after_cursor(history, None) == history
+    assert keys(after_cursor(history, ("ch=news=r1", 7))) == [("ch=news=r1", 9), ("ch=news=r2", 1), ("ch=news=r2", 2)]
+    assert after_cursor(history, ("ch=news=r2", 2)) == []
+    # Older than what is kept: all of it, less its own run's finals at or before it.
+    assert keys(after_cursor(history, ("ch=news=r1", 4))) == keys(history[1:])
+    assert after_cursor(history, ("ch=news=r0", 99)) == history

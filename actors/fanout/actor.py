@@ -111,13 +111,15 @@ class FanoutActor(Actor):
             now = time.time()
             r = msgspec.structs.replace(r, published_at=now)
             stream = stream_of(r)
+            if r.stream_id and r.kind is ResultKind.FINAL and r.text:
+                # A broadcast channel's finals are also kept (last 50 per channel) for late joiners, and kept
+                # *before* they go live: a listener joining now reads it back or gets it live, never neither
+                # (the edge drops the live copy of what it replayed).
+                await self.bus.publish(channels.captions_subject(stream), r, msg_id=f"{r.session_id}:c{r.seq}")
             await self.bus.send(session_subject(stream), r)
             RESULTS.labels(r.kind.value).inc()
             if r.speech_end_wall and r.kind is not ResultKind.END:
                 LATENCY.labels(r.kind.value).observe(max(0.0, now - r.speech_end_wall))
-            if r.stream_id and r.kind is ResultKind.FINAL and r.text:
-                # A broadcast channel's finals are also kept (last 50 per channel) for late joiners.
-                await self.bus.publish(channels.captions_subject(stream), r, msg_id=f"{r.session_id}:c{r.seq}")
         if order.ended:
             self.sessions.pop(order.session_id, None)
 

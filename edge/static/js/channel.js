@@ -45,6 +45,8 @@ export class ChannelPlayer {
     // No target picked: the channel's own default targets apply (shown in the picker once subscribed).
     const msg = { type: "subscribe", channel: this.channel };
     if (this.targets.length) msg.targets = this.targets;
+    // Back on the same channel after a drop: only the finals missed meanwhile are replayed, none twice.
+    if (this.lastFinal && this.lastFinal.channel === this.channel) msg.after = this.lastFinal.cursor;
     this.ws.send(JSON.stringify(msg));
   }
 
@@ -83,6 +85,9 @@ export class ChannelPlayer {
         break;
       case "partial":
       case "final":
+        if (m.type === "final" && m.text) {
+          this.lastFinal = { channel: m.channel, cursor: { session_id: m.session_id, seq: m.seq } };
+        }
         if (m.replay) this.view.show(m, { replay: true });   // history from before we joined
         else this.pending.push(m);
         break;
