@@ -25,7 +25,7 @@ test: check pytest
 check: lint typecheck
 
 lint: install
-	$(BIN)/ruff check actors schemas edge loadtest tests helm/dashboards.py
+	$(BIN)/ruff check actors schemas edge client loadtest tests helm/dashboards.py
 
 typecheck: install
 	$(BIN)/mypy

@@ -92,6 +92,10 @@ def _parser() -> argparse.ArgumentParser:
     for cmd in (pull, listing):
         cmd.add_argument("--cache", default=None, help="model cache (default: TOLK_MODEL_CACHE, ~/.cache/tolk/models)")
 
+    from tolk_client.cli import add_parsers
+
+    add_parsers(sub)  # listen, devices: the client side, in tolk_client
+
     nats = sub.add_parser("nats", help="NATS topology")
     nats_sub = nats.add_subparsers(dest="nats_command", required=True)
     apply = nats_sub.add_parser("apply", help="create/update streams, consumers, KV buckets (idempotent)")
@@ -158,6 +162,11 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print(mint(secret, args.subject, args.ttl))
         return 0
+    if args.command in ("listen", "devices"):
+        import tolk_client.cli
+
+        configure_logging("WARNING")
+        return tolk_client.cli.listen(args) if args.command == "listen" else tolk_client.cli.devices()
     if args.command in ("tap", "status"):  # stdout is their output: only warnings go to stderr
         configure_logging("WARNING")
         quiet_connect()

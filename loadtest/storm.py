@@ -273,11 +273,13 @@ def main() -> None:
     p.add_argument("--after", type=float, default=20, help="seconds observed after every listener is back")
     p.add_argument("--recover-timeout", type=float, default=120)
     p.add_argument("--no-save", action="store_true", help="print only (tests)")
+    p.add_argument("--json", type=Path, help="also write the raw figures here")
     args = p.parse_args()
     row = asyncio.run(main_async(args))
     report, ok = render(row, args)
-    print(json.dumps(row))
     print(report)
+    if args.json:
+        args.json.write_text(json.dumps(row, indent=1))
     if not args.no_save:
         REPORTS.mkdir(exist_ok=True)
         stamp = time.strftime("%Y%m%d-%H%M%S")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -153,3 +155,48 @@ async def edge_server(bus: Bus, **edge_settings: Any) -> AsyncIterator[str]:
         yield str(srv.make_url("")).rstrip("/")
     finally:
         await srv.close()
+
+
+class Proxy:
+    """A TCP hop between the browser and the edge that the test can cut, like a network drop."""
+
+    def __init__(self, port: int) -> None:
+        self.target = port
+        self.pipes: set[asyncio.StreamWriter] = set()
+        self.server: asyncio.Server | None = None
+        self.url = ""
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target)
+        except OSError:
+            writer.close()
+            return
+        self.pipes |= {writer, up_writer}
+
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError, asyncio.CancelledError):
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            dst.close()
+
+        await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer))
+        self.pipes -= {writer, up_writer}
+
+    def cut(self) -> int:
+        """Drops every open connection at once (no close handshake): what a lost network looks like."""
+        n = len(self.pipes)
+        for w in list(self.pipes):
+            w.transport.abort()
+        return n
+
+    async def close(self) -> None:
+        self.cut()
+        if self.server:
+            self.server.close()
+            await self.server.wait_closed()

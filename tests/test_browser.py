@@ -7,7 +7,6 @@ Screenshots go to test-artifacts/browser/ (or $TOLK_ARTIFACTS)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import html
 import json
 import os
@@ -23,7 +22,7 @@ from playwright.async_api import Browser, Page, async_playwright
 
 from loadtest.speech import Clip, clips, encode_audio
 from loadtest.wer import corpus_wer
-from tests.conftest import Running, start_tolk, stop_tolk
+from tests.conftest import Proxy, Running, start_tolk, stop_tolk
 from tests.test_channels import Radio, radio  # noqa: F401  (the local station fixture)
 from tests.test_resume import stored_finals
 
@@ -40,51 +39,6 @@ CHROME_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-ru
 
 def jfk() -> Clip:
     return next(c for c in clips("en") if c.name.startswith("en_jfk"))
-
-
-class Proxy:
-    """A TCP hop between the browser and the edge that the test can cut, like a network drop."""
-
-    def __init__(self, port: int) -> None:
-        self.target = port
-        self.pipes: set[asyncio.StreamWriter] = set()
-        self.server: asyncio.Server | None = None
-        self.url = ""
-
-    async def start(self) -> None:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.url = f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target)
-        except OSError:
-            writer.close()
-            return
-        self.pipes |= {writer, up_writer}
-
-        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(OSError, asyncio.CancelledError):
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            dst.close()
-
-        await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer))
-        self.pipes -= {writer, up_writer}
-
-    def cut(self) -> int:
-        """Drops every open connection at once (no close handshake): what a lost network looks like."""
-        n = len(self.pipes)
-        for w in list(self.pipes):
-            w.transport.abort()
-        return n
-
-    async def close(self) -> None:
-        self.cut()
-        if self.server:
-            self.server.close()
-            await self.server.wait_closed()
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@ real `tolk up` (ingest, segmenter, stt, translator, fan-out, edge on a real nats
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import re
 import struct
@@ -261,3 +262,33 @@ async def test_bad_subscribes_and_metrics(tolk_channels: Running) -> None:
     # A channel whose source never answers: the listener is told nothing false, ingest keeps retrying.
     heard = await listen(tolk_channels.ws, "dead", 3.0)
     assert heard.control[0]["type"] == "subscribed" and not heard.finals
+
+
+async def test_client_library_follows_a_channel_with_audio_and_reconnects(tolk_channels: Running) -> None:
+    """tolk_client.subscribe: captions and the relayed MP3 on the channel's clock; after a drop it comes back
+    with `after`, so the finals it had are not sent again."""
+    import tolk_client
+
+    finals: list[tolk_client.Result] = []
+    frames: list[tolk_client.AudioFrame] = []
+    async with tolk_client.subscribe(tolk_channels.http, "radio", audio=True) as ch:
+        began = time.monotonic()
+        dropped = False
+        async for item in ch:
+            if isinstance(item, tolk_client.AudioFrame):
+                frames.append(item)
+            elif item.is_final and item.text:
+                finals.append(item)
+            if not dropped and time.monotonic() - began > 8 and ch.last_final:
+                dropped = True
+                assert ch._ws is not None
+                await ch._ws.close()  # as a network drop looks to the iterator: it reconnects
+            if time.monotonic() - began > 16:
+                break
+    assert ch.subscribed["channel"] == "radio" and ch.reconnects >= 1
+    assert frames and all(b.stream_time > a.stream_time for a, b in itertools.pairwise(frames))
+    assert frames[0].mp3[:3] == b"ID3" or frames[0].mp3[0] == 0xFF  # MP3: a tag or a frame sync
+    keys = [(r.session_id, r.seq) for r in finals]
+    assert len(keys) == len(set(keys)), keys  # nothing twice across the reconnect
+    live = [r for r in finals if not r.replay]
+    assert live and all(0 <= r.start < r.end <= frames[-1].stream_time + 2.0 for r in live)
