@@ -162,11 +162,13 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print(mint(secret, args.subject, args.ttl))
         return 0
-    if args.command in ("listen", "devices"):
+    if args.command in ("listen", "devices", "desktop"):
         import tolk_client.cli
 
         configure_logging("WARNING")
-        return tolk_client.cli.listen(args) if args.command == "listen" else tolk_client.cli.devices()
+        run = {"listen": tolk_client.cli.listen, "devices": lambda _: tolk_client.cli.devices(),
+               "desktop": tolk_client.cli.desktop}[args.command]
+        return int(run(args))
     if args.command in ("tap", "status"):  # stdout is their output: only warnings go to stderr
         configure_logging("WARNING")
         quiet_connect()

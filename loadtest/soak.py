@@ -12,7 +12,8 @@ It fails (exit 1) if, over the second half of the run (a fitted slope):
 - a process's RSS grows (> 0.5 MiB/min and > 5 % over the half) or its descriptors do (> 0.2/min and > 10);
 - a stream or bucket grows while it should have levelled off (its max age or TTL is shorter than half the run),
   or its growth rate times its max age would pass its max_bytes (it would discard data before it ages out);
-- a consumer's lag grows (> 10 messages over the half);
+- a consumer's lag grows (> 10 messages over the half, and more than its own jitter: twice the spread around
+  the fitted line);
 - a final is lost (a microphone utterance with a partial but no final, a session without `done`, an error; a
   listener missing a channel final stored while it was subscribed);
 - p95 final latency drifts up (last third's p95 > 1.5 × the first third's + 0.3 s).
@@ -154,6 +155,16 @@ def slope_per_min(ts: list[float], ys: list[float]) -> float:
     return float(np.polyfit(np.array(ts) / 60, np.array(ys, dtype=float), 1)[0])
 
 
+def noise(ts: list[float], ys: list[float]) -> float:
+    """Twice the spread around the fitted line: a rise smaller than this is the series' own jitter (a
+    consumer's lag jumps by a hundred messages and back between two samples)."""
+    if len(ts) < 3 or len(set(ts)) < 2:
+        return 0.0
+    x, y = np.array(ts) / 60, np.array(ys, dtype=float)
+    fit = np.polyval(np.polyfit(x, y, 1), x)
+    return float(2 * np.std(y - fit))
+
+
 def verdicts(samples: list[Sample], limits: dict[str, dict[str, float]], minutes: float) -> list[tuple[str, str, bool]]:
     """(what, the figure, ok) for every series over the second half."""
     half = [s for s in samples if s.t >= samples[-1].t / 2]
@@ -164,7 +175,7 @@ def verdicts(samples: list[Sample], limits: dict[str, dict[str, float]], minutes
         k = slope_per_min(ts, ys)
         grew = ys[-1] - ys[0]
         out.append((f"{name} RSS", f"{ys[-1]:.0f} MiB, {k:+.2f} MiB/min",
-                    not (k > 0.5 and grew > 0.05 * ys[0])))
+                    not (k > 0.5 and grew > 0.05 * ys[0] and k * (ts[-1] - ts[0]) / 60 > noise(ts, ys))))
         fs = [float(s.fds.get(name, 0)) for s in half]
         kf = slope_per_min(ts, fs)
         out.append((f"{name} fds", f"{fs[-1]:.0f}, {kf:+.2f}/min", not (kf > 0.2 and fs[-1] - fs[0] > 10)))
@@ -190,7 +201,8 @@ def verdicts(samples: list[Sample], limits: dict[str, dict[str, float]], minutes
     for name in sorted(half[-1].lag):
         ys = [float(s.lag.get(name, 0)) for s in half]
         k = slope_per_min(ts, ys)
-        out.append((f"{name} lag", f"{ys[-1]:.0f} now, max {max(ys):.0f}, {k:+.2f}/min", k * span_min <= 10))
+        grows = k * span_min > max(10.0, noise(ts, ys))
+        out.append((f"{name} lag", f"{ys[-1]:.0f} now, max {max(ys):.0f}, {k:+.2f}/min", not grows))
     return out
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -200,3 +201,27 @@ class Proxy:
         if self.server:
             self.server.close()
             await self.server.wait_closed()
+
+
+@pytest.fixture(scope="module")
+def pulse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """A private PulseAudio server with one null sink (`tolk_test`): what the computer "plays" goes there, and
+    its monitor is the system audio."""
+    assert shutil.which("pulseaudio") and shutil.which("paplay"), "pulseaudio, pulseaudio-utils (.ci/run installs)"
+    runtime = tmp_path_factory.mktemp("pulse")
+    env = {**os.environ, "XDG_RUNTIME_DIR": str(runtime), "HOME": str(runtime),
+           "PULSE_SERVER": f"unix:{runtime}/pulse/native"}
+    proc = subprocess.Popen(["pulseaudio", "-n", "--daemonize=no", "--exit-idle-time=-1", "--disallow-exit",
+                             "-F", "/dev/null", "--load=module-native-protocol-unix",
+                             "--load=module-null-sink sink_name=tolk_test"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(100):
+        if subprocess.run(["pactl", "info"], env=env, capture_output=True, check=False).returncode == 0:
+            break
+        time.sleep(0.1)
+    else:
+        proc.kill()
+        raise AssertionError("pulseaudio did not start")
+    yield env
+    proc.terminate()
+    proc.wait(10)

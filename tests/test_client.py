@@ -5,14 +5,11 @@ and the CLI printing partials then finals and writing a valid SRT. (Channels: te
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
 import wave
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -144,30 +141,6 @@ def test_tolk_listen_file_prints_partials_then_finals_and_writes_srt(tolk: Runni
     bad = subprocess.run([TOLK, "listen", "--url", tolk.http, "--file", str(tmp_path / "missing.wav")],
                          capture_output=True, text=True, timeout=60, check=False)
     assert bad.returncode == 1 and bad.stderr.startswith("tolk listen:") and "Traceback" not in bad.stderr
-
-
-@pytest.fixture(scope="module")
-def pulse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """A private PulseAudio server with one null sink (`tolk_test`): what the computer "plays" goes there, and
-    its monitor is the system audio."""
-    assert shutil.which("pulseaudio") and shutil.which("paplay"), "pulseaudio, pulseaudio-utils (.ci/run installs)"
-    runtime = tmp_path_factory.mktemp("pulse")
-    env = {**os.environ, "XDG_RUNTIME_DIR": str(runtime), "HOME": str(runtime),
-           "PULSE_SERVER": f"unix:{runtime}/pulse/native"}
-    proc = subprocess.Popen(["pulseaudio", "-n", "--daemonize=no", "--exit-idle-time=-1", "--disallow-exit",
-                             "-F", "/dev/null", "--load=module-native-protocol-unix",
-                             "--load=module-null-sink sink_name=tolk_test"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(100):
-        if subprocess.run(["pactl", "info"], env=env, capture_output=True, check=False).returncode == 0:
-            break
-        time.sleep(0.1)
-    else:
-        proc.kill()
-        raise AssertionError("pulseaudio did not start")
-    yield env
-    proc.terminate()
-    proc.wait(10)
 
 
 def test_tolk_listen_captures_system_audio(tolk: Running, pulse: dict[str, str], tmp_path: Path) -> None:

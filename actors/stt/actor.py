@@ -15,7 +15,7 @@ import msgspec
 import numpy as np
 from prometheus_client import Counter, Gauge, Histogram
 
-from actors.runtime import metrics, pools, settings
+from actors.runtime import memory, metrics, pools, settings
 from actors.runtime.actor import Actor, RuntimeSettings
 from actors.runtime.bus import Bus
 from actors.runtime.consumer import Delivery, PullLoop
@@ -121,6 +121,7 @@ class SttActor(Actor):
         self.context = PromptContext()
         self._final_calls: deque[tuple[float, float]] = deque()  # (ended, seconds) of final-lane calls, 10 s
         self._early: EarlyDecodes[tuple[SttResult, int]] = EarlyDecodes()  # (result, speculative seq)
+        self.trimmer = memory.Trimmer()
         self._stats: dict[str, float] = dict.fromkeys(("batches", "items", "busy_s", "audio_s", "stale"), 0.0)
         self._stats_at = time.monotonic()
         self._loops = {
@@ -385,6 +386,8 @@ class SttActor(Actor):
             BATCH.labels(kind, self.pool.name).observe(len(batch))
             RTF.labels(kind, self.pool.name).observe(busy / max(audio, 1e-3))
             AUDIO_SECONDS.labels(kind, self.pool.name).inc(audio)
+            if self.trimmer.due():
+                await lane.run(memory.trim)
         except Exception:
             log.exception("transcription of %d segment(s) failed; nak for redelivery", len(batch))
             metrics.count_error("transcription_failed")

@@ -36,6 +36,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     src.add_argument("--system-audio", action="store_true", help="what this computer plays (the output's monitor)")
     listen.add_argument("--pace", type=float, default=1.0, help="with --file: × real time (0: as fast as possible)")
     sub.add_parser("devices", help="input devices, system-audio monitors included")
+    try:
+        from tolk_client.desktop.app import add_parser
+    except ImportError:  # no Qt here: `tolk desktop` says what to install
+        desktop = sub.add_parser("desktop", help="live subtitles and voice typing (needs `pip install '.[desktop]'`)")
+        desktop.add_argument("rest", nargs=argparse.REMAINDER)
+    else:
+        add_parser(sub)
 
 
 class Screen:
@@ -133,3 +140,12 @@ def devices() -> int:
         where = "monitor" if d.get("monitor") else f"#{d['index']}"
         print(f"{where:>8}  {d['name']}  ({d['channels']} ch, {d['rate']:.0f} Hz)")
     return 0
+
+
+def desktop(args: argparse.Namespace) -> int:
+    try:
+        from tolk_client.desktop.app import main
+    except ImportError as exc:
+        print(f"tolk desktop: needs the desktop extra: pip install '.[desktop]' ({exc})", file=sys.stderr)
+        return 2
+    return main(args)

@@ -16,7 +16,7 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -44,7 +44,7 @@ class LiveSession:
     def __init__(self, url: str, *, language: str = "auto", targets: Sequence[str] = (), sample_rate: int = 16000,
                  encoding: str = "pcm_s16le", session_id: str | None = None, translate_partials: bool = False,
                  token: str | None = None, reconnect: bool = True, resume_within_s: float = 30.0,
-                 buffer_s: float = 30.0) -> None:
+                 buffer_s: float = 30.0, on_state: Callable[[str], None] | None = None) -> None:
         self.url = _net.ws_url(url)
         self.token = token
         self.settings: dict[str, Any] = {"sample_rate": sample_rate, "encoding": encoding, "language": language}
@@ -57,6 +57,7 @@ class LiveSession:
         self.done = False
         self.errors: list[TolkError] = []  # reported by the server without ending the session
         self.reconnect = reconnect
+        self.on_state = on_state or (lambda state: None)  # "connected", "reconnecting", "resumed", "closed"
         self.resume_within_s = resume_within_s  # the server's TOLK_RESUME_GRACE_S
         self._buffer: deque[bytes] = deque()
         self._buffered = 0
@@ -87,6 +88,7 @@ class LiveSession:
             await self._http.close()
             raise
         self._reader = asyncio.create_task(self._read(), name=f"tolk_client.{self.session_id}")
+        self.on_state("connected")
 
     async def send(self, audio: bytes) -> None:
         """Audio in the session's encoding; kept while reconnecting, sent in order once resumed."""
@@ -174,6 +176,7 @@ class LiveSession:
         self._ws = ws
         if resume:
             self.resumes += 1
+            self.on_state("resumed")
             log.info("%s: resumed (%s finals replayed)", self.session_id, first.get("replayed", 0))
             async with self._send_lock:  # what was said meanwhile, then the stop if it was already sent
                 while self._buffer:
@@ -197,6 +200,7 @@ class LiveSession:
         finally:
             if self.done:
                 await self._results.put(_DONE)
+            self.on_state("closed")
 
     async def _read_connection(self) -> TolkError | None:
         """Results until `done` or the connection ends; a fatal error, or None to try a resume."""
@@ -227,6 +231,10 @@ class LiveSession:
         return fatal
 
     async def _resume(self) -> bool:
+        self.on_state("reconnecting")
+        if self._ws is not None:
+            with contextlib.suppress(Exception):
+                await self._ws.close()
         deadline = time.monotonic() + self.resume_within_s
         attempt = 0
         while time.monotonic() < deadline:
