@@ -10,10 +10,10 @@
 handle recordings, and `tolk_client.sync` wraps the same for code without an event loop.
 """
 
-from tolk_client import files
+from tolk_client import files, sync
 from tolk_client.channel import ChannelListener, subscribe
 from tolk_client.live import LiveSession, connect
 from tolk_client.results import AudioFrame, Kind, Result, TolkError, Word
 
 __all__ = ["AudioFrame", "ChannelListener", "Kind", "LiveSession", "Result", "TolkError", "Word", "connect", "files",
-           "subscribe"]
+           "subscribe", "sync"]
