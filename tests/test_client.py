@@ -127,13 +127,15 @@ def test_tolk_listen_file_prints_partials_then_finals_and_writes_srt(tolk: Runni
     pcm, rate = clip.pcm16()
     path = wav(tmp_path / "talk.wav", pcm + bytes(rate * 2), rate)
     out = subprocess.run([TOLK, "listen", "--url", tolk.http, "--file", str(path), "--language", "en",
-                          "--pace", "2", "--output", str(tmp_path / "out.srt")],
+                          "--targets", "pt", "--pace", "2", "--output", str(tmp_path / "out.srt")],
                          capture_output=True, text=True, timeout=180, check=False)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     partials = [i for i, line in enumerate(lines) if line.startswith("… ")]  # not a terminal: one line each
-    finals = [line for line in lines if not line.startswith("… ")]
+    translated = [line for line in lines if line.startswith("  [pt] ")]  # under their finals
+    finals = [line for line in lines if not line.startswith(("… ", "  ["))]
     assert partials and finals and partials[0] < len(lines) - 1, out.stdout
+    assert translated and all(len(t) > len("  [pt] ") for t in translated), out.stdout
     cues = webvtt.from_srt(str(tmp_path / "out.srt"))
     assert len(cues) == len(finals)
     assert [c.text for c in cues] == finals
