@@ -277,11 +277,17 @@ async def test_a_real_edge_answers_hostile_http_requests(edge_http: str) -> None
         for sid, fmt in exports:
             url = URL(f"{edge_http}/v1/sessions/{_path_part(sid)}/transcript?format={_path_part(fmt)}", encoded=True)
             async with http.get(url, headers=good) as resp:
+                if len(url.raw_path_qs) > 8000:  # over the HTTP parser's line limit: refused before any route
+                    assert resp.status == 400, resp.status
+                    continue
                 _check_error(resp.status, await resp.read(), {400, 404})
         for path in statics:
             url = URL(f"{edge_http}/static/{_path_part(path)}", encoded=True)
             async with http.get(url) as resp:
                 body = await resp.read()
+                if len(url.raw_path_qs) > 8000:
+                    assert resp.status == 400, resp.status
+                    continue
                 assert resp.status in (200, 400, 403, 404), (path, resp.status)
                 if resp.status == 200:  # only a file of the page's folder, with the page's headers
                     assert "Content-Security-Policy" in resp.headers, path

@@ -194,6 +194,19 @@ class Desktop:
             act.triggered.connect(lambda _=False, lang=lang: self.set_language(lang))
             group.addAction(act)
             spoken.addAction(act)
+        inputs = menu.addMenu("Input")
+        choices: list[tuple[str, str, bool]] = [("System audio (what this computer plays)", "", True)]
+        with contextlib.suppress(SystemExit, Exception):  # no PortAudio: only what is configured
+            choices += [(f"#{d['index']} {d['name']}", str(d["index"]), False) for d in audio.devices()
+                        if d["index"] is not None]
+        current = "" if self.cfg.system_audio else str(self.cfg.device or "")
+        source = QActionGroup(inputs)
+        for label, device, system in choices:
+            act = QAction(label, inputs, checkable=True, checked=(system == self.cfg.system_audio
+                                                                  and (system or device == current)))
+            act.triggered.connect(lambda _=False, d=device, sa=system: self.set_input(d, sa))
+            source.addAction(act)
+            inputs.addAction(act)
         targets = QAction(f"Translate into… ({self.cfg.targets or 'none'})", menu)
         targets.triggered.connect(self.ask_targets)
         menu.addAction(targets)
@@ -214,6 +227,14 @@ class Desktop:
         menu.addAction(copy)
         menu.addSeparator()
         menu.addAction("Quit", self.app.quit)
+
+    def set_input(self, device: str, system_audio: bool) -> None:
+        """Another microphone or system audio: the session ends (its finals are kept) and a new one starts."""
+        self.cfg.device, self.cfg.system_audio = device, system_audio
+        remember(self.cfg)
+        self.worker.stop()
+        self.worker = Worker(self.cfg, self.bridge)
+        self.worker.start()
 
     def set_language(self, lang: str) -> None:
         self.cfg.language = lang
