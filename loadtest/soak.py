@@ -27,8 +27,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
-import platform
 import random
 import signal
 import sys
@@ -44,11 +42,9 @@ import psutil
 
 from loadtest.broadcast import free_port, radio_mp3, serve_radio, start_tolk
 from loadtest.client import stream_pcm
-from loadtest.mic import mic_stream
+from loadtest.mic import ActorSampler, machine, mic_stream, save_report
 from loadtest.speech import clips
 from loadtest.storm import Listener, listen
-
-REPORTS = Path(__file__).resolve().parent / "reports"
 
 
 @dataclass
@@ -69,24 +65,6 @@ class Tally:
     finals: int = 0
     lost: list[str] = field(default_factory=list)  # what went wrong, one line each
     latencies: list[tuple[float, float]] = field(default_factory=list)  # (arrival since start, seconds)
-
-
-def process_name(p: psutil.Process) -> str:
-    cmd = p.cmdline()
-    if "actor" in cmd:
-        name = cmd[cmd.index("actor") + 1]
-        pool = p.environ().get("TOLK_STT_POOL")
-        return f"stt-{pool}" if name == "stt" and pool else name
-    return "nats-server" if "nats-server" in " ".join(cmd[:1]) else "supervisor"
-
-
-def processes(root: int) -> dict[str, psutil.Process]:
-    out = {}
-    top = psutil.Process(root)
-    for p in [top, *top.children(recursive=True)]:
-        with contextlib.suppress(psutil.Error):
-            out[process_name(p)] = p
-    return out
 
 
 async def nats_sizes(bus: Any) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:
@@ -246,7 +224,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     samples: list[Sample] = []
     try:
         while time.time() - t0 < args.minutes * 60:
-            procs = processes(proc.pid)
+            procs = ActorSampler(proc.pid).procs()
             rss, fds = {}, {}
             for name, p in procs.items():
                 with contextlib.suppress(psutil.Error):
@@ -294,7 +272,6 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def render(row: dict[str, Any], args: argparse.Namespace) -> tuple[str, bool]:
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB"
     samples = row["samples"]
     p95s = row["p95_by_third"]
     drift_ok = not (p95s[2] == p95s[2] and p95s[0] == p95s[0] and p95s[2] > 1.5 * p95s[0] + 0.3)
@@ -303,7 +280,7 @@ def render(row: dict[str, Any], args: argparse.Namespace) -> tuple[str, bool]:
     lines = [
         "# Tolk soak", "",
         f"- command: `python -m loadtest.soak {' '.join(sys.argv[1:])}`",
-        f"- machine: {machine}; clients and `tolk up` on the same box",
+        f"- machine: {machine()}; clients and `tolk up` on the same box",
         f"- {args.minutes:g} min: {args.sessions} microphone workers (sessions of {args.session_s[0]:g}–"
         f"{args.session_s[1]:g} s of real speech, one after "
         f"another: {row['sessions']} sessions, {row['finals']} finals), {args.listeners} listeners of one real "
@@ -342,15 +319,12 @@ def main() -> None:
     args = p.parse_args()
     row = asyncio.run(main_async(args))
     report, ok = render(row, args)
-    print(report)
     if args.json:
         args.json.write_text(json.dumps(row, indent=1))
-    if not args.no_save:
-        REPORTS.mkdir(exist_ok=True)
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        (REPORTS / f"soak-{stamp}.md").write_text(report)
-        (REPORTS / "soak-latest.md").write_text(report)
-        (REPORTS / f"soak-{stamp}.json").write_text(json.dumps(row, indent=1))
+    if args.no_save:
+        print(report)
+    else:
+        save_report("soak", report, row)
     sys.exit(0 if ok else 1)
 
 

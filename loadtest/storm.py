@@ -22,8 +22,6 @@ import asyncio
 import contextlib
 import itertools
 import json
-import os
-import platform
 import signal
 import sys
 import tempfile
@@ -40,8 +38,8 @@ import psutil
 
 from actors.runtime import backoff
 from loadtest.broadcast import edge_process, free_port, radio_mp3, serve_radio, start_tolk
+from loadtest.mic import machine, save_report
 
-REPORTS = Path(__file__).resolve().parent / "reports"
 PREFIX = "storm:"
 
 
@@ -235,13 +233,12 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def render(row: dict[str, Any], args: argparse.Namespace) -> tuple[str, bool]:
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB"
     ok = (row["back"] == row["listeners"] and row["captions_lost"] == 0 and row["duplicates"] == 0
           and row["listeners_without_captions"] == 0 and row["real_runs"] == 1 and row["real_finals_after_kill"] > 0)
     lines = [
         "# Tolk reconnect storm", "",
         f"- command: `python -m loadtest.storm {' '.join(sys.argv[1:])}`",
-        f"- machine: {machine}; listeners (one Python process) and `tolk up` on the same box",
+        f"- machine: {machine()}; listeners (one Python process) and `tolk up` on the same box",
         f"- {row['listeners']} listeners on {row['channels']} synthetic channels (a numbered caption a second each) "
         f"and 1 real channel (every {args.live_every}th listener); the edge SIGKILLed after {args.settle} s, "
         "restarted by `tolk up`; listeners reconnect with jittered backoff and `after`", "",
@@ -277,15 +274,12 @@ def main() -> None:
     args = p.parse_args()
     row = asyncio.run(main_async(args))
     report, ok = render(row, args)
-    print(report)
     if args.json:
         args.json.write_text(json.dumps(row, indent=1))
-    if not args.no_save:
-        REPORTS.mkdir(exist_ok=True)
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        (REPORTS / f"storm-{stamp}.md").write_text(report)
-        (REPORTS / "storm-latest.md").write_text(report)
-        (REPORTS / f"storm-{stamp}.json").write_text(json.dumps(row, indent=1))
+    if args.no_save:
+        print(report)
+    else:
+        save_report("storm", report, row)
     sys.exit(0 if ok else 1)
 
 

@@ -112,7 +112,7 @@ class ChannelListener:
             elif kind == "subscribed":
                 self.subscribed = data
             elif kind == "error":
-                err = TolkError(data.get("code", "error"), data.get("message", ""))
+                err = TolkError.from_json(data)
                 if err.code in FATAL:
                     self._closing = True
                     raise err

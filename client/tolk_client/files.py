@@ -39,7 +39,7 @@ async def _raise_for(resp: aiohttp.ClientResponse) -> None:
         return
     try:
         err = (await resp.json())["error"]
-        raise TolkError(err.get("code", "error"), err.get("message", ""), resp.status)
+        raise TolkError.from_json(err, resp.status)
     except (aiohttp.ContentTypeError, json.JSONDecodeError, KeyError, TypeError):
         raise TolkError("http_error", f"HTTP {resp.status}", resp.status) from None
 
@@ -82,7 +82,7 @@ async def stream(url: str, path: str | Path, *, language: str = "auto", targets:
                     yield FileDone(payload)
                     return
                 elif event == "error":
-                    raise TolkError(payload.get("code", "error"), payload.get("message", ""))
+                    raise TolkError.from_json(payload)
                 event, data = "message", ""
 
 

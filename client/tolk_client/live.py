@@ -167,7 +167,7 @@ class LiveSession:
         first = json.loads(msg.data)
         if first.get("type") == "error":
             await ws.close()
-            raise TolkError(first.get("code", "error"), first.get("message", ""))
+            raise TolkError.from_json(first)
         if first.get("type") != "started":
             await ws.close()
             raise TolkError("unexpected", f"expected started, got {first.get('type')!r}")
@@ -220,7 +220,7 @@ class LiveSession:
                 self.done = True
                 return None
             elif kind == "error":
-                err = TolkError(data.get("code", "error"), data.get("message", ""))
+                err = TolkError.from_json(data)
                 if err.code in FATAL:
                     fatal = err
                 else:

@@ -82,3 +82,8 @@ class TolkError(Exception):
         self.code = code
         self.message = message
         self.status = status
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any], status: int | None = None) -> TolkError:
+        """From the server's `{"code", "message"}` (a WebSocket `error`, an SSE `error`, an HTTP error body)."""
+        return cls(str(body.get("code", "error")), str(body.get("message", "")), status)
