@@ -5,7 +5,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 DEV    := $(VENV)/.dev-stamp
 
-.PHONY: install install-dev run test check lint typecheck pytest bench clean
+.PHONY: install install-dev run test check lint typecheck pytest bench clean wheels base-image image image-slim \
+        image-cuda compose-env compose-up compose-down
 
 # torch first, pinned: its CPU wheel is local here, and anything pulling plain `torch` later would
 # otherwise fetch several GB of CUDA build. A GPU host installs its CUDA torch the same way.
@@ -44,5 +45,46 @@ pytest: install-dev
 bench: install-dev
 	$(BIN)/python -m loadtest.mic --sessions 1 2 4 6 8
 
+# ----------------------------------------------------------------------------------------------- containers
+# `make image` builds $(IMAGE):$(TAG), what compose.yaml and the Helm chart run by default (tag: the chart's
+# appVersion). The wheels are made here from PyPI (torch as its CPU wheel), so the build installs offline.
+IMAGE   ?= tolk
+VERSION := $(shell sed -n 's/^appVersion: *"\(.*\)"/\1/p' helm/tolk/Chart.yaml)
+TAG     ?= $(VERSION)
+DOCKER  ?= docker
+# BuildKit where buildx is installed; Docker's classic builder otherwise (Debian's docker.io).
+BUILDKIT := $(shell $(DOCKER) buildx version >/dev/null 2>&1 && echo 1 || echo 0)
+BUILD    = DOCKER_BUILDKIT=$(BUILDKIT) $(DOCKER) build --build-arg VERSION=$(VERSION) $(BUILD_ARGS)
+COMPOSE ?= $(shell $(DOCKER) compose version >/dev/null 2>&1 && echo "$(DOCKER) compose" || echo "$(BIN)/docker-compose")
+
+wheels: install
+	rm -rf .wheels && mkdir -p .wheels/deps .wheels/tolk
+	$(BIN)/python -m pip wheel --quiet --wheel-dir .wheels/deps torch==2.13.0 .
+	mv .wheels/deps/tolk-*.whl .wheels/tolk/
+
+# debian:bookworm-slim made locally with mmdebstrap when it is not there (no registry needed).
+base-image:
+	.ci/base-image
+
+image: wheels base-image
+	$(BUILD) --target cpu -t $(IMAGE):$(TAG) .
+
+image-slim: wheels base-image
+	$(BUILD) --target slim -t $(IMAGE):$(TAG)-slim .
+
+image-cuda: wheels base-image
+	$(BUILD) --target cuda -t $(IMAGE):$(TAG)-cuda .
+
+# .env: one fresh NATS password per actor, kept across restarts (delete it to rotate them all).
+compose-env: .env
+.env:
+	umask 077 && $(DOCKER) run --rm $(IMAGE):$(TAG) nats passwords > .env.tmp && mv .env.tmp .env
+
+compose-up: image .env
+	$(COMPOSE) up -d --wait
+
+compose-down:
+	$(COMPOSE) down
+
 clean:
-	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache .wheels

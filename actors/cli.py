@@ -101,6 +101,7 @@ def _parser() -> argparse.ArgumentParser:
     apply = nats_sub.add_parser("apply", help="create/update streams, consumers, KV buckets (idempotent)")
     apply.add_argument("--nats-url", default=os.environ.get("TOLK_NATS_URL", "nats://127.0.0.1:4222"))
     apply.add_argument("--replicas", type=int, default=os.environ.get("TOLK_NATS_REPLICAS", "1"))
+    nats_sub.add_parser("passwords", help="a fresh password per actor's NATS user, as a compose .env file")
     return p
 
 
@@ -181,6 +182,11 @@ def main(argv: list[str] | None = None) -> int:
             os.environ["TOLK_STT_POOL"] = args.pool
         module = importlib.import_module(ACTORS[getattr(args, "name", "exporter")])
         asyncio.run(serve(module.create))
+        return 0
+    if args.command == "nats" and args.nats_command == "passwords":
+        from actors.runtime import permissions
+
+        print(permissions.env_file({u: permissions.env_password() for u in permissions.load()}), end="")
         return 0
     if args.command == "nats":
         quiet_connect()

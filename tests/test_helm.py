@@ -338,7 +338,9 @@ def test_one_workload_per_actor_with_its_command(value_set: str) -> None:
         assert c["command"] == ["tolk"]
         assert c["args"] == ["actor", actor_of(name)]
         assert doc["kind"] == ("StatefulSet" if name in PARTITIONED else "Deployment")
-        assert c["image"] == "ghcr.io/tolk/tolk:0.1.0"
+        repository, tag = c["image"].rsplit(":", 1)  # what `make image` (GPU pools: `make image-cuda`) tags
+        assert repository == ("registry.example.com/tolk" if value_set == "production" else "tolk")
+        assert tag == ("0.1.0-cuda" if value_set == "production" and name.startswith("stt") else "0.1.0")
         assert env(c)["TOLK_NATS_URL"].startswith("nats://")
         assert env(c)["TOLK_LOG_LEVEL"] == "INFO"
 
@@ -475,6 +477,7 @@ def test_gpu_resources_and_placement_only_on_stt() -> None:
     assert spec["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
     assert env(c)["TOLK_DEVICE"] == "cuda"
+    assert c["image"] == "registry.example.com/tolk:0.1.0-cuda"  # `make image-cuda`: CUDA 12 libraries
     for where, other in pod_specs(docs):
         if "-stt-" in where:
             continue
@@ -483,6 +486,7 @@ def test_gpu_resources_and_placement_only_on_stt() -> None:
         for oc in other["containers"]:
             assert "nvidia.com/gpu" not in json.dumps(oc.get("resources", {})), where
             assert "TOLK_DEVICE" not in env(oc), where
+            assert oc["image"] == "registry.example.com/tolk:0.1.0", where
 
 
 def test_stt_on_cpu_by_default() -> None:
@@ -536,6 +540,7 @@ def test_a_pools_own_keys_override_the_stt_defaults() -> None:
     validate_all(docs)
     en, de, multi = (workloads(docs)[f"stt-{p}"] for p in ("en", "de", "multi"))
     assert en["spec"]["replicas"] == 3 and env(container(en))["TOLK_DEVICE"] == "cpu"  # false wins over true
+    assert container(en)["image"] == "tolk:0.1.0" and container(de)["image"] == "tolk:0.1.0-cuda"
     assert container(en)["resources"] == {"limits": {"memory": "6Gi"}, "requests": {"cpu": "3", "memory": "1Gi"}}
     assert pod_spec(en)["nodeSelector"] == {"pool": "cpu"}
     assert container(multi)["resources"]["limits"]["nvidia.com/gpu"] == 2

@@ -275,3 +275,14 @@ async def test_tolk_up_runs_every_actor_as_its_own_user(tolk: Running) -> None:
     finally:
         await nc.close()
     assert any("permissions violation" in e.lower() for e in errors)
+
+
+def test_compose_authorization_is_current() -> None:
+    """nats/compose-auth.conf (the official nats image reads it, with no Tolk code) matches the declarations."""
+    from actors.runtime import topology
+
+    current = permissions.env_authorization(permissions.grants(topology.load().partitions))
+    conf = Path(__file__).resolve().parents[1] / "nats" / "compose-auth.conf"
+    assert conf.read_text() == current, "regenerate: python -m actors.runtime.permissions --env-conf"
+    for user in permissions.load():
+        assert f"password: ${permissions.password_env(user)}," in current

@@ -11,11 +11,12 @@ import shutil
 import sys
 from pathlib import Path
 
+from actors.runtime.declarations import nats_file
 from actors.runtime.permissions import write_private
 
 log = logging.getLogger("tolk.nats-server")
 
-SERVER_CONF = Path(__file__).resolve().parents[2] / "nats" / "server.conf"
+SERVER_CONF = nats_file("server.conf")
 
 
 def server_binary() -> str:

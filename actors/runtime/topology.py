@@ -18,10 +18,11 @@ from nats.js import JetStreamContext, api
 from nats.js.errors import BadRequestError, NotFoundError
 
 from actors.runtime import pools as stt_pools
+from actors.runtime.declarations import nats_file
 
 log = logging.getLogger("tolk.topology")
 
-DEFAULT_PATH = Path(__file__).resolve().parents[2] / "nats" / "topology.toml"
+DEFAULT_PATH = nats_file("topology.toml")
 
 
 class StreamSpec(msgspec.Struct, frozen=True):

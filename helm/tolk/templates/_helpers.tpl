@@ -364,7 +364,7 @@ spec:
   {{- end }}
   containers:
     - name: {{ .actor | default .component }}
-      image: {{ include "tolk.image" $root }}
+      image: {{ .image | default (include "tolk.image" $root) }}
       imagePullPolicy: {{ $root.Values.image.pullPolicy }}
       command: ["tolk"]
       args:
