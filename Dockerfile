@@ -104,9 +104,10 @@ COPY --from=slim-venv /opt/tolk /opt/tolk
 
 # ------------------------------------------------------------------------------------------------ cuda
 FROM slim-venv AS cuda-venv
-# CTranslate2 4.x dlopens libcublas.so.12 and cuDNN 9: NVIDIA's own wheels, as faster-whisper documents.
-RUN /opt/tolk/bin/pip install --no-cache-dir --disable-pip-version-check \
-      "nvidia-cublas-cu12==12.*" "nvidia-cudnn-cu12==9.*"
+# CTranslate2 4.x dlopens libcublas.so.12 and cuDNN 9: NVIDIA's own wheels, as faster-whisper documents
+# (`make wheels-cuda` fetches them into .wheels/cuda).
+COPY .wheels/cuda /wheels/cuda
+RUN /opt/tolk/bin/pip install --no-index --no-deps --no-cache-dir --disable-pip-version-check /wheels/cuda/*.whl
 
 FROM image-base AS cuda
 LABEL io.tolk.flavor="cuda"

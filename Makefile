@@ -5,7 +5,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 DEV    := $(VENV)/.dev-stamp
 
-.PHONY: install install-dev run test check lint typecheck pytest bench clean wheels base-image image image-slim \
+.PHONY: install install-dev run test check lint typecheck pytest bench clean wheels wheels-cuda base-image image \
+        image-slim \
         image-cuda compose-env compose-up compose-down
 
 # torch first, pinned: its CPU wheel is local here, and anything pulling plain `torch` later would
@@ -58,7 +59,7 @@ BUILD    = DOCKER_BUILDKIT=$(BUILDKIT) $(DOCKER) build --build-arg VERSION=$(VER
 COMPOSE ?= $(shell $(DOCKER) compose version >/dev/null 2>&1 && echo "$(DOCKER) compose" || echo "$(BIN)/docker-compose")
 
 wheels: install
-	rm -rf .wheels && mkdir -p .wheels/deps .wheels/tolk
+	rm -rf .wheels/deps .wheels/tolk && mkdir -p .wheels/deps .wheels/tolk
 	$(BIN)/python -m pip wheel --quiet --wheel-dir .wheels/deps torch==2.13.0 .
 	mv .wheels/deps/tolk-*.whl .wheels/tolk/
 
@@ -72,7 +73,13 @@ image: wheels base-image
 image-slim: wheels base-image
 	$(BUILD) --target slim -t $(IMAGE):$(TAG)-slim .
 
-image-cuda: wheels base-image
+# NVIDIA's cuBLAS 12 and cuDNN 9 wheels (about 1.5 GB), which CTranslate2 4.x loads: fetched once.
+wheels-cuda: install
+	mkdir -p .wheels/cuda
+	$(BIN)/python -m pip download --quiet --only-binary=:all: --no-deps --dest .wheels/cuda \
+	  "nvidia-cublas-cu12==12.*" "nvidia-cudnn-cu12==9.*"
+
+image-cuda: wheels wheels-cuda base-image
 	$(BUILD) --target cuda -t $(IMAGE):$(TAG)-cuda .
 
 # .env: one fresh NATS password per actor, kept across restarts (delete it to rotate them all).

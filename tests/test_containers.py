@@ -80,6 +80,27 @@ def test_image_runs_as_non_root_with_the_models_baked_in(image: str) -> None:
     assert out.split() == ["/models/cache/whisper-base", "False"], out
 
 
+def test_tolk_up_in_one_read_only_container_drains_on_sigterm(image: str) -> None:
+    """The image's default command (`tolk up`) as `docker run --read-only --tmpfs /tmp`: healthy, `tolk status`
+    inside says every actor is ready, and `docker stop` (SIGTERM through tini) ends it cleanly, not by SIGKILL."""
+    name = f"tolkup{os.getpid()}"
+    docker("run", "-d", "--name", name, "--read-only", "--tmpfs", "/tmp", image)
+    try:
+        deadline = time.monotonic() + 300
+        while (health := docker("inspect", "-f", "{{.State.Health.Status}}", name).stdout.strip()) != "healthy":
+            assert health in ("starting", ""), docker("logs", "--tail", "40", name).stderr
+            assert time.monotonic() < deadline, "not healthy in 300 s"
+            time.sleep(2)
+        status = docker("exec", name, "tolk", "status", check=False)
+        assert status.returncode == 0, status.stdout + status.stderr  # 0: every actor and STT pool ready
+        started = time.monotonic()
+        docker("stop", "--time", "60", name, timeout=90)
+        state = json.loads(docker("inspect", name).stdout)[0]["State"]
+        assert state["ExitCode"] == 0 and time.monotonic() - started < 50, state
+    finally:
+        docker("rm", "-f", "-v", name, check=False)
+
+
 @dataclass
 class Stack:
     project: str
@@ -221,6 +242,12 @@ def test_scale_stt_to_two_gives_two_ready_instances(stack: Stack) -> None:
     status = stack.wait_ready(stt_en=2)
     en = [a for a in status["actors"] if a["actor"] == "stt" and a["info"].get("pool") == "en" and a["ready"]]
     assert len({a["instance"] for a in en}) == 2
+    # `docker stop` of one replica: SIGTERM (tini forwards it) drains and exits 0, well before the SIGKILL.
+    extra = stack.compose("ps", "-q", "stt").stdout.split()[-1]
+    started = time.monotonic()
+    docker("stop", "--time", "30", extra, timeout=60)
+    assert json.loads(docker("inspect", extra).stdout)[0]["State"]["ExitCode"] == 0
+    assert time.monotonic() - started < 25
 
 
 def test_monitoring_profile_config_is_valid_for_prometheus(stack: Stack, tmp_path: Path) -> None:
