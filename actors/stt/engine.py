@@ -22,6 +22,7 @@ SAMPLE_RATE = 16000
 N_FRAMES = 3000  # Whisper's 30 s window in mel frames
 HOP = 160
 PROMPT_BUCKETS = (8, 16, 32, 64, 128, 224)  # prompt lengths a batch is grouped by (224: Whisper's maximum)
+RECOVER_WINDOW_S = 15.0  # encoder window (at least) for re-decoding audio a final's words left out
 
 
 @dataclass(frozen=True)
@@ -153,8 +154,9 @@ class WhisperEngine:
         return ids[-fits[-1]:] if fits else []
 
     def transcribe_batch(self, requests: list[SttRequest], window_s: float = 30.0,
-                         beam_size: int | None = None) -> list[SttResult]:
-        """One encoder + decoder call per prompt length in the batch (usually one or two)."""
+                         beam_size: int | None = None, recover: bool = True) -> list[SttResult]:
+        """One encoder + decoder call per prompt length in the batch (usually one or two); finals (word
+        timings asked) whose words leave voiced audio uncovered get one more call for it (`_recover`)."""
         contexts = [self.context_tokens(r.prompt) for r in requests]
         groups: dict[int, list[int]] = {}
         for i, ctx in enumerate(contexts):
@@ -172,7 +174,35 @@ class WhisperEngine:
                                    beam_size or self.opts.beam_size)
             for i, r in zip(looped, out, strict=True):
                 results[i] = r
-        return [r for r in results if r is not None]
+        done = [r for r in results if r is not None]
+        return self._recover(requests, done, window_s, beam_size) if recover else done
+
+    def _recover(self, requests: list[SttRequest], results: list[SttResult], window_s: float,
+                 beam_size: int | None) -> list[SttResult]:
+        """Voiced audio the words leave out (actors/stt/coverage.py) decoded once more and added: a head
+        without the prompt (that is what made Whisper skip it), a tail with the text so far as prompt."""
+        from actors.stt import coverage
+
+        todo: list[tuple[int, coverage.Span]] = []
+        extra: list[SttRequest] = []
+        for i, (req, res) in enumerate(zip(requests, results, strict=True)):
+            if not req.word_timestamps or not res.words:
+                continue
+            for span in coverage.uncovered(req.audio, res.words):
+                audio = req.audio[int(span.start * SAMPLE_RATE): int(span.end * SAMPLE_RATE)]
+                prompt = f"{req.prompt} {res.text}".strip() if span.side == "tail" else ""
+                todo.append((i, span))
+                extra.append(SttRequest(audio, res.language, True, prompt))
+        if not extra:
+            return results
+        log.debug("re-decoding %d uncovered spans", len(extra))
+        out = list(results)
+        # The spans are short: a window fitted to them (not under 15 s, where tiny.en starts inventing words)
+        # costs about half of the full one, and only these finals pay it.
+        decoded_spans = self.transcribe_batch(extra, min(window_s, RECOVER_WINDOW_S), beam_size, recover=False)
+        for (i, span), decoded in zip(todo, decoded_spans, strict=True):
+            out[i] = coverage.merge(out[i], span, decoded)
+        return out
 
     def _transcribe(self, requests: list[SttRequest], contexts: list[list[int]], window_s: float,
                     beam_size: int) -> list[SttResult]:

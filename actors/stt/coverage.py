@@ -1,0 +1,90 @@
+"""Voiced audio a final's words do not cover: Whisper sometimes stops a window early (an ending such as
+"Thank you for listening." followed by end-of-text, with seconds of speech left) or skips a sentence it takes
+for its prompt repeated. Offline Whisper re-reads such audio as its next 30 s window; a streaming final has no
+next window, so the STT decodes the uncovered part again (`WhisperEngine.transcribe_batch`).
+
+Pure: word timings and samples in, spans out. A span counts only when it is long and loud enough to be speech
+(frames within 10 dB of the covered words' median level), so endpoint silence and breaths never trigger it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from actors.stt.engine import SttResult, WordTiming
+
+SAMPLE_RATE = 16000
+FRAME = SAMPLE_RATE // 50  # 20 ms
+MIN_UNCOVERED_S = 1.0  # shorter gaps are the words' timing error, endpoint silence and padding
+MIN_VOICED_S = 0.5  # of loud frames in the span
+RELATIVE_LEVEL = 0.3  # ≈ -10 dB of the covered speech's median frame level
+OVERLAP_S = 0.1  # a re-decoded span starts this much inside the covered words (no clipped onset)
+
+
+@dataclass(frozen=True)
+class Span:
+    side: Literal["head", "tail"]
+    start: float  # seconds into the request's audio
+    end: float
+
+
+def _levels(audio: np.ndarray) -> np.ndarray:
+    n = len(audio) // FRAME
+    if n == 0:
+        return np.zeros(0, dtype=np.float32)
+    frames = audio[: n * FRAME].astype(np.float32).reshape(n, FRAME)
+    levels: np.ndarray = np.sqrt(np.mean(frames * frames, axis=1))
+    return levels
+
+
+def uncovered(audio: np.ndarray, words: list[WordTiming]) -> list[Span]:
+    """The head and tail of `audio` (float32, 16 kHz) outside `words` that hold speech."""
+    if not words:
+        return []
+    levels = _levels(audio)
+    duration = len(audio) / SAMPLE_RATE
+    first, last = words[0].start, words[-1].end
+    covered = levels[int(first * 50): max(int(first * 50) + 1, int(last * 50))]
+    if covered.size == 0:
+        return []
+    floor = RELATIVE_LEVEL * float(np.median(covered))
+    if floor <= 0:
+        return []
+    def voiced(start: float, end: float) -> bool:
+        if end - start < MIN_UNCOVERED_S:
+            return False
+        return int(np.count_nonzero(levels[int(start * 50): int(end * 50)] >= floor)) / 50 >= MIN_VOICED_S
+
+    out = []
+    if voiced(0.0, first):
+        out.append(Span("head", 0.0, min(duration, first + OVERLAP_S)))
+    if voiced(last, duration):
+        out.append(Span("tail", max(0.0, last - OVERLAP_S), duration))
+    return out
+
+
+def merge(result: SttResult, span: Span, extra: SttResult) -> SttResult:
+    """`result` with the words decoded from `span` added before or after its own; words of `extra` that fall
+    within the overlap with `result`'s words are dropped (they were decoded twice)."""
+    if not extra.text or not result.words:
+        return result
+    shifted = [dataclasses.replace(w, start=round(w.start + span.start, 3), end=round(w.end + span.start, 3))
+               for w in extra.words]
+    if span.side == "tail":
+        boundary = result.words[-1].end
+        new = [w for w in shifted if (w.start + w.end) / 2 > boundary]
+        if not new:
+            return result
+        return dataclasses.replace(result, text=f"{result.text} {' '.join(w.word for w in new)}".strip(),
+                                   words=[*result.words, *new])
+    boundary = result.words[0].start
+    new = [w for w in shifted if (w.start + w.end) / 2 < boundary]
+    if not new:
+        return result
+    return dataclasses.replace(result, text=f"{' '.join(w.word for w in new)} {result.text}".strip(),
+                               words=[*new, *result.words])

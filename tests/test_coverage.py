@@ -1,0 +1,80 @@
+"""Voiced audio a final's words leave out is decoded again (actors/stt/coverage.py): Whisper ending a window
+early must not cost the words after it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from actors.stt import coverage
+from actors.stt.engine import SttRequest, SttResult, WhisperEngine, WhisperOptions, WordTiming
+from actors.stt.models import resolve
+from loadtest.speech import Clip, clips, squeeze_pauses
+
+RATE = 16000
+
+
+def tone(seconds: float, level: float = 0.3) -> np.ndarray:
+    t = np.arange(int(seconds * RATE)) / RATE
+    return (level * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
+
+
+def silence(seconds: float) -> np.ndarray:
+    return np.zeros(int(seconds * RATE), np.float32)
+
+
+def words(*spans: tuple[float, float]) -> list[WordTiming]:
+    return [WordTiming(f"w{i}", a, b, 0.9) for i, (a, b) in enumerate(spans)]
+
+
+def test_endpoint_silence_and_quiet_noise_are_not_speech() -> None:
+    audio = np.concatenate([tone(3.0), silence(1.5)])
+    assert coverage.uncovered(audio, words((0.0, 1.5), (1.5, 3.0))) == []
+    noisy = np.concatenate([tone(3.0), tone(2.0, level=0.02)])  # -24 dB: breath, room noise
+    assert coverage.uncovered(noisy, words((0.0, 3.0))) == []
+    short = np.concatenate([tone(3.0), silence(0.2), tone(0.4)])  # under 0.5 s voiced: timing error, a click
+    assert coverage.uncovered(short, words((0.0, 3.0))) == []
+
+
+def test_voiced_head_and_tail_outside_the_words_are_found() -> None:
+    audio = np.concatenate([tone(2.0), silence(0.2), tone(3.0), silence(0.2), tone(2.5)])
+    spans = coverage.uncovered(audio, words((2.2, 3.5), (3.5, 5.2)))
+    assert [s.side for s in spans] == ["head", "tail"]
+    head, tail = spans
+    assert head.start == 0.0 and head.end == pytest.approx(2.3)
+    assert tail.start == pytest.approx(5.1) and tail.end == pytest.approx(len(audio) / RATE)
+
+
+def test_merge_adds_only_the_words_not_decoded_twice() -> None:
+    first = SttResult("one two", "en", 0.0, -0.2, words((0.0, 0.5), (0.5, 1.0)))
+    span = coverage.Span("tail", 0.9, 3.0)
+    extra = SttResult("two three four", "en", 0.0, -0.2, [WordTiming("two", 0.0, 0.1, 0.9),
+                                                          WordTiming("three", 0.3, 0.8, 0.9),
+                                                          WordTiming("four", 0.9, 1.4, 0.9)])
+    merged = coverage.merge(first, span, extra)
+    assert merged.text == "one two three four"
+    assert [w.start for w in merged.words] == [0.0, 0.5, 1.2, 1.8]
+    head = coverage.merge(first, coverage.Span("head", 0.0, 0.1), SttResult("", "en", 0.9, -2.0))
+    assert head == first  # nothing decoded: unchanged
+
+
+def test_whisper_ending_early_keeps_the_words_after() -> None:
+    """A real case from continuous speech: tiny.en stops after "Thank you for listening." and drops the next
+    sentence of the same window. The re-decoded tail brings it back; without it the final loses it."""
+    by_name = {c.name: c for c in clips("en")}
+    radio = next(c for n, c in by_name.items() if n.startswith("en_gb0"))
+    novel = next(c for n, c in by_name.items() if n.startswith("en_librivox"))
+
+    def squeezed(c: Clip) -> np.ndarray:
+        return squeeze_pauses(np.frombuffer(c.pcm16()[0], "<i2")).astype(np.float32) / 32768
+
+    audio = np.concatenate([squeezed(radio)[-4 * RATE:], silence(0.15), squeezed(novel)])
+    engine = WhisperEngine(resolve("tiny.en", "/nonexistent"), WhisperOptions(cpu_threads=2, workers=1))
+    request = SttRequest(audio, "en", True, "")
+    plain = engine.transcribe_batch([request], 30.0, 5, recover=False)[0]
+    full = engine.transcribe_batch([request], 30.0, 5)[0]
+    assert "listening" in plain.text.lower() and "dashwood" not in plain.text.lower()  # the failure is real
+    assert "dashwood" in full.text.lower() and full.text.startswith(plain.text)
+    assert full.words[-1].end > plain.words[-1].end + 3
+    starts = [w.start for w in full.words]
+    assert starts == sorted(starts)
