@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "nats" and args.nats_command == "passwords":
         from actors.runtime import permissions
 
-        print(permissions.env_file({u: permissions.env_password() for u in permissions.load()}), end="")
+        print(permissions.env_file(permissions.new_passwords(permissions.load())), end="")
         return 0
     if args.command == "nats":
         quiet_connect()

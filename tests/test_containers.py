@@ -15,7 +15,6 @@ import shutil
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ import yaml
 
 from actors.runtime import permissions
 from loadtest.client import SessionRun, stream_pcm
+from loadtest.faults import stored_finals
 from loadtest.speech import Clip, clips
 from loadtest.wer import corpus_wer
 
@@ -101,6 +101,11 @@ def test_tolk_up_in_one_read_only_container_drains_on_sigterm(image: str) -> Non
         docker("rm", "-f", "-v", name, check=False)
 
 
+def ready_english_stt(status: dict[str, Any]) -> list[dict[str, Any]]:
+    """The ready instances of the English STT pool (`stt`) in `tolk status --json`."""
+    return [a for a in status["actors"] if a["actor"] == "stt" and a["info"].get("pool") == "en" and a["ready"]]
+
+
 @dataclass
 class Stack:
     project: str
@@ -128,7 +133,7 @@ class Stack:
         deadline = time.monotonic() + timeout
         while True:
             status = self.status()
-            en = [a for a in status["actors"] if a["actor"] == "stt" and a["info"].get("pool") == "en" and a["ready"]]
+            en = ready_english_stt(status)
             ready = {a["actor"] for a in status["actors"] if a["ready"]}
             if ready >= {"edge", "segmenter", "stt", "translator", "fanout", "ingest", "exporter"} \
                     and len(en) >= stt_en and all(p["ready"] for p in status["stt_pools"]):
@@ -229,9 +234,7 @@ def test_sigkill_of_the_stt_container_mid_stream_loses_no_final(stack: Stack) ->
         assert got.done, got.errors
         seqs = [r["seq"] for r in got.results]
         assert seqs == sorted(seqs) and len(seqs) == len(set(seqs))  # in order, nothing twice
-        with urllib.request.urlopen(
-                f"{stack.http}/v1/sessions/{got.session_id}/transcript?format=verbose_json", timeout=30) as resp:
-            stored = [s["text"] for s in json.loads(resp.read())["segments"]]
+        stored = [s["text"] for s in stored_finals(stack.http, got.session_id)]
         delivered = [r["text"] for r in got.finals if r["text"]]
         assert delivered == stored  # every final the pipeline made reached the client, once
         assert corpus_wer([(clip.reference, got.text())]) <= 0.2, got.text()
@@ -240,7 +243,7 @@ def test_sigkill_of_the_stt_container_mid_stream_loses_no_final(stack: Stack) ->
 def test_scale_stt_to_two_gives_two_ready_instances(stack: Stack) -> None:
     stack.compose("up", "-d", "--scale", "stt=2", "--no-recreate", "--wait", timeout=600)
     status = stack.wait_ready(stt_en=2)
-    en = [a for a in status["actors"] if a["actor"] == "stt" and a["info"].get("pool") == "en" and a["ready"]]
+    en = ready_english_stt(status)
     assert len({a["instance"] for a in en}) == 2
     # `docker stop` of one replica: SIGTERM (tini forwards it) drains and exits 0, well before the SIGKILL.
     extra = stack.compose("ps", "-q", "stt").stdout.split()[-1]

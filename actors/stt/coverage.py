@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from actors.stt.engine import SttResult, WordTiming
+from actors.stt.engine import SAMPLE_RATE, SttResult, WordTiming
 
-SAMPLE_RATE = 16000
-FRAME = SAMPLE_RATE // 50  # 20 ms
+PER_S = 50  # level frames per second
+FRAME = SAMPLE_RATE // PER_S  # 20 ms
 MIN_UNCOVERED_S = 1.0  # shorter gaps are the words' timing error, endpoint silence and padding
 MIN_VOICED_S = 0.5  # of loud frames in the span
 RELATIVE_LEVEL = 0.3  # ≈ -10 dB of the covered speech's median frame level
@@ -49,16 +48,18 @@ def uncovered(audio: np.ndarray, words: list[WordTiming]) -> list[Span]:
     levels = _levels(audio)
     duration = len(audio) / SAMPLE_RATE
     first, last = words[0].start, words[-1].end
-    covered = levels[int(first * 50): max(int(first * 50) + 1, int(last * 50))]
+    covered = levels[int(first * PER_S): max(int(first * PER_S) + 1, int(last * PER_S))]
     if covered.size == 0:
         return []
     floor = RELATIVE_LEVEL * float(np.median(covered))
     if floor <= 0:
         return []
+
     def voiced(start: float, end: float) -> bool:
         if end - start < MIN_UNCOVERED_S:
             return False
-        return int(np.count_nonzero(levels[int(start * 50): int(end * 50)] >= floor)) / 50 >= MIN_VOICED_S
+        loud = int(np.count_nonzero(levels[int(start * PER_S): int(end * PER_S)] >= floor))
+        return loud / PER_S >= MIN_VOICED_S
 
     out = []
     if voiced(0.0, first):
@@ -75,16 +76,12 @@ def merge(result: SttResult, span: Span, extra: SttResult) -> SttResult:
         return result
     shifted = [dataclasses.replace(w, start=round(w.start + span.start, 3), end=round(w.end + span.start, 3))
                for w in extra.words]
-    if span.side == "tail":
-        boundary = result.words[-1].end
-        new = [w for w in shifted if (w.start + w.end) / 2 > boundary]
-        if not new:
-            return result
-        return dataclasses.replace(result, text=f"{result.text} {' '.join(w.word for w in new)}".strip(),
-                                   words=[*result.words, *new])
-    boundary = result.words[0].start
-    new = [w for w in shifted if (w.start + w.end) / 2 < boundary]
+    head = span.side == "head"
+    boundary = result.words[0].start if head else result.words[-1].end
+    new = [w for w in shifted if ((w.start + w.end) / 2 < boundary) == head]
     if not new:
         return result
-    return dataclasses.replace(result, text=f"{' '.join(w.word for w in new)} {result.text}".strip(),
-                               words=[*new, *result.words])
+    added = " ".join(w.word for w in new)
+    if head:
+        return dataclasses.replace(result, text=f"{added} {result.text}".strip(), words=[*new, *result.words])
+    return dataclasses.replace(result, text=f"{result.text} {added}".strip(), words=[*result.words, *new])
