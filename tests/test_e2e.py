@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -245,21 +247,27 @@ async def test_garbage_on_internal_subjects_crashes_no_actor(tolk: Running) -> N
     assert "terminating undecodable message" in log
 
 
-def stt_metrics(tolk: Running) -> str:
-    """Every STT process's /metrics, found through its heartbeat (`tolk status --json`)."""
+def stt_metrics(tolk: Running, expect: Iterable[str] = ()) -> dict[str, str]:
+    """Each STT process's /metrics by instance, found through its heartbeat (`tolk status --json`); waits
+    (bounded) until every instance in `expect` is listed, so a slow heartbeat read is not a lost counter."""
     import subprocess
     import urllib.request
 
     from tests.conftest import TOLK
 
-    out = subprocess.run([TOLK, "status", "--json", "--data-dir", str(Path(tolk.log).parent / "data")],
-                         capture_output=True, text=True, timeout=60, check=False)
-    texts = []
-    for a in json.loads(out.stdout)["actors"]:
-        if a["actor"] == "stt" and a["ready"]:
-            with urllib.request.urlopen(f"http://127.0.0.1:{a['metrics_port']}/metrics", timeout=5) as resp:
-                texts.append(resp.read().decode())
-    return "\n".join(texts)
+    texts: dict[str, str] = {}
+    for _ in range(10):
+        out = subprocess.run([TOLK, "status", "--json", "--data-dir", str(Path(tolk.log).parent / "data")],
+                             capture_output=True, text=True, timeout=60, check=False)
+        texts = {}
+        for a in json.loads(out.stdout)["actors"]:
+            if a["actor"] == "stt" and a["ready"]:
+                with urllib.request.urlopen(f"http://127.0.0.1:{a['metrics_port']}/metrics", timeout=5) as resp:
+                    texts[a["instance"]] = resp.read().decode()
+        if set(expect) <= set(texts):
+            break
+        time.sleep(1)
+    return texts
 
 
 def counter(text: str, name: str, **labels: str) -> float:
@@ -294,9 +302,11 @@ async def test_finals_reuse_their_early_decode(tolk: Running) -> None:
     pcm, rate = c.pcm16()
     run = await stream_pcm(tolk.ws, pcm[: rate * 2 * 40], rate, pace=1.0)  # 40 s, about 6 pauses
     check_ordering(run)
-    after = stt_metrics(tolk)
-    used = counter(after, "tolk_stt_speculative_total", outcome="used") - \
-        counter(before, "tolk_stt_speculative_total", outcome="used")
+    after = stt_metrics(tolk, expect=before)
+    assert set(before) <= set(after), ("an STT process went away", sorted(before), sorted(after))
+    used = sum(counter(text, "tolk_stt_speculative_total", outcome="used")
+               - counter(before.get(instance, ""), "tolk_stt_speculative_total", outcome="used")
+               for instance, text in after.items())
     silence_ended = sum(f["endpoint"] == "silence" for f in run.finals)
     assert silence_ended >= 3 and used >= 1, (silence_ended, used)
     assert corpus_wer([(c.reference[: len(run.text()) + 20], run.text())]) < 0.15

@@ -14,6 +14,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from nats.js.errors import KeyNotFoundError
+
 from actors.runtime import metrics
 from actors.runtime import settings as settings_mod
 from actors.runtime.bus import Bus
@@ -131,12 +133,20 @@ async def heartbeats(bus: Bus) -> list[ActorHeartbeat]:
         return []
     out: list[ActorHeartbeat] = []
     for key in keys:
-        try:
-            entry = await kv.get(key)
-            if entry.value:
-                out.append(decode(entry.value, ActorHeartbeat))
-        except Exception:  # expired between keys() and get(), or another schema version's heartbeat
-            continue
+        for attempt in range(2):  # a live actor missing from the list reads as down: retry a slow read once
+            try:
+                entry = await kv.get(key)
+            except KeyNotFoundError:  # expired between keys() and get()
+                break
+            except Exception as exc:
+                log.debug("heartbeat %s unread (attempt %d): %s", key, attempt + 1, exc)
+                continue
+            try:
+                if entry.value:
+                    out.append(decode(entry.value, ActorHeartbeat))
+            except Exception:  # another schema version's heartbeat
+                pass
+            break
     return out
 
 
