@@ -365,6 +365,11 @@ def actors() -> Json:
                    "none"),
         timeseries("Model calls/s", "Batched model calls per second (batch size histogram count), by pool.",
                    [target(rate("tolk_stt_batch_size_count", ["pool", "kind"]), "{{pool}} {{kind}}")], "ops"),
+        timeseries("Final decode quality/s", "Finals decoded per second by the tier the finals lane's load chose: "
+                   "full (beam 5, 30 s window), loaded (beam 5, fitted window), busy (greedy, the overload valve: "
+                   "a pool that decodes many busy finals needs replicas; greedy costs words).",
+                   [target(rate("tolk_stt_final_decodes_total", ["pool", "tier"]), "{{pool}} {{tier}}")],
+                   "ops", stack=True),
         row("translator"),
         *runtime_panels("translator"),
         timeseries("Translations/s by pair", "Sentences translated, by source and target language.",

@@ -233,6 +233,25 @@ def start_tolk(data: Path, env: dict[str, str]) -> tuple[subprocess.Popen[bytes]
     raise SystemExit(f"tolk up did not become ready; see {data / 'tolk-up.log'}")
 
 
+def stt_counter(data: Path, name: str, label: str) -> dict[str, float]:
+    """One STT counter summed over every STT process of the `tolk up` in `data`, by one label's value (read
+    through the heartbeats, as `tolk status` finds them)."""
+    out = subprocess.run([str(Path(sys.executable).parent / "tolk"), "status", "--json", "--data-dir", str(data)],
+                         capture_output=True, text=True, timeout=60, check=False)
+    totals: dict[str, float] = {}
+    with contextlib.suppress(ValueError):
+        for a in json.loads(out.stdout)["actors"]:
+            if a["actor"] != "stt" or not a["metrics_port"]:
+                continue
+            with contextlib.suppress(OSError), urllib.request.urlopen(
+                    f"http://127.0.0.1:{a['metrics_port']}/metrics", timeout=5) as resp:
+                for line in resp.read().decode().splitlines():
+                    if line.startswith(name + "{") and f'{label}="' in line:
+                        value = line.split(f'{label}="', 1)[1].split('"', 1)[0]
+                        totals[value] = totals.get(value, 0.0) + float(line.rsplit(" ", 1)[1])
+    return totals
+
+
 def machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB"
 

@@ -40,6 +40,10 @@ AUDIO_SECONDS = Counter("tolk_stt_audio_seconds", "Seconds of audio transcribed,
 SPECULATIVE = Counter("tolk_stt_speculative", "Speculative segments (a final's audio sent ahead during the endpoint "
                       "silence) by outcome: decoded early, used by their final, or skipped undecoded.",
                       ["pool", "outcome"])
+FINAL_TIERS = Counter("tolk_stt_final_decodes", "Finals decoded (early decodes included) by quality tier as the "
+                      "final lane's load chose it: full (beam, 30 s window), loaded (beam, fitted window), busy "
+                      "(greedy: the overload valve; many of these mean the pool needs more replicas).",
+                      ["pool", "tier"])
 POOL_INFO = Gauge("tolk_stt_pool_info", "The STT pool this process serves (TOLK_STT_POOL): its model and "
                   "languages, always 1.", ["pool", "model", "languages"])
 
@@ -275,6 +279,11 @@ class SttActor(Actor):
         window = self.cfg.final_window_s if busy < self.cfg.full_window_below else self.cfg.loaded_window_s
         return window, self.cfg.beam_size
 
+    def _tier(self, window_s: float, beam_size: int) -> str:
+        if beam_size < self.cfg.beam_size:
+            return "busy"
+        return "full" if window_s >= self.cfg.final_window_s else "loaded"
+
     async def _show_first_partial(self, final: Delivery[Segment], early: SttResult, early_seq: int) -> None:
         """An utterance that showed no partial yet shows one before its final, as when the final is decoded
         (_first_partials). A queued partial is answered from the early decode's words within its audio; with
@@ -382,6 +391,8 @@ class SttActor(Actor):
             busy, audio = time.monotonic() - began, sum(len(r.audio) for r in requests) / 16000
             if lane is self.final_lane:  # early decodes too: a final arriving meanwhile waits for them
                 self._final_calls.append((time.monotonic(), busy))
+                FINAL_TIERS.labels(self.pool.name, self._tier(window_s, beam_size)).inc(
+                    sum(d.msg.kind is SegmentKind.FINAL for d in batch))
             self._account(len(batch), busy, audio)
             BATCH.labels(kind, self.pool.name).observe(len(batch))
             RTF.labels(kind, self.pool.name).observe(busy / max(audio, 1e-3))
