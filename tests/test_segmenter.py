@@ -73,14 +73,32 @@ def test_partials_precede_finals_and_grow(silero: SileroModel) -> None:
             assert len(mine) >= 2, f"utterance {utt} of {mine[-1].end - mine[-1].start:.1f}s had no partial"
 
 
+def by_utterance(cuts: list[Cut]) -> dict[int, list[Cut]]:
+    out: dict[int, list[Cut]] = {}
+    for c in cuts:
+        out.setdefault(c.utterance_id, []).append(c)
+    return out
+
+
 def test_partial_cadence(silero: SileroModel) -> None:
-    cfg = SegmenterConfig(partial_every_ms=700)
+    cfg = SegmenterConfig(partial_every_ms=700, partial_growth=0)
     cuts, _ = run(silero, samples(clip("en_librispeech_2412")), cfg)
-    by_utt: dict[int, list[Cut]] = {}
-    for c in partials(cuts):
-        by_utt.setdefault(c.utterance_id, []).append(c)
-    gaps = [b.end - a.end for ps in by_utt.values() for a, b in itertools.pairwise(ps)]
+    gaps = [b.end - a.end for ps in by_utterance(partials(cuts)).values() for a, b in itertools.pairwise(ps)]
     assert gaps and all(0.6 <= g <= 1.5 for g in gaps)
+
+
+def test_partials_space_out_as_the_utterance_grows(silero: SileroModel) -> None:
+    """Each partial re-decodes its whole utterance: past 0.7 s / 0.15 ≈ 4.7 s the cadence follows the length."""
+    audio = samples(clip("en_gb0"))[: 16000 * 40]
+    long_utterances = {"endpoint_ms": 1500, "soft_max_s": 0}
+    fixed, _ = run(silero, audio, SegmenterConfig(partial_growth=0, **long_utterances))  # type: ignore[arg-type]
+    cuts, _ = run(silero, audio, SegmenterConfig(partial_growth=0.15, **long_utterances))  # type: ignore[arg-type]
+    assert [c.end for c in finals(cuts)] == [c.end for c in finals(fixed)]  # only partials change
+    pairs = [(a, b) for ps in by_utterance(partials(cuts)).values() for a, b in itertools.pairwise(ps)]
+    for a, b in pairs:
+        assert b.end - a.end >= max(0.7, 0.15 * (b.end - b.start)) - 0.05, (a.end, b.end, b.start)
+    assert any(b.end - a.end > 1.2 for a, b in pairs), "no utterance long enough to space its partials out"
+    assert len(partials(cuts)) < 0.8 * len(partials(fixed))
 
 
 def test_first_partial_comes_early(silero: SileroModel) -> None:

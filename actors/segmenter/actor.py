@@ -70,6 +70,7 @@ class SegmenterSettings:
     max_utterance_s: float = 15.0
     cap_lookback_s: float = 2.0
     partial_every_ms: int = 700
+    partial_growth: float = 0.0  # README: on for continuous speech, off by default (10 paused sessions)
     first_partial_ms: int = 300
     pre_speech_ms: int = 1000
     min_speech_ms: int = 160
@@ -128,6 +129,7 @@ class SegmenterActor(Actor):
             max_utterance_s=cfg.max_utterance_s,
             cap_lookback_s=cfg.cap_lookback_s,
             partial_every_ms=cfg.partial_every_ms,
+            partial_growth=cfg.partial_growth,
             first_partial_ms=cfg.first_partial_ms,
             pre_speech_ms=cfg.pre_speech_ms,
             min_speech_ms=cfg.min_speech_ms,

@@ -41,6 +41,9 @@ class SegmenterConfig:
     max_utterance_s: float = 15.0  # with no gap at all, speech is cut at the quietest point of the last...
     cap_lookback_s: float = 2.0  # ...this many seconds (never further back than half the utterance)
     partial_every_ms: int = 700  # new speech between partial windows
+    # ...or this fraction of the utterance so far, when more: a partial re-decodes the whole utterance, so on
+    # long (continuous) utterances a fixed cadence makes partials cost quadratically. 0: off (README).
+    partial_growth: float = 0.0
     first_partial_ms: int = 300  # the first window comes sooner: the user sees text start quickly
     pre_speech_ms: int = 1000  # audio kept before the onset (soft starts, Whisper context)
     onset_ms: int = 64  # consecutive speech needed to open an utterance
@@ -83,6 +86,7 @@ class UtteranceSegmenter:
         self._gap = min(self._endpoint_min, cfg.frames(cfg.gap_ms)) if soft else self._endpoint
         self._gap_ratio = 10 ** (-cfg.gap_db / 20)
         self._partial = cfg.frames(cfg.partial_every_ms)
+        self._growth = cfg.partial_growth
         self._first_partial = cfg.frames(min(cfg.first_partial_ms, cfg.partial_every_ms))
         self._onset_frames = cfg.frames(cfg.onset_ms)
         self._min_speech = cfg.frames(cfg.min_speech_ms)
@@ -191,7 +195,8 @@ class UtteranceSegmenter:
             # Exactly the samples _finalise keeps if the silence lasts: STT can reuse the decode.
             return [dataclasses.replace(self._cut(len(self._frames), final=False, end_frame=self._last_speech + 1,
                                                   endpoint=Endpoint.SILENCE), speculative=True)]
-        due = self._first_partial if self._partials == 0 else self._partial
+        due = self._first_partial if self._partials == 0 else max(
+            self._partial, int(self._growth * len(self._frames)))
         if self._since_partial >= due and self.state is State.ACTIVE:
             self._since_partial = 0
             self._partials += 1
