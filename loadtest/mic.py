@@ -33,6 +33,7 @@ import time
 import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import psutil
@@ -233,22 +234,36 @@ def start_tolk(data: Path, env: dict[str, str]) -> tuple[subprocess.Popen[bytes]
     raise SystemExit(f"tolk up did not become ready; see {data / 'tolk-up.log'}")
 
 
-def stt_counter(data: Path, name: str, label: str) -> dict[str, float]:
-    """One STT counter summed over every STT process of the `tolk up` in `data`, by one label's value (read
-    through the heartbeats, as `tolk status` finds them)."""
+def stt_scrapes(data: Path) -> list[tuple[dict[str, Any], str]]:
+    """Each ready STT process of the `tolk up` in `data`: its heartbeat (as `tolk status --json` lists it) and
+    its /metrics text. A process gone between the two reads is left out."""
     out = subprocess.run([str(Path(sys.executable).parent / "tolk"), "status", "--json", "--data-dir", str(data)],
                          capture_output=True, text=True, timeout=60, check=False)
-    totals: dict[str, float] = {}
-    with contextlib.suppress(ValueError):
-        for a in json.loads(out.stdout)["actors"]:
-            if a["actor"] != "stt" or not a["metrics_port"]:
-                continue
+    if out.returncode != 0:
+        raise RuntimeError(f"tolk status failed: {out.stderr}")
+    scrapes = []
+    for a in json.loads(out.stdout)["actors"]:
+        if a["actor"] == "stt" and a["ready"] and a["metrics_port"]:
             with contextlib.suppress(OSError), urllib.request.urlopen(
                     f"http://127.0.0.1:{a['metrics_port']}/metrics", timeout=5) as resp:
-                for line in resp.read().decode().splitlines():
-                    if line.startswith(name + "{") and f'{label}="' in line:
-                        value = line.split(f'{label}="', 1)[1].split('"', 1)[0]
-                        totals[value] = totals.get(value, 0.0) + float(line.rsplit(" ", 1)[1])
+                scrapes.append((a, resp.read().decode()))
+    return scrapes
+
+
+def metric_sum(text: str, name: str, **labels: str) -> float:
+    """The sum of one metric's samples in a /metrics text whose labels include `labels`."""
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()))
+
+
+def stt_counter(data: Path, name: str, label: str) -> dict[str, float]:
+    """One STT counter summed over every STT process of the `tolk up` in `data`, by one label's value."""
+    totals: dict[str, float] = {}
+    for _, text in stt_scrapes(data):
+        for line in text.splitlines():
+            if line.startswith(name + "{") and f'{label}="' in line:
+                value = line.split(f'{label}="', 1)[1].split('"', 1)[0]
+                totals[value] = totals.get(value, 0.0) + float(line.rsplit(" ", 1)[1])
     return totals
 
 

@@ -18,6 +18,7 @@ import soxr
 import nats
 from actors.runtime import permissions, pools
 from loadtest.client import SessionRun, stream_pcm
+from loadtest.mic import metric_sum, stt_scrapes
 from loadtest.speech import Clip, clips
 from loadtest.wer import corpus_wer, normalise
 from tests.conftest import Running
@@ -248,31 +249,15 @@ async def test_garbage_on_internal_subjects_crashes_no_actor(tolk: Running) -> N
 
 
 def stt_metrics(tolk: Running, expect: Iterable[str] = ()) -> dict[str, str]:
-    """Each STT process's /metrics by instance, found through its heartbeat (`tolk status --json`); waits
-    (bounded) until every instance in `expect` is listed, so a slow heartbeat read is not a lost counter."""
-    import subprocess
-    import urllib.request
-
-    from tests.conftest import TOLK
-
+    """Each STT process's /metrics by instance; waits (bounded) until every instance in `expect` is listed, so a
+    slow heartbeat read is not a lost counter."""
     texts: dict[str, str] = {}
     for _ in range(10):
-        out = subprocess.run([TOLK, "status", "--json", "--data-dir", str(Path(tolk.log).parent / "data")],
-                             capture_output=True, text=True, timeout=60, check=False)
-        texts = {}
-        for a in json.loads(out.stdout)["actors"]:
-            if a["actor"] == "stt" and a["ready"]:
-                with urllib.request.urlopen(f"http://127.0.0.1:{a['metrics_port']}/metrics", timeout=5) as resp:
-                    texts[a["instance"]] = resp.read().decode()
+        texts = {a["instance"]: text for a, text in stt_scrapes(Path(tolk.log).parent / "data")}
         if set(expect) <= set(texts):
             break
         time.sleep(1)
     return texts
-
-
-def counter(text: str, name: str, **labels: str) -> float:
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()))
 
 
 def trimmed_after_last_word(c: Clip) -> bytes:
@@ -304,8 +289,8 @@ async def test_finals_reuse_their_early_decode(tolk: Running) -> None:
     check_ordering(run)
     after = stt_metrics(tolk, expect=before)
     assert set(before) <= set(after), ("an STT process went away", sorted(before), sorted(after))
-    used = sum(counter(text, "tolk_stt_speculative_total", outcome="used")
-               - counter(before.get(instance, ""), "tolk_stt_speculative_total", outcome="used")
+    used = sum(metric_sum(text, "tolk_stt_speculative_total", outcome="used")
+               - metric_sum(before.get(instance, ""), "tolk_stt_speculative_total", outcome="used")
                for instance, text in after.items())
     silence_ended = sum(f["endpoint"] == "silence" for f in run.finals)
     assert silence_ended >= 3 and used >= 1, (silence_ended, used)

@@ -9,7 +9,6 @@ import itertools
 import json
 import re
 import subprocess
-import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from actors.runtime.bus import Bus
 from actors.runtime.embedded import EmbeddedNats
 from actors.runtime.settings import SettingsError
 from loadtest.client import stream_pcm
+from loadtest.mic import metric_sum, stt_scrapes
 from loadtest.speech import Clip, clips
 from loadtest.wer import corpus_wer
 from schemas import Segment, SegmentKind, encode
@@ -215,27 +215,13 @@ def tolk_json(run: Running, *args: str) -> Any:
 
 def stt_metrics(run: Running) -> dict[str, str]:
     """Each STT pool's /metrics, found through its heartbeat (`tolk status --json`: pool and metrics port)."""
-    status = tolk_json(run, "status", "--json")
-    out = {}
-    for a in status["actors"]:
-        if a["actor"] == "stt" and a["ready"]:
-            with urllib.request.urlopen(f"http://127.0.0.1:{a['metrics_port']}/metrics", timeout=5) as resp:
-                out[a["info"]["pool"]] = resp.read().decode()
-    return out
-
-
-def sample(text: str, name: str, **labels: str) -> float:
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
+    return {a["info"]["pool"]: text for a, text in stt_scrapes(run.log.parent / "data")}
 
 
 def finals_by_pool(before: dict[str, str], after: dict[str, str]) -> dict[str, int]:
     """Finals each pool transcribed between two scrapes (one latency observation per published final)."""
     name = "tolk_stt_latency_seconds_count"
-    return {pool: round(sample(after[pool], name, kind="final") - sample(before[pool], name, kind="final"))
+    return {pool: round(metric_sum(after[pool], name, kind="final") - metric_sum(before[pool], name, kind="final"))
             for pool in after}
 
 
