@@ -365,6 +365,10 @@ def actors() -> Json:
                    "none"),
         timeseries("Model calls/s", "Batched model calls per second (batch size histogram count), by pool.",
                    [target(rate("tolk_stt_batch_size_count", ["pool", "kind"]), "{{pool}} {{kind}}")], "ops"),
+        timeseries("Lane utilisation", "Share of time each lane spends in model calls, per pod. A final lane near "
+                   "100 % queues finals (latency grows): add replicas to that pool.",
+                   [target(rate("tolk_stt_busy_seconds_total", ["pool", "pod", "kind"]), "{{pool}} {{pod}} {{kind}}")],
+                   "percentunit"),
         timeseries("Final decode quality/s", "Finals decoded per second by the tier the finals lane's load chose: "
                    "full (beam 5, 30 s window), loaded (beam 5, fitted window), busy (greedy, the overload valve: "
                    "a pool that decodes many busy finals needs replicas; greedy costs words).",

@@ -63,6 +63,7 @@ class Row:
     load: tuple[float, float] = (0.0, 0.0)  # the box's 1-minute load average before and after (shared machines)
     mode: str = "paused"  # or "continuous": pauses over 150 ms squeezed out
     by_endpoint: dict[str, list[float]] | None = None  # final latencies (s) per endpoint type
+    stt: dict[str, float] | None = None  # STT counters over the level, summed over pools (stt_totals)
 
 
 def pct(values: list[float], q: float) -> float:
@@ -146,7 +147,7 @@ class ActorSampler:
 
 
 async def run_level(url: str, n: int, cs: list[Clip], seconds: float, sampler: ActorSampler | None,
-                    targets: list[str] | None = None, continuous: bool = False) -> Row:
+                    targets: list[str] | None = None, continuous: bool = False, data: Path | None = None) -> Row:
     streams = [mic_stream(cs, i * 3, seconds, continuous) for i in range(n)]
 
     async def one(i: int) -> SessionRun:
@@ -157,8 +158,13 @@ async def run_level(url: str, n: int, cs: list[Clip], seconds: float, sampler: A
     if sampler:
         sampler.start()
     load0 = os.getloadavg()[0]
+    stt0 = await asyncio.to_thread(stt_totals, data) if data else {}
+    began = time.monotonic()
     runs = await asyncio.gather(*(one(i) for i in range(n)))
+    wall = time.monotonic() - began
     cpu, rss = await sampler.stop() if sampler else ({}, {})
+    stt1 = await asyncio.to_thread(stt_totals, data) if data else {}
+    stt = {k: round(v - stt0.get(k, 0.0), 2) for k, v in stt1.items()} | {"wall_s": round(wall, 1)} if data else None
     finals = [x for r in runs for x in r.final_latencies()]
     firsts = [x for r in runs for x in r.first_partial_latencies()]
     by_endpoint: dict[str, list[float]] = {}
@@ -173,7 +179,7 @@ async def run_level(url: str, n: int, cs: list[Clip], seconds: float, sampler: A
         final_p50=round(pct(finals, 50), 3), final_p95=round(pct(finals, 95), 3),
         finals=len(finals), errors=sum(len(r.errors) + (not r.done) for r in runs),
         cpu=cpu, rss_mib=rss, load=(round(load0, 1), round(os.getloadavg()[0], 1)),
-        mode="continuous" if continuous else "paused", by_endpoint=by_endpoint,
+        mode="continuous" if continuous else "paused", by_endpoint=by_endpoint, stt=stt,
     )
 
 
@@ -267,6 +273,46 @@ def stt_counter(data: Path, name: str, label: str) -> dict[str, float]:
     return totals
 
 
+def stt_totals(data: Path) -> dict[str, float]:
+    """What the STT lanes did, summed over processes: model-call and audio seconds per lane, early decodes by
+    outcome, finals by quality tier. Differences of two readings tell where a level's CPU went."""
+    totals: dict[str, float] = {}
+    for _, text in stt_scrapes(data):
+        for kind in ("final", "partial"):
+            for key, name in (("busy", "tolk_stt_busy_seconds_total"), ("audio", "tolk_stt_audio_seconds_total"),
+                              ("calls", "tolk_stt_batch_size_count")):
+                totals[f"{kind}_{key}"] = totals.get(f"{kind}_{key}", 0.0) + metric_sum(text, name, kind=kind)
+        for outcome in ("decoded", "used", "skipped"):
+            totals[f"early_{outcome}"] = totals.get(f"early_{outcome}", 0.0) + metric_sum(
+                text, "tolk_stt_speculative_total", outcome=outcome)
+        for tier in ("full", "loaded", "busy"):
+            totals[f"tier_{tier}"] = totals.get(f"tier_{tier}", 0.0) + metric_sum(
+                text, "tolk_stt_final_decodes_total", tier=tier)
+    return totals
+
+
+def render_stt(rows: list[Row]) -> list[str]:
+    """Where the STT's time went per level: each lane's utilisation (model-call seconds / wall) and real-time
+    factor, early decodes, and the finals' quality tiers."""
+    lines = ["STT lanes (all pools): utilisation = model-call seconds / wall; RTF = model seconds per audio second; "
+             "early decodes decoded / used by their final / skipped; finals by tier full / loaded / busy.", "",
+             "| sessions | final lane: util, calls, RTF | partial lane: util, calls, RTF | early decodes | tiers |",
+             "|---:|---|---|---|---|"]
+    for r in rows:
+        s = r.stt
+        if not s:
+            continue
+        cells = []
+        for kind in ("final", "partial"):
+            busy, audio, calls = s.get(f"{kind}_busy", 0), s.get(f"{kind}_audio", 0), s.get(f"{kind}_calls", 0)
+            cells.append(f"{busy / s['wall_s']:.0%}, {calls:.0f}, {busy / max(audio, 1e-9):.3f}")
+        cells.append(" / ".join(f"{s.get(f'early_{o}', 0):.0f}" for o in ("decoded", "used", "skipped")))
+        cells.append(" / ".join(f"{s.get(f'tier_{t}', 0):.0f}" for t in ("full", "loaded", "busy")))
+        lines.append(f"| {r.sessions}{' (continuous)' if r.mode == 'continuous' else ''} | " + " | ".join(cells)
+                     + " |")
+    return lines
+
+
 def machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB"
 
@@ -310,6 +356,8 @@ def render(rows: list[Row], args: argparse.Namespace, machine: str) -> str:
                      + " |")
     lines += ["", f"Largest N with p95 final ≤ {GOAL_P95_FINAL_S:.0f} s and no errors: "
               f"**{max(held) if held else 'none'}**", ""]
+    if any(r.stt for r in rows):
+        lines += [*render_stt(rows), ""]
     if any(r.mode == "continuous" for r in rows):
         lines += [*render_endpoints(rows), ""]
     return "\n".join(lines)
@@ -333,7 +381,8 @@ async def main_async(args: argparse.Namespace) -> int:
         for n in args.sessions:
             for continuous in modes:
                 sampler = ActorSampler(proc.pid) if proc else None
-                row = await run_level(url, n, cs, args.seconds, sampler, args.targets, continuous)
+                row = await run_level(url, n, cs, args.seconds, sampler, args.targets, continuous,
+                                      Path(tmp.name) if tmp else None)
                 print(f"sessions={n} {row.mode}: WER {row.wer:.3f}, final p50/p95 {row.final_p50:.2f}/"
                       f"{row.final_p95:.2f} s, first partial p50/p95 {row.first_partial_p50:.2f}/"
                       f"{row.first_partial_p95:.2f} s, by endpoint "

@@ -38,7 +38,7 @@ GAUGES_AND_COUNTERS = {
     "tolk_jetstream_consumer_pending_messages", "tolk_jetstream_consumer_ack_pending_messages",
     "tolk_jetstream_consumer_redelivered_messages", "tolk_jetstream_stream_messages", "tolk_jetstream_stream_bytes",
     "tolk_dead_letters_total", "tolk_actor_instances", "tolk_stt_pool_instances", "tolk_stt_pool_info",
-    "tolk_stt_final_decodes_total",
+    "tolk_stt_final_decodes_total", "tolk_stt_busy_seconds_total",
 }
 HISTOGRAMS = {
     "channel_delivery_lag_seconds", "tolk_stt_latency_seconds", "tolk_stt_batch_size", "tolk_stt_real_time_factor",

@@ -9,7 +9,9 @@ import logging
 import os
 import time
 from collections import OrderedDict, deque
+from collections.abc import Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 import numpy as np
@@ -37,6 +39,8 @@ RTF = Histogram("tolk_stt_real_time_factor", "Model seconds per audio second of 
                 ["kind", "pool"], buckets=(0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 5.0))
 AUDIO_SECONDS = Counter("tolk_stt_audio_seconds", "Seconds of audio transcribed, by lane and STT pool.",
                         ["kind", "pool"])
+BUSY = Counter("tolk_stt_busy_seconds", "Seconds each lane spent in model calls, by lane and STT pool: its rate is "
+               "the lane's utilisation (near 1 for the final lane: the pool needs more replicas).", ["kind", "pool"])
 SPECULATIVE = Counter("tolk_stt_speculative", "Speculative segments (a final's audio sent ahead during the endpoint "
                       "silence) by outcome: decoded early, used by their final, or skipped undecoded.",
                       ["pool", "outcome"])
@@ -64,6 +68,10 @@ class SttSettings:
     compute_type: str = "auto"
     cpu_threads: int = 0  # 0 = auto: cores / workers (oversubscribing cores hurts latency)
     workers: int = 2
+    # Model calls the final lane may run at once. A final that arrives while an early decode (or another
+    # final's batch) is in the lane starts at once instead of waiting for it; early decodes only start while
+    # every slot is free, so one is always left for a final.
+    final_slots: int = 2
     batch_size: int = 8  # finals per model call
     # Partials per model call: a final that arrives mid-batch waits for it, so keep partial calls short.
     partial_batch_size: int = 3
@@ -110,11 +118,13 @@ class SttActor(Actor):
         POOL_INFO.labels(self.pool.name, self.pool.model, ",".join(self.pool.languages)).set(1)
         self.engine: SpeechToText | None = None
         # Two lanes, each one model call at a time: finals never wait for a partial batch to finish.
-        self.final_lane = BoundedExecutor(workers=1, backlog=0, name="whisper-final")
+        self.final_lane = BoundedExecutor(workers=max(1, cfg.final_slots), backlog=0, name="whisper-final")
         self.partial_lane = BoundedExecutor(workers=1, backlog=0, name="whisper-partial")
         self._finals: deque[Delivery[Segment]] = deque()
         self._partials: deque[Delivery[Segment]] = deque()
         self._inflight: list[Delivery[Segment]] = []  # in a model call right now
+        self._final_steps: set[asyncio.Task[None]] = set()  # final-lane calls running (≤ final_slots)
+        self._early_running: set[tuple[str, int, int, str]] = set()  # early decodes in a call: finals wait
         self._wake_final = asyncio.Event()
         self._wake_partial = asyncio.Event()
         self._space = asyncio.Condition()
@@ -146,7 +156,7 @@ class SttActor(Actor):
             device=self.cfg.device,
             compute_type=self.cfg.compute_type,
             cpu_threads=self.cfg.cpu_threads or max(1, (os.cpu_count() or 2) // self.cfg.workers),
-            workers=self.cfg.workers,
+            workers=max(1, self.cfg.final_slots) + 1,  # a CTranslate2 replica per concurrent call
             beam_size=self.cfg.beam_size,
             prompt_tokens=self.cfg.prompt_tokens,
             no_speech_threshold=self.cfg.no_speech_threshold,
@@ -214,38 +224,51 @@ class SttActor(Actor):
         return True
 
     async def _final_lane(self) -> None:
-        while True:
-            if self._finals:
-                await self._final_step()
-                await self._made_space()
-            elif not await self._idle(self._wake_final, self._finals):
-                return
+        """Up to final_slots steps at once, each one model call (or finals answered from early decodes)."""
+        try:
+            while True:
+                free = len(self._final_steps) < max(1, self.cfg.final_slots)
+                step = self._final_step(speculative=not self._final_steps) if free and self._finals else None
+                if step is not None:
+                    task = asyncio.create_task(self._run_step(step), name="stt.final-step")
+                    self._final_steps.add(task)
+                    continue
+                if self._stopping and not self._finals and not self._final_steps:
+                    return
+                self._wake_final.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake_final.wait(), 1.0)
+        finally:
+            for task in self._final_steps:
+                task.cancel()
+            await asyncio.gather(*self._final_steps, return_exceptions=True)
 
-    async def _final_step(self) -> None:
-        """Finals first: one decoded early is published at once, the rest decoded at the best quality the
-        queue allows. With no final waiting, the newest speculative segment of each utterance is decoded."""
-        finals = [d for d in self._finals if not d.msg.speculative][: self.cfg.batch_size]
+    async def _run_step(self, step: Coroutine[Any, Any, None]) -> None:
+        try:
+            await step
+            await self._made_space()
+        finally:
+            self._final_steps.discard(asyncio.current_task())  # type: ignore[arg-type,unused-ignore]
+            self._wake_final.set()
+
+    def _final_step(self, speculative: bool) -> Coroutine[Any, Any, None] | None:
+        """The next final-lane call. Its segments leave the queue here, before it runs, so concurrent steps
+        never share one.
+
+        Finals first: one decoded early is published at once, the rest decoded at the best quality the
+        queue allows; a final whose early decode is in a call waits for it. With no final to take and the lane
+        idle (`speculative`), the newest speculative segment of each utterance is decoded."""
+        finals = [d for d in self._finals if not d.msg.speculative
+                  and self._early_key(d.msg) not in self._early_running][: self.cfg.batch_size]
         if finals:
-            keys = {(d.msg.session_id, d.msg.utterance_id) for d in finals}
-            for d in [d for d in self._finals if (d.msg.session_id, d.msg.utterance_id) in keys]:
+            utterances = {(d.msg.session_id, d.msg.utterance_id) for d in finals}
+            taken = [d for d in self._finals if (d.msg.session_id, d.msg.utterance_id) in utterances]
+            for d in taken:
                 self._finals.remove(d)
-                if d.msg.speculative:  # its final is here: it would never be used
-                    await self._skip_early(d)
-            todo = []
-            for d in finals:
-                early = self._early.take(self._early_key(d.msg))
-                if early is not None:
-                    SPECULATIVE.labels(self.pool.name, "used").inc()
-                    await self._show_first_partial(d, *early)
-                    await self._deliver(d, early[0])
-                else:
-                    todo.append(d)
-            if todo:
-                waiting = sum(not d.msg.speculative for d in self._finals)
-                window, beam = self._final_quality(len(todo) + waiting)
-                firsts = self._first_partials(todo)  # published before their finals, so they are shown
-                await self._transcribe(self.final_lane, firsts + todo, window, beam)
-            return
+            # a speculative segment whose final is here would never be used
+            return self._finals_call(finals, [d for d in taken if d.msg.speculative])
+        if not speculative or any(not d.msg.speculative for d in self._finals):
+            return None
         newest: dict[tuple[str, int], Delivery[Segment]] = {}
         stale = []
         for d in sorted(self._finals, key=lambda d: d.msg.seq):
@@ -255,12 +278,40 @@ class SttActor(Actor):
             newest[key] = d
         self._finals.clear()
         unused = [k for k in newest if self._progress.get(k) == -1 or not self.cfg.speculate or self._stopping]
-        for d in [*stale, *(newest.pop(k) for k in unused)]:  # superseded, or its final is out
-            await self._skip_early(d)
+        stale += [newest.pop(k) for k in unused]  # superseded, or its final is out
         batch = sorted(newest.values(), key=lambda d: d.msg.speech_end_wall)[: self.cfg.batch_size]
         self._finals.extend(d for d in newest.values() if d not in batch)
-        if batch:
-            await self._transcribe(self.final_lane, batch, *self._final_quality(0))
+        running = {self._early_key(d.msg) for d in batch}
+        self._early_running |= running
+        return self._early_call(batch, stale, running)
+
+    async def _finals_call(self, finals: list[Delivery[Segment]], skipped: list[Delivery[Segment]]) -> None:
+        for d in skipped:
+            await self._skip_early(d)
+        todo = []
+        for d in finals:
+            early = self._early.take(self._early_key(d.msg))
+            if early is not None:
+                SPECULATIVE.labels(self.pool.name, "used").inc()
+                await self._show_first_partial(d, *early)
+                await self._deliver(d, early[0])
+            else:
+                todo.append(d)
+        if todo:
+            waiting = sum(not d.msg.speculative for d in self._finals)
+            window, beam = self._final_quality(len(todo) + waiting)
+            firsts = self._first_partials(todo)  # published before their finals, so they are shown
+            await self._transcribe(self.final_lane, firsts + todo, window, beam)
+
+    async def _early_call(self, batch: list[Delivery[Segment]], stale: list[Delivery[Segment]],
+                          keys: set[tuple[str, int, int, str]]) -> None:
+        try:
+            for d in stale:
+                await self._skip_early(d)
+            if batch:
+                await self._transcribe(self.final_lane, batch, *self._final_quality(0))
+        finally:
+            self._early_running -= keys
 
     async def _skip_early(self, d: Delivery[Segment]) -> None:
         """A speculative segment nothing will use: settled undecoded."""
@@ -397,6 +448,7 @@ class SttActor(Actor):
             BATCH.labels(kind, self.pool.name).observe(len(batch))
             RTF.labels(kind, self.pool.name).observe(busy / max(audio, 1e-3))
             AUDIO_SECONDS.labels(kind, self.pool.name).inc(audio)
+            BUSY.labels(kind, self.pool.name).inc(busy)
             if self.trimmer.due():
                 await lane.run(memory.trim)
         except Exception:
@@ -410,7 +462,8 @@ class SttActor(Actor):
         for d, req, r in zip(batch, requests, results, strict=True):
             if d.msg.speculative:  # kept for its final; nothing is published for it
                 SPECULATIVE.labels(self.pool.name, "decoded").inc()
-                self._early.put(early_key(d.msg, req.language), (r, d.msg.seq))
+                if self._progress.get((d.msg.session_id, d.msg.utterance_id)) != -1:  # else its final is out
+                    self._early.put(early_key(d.msg, req.language), (r, d.msg.seq))
                 with contextlib.suppress(Exception):
                     await d.raw.ack()
             else:

@@ -1,0 +1,71 @@
+"""The final lane's slots: which segments the next model call takes while others are in flight."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from actors.runtime import pools
+from actors.runtime.actor import RuntimeSettings
+from actors.runtime.bus import Bus
+from actors.runtime.consumer import Delivery
+from actors.stt.actor import SttActor, SttSettings
+from schemas import Segment, SegmentKind
+
+
+def _delivery(session: str, utterance: int, seq: int, samples: int, speculative: bool) -> Delivery[Segment]:
+    seg = Segment(session_id=session, utterance_id=utterance, seq=seq, final_index=utterance,
+                  kind=SegmentKind.FINAL, audio=b"\0\0" * samples, start=0.0, end=samples / 16000, language="en",
+                  speech_end_wall=float(seq), partition=0, speculative=speculative)
+    return Delivery(seg, raw=None)  # type: ignore[arg-type]  # selection never settles a message
+
+
+def _taken(step: Any) -> str:
+    """Which call a step is, without running it."""
+    name: str = step.cr_code.co_name
+    step.close()
+    return name
+
+
+async def test_a_final_does_not_wait_for_another_sessions_early_decode(bus: Bus) -> None:
+    stt = SttActor(bus, RuntimeSettings(), SttSettings(), pools.load({}).serving("en"))
+    early = _delivery("a", 1, 5, 16000, speculative=True)
+    stt._finals.append(early)
+    assert _taken(stt._final_step(speculative=True)) == "_early_call"
+    assert not stt._finals and stt._early_running == {stt._early_key(early.msg)}
+
+    # Slot two, while that early decode runs: b's final is taken, a's waits for the decode of its own samples.
+    final_a, final_b = _delivery("a", 1, 6, 16000, False), _delivery("b", 1, 3, 8000, False)
+    stt._finals.extend([final_a, final_b])
+    step = stt._final_step(speculative=False)
+    assert step is not None and step.cr_frame.f_locals["finals"] == [final_b]
+    step.close()
+    assert list(stt._finals) == [final_a]
+    assert stt._final_step(speculative=False) is None
+    assert stt._final_step(speculative=True) is None  # a final is queued: no new early decode starts
+
+    # Its speech went on (other samples): the running early decode cannot serve it, so it is decoded now.
+    stt._finals.clear()
+    longer = _delivery("a", 1, 7, 24000, False)
+    stt._finals.append(longer)
+    step = stt._final_step(speculative=False)
+    assert step is not None and step.cr_frame.f_locals["finals"] == [longer]
+    step.close()
+
+    # Once the early decode is done, a's final is taken, with a's queued speculative segments to skip.
+    stt._early_running.clear()
+    later = _delivery("a", 1, 8, 16000, speculative=True)
+    stt._finals.extend([final_a, later])
+    step = stt._final_step(speculative=False)
+    assert step is not None
+    assert step.cr_frame.f_locals["finals"] == [final_a] and step.cr_frame.f_locals["skipped"] == [later]
+    step.close()
+    assert not stt._finals
+
+
+async def test_early_decodes_start_only_on_an_idle_lane(bus: Bus) -> None:
+    stt = SttActor(bus, RuntimeSettings(), SttSettings(), pools.load({}).serving("en"))
+    stt._finals.extend([_delivery("a", 1, 1, 8000, True), _delivery("a", 1, 2, 12000, True)])
+    assert stt._final_step(speculative=False) is None  # a call is in the lane: the free slot is kept for finals
+    step = stt._final_step(speculative=True)
+    assert step is not None and _taken(step) == "_early_call"
+    assert len(stt._early_running) == 1 and not stt._finals  # the newest of the utterance; the older one skipped
