@@ -276,18 +276,15 @@ def stt_counter(data: Path, name: str, label: str) -> dict[str, float]:
 def stt_totals(data: Path) -> dict[str, float]:
     """What the STT lanes did, summed over processes: model-call and audio seconds per lane, early decodes by
     outcome, finals by quality tier. Differences of two readings tell where a level's CPU went."""
-    totals: dict[str, float] = {}
+    wanted = [(f"{kind}_{key}", name, {"kind": kind}) for kind in ("final", "partial") for key, name in (
+        ("busy", "tolk_stt_busy_seconds_total"), ("audio", "tolk_stt_audio_seconds_total"),
+        ("calls", "tolk_stt_batch_size_count"))]
+    wanted += [(f"early_{o}", "tolk_stt_speculative_total", {"outcome": o}) for o in ("decoded", "used", "skipped")]
+    wanted += [(f"tier_{t}", "tolk_stt_final_decodes_total", {"tier": t}) for t in ("full", "loaded", "busy")]
+    totals = dict.fromkeys((key for key, _, _ in wanted), 0.0)
     for _, text in stt_scrapes(data):
-        for kind in ("final", "partial"):
-            for key, name in (("busy", "tolk_stt_busy_seconds_total"), ("audio", "tolk_stt_audio_seconds_total"),
-                              ("calls", "tolk_stt_batch_size_count")):
-                totals[f"{kind}_{key}"] = totals.get(f"{kind}_{key}", 0.0) + metric_sum(text, name, kind=kind)
-        for outcome in ("decoded", "used", "skipped"):
-            totals[f"early_{outcome}"] = totals.get(f"early_{outcome}", 0.0) + metric_sum(
-                text, "tolk_stt_speculative_total", outcome=outcome)
-        for tier in ("full", "loaded", "busy"):
-            totals[f"tier_{tier}"] = totals.get(f"tier_{tier}", 0.0) + metric_sum(
-                text, "tolk_stt_final_decodes_total", tier=tier)
+        for key, name, labels in wanted:
+            totals[key] += metric_sum(text, name, **labels)
     return totals
 
 

@@ -67,7 +67,7 @@ class SttSettings:
     device: str = "auto"
     compute_type: str = "auto"
     cpu_threads: int = 0  # 0 = auto: cores / workers (oversubscribing cores hurts latency)
-    workers: int = 2
+    workers: int = 2  # divides the cores into threads per model call (cpu_threads = 0)
     # Model calls the final lane may run at once. A final that arrives while an early decode (or another
     # final's batch) is in the lane starts at once instead of waiting for it; early decodes only start while
     # every slot is free, so one is always left for a final.
@@ -117,8 +117,10 @@ class SttActor(Actor):
         cfg.model = self.pool.model
         POOL_INFO.labels(self.pool.name, self.pool.model, ",".join(self.pool.languages)).set(1)
         self.engine: SpeechToText | None = None
-        # Two lanes, each one model call at a time: finals never wait for a partial batch to finish.
-        self.final_lane = BoundedExecutor(workers=max(1, cfg.final_slots), backlog=0, name="whisper-final")
+        # Two lanes: finals never wait for a partial batch to finish. The partial lane makes one model call at a
+        # time, the final lane up to `final_slots`.
+        self._slots = max(1, cfg.final_slots)
+        self.final_lane = BoundedExecutor(workers=self._slots, backlog=0, name="whisper-final")
         self.partial_lane = BoundedExecutor(workers=1, backlog=0, name="whisper-partial")
         self._finals: deque[Delivery[Segment]] = deque()
         self._partials: deque[Delivery[Segment]] = deque()
@@ -156,7 +158,7 @@ class SttActor(Actor):
             device=self.cfg.device,
             compute_type=self.cfg.compute_type,
             cpu_threads=self.cfg.cpu_threads or max(1, (os.cpu_count() or 2) // self.cfg.workers),
-            workers=max(1, self.cfg.final_slots) + 1,  # a CTranslate2 replica per concurrent call
+            workers=self._slots + 1,  # a CTranslate2 replica per concurrent call
             beam_size=self.cfg.beam_size,
             prompt_tokens=self.cfg.prompt_tokens,
             no_speech_threshold=self.cfg.no_speech_threshold,
@@ -214,9 +216,9 @@ class SttActor(Actor):
                 with contextlib.suppress(Exception):
                     await d.raw.in_progress()
 
-    async def _idle(self, wake: asyncio.Event, queue: deque[Delivery[Segment]]) -> bool:
-        """Wait for this lane's work; False once draining and its queue is empty."""
-        if self._stopping and not queue:
+    async def _idle(self, wake: asyncio.Event, pending: bool) -> bool:
+        """Wait for this lane's work; False once draining and nothing of it is pending."""
+        if self._stopping and not pending:
             return False
         wake.clear()
         with contextlib.suppress(TimeoutError):
@@ -227,29 +229,31 @@ class SttActor(Actor):
         """Up to final_slots steps at once, each one model call (or finals answered from early decodes)."""
         try:
             while True:
-                free = len(self._final_steps) < max(1, self.cfg.final_slots)
+                free = len(self._final_steps) < self._slots
                 step = self._final_step(speculative=not self._final_steps) if free and self._finals else None
                 if step is not None:
                     task = asyncio.create_task(self._run_step(step), name="stt.final-step")
                     self._final_steps.add(task)
-                    continue
-                if self._stopping and not self._finals and not self._final_steps:
+                    task.add_done_callback(self._step_done)
+                elif not await self._idle(self._wake_final, bool(self._finals or self._final_steps)):
                     return
-                self._wake_final.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake_final.wait(), 1.0)
         finally:
             for task in self._final_steps:
                 task.cancel()
             await asyncio.gather(*self._final_steps, return_exceptions=True)
 
     async def _run_step(self, step: Coroutine[Any, Any, None]) -> None:
-        try:
-            await step
-            await self._made_space()
-        finally:
-            self._final_steps.discard(asyncio.current_task())  # type: ignore[arg-type,unused-ignore]
-            self._wake_final.set()
+        await step
+        await self._made_space()
+
+    def _step_done(self, task: asyncio.Task[None]) -> None:
+        """A slot is free: the lane looks at its queue again. A failed step's segments are redelivered after the
+        ack wait; its error is logged here, as nothing awaits the task."""
+        self._final_steps.discard(task)
+        self._wake_final.set()
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("a finals-lane step failed", exc_info=exc)
+            metrics.count_error("final_step_failed")
 
     def _final_step(self, speculative: bool) -> Coroutine[Any, Any, None] | None:
         """The next final-lane call. Its segments leave the queue here, before it runs, so concurrent steps
@@ -365,7 +369,7 @@ class SttActor(Actor):
             if batch:
                 await self._transcribe(self.partial_lane, batch, self.cfg.partial_window_s)
                 await self._made_space()
-            elif not self._partials and not await self._idle(self._wake_partial, self._partials):
+            elif not self._partials and not await self._idle(self._wake_partial, bool(self._partials)):
                 return
 
     async def _made_space(self) -> None:
