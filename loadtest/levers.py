@@ -33,6 +33,7 @@ class Lever:
     prompt: bool = False
     segmenter: dict[str, object] = field(default_factory=dict)
     vote: str = "and"
+    left_context_s: float = 0.0
 
 
 LEVERS = [
@@ -48,6 +49,10 @@ LEVERS = [
     Lever("greedy, 30 s, prompt", window_s=30.0, prompt=True),
     Lever("+ beam 5, 30 s, prompt, VAD vote hysteresis (not kept: merges pauses, more 15 s caps)",
           window_s=30.0, beam=5, prompt=True, vote="hysteresis"),
+    Lever("+ beam 5, 30 s, prompt, previous final's last 8 s as left context", window_s=30.0, beam=5, prompt=True,
+          left_context_s=8.0),
+    Lever("+ beam 5, fitted ≥15 s (loaded), prompt, left context (what fits the window)", window_s=15.0, beam=5,
+          prompt=True, left_context_s=8.0),
 ]
 
 
@@ -55,6 +60,7 @@ def finals_text(c: Clip, lever: Lever, engine: object, silero: object) -> tuple[
     from actors.segmenter.segmenter import SegmenterConfig, UtteranceSegmenter
     from actors.segmenter.vad import DualVad, SileroModel, Vote, WebRtcStream
     from actors.stt.engine import SttRequest, WhisperEngine
+    from actors.stt.finals import LeftContexts
 
     assert isinstance(engine, WhisperEngine) and isinstance(silero, SileroModel)
     pcm, rate = c.pcm16()
@@ -66,9 +72,13 @@ def finals_text(c: Clip, lever: Lever, engine: object, silero: object) -> tuple[
         cuts += seg.push(audio[i : i + rate // 10], i / rate)
     cuts += seg.flush(len(audio) / rate)
     texts: list[str] = []
+    left = LeftContexts(lever.left_context_s)
     for cut in (x for x in cuts if x.final):
         prompt = " ".join(texts)[-800:] if lever.prompt else ""
-        r = engine.transcribe_batch([SttRequest(cut.audio, c.language, True, prompt)], lever.window_s, lever.beam)[0]
+        context = left.left(c.name, c.language, cut.start)
+        r = engine.transcribe_batch([SttRequest(cut.audio, c.language, True, prompt, context)], lever.window_s,
+                                    lever.beam)[0]
+        left.add(c.name, r.language, cut.audio, r.words, cut.start)
         if r.text:
             texts.append(r.text)
     return " ".join(texts), sum(x.final for x in cuts)

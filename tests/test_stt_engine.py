@@ -114,3 +114,47 @@ def test_base_model_is_assembled_and_multilingual(tmp_path: Path) -> None:
         assert "".join(w.word for w in r.words) == "".join(r.text.split())  # "T-Rex" may be two words
     assert corpus_wer([(en.reference, out[1].text)]) < 0.2
     assert corpus_wer([(de.reference, out[0].text)], "de") < 0.5
+
+
+def test_left_context_reads_a_final_as_the_continuation_of_the_previous_one(tiny: WhisperEngine) -> None:
+    """A clip split between two words: the second half decoded with the first half's audio and words ahead of it
+    gives the second half's words only (the prefix is not echoed), timed within its own audio, and the two
+    halves together read as the reference; a batch mixing it with a request without context decodes each as
+    alone."""
+    from actors.stt.finals import LeftContexts
+
+    c = clip("en_librispeech_2412")
+    a = audio(c)
+    whole = tiny.transcribe_batch([SttRequest(a, "en", True)], 30.0, 5)[0]
+    mid = len(whole.words) // 2
+    cut = (whole.words[mid - 1].end + whole.words[mid].start) / 2
+    head, tail = a[: int(cut * 16000)], a[int(cut * 16000):]
+    first = tiny.transcribe_batch([SttRequest(head, "en", True)], 30.0, 5)[0]
+    left = LeftContexts(8.0)
+    left.add("s", "en", head, first.words, 0.0)
+    assert left.left("s", "de", cut) is None and left.left("s", "en", cut + 5.0) is None  # language, gap
+    context = left.left("s", "en", cut)
+    assert context is not None and context.words and context.seconds <= 8.0 + 0.1
+    req = SttRequest(tail, "en", True, prompt=first.text, context=context)
+    second = tiny.transcribe_batch([req], 30.0, 5)[0]
+    assert second.rejected is None and second.words
+    assert all(0.0 <= w.start <= w.end <= len(tail) / 16000 + 0.2 for w in second.words)
+    assert " ".join(w.word for w in second.words).split() == second.text.split()
+    assert corpus_wer([(c.reference, f"{first.text} {second.text}")]) < 0.1, (first.text, second.text)
+    other = SttRequest(audio(clip("en_jfk")), "en", True, prompt=first.text)
+    batched = tiny.transcribe_batch([req, other], 30.0, 5)
+    assert [r.text for r in batched] == [second.text, tiny.transcribe_batch([other], 30.0, 5)[0].text]
+
+
+def test_left_context_tail_cuts_between_words() -> None:
+    from actors.stt.engine import LeftContext, WordTiming, _rereads
+
+    words = tuple(WordTiming(w, s, s + 0.4, 0.9) for w, s in (("one", 0.5), ("two", 2.0), ("three", 5.0)))
+    ctx = LeftContext(np.zeros(16000 * 7, dtype=np.float32), words, "en", gap_s=0.5)
+    assert ctx.tail(10.0) is ctx and ctx.text == "one two three"
+    short = ctx.tail(4.0)  # keeps from 3.5 s: only "three", cut between "two" and "three"
+    assert short is not None and short.text == "three"
+    assert abs(len(short.audio) / 16000 - (7.0 - 3.7)) < 0.01 and abs(short.words[0].start - 1.3) < 0.01
+    assert ctx.tail(0.5) is None
+    assert _rereads("a grande pirâmide é uma das", "Construída, a grande pirâmide é uma das muitas")
+    assert not _rereads("meus pensamentos e orações", "neste trágico incidente, meus")

@@ -23,7 +23,7 @@ from actors.runtime.bus import Bus
 from actors.runtime.consumer import Delivery, PullLoop
 from actors.runtime.executor import BoundedExecutor
 from actors.stt.engine import SpeechToText, SttRequest, SttResult, WhisperEngine, WhisperOptions
-from actors.stt.finals import EarlyDecodes, PromptContext, early_key
+from actors.stt.finals import EarlyDecodes, LeftContexts, PromptContext, early_key
 from actors.stt.langlock import LanguageLock
 from actors.stt.models import resolve
 from schemas import Endpoint, ResultKind, Segment, SegmentKind, Transcript, Word
@@ -89,6 +89,13 @@ class SttSettings:
     busy_beam_size: int = 1
     busy_window_s: float = 15.0
     prompt_tokens: int = 128  # previous-text prompt for finals (0: none); reset when the language changes
+    # A final is read as the continuation of the session's previous one: up to this many seconds of its audio
+    # go ahead of the final's in the encoder window (only where the window has room), its words forced as the
+    # decoder's prefix. Offline Whisper reads across a pause in one window; without this a sentence split at a
+    # pause restarts with a guess (python -m loadtest.levers). 0: off. It costs tiny.en about a quarter more
+    # model time per final, so it is left out once the lane was busy left_context_below of the last 10 s.
+    left_context_s: float = 8.0
+    left_context_below: float = 0.8
     speculate: bool = True  # decode a final's audio during the endpoint silence, while the lane is idle
     partial_window_s: float = 6.0  # partials are provisional: greedy over a shorter (cheaper) window
     no_speech_threshold: float = 0.6
@@ -100,6 +107,10 @@ class SttSettings:
     lang_lock_after: int = 2
     lang_reopen_pause_s: float = 10.0
     in_progress_s: float = 5.0  # held segments are marked in progress this often (keep it under the ack wait)
+
+
+def _samples(seg: Segment) -> np.ndarray:
+    return np.frombuffer(seg.audio, "<i2").astype(np.float32) / 32768.0
 
 
 def transcript_subject(seg: Segment) -> str:
@@ -135,6 +146,7 @@ class SttActor(Actor):
         self.langlock = LanguageLock(cfg.lang_lock_prob, cfg.lang_lock_after, cfg.lang_reopen_pause_s)
         self._progress: OrderedDict[tuple[str, int], int] = OrderedDict()
         self.context = PromptContext()
+        self.left = LeftContexts(self.cfg.left_context_s)
         self._final_calls: deque[tuple[float, float]] = deque()  # (ended, seconds) of final-lane calls, 10 s
         self._early: EarlyDecodes[tuple[SttResult, int]] = EarlyDecodes()  # (result, speculative seq)
         self.trimmer = memory.Trimmer()
@@ -303,9 +315,9 @@ class SttActor(Actor):
                 todo.append(d)
         if todo:
             waiting = sum(not d.msg.speculative for d in self._finals)
-            window, beam = self._final_quality(len(todo) + waiting)
+            quality = self._final_quality(len(todo) + waiting)
             firsts = self._first_partials(todo)  # published before their finals, so they are shown
-            await self._transcribe(self.final_lane, firsts + todo, window, beam)
+            await self._transcribe(self.final_lane, firsts + todo, *quality)
 
     async def _early_call(self, batch: list[Delivery[Segment]], stale: list[Delivery[Segment]],
                           keys: set[tuple[str, int, int, str]]) -> None:
@@ -323,16 +335,16 @@ class SttActor(Actor):
         with contextlib.suppress(Exception):
             await d.raw.ack()
 
-    def _final_quality(self, waiting: int) -> tuple[float, int]:
-        """(encoder window, beam) for the next finals call, by how loaded the final lane is."""
+    def _final_quality(self, waiting: int) -> tuple[float, int, bool]:
+        """(encoder window, beam, left context) for the next finals call, by how loaded the final lane is."""
         if waiting >= self.cfg.busy_batch:
-            return self.cfg.busy_window_s, self.cfg.busy_beam_size
+            return self.cfg.busy_window_s, self.cfg.busy_beam_size, False
         now = time.monotonic()
         while self._final_calls and self._final_calls[0][0] < now - LOAD_WINDOW_S:
             self._final_calls.popleft()
         busy = sum(min(took, end - (now - LOAD_WINDOW_S)) for end, took in self._final_calls) / LOAD_WINDOW_S
         window = self.cfg.final_window_s if busy < self.cfg.full_window_below else self.cfg.loaded_window_s
-        return window, self.cfg.beam_size
+        return window, self.cfg.beam_size, busy < self.cfg.left_context_below
 
     def _tier(self, window_s: float, beam_size: int) -> str:
         if beam_size < self.cfg.beam_size:
@@ -423,21 +435,22 @@ class SttActor(Actor):
             self._partials.appendleft(d)
         return ordered[: self.cfg.partial_batch_size]
 
-    def _request(self, seg: Segment) -> SttRequest:
+    def _request(self, seg: Segment, context: bool = False) -> SttRequest:
         language = self.langlock.language_for(seg.session_id, seg.language, seg.speech_start)
         final = seg.kind is SegmentKind.FINAL
         return SttRequest(
-            audio=np.frombuffer(seg.audio, "<i2").astype(np.float32) / 32768.0,
+            audio=_samples(seg),
             language=language,
             word_timestamps=final,
             # partials stay cheap; a session's own text wins over its initial prompt (OpenAI `prompt`)
             prompt=(self.context.prompt(seg.session_id, language) or seg.prompt) if final else "",
+            context=self.left.left(seg.session_id, language, seg.start) if final and context else None,
         )
 
     async def _transcribe(self, lane: BoundedExecutor, batch: list[Delivery[Segment]], window_s: float,
-                          beam_size: int = 1) -> None:
+                          beam_size: int = 1, context: bool = False) -> None:
         assert self.engine is not None
-        requests = [self._request(d.msg) for d in batch]
+        requests = [self._request(d.msg, context) for d in batch]
         began = time.monotonic()
         kind = "final" if lane is self.final_lane else "partial"
         self._inflight.extend(batch)
@@ -480,6 +493,7 @@ class SttActor(Actor):
         if final:
             self._early.drop_utterance(seg.session_id, seg.utterance_id)
             self.context.add(seg.session_id, r.language, r.text)
+            self.left.add(seg.session_id, r.language, _samples(seg), r.words, seg.start)
         if final and seg.language == "auto" and r.text:
             self.langlock.observe(seg.session_id, r.language, r.language_prob, seg.end)
         if r.rejected and r.rejected != "empty":

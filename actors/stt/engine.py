@@ -26,6 +26,60 @@ RECOVER_WINDOW_S = 15.0  # encoder window (at least) for re-decoding audio a fin
 
 
 @dataclass(frozen=True)
+class WordTiming:
+    word: str
+    start: float
+    end: float
+    probability: float
+
+
+LANGUAGES_WITHOUT_SPACES = frozenset({"ja", "zh", "th", "lo", "my", "yue"})
+
+
+@dataclass(frozen=True)
+class LeftContext:
+    """The audio just before a request (the end of the session's previous final) and its words.
+
+    Decoded ahead of the request's audio with its text forced as the decoder's prefix, the request is read as
+    the continuation of what came before, as offline Whisper reads speech across a pause in one window: a
+    short utterance or a sentence split at a pause otherwise loses its first words to a guess.
+    """
+
+    audio: np.ndarray  # float32, 16 kHz; starts at a word boundary
+    words: tuple[WordTiming, ...]  # seconds into `audio`
+    language: str
+    gap_s: float = 0.0  # silence between this audio's end and the request's first sample
+
+    @property
+    def text(self) -> str:
+        joiner = "" if self.language in LANGUAGES_WITHOUT_SPACES else " "
+        return joiner.join(w.word for w in self.words)
+
+    @property
+    def seconds(self) -> float:
+        return len(self.audio) / SAMPLE_RATE + self.gap_s
+
+    def tail(self, seconds: float) -> LeftContext | None:
+        """At most the last `seconds`, cut between two words (None: not even one word fits)."""
+        if self.seconds <= seconds:
+            return self
+        dur = len(self.audio) / SAMPLE_RATE
+        keep_from = dur + self.gap_s - seconds
+        first = next((i for i, w in enumerate(self.words) if w.start >= keep_from), None)
+        if first is None:
+            return None
+        cut = (self.words[first - 1].end + self.words[first].start) / 2 if first else self.words[0].start
+        cut = min(max(cut, keep_from), self.words[first].start)
+        words = tuple(dataclasses.replace(w, start=max(0.0, w.start - cut), end=max(0.0, w.end - cut))
+                      for w in self.words[first:])
+        return dataclasses.replace(self, audio=self.audio[int(cut * SAMPLE_RATE):], words=words)
+
+    def joined(self, audio: np.ndarray) -> np.ndarray:
+        gap = np.zeros(int(self.gap_s * SAMPLE_RATE), dtype=np.float32)
+        return np.concatenate([self.audio.astype(np.float32, copy=False), gap, audio])
+
+
+@dataclass(frozen=True)
 class SttRequest:
     audio: np.ndarray  # float32 mono 16 kHz, at most 30 s
     language: str  # ISO code, or "auto"
@@ -33,14 +87,9 @@ class SttRequest:
     # The session's previous text, as Whisper's <|startofprev|> prompt (offline Whisper conditions on it too):
     # short utterances decoded without context come out garbled.
     prompt: str = ""
-
-
-@dataclass(frozen=True)
-class WordTiming:
-    word: str
-    start: float
-    end: float
-    probability: float
+    # The previous final's last seconds, read ahead of this audio (finals only; dropped where the window has
+    # no room for it or the language differs).
+    context: LeftContext | None = None
 
 
 @dataclass(frozen=True)
@@ -144,33 +193,59 @@ class WhisperEngine:
         fitted = (longest_frames // 100 + 2) * 100  # + ≥1 s of padding, as Whisper expects silence after speech
         return min(N_FRAMES, max(int(window_s * 100), fitted))
 
-    def context_tokens(self, prompt: str) -> list[int]:
-        """The prompt's last tokens, cut to a length bucket: CTranslate2 decodes a batch together only when
-        every prompt has the same length, so a few fixed lengths keep sessions batched."""
+    def context_tokens(self, prompt: str, prefix_len: int = 0) -> list[int]:
+        """The prompt's last tokens, cut so that with a `prefix_len`-token left-context prefix they make one of
+        a few fixed lengths: CTranslate2 decodes a batch together only when every prompt has the same length,
+        so fixed lengths keep sessions batched (with or without a prefix)."""
         if not prompt.strip() or self.opts.prompt_tokens <= 0:
             return []
         ids: list[int] = self.model.hf_tokenizer.encode(" " + prompt.strip(), add_special_tokens=False).ids
-        fits = [b for b in PROMPT_BUCKETS if b <= min(len(ids), self.opts.prompt_tokens)]
-        return ids[-fits[-1]:] if fits else []
+        most = min(len(ids), self.opts.prompt_tokens)
+        fits = [b - prefix_len for b in PROMPT_BUCKETS if 0 < b - prefix_len <= most]
+        return ids[-fits[-1]:] if fits else ids[-most:] if prefix_len else []
+
+    def fit_context(self, request: SttRequest, window_s: float) -> SttRequest:
+        """The request with as much of its left context as the encoder window has room for (the window is not
+        widened for it: ≥ 1 s of it stays for the padding Whisper expects), or none."""
+        ctx = request.context
+        if ctx is None:
+            return request
+        fitted = None
+        if ctx.language == request.language and ctx.words:
+            room = min(N_FRAMES / 100, window_s) - 1.0 - len(request.audio) / SAMPLE_RATE
+            fitted = ctx.tail(room) if room > 0.5 else None
+        return request if fitted is ctx else dataclasses.replace(request, context=fitted)
+
+    def prefix_tokens(self, request: SttRequest) -> list[int]:
+        if request.context is None:
+            return []
+        ids: list[int] = self.model.hf_tokenizer.encode(" " + request.context.text.strip(),
+                                                        add_special_tokens=False).ids
+        return ids
 
     def transcribe_batch(self, requests: list[SttRequest], window_s: float = 30.0,
                          beam_size: int | None = None, recover: bool = True) -> list[SttResult]:
         """One encoder + decoder call per prompt length in the batch (usually one or two); finals (word
         timings asked) whose words leave voiced audio uncovered get one more call for it (`_recover`)."""
+        requests = [self.fit_context(r, window_s) for r in requests]
+        prefixes = [self.prefix_tokens(r) for r in requests]
         contexts = [self.context_tokens(r.prompt) for r in requests]
         groups: dict[int, list[int]] = {}
         for i, ctx in enumerate(contexts):
             groups.setdefault(len(ctx), []).append(i)
         results: list[SttResult | None] = [None] * len(requests)
         for idxs in groups.values():
-            out = self._transcribe([requests[i] for i in idxs], [contexts[i] for i in idxs], window_s,
-                                   beam_size or self.opts.beam_size)
+            out = self._transcribe([requests[i] for i in idxs], [contexts[i] for i in idxs],
+                                   [prefixes[i] for i in idxs], window_s, beam_size or self.opts.beam_size)
             for i, r in zip(idxs, out, strict=True):
                 results[i] = r
-        # A prompt can pull Whisper into repeating it: retry those without one, as offline Whisper resets it.
-        looped = [i for i, r in enumerate(results) if r is not None and r.rejected == "repetition" and contexts[i]]
+        # A prompt can pull Whisper into repeating it, a left context into reading it again: retry those without
+        # either, as offline Whisper resets its prompt.
+        looped = [i for i, r in enumerate(results) if r is not None and (
+            r.rejected == "reread" or (r.rejected == "repetition" and (contexts[i] or prefixes[i])))]
         if looped:
-            out = self._transcribe([requests[i] for i in looped], [[] for _ in looped], window_s,
+            out = self._transcribe([dataclasses.replace(requests[i], context=None) for i in looped],
+                                   [[] for _ in looped], [[] for _ in looped], window_s,
                                    beam_size or self.opts.beam_size)
             for i, r in zip(looped, out, strict=True):
                 results[i] = r
@@ -204,21 +279,21 @@ class WhisperEngine:
             out[i] = coverage.merge(out[i], span, decoded)
         return out
 
-    def _transcribe(self, requests: list[SttRequest], contexts: list[list[int]], window_s: float,
-                    beam_size: int) -> list[SttResult]:
+    def _transcribe(self, requests: list[SttRequest], contexts: list[list[int]], prefixes: list[list[int]],
+                    window_s: float, beam_size: int) -> list[SttResult]:
         from faster_whisper.audio import pad_or_trim
 
         if not requests:
             return []
-        mels = [self._mel(r.audio) for r in requests]
+        mels = [self._mel(r.context.joined(r.audio) if r.context else r.audio) for r in requests]
         frames = [min(N_FRAMES, m.shape[-1]) for m in mels]
         width = self.window_frames(max(frames), window_s)
         encoded = self.model.encode(np.stack([pad_or_trim(m, width) for m in mels]))
         languages, probs = self._languages(requests, encoded)
         tokenizers = [self._tokenizer(lang) for lang in languages]
         prompts = [
-            [*([tok.sot_prev, *ctx] if ctx else []), *tok.sot_sequence, tok.no_timestamps]
-            for tok, ctx in zip(tokenizers, contexts, strict=True)
+            [*([tok.sot_prev, *ctx] if ctx else []), *tok.sot_sequence, tok.no_timestamps, *pre]
+            for tok, ctx, pre in zip(tokenizers, contexts, prefixes, strict=True)
         ]
         longest = max(len(r.audio) for r in requests) / SAMPLE_RATE
         budget = int(longest * self.opts.tokens_per_second) + 16
@@ -237,11 +312,15 @@ class WhisperEngine:
         )
         results: list[SttResult] = []
         tokens_out: list[list[int]] = []
-        for out, tok, lang, prob in zip(outputs, tokenizers, languages, probs, strict=True):
+        for out, tok, lang, prob, pre, req in zip(outputs, tokenizers, languages, probs, prefixes, requests,
+                                                 strict=True):
             tokens = [t for t in out.sequences_ids[0] if t < tok.eot]
+            if pre and tokens[: len(pre)] == pre:  # the forced prefix comes back first
+                tokens = tokens[len(pre):]
             n = len(tokens)
             avg_logprob = (out.scores[0] * n) / (n + 1) if n else -10.0  # as faster-whisper computes it
-            text = collapse_repeats(tok.decode(tokens).strip())
+            # The continuation may open with the punctuation that ends the prefix's sentence.
+            text = collapse_repeats(tok.decode(tokens).strip().lstrip(",.;:!?、。，").strip())
             reason = reject_reason(
                 text,
                 out.no_speech_prob,
@@ -250,12 +329,14 @@ class WhisperEngine:
                 self.opts.logprob_threshold,
                 self.opts.compression_threshold,
             )
+            if not reason and req.context is not None and _rereads(text, req.context.text):
+                reason = "reread"
             if reason:
                 text, tokens = "", []
             tokens_out.append(tokens)
             results.append(SttResult(text, lang, float(out.no_speech_prob), float(avg_logprob), rejected=reason,
                                      language_prob=prob))
-        self._add_words(requests, results, tokens_out, tokenizers, encoded, frames)
+        self._add_words(requests, results, tokens_out, prefixes, tokenizers, encoded, frames)
         return results
 
     def _languages(self, requests: list[SttRequest], encoded: object) -> tuple[list[str], list[float]]:
@@ -276,12 +357,14 @@ class WhisperEngine:
         requests: list[SttRequest],
         results: list[SttResult],
         tokens: list[list[int]],
+        prefixes: list[list[int]],
         tokenizers: list[Any],
         encoded: object,
         frames: list[int],
     ) -> None:
         """Word timings for requests that ask (finals): one align call per language over the batch's
-        own encoder output; items not aligned in a call get empty tokens (no re-encoding)."""
+        own encoder output; items not aligned in a call get empty tokens (no re-encoding). A left context's
+        prefix is aligned with the words (it is in the audio) and then left out."""
         from faster_whisper.transcribe import merge_punctuations
 
         wanted = [i for i, r in enumerate(requests) if r.word_timestamps and tokens[i]]
@@ -292,10 +375,14 @@ class WhisperEngine:
             by_lang.setdefault(results[i].language, []).append(i)
         for idxs in by_lang.values():
             chosen = set(idxs)
-            batch_tokens = [tokens[i] if i in chosen else [] for i in range(len(requests))]
+            batch_tokens = [prefixes[i] + tokens[i] if i in chosen else [] for i in range(len(requests))]
             alignments = self.model.find_alignment(tokenizers[idxs[0]], batch_tokens, encoded, frames)
             for i in idxs:
-                alignment = alignments[i]
+                alignment = _after_prefix(alignments[i], len(prefixes[i]))
+                ctx = requests[i].context
+                shift = ctx.seconds if ctx is not None else 0.0
+                for a in alignment:
+                    a["start"], a["end"] = max(0.0, a["start"] - shift), max(0.0, a["end"] - shift)
                 merge_punctuations(alignment, "\"'“¿([{-", "\"'.。,，!！?？:：”)]}、")
                 words = [
                     WordTiming(
@@ -309,3 +396,30 @@ class WhisperEngine:
                 ]
                 r = results[i]
                 results[i] = dataclasses.replace(r, words=words)
+
+
+def _rereads(text: str, context: str, n: int = 3) -> bool:
+    """Most of the continuation's word n-grams are in the left context's text: Whisper read the context again
+    instead of going on (a blip after a long sentence comes out as that sentence's words)."""
+    def grams(t: str) -> list[tuple[str, ...]]:
+        words = [w.strip(".,;:!?¿¡\"'«»()").lower() for w in t.split()]
+        return [tuple(words[k : k + n]) for k in range(len(words) - n + 1)]
+
+    mine = grams(text)
+    seen = set(grams(context))
+    return bool(mine) and 2 * sum(g in seen for g in mine) >= len(mine)
+
+
+def _after_prefix(alignment: list[dict[str, Any]], prefix_len: int) -> list[dict[str, Any]]:
+    """The aligned words that start past a forced prefix of `prefix_len` tokens (punctuation closing the
+    prefix's last word is glued to it and goes with it), less any punctuation that opened the continuation."""
+    if not prefix_len:
+        return alignment
+    out, seen = [], 0
+    for a in alignment:
+        if seen >= prefix_len:
+            out.append(a)
+        seen += len(a["tokens"])
+    while out and not out[0]["word"].strip().strip(",.;:!?、。，"):
+        out.pop(0)
+    return out

@@ -10,6 +10,9 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Generic, TypeVar
 
+import numpy as np
+
+from actors.stt.engine import SAMPLE_RATE, LeftContext, WordTiming
 from schemas import Segment
 
 R = TypeVar("R")
@@ -44,6 +47,50 @@ class PromptContext:
 
     def reset(self, session_id: str) -> None:
         self._text.pop(session_id, None)
+
+
+class LeftContexts:
+    """The end of each session's last final (audio and word timings), read ahead of its next final.
+
+    Bounded: `seconds` of audio per session (int16) for the `max_sessions` most recent. A next final that
+    starts more than `max_gap_s` after it, or in another language, gets none: the context would not be the
+    speech just before it.
+    """
+
+    def __init__(self, seconds: float = 8.0, max_gap_s: float = 2.0, max_sessions: int = 512) -> None:
+        self.seconds = seconds
+        self.max_gap_s = max_gap_s
+        self.max_sessions = max_sessions
+        # session → (language, int16 audio, words in it, stream seconds where the audio ends)
+        self._last: OrderedDict[str, tuple[str, np.ndarray, tuple[WordTiming, ...], float]] = OrderedDict()
+
+    def add(self, session_id: str, language: str, audio: np.ndarray, words: list[WordTiming],
+            start: float) -> None:
+        """A final's audio (float32, beginning at stream second `start`) and its words."""
+        end = start + len(audio) / SAMPLE_RATE
+        tail = LeftContext(audio, tuple(words), language).tail(self.seconds) if words else None
+        if tail is None or self.seconds <= 0:
+            self._last.pop(session_id, None)
+            return
+        pcm = (np.clip(tail.audio, -1.0, 1.0) * 32767).astype(np.int16)
+        self._last[session_id] = (language, pcm, tail.words, end)
+        self._last.move_to_end(session_id)
+        while len(self._last) > self.max_sessions:
+            self._last.popitem(last=False)
+
+    def left(self, session_id: str, language: str, start: float) -> LeftContext | None:
+        """The context for a final of this session whose audio starts at stream second `start`."""
+        entry = self._last.get(session_id)
+        if entry is None or entry[0] != language:
+            return None
+        _, pcm, words, end = entry
+        gap = start - end
+        if gap < -0.05 or gap > self.max_gap_s:
+            return None
+        return LeftContext(pcm.astype(np.float32) / 32768.0, words, language, max(0.0, gap))
+
+    def reset(self, session_id: str) -> None:
+        self._last.pop(session_id, None)
 
 
 def early_key(seg: Segment, language: str) -> tuple[str, int, int, str]:
