@@ -78,7 +78,7 @@ def finals_text(c: Clip, lever: Lever, engine: object, silero: object) -> tuple[
         context = left.left(c.name, c.language, cut.start)
         r = engine.transcribe_batch([SttRequest(cut.audio, c.language, True, prompt, context)], lever.window_s,
                                     lever.beam)[0]
-        left.add(c.name, r.language, cut.audio, r.words, cut.start)
+        left.add(c.name, r.language, (np.clip(cut.audio, -1, 1) * 32767).astype(np.int16), r.words, cut.start)
         if r.text:
             texts.append(r.text)
     return " ".join(texts), sum(x.final for x in cuts)

@@ -131,7 +131,7 @@ def test_left_context_reads_a_final_as_the_continuation_of_the_previous_one(tiny
     head, tail = a[: int(cut * 16000)], a[int(cut * 16000):]
     first = tiny.transcribe_batch([SttRequest(head, "en", True)], 30.0, 5)[0]
     left = LeftContexts(8.0)
-    left.add("s", "en", head, first.words, 0.0)
+    left.add("s", "en", (head * 32767).astype(np.int16), first.words, 0.0)
     assert left.left("s", "de", cut) is None and left.left("s", "en", cut + 5.0) is None  # language, gap
     context = left.left("s", "en", cut)
     assert context is not None and context.words and context.seconds <= 8.0 + 0.1

@@ -109,10 +109,6 @@ class SttSettings:
     in_progress_s: float = 5.0  # held segments are marked in progress this often (keep it under the ack wait)
 
 
-def _samples(seg: Segment) -> np.ndarray:
-    return np.frombuffer(seg.audio, "<i2").astype(np.float32) / 32768.0
-
-
 def transcript_subject(seg: Segment) -> str:
     return f"tolk.transcript.{seg.partition}.{seg.session_id}"
 
@@ -439,7 +435,7 @@ class SttActor(Actor):
         language = self.langlock.language_for(seg.session_id, seg.language, seg.speech_start)
         final = seg.kind is SegmentKind.FINAL
         return SttRequest(
-            audio=_samples(seg),
+            audio=np.frombuffer(seg.audio, "<i2").astype(np.float32) / 32768.0,
             language=language,
             word_timestamps=final,
             # partials stay cheap; a session's own text wins over its initial prompt (OpenAI `prompt`)
@@ -493,7 +489,7 @@ class SttActor(Actor):
         if final:
             self._early.drop_utterance(seg.session_id, seg.utterance_id)
             self.context.add(seg.session_id, r.language, r.text)
-            self.left.add(seg.session_id, r.language, _samples(seg), r.words, seg.start)
+            self.left.add(seg.session_id, r.language, np.frombuffer(seg.audio, "<i2"), r.words, seg.start)
         if final and seg.language == "auto" and r.text:
             self.langlock.observe(seg.session_id, r.language, r.language_prob, seg.end)
         if r.rejected and r.rejected != "empty":

@@ -34,6 +34,7 @@ class WordTiming:
 
 
 LANGUAGES_WITHOUT_SPACES = frozenset({"ja", "zh", "th", "lo", "my", "yue"})
+CLOSING_PUNCTUATION = ",.;:!?、。，"  # what a continuation may open with: the end of the prefix's sentence
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,8 @@ class LeftContext:
     short utterance or a sentence split at a pause otherwise loses its first words to a guess.
     """
 
-    audio: np.ndarray  # float32, 16 kHz; starts at a word boundary
+    # 16 kHz, starts at a word boundary: float32 to decode; LeftContexts keeps int16 (tail() only slices)
+    audio: np.ndarray
     words: tuple[WordTiming, ...]  # seconds into `audio`
     language: str
     gap_s: float = 0.0  # silence between this audio's end and the request's first sample
@@ -193,16 +195,18 @@ class WhisperEngine:
         fitted = (longest_frames // 100 + 2) * 100  # + ≥1 s of padding, as Whisper expects silence after speech
         return min(N_FRAMES, max(int(window_s * 100), fitted))
 
-    def context_tokens(self, prompt: str, prefix_len: int = 0) -> list[int]:
-        """The prompt's last tokens, cut so that with a `prefix_len`-token left-context prefix they make one of
-        a few fixed lengths: CTranslate2 decodes a batch together only when every prompt has the same length,
-        so fixed lengths keep sessions batched (with or without a prefix)."""
+    def context_tokens(self, prompt: str) -> list[int]:
+        """The prompt's last tokens, cut to a length bucket: CTranslate2 decodes a batch together only when
+        every prompt has the same length, so a few fixed lengths keep sessions batched."""
         if not prompt.strip() or self.opts.prompt_tokens <= 0:
             return []
-        ids: list[int] = self.model.hf_tokenizer.encode(" " + prompt.strip(), add_special_tokens=False).ids
-        most = min(len(ids), self.opts.prompt_tokens)
-        fits = [b - prefix_len for b in PROMPT_BUCKETS if 0 < b - prefix_len <= most]
-        return ids[-fits[-1]:] if fits else ids[-most:] if prefix_len else []
+        ids = self._ids(prompt)
+        fits = [b for b in PROMPT_BUCKETS if b <= min(len(ids), self.opts.prompt_tokens)]
+        return ids[-fits[-1]:] if fits else []
+
+    def _ids(self, text: str) -> list[int]:
+        ids: list[int] = self.model.hf_tokenizer.encode(" " + text.strip(), add_special_tokens=False).ids
+        return ids
 
     def fit_context(self, request: SttRequest, window_s: float) -> SttRequest:
         """The request with as much of its left context as the encoder window has room for (the window is not
@@ -217,11 +221,7 @@ class WhisperEngine:
         return request if fitted is ctx else dataclasses.replace(request, context=fitted)
 
     def prefix_tokens(self, request: SttRequest) -> list[int]:
-        if request.context is None:
-            return []
-        ids: list[int] = self.model.hf_tokenizer.encode(" " + request.context.text.strip(),
-                                                        add_special_tokens=False).ids
-        return ids
+        return self._ids(request.context.text) if request.context is not None else []
 
     def transcribe_batch(self, requests: list[SttRequest], window_s: float = 30.0,
                          beam_size: int | None = None, recover: bool = True) -> list[SttResult]:
@@ -319,8 +319,7 @@ class WhisperEngine:
                 tokens = tokens[len(pre):]
             n = len(tokens)
             avg_logprob = (out.scores[0] * n) / (n + 1) if n else -10.0  # as faster-whisper computes it
-            # The continuation may open with the punctuation that ends the prefix's sentence.
-            text = collapse_repeats(tok.decode(tokens).strip().lstrip(",.;:!?、。，").strip())
+            text = collapse_repeats(tok.decode(tokens).strip().lstrip(CLOSING_PUNCTUATION).strip())
             reason = reject_reason(
                 text,
                 out.no_speech_prob,
@@ -420,6 +419,6 @@ def _after_prefix(alignment: list[dict[str, Any]], prefix_len: int) -> list[dict
         if seen >= prefix_len:
             out.append(a)
         seen += len(a["tokens"])
-    while out and not out[0]["word"].strip().strip(",.;:!?、。，"):
+    while out and not out[0]["word"].strip().strip(CLOSING_PUNCTUATION):
         out.pop(0)
     return out

@@ -64,16 +64,16 @@ class LeftContexts:
         # session → (language, int16 audio, words in it, stream seconds where the audio ends)
         self._last: OrderedDict[str, tuple[str, np.ndarray, tuple[WordTiming, ...], float]] = OrderedDict()
 
-    def add(self, session_id: str, language: str, audio: np.ndarray, words: list[WordTiming],
+    def add(self, session_id: str, language: str, pcm: np.ndarray, words: list[WordTiming],
             start: float) -> None:
-        """A final's audio (float32, beginning at stream second `start`) and its words."""
-        end = start + len(audio) / SAMPLE_RATE
-        tail = LeftContext(audio, tuple(words), language).tail(self.seconds) if words else None
+        """A final's int16 samples (as the segment carries them, beginning at stream second `start`) and its
+        words; only the tail is copied."""
+        end = start + len(pcm) / SAMPLE_RATE
+        tail = LeftContext(pcm, tuple(words), language).tail(self.seconds) if words else None
         if tail is None or self.seconds <= 0:
             self._last.pop(session_id, None)
             return
-        pcm = (np.clip(tail.audio, -1.0, 1.0) * 32767).astype(np.int16)
-        self._last[session_id] = (language, pcm, tail.words, end)
+        self._last[session_id] = (language, tail.audio.copy(), tail.words, end)
         self._last.move_to_end(session_id)
         while len(self._last) > self.max_sessions:
             self._last.popitem(last=False)
@@ -88,9 +88,6 @@ class LeftContexts:
         if gap < -0.05 or gap > self.max_gap_s:
             return None
         return LeftContext(pcm.astype(np.float32) / 32768.0, words, language, max(0.0, gap))
-
-    def reset(self, session_id: str) -> None:
-        self._last.pop(session_id, None)
 
 
 def early_key(seg: Segment, language: str) -> tuple[str, int, int, str]:
