@@ -64,6 +64,7 @@ class GroupResult:
     final_latencies: list[float] = field(default_factory=list)
     errors: int = 0
     tiers: dict[str, float] = field(default_factory=dict)  # finals decoded per quality tier (STT metrics)
+    left: dict[str, float] = field(default_factory=dict)  # final decodes by left context outcome (STT metrics)
 
     @property
     def stream(self) -> Counts:
@@ -120,6 +121,7 @@ async def run_group(group: Group, cs: list[Clip], args: argparse.Namespace) -> G
             runs = await stream_clips(url, cs, args.sessions, args.pace)
             print(f"[{group.name}] streamed {len(cs)} clips in {time.monotonic() - began:.0f} s", flush=True)
             result.tiers = stt_counter(Path(tmp), "tolk_stt_final_decodes_total", "tier")
+            result.left = stt_counter(Path(tmp), "tolk_stt_left_context_total", "outcome")
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=90)
@@ -152,8 +154,8 @@ def render(results: list[GroupResult], args: argparse.Namespace, machine: str) -
         "insertions)",
         "",
         "| group | model | clips | words | streaming WER | offline WER | ratio | deletions streaming / offline | "
-        "final p50 / p95 (s) | errors | final decodes full / loaded / busy |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "final p50 / p95 (s) | errors | final decodes full / loaded / busy | left context read / load / none |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for g in results:
         s, o = g.stream, g.offline
@@ -161,10 +163,12 @@ def render(results: list[GroupResult], args: argparse.Namespace, machine: str) -
             f"| {g.group} | {g.model} | {len(g.rows)} | {s.words} | {_cell(s)} | {_cell(o)} | {g.ratio:.2f} | "
             f"{100 * s.deletions / max(1, s.words):.1f} % / {100 * o.deletions / max(1, o.words):.1f} % | "
             f"{pct(g.final_latencies, 50):.2f} / {pct(g.final_latencies, 95):.2f} | {g.errors} | "
-            + " / ".join(f"{g.tiers.get(t, 0):.0f}" for t in ("full", "loaded", "busy")) + " |")
+            + " / ".join(f"{g.tiers.get(t, 0):.0f}" for t in ("full", "loaded", "busy")) + " | "
+            + " / ".join(f"{g.left.get(o, 0):.0f}" for o in ("read", "load", "none")) + " |")
     lines += ["", f"Goal: ratio ≤ {GOAL_RATIO} and no more deletions than offline, per group. Final decodes: "
               "the quality tier the finals lane's load chose (early decodes included): full = beam 5 over 30 s, "
-              "loaded = beam 5 over a fitted window, busy = greedy.", ""]
+              "loaded = beam 5 over a fitted window, busy = greedy. Left context: decodes that read the end of "
+              "the session's previous final / left it out for load / had none to read.", ""]
     for g in results:
         lines += [f"## {g.group} ({g.model})", "", "| clip | s | streaming | offline |", "|---|---:|---:|---:|"]
         for r in g.rows:
@@ -193,7 +197,7 @@ async def main_async(args: argparse.Namespace) -> int:
     if not results:
         raise SystemExit("no clips match")
     summary = [{"group": g.group, "model": g.model, "stream": asdict(g.stream), "offline": asdict(g.offline),
-                "ratio": g.ratio, "tiers": g.tiers, "final_latencies": g.final_latencies,
+                "ratio": g.ratio, "tiers": g.tiers, "left_context": g.left, "final_latencies": g.final_latencies,
                 "rows": [asdict(r) for r in g.rows]}
                for g in results]
     save_report(args.name, render(results, args, machine()), summary)

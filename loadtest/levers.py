@@ -53,6 +53,9 @@ LEVERS = [
           left_context_s=8.0),
     Lever("+ beam 5, fitted ≥15 s (loaded), prompt, left context (what fits the window)", window_s=15.0, beam=5,
           prompt=True, left_context_s=8.0),
+    Lever("+ beam 5, fitted ≥15 s (loaded), prompt, 2 s of left context (the default)", window_s=15.0, beam=5,
+          prompt=True, left_context_s=2.0),
+    Lever("+ beam 5, 30 s, prompt, 2 s of left context", window_s=30.0, beam=5, prompt=True, left_context_s=2.0),
 ]
 
 
@@ -84,7 +87,7 @@ def finals_text(c: Clip, lever: Lever, engine: object, silero: object) -> tuple[
     return " ".join(texts), sum(x.final for x in cuts)
 
 
-def run_group(group: Group, cs: list[Clip], levers: list[Lever]) -> list[tuple[Lever, Counts, int]]:
+def run_group(group: Group, cs: list[Clip], levers: list[Lever]) -> list[tuple[Lever, Counts, int, float]]:
     from actors.runtime import settings
     from actors.segmenter.vad import SileroModel
     from actors.stt.actor import SttSettings
@@ -101,10 +104,10 @@ def run_group(group: Group, cs: list[Clip], levers: list[Lever]) -> list[tuple[L
         for c in cs:
             text, finals = finals_text(c, lever, engine, silero)
             total, n = total + counts(c.reference, text, c.language), n + finals
-        rows.append((lever, total, n))
+        took = time.monotonic() - began
+        rows.append((lever, total, n, took))
         print(f"[{group.name}] {lever.name}: WER {total.wer:.4f} "
-              f"({total.substitutions}/{total.deletions}/{total.insertions}), {n} finals, "
-              f"{time.monotonic() - began:.0f} s", flush=True)
+              f"({total.substitutions}/{total.deletions}/{total.insertions}), {n} finals, {took:.0f} s", flush=True)
     return rows
 
 
@@ -124,9 +127,10 @@ def main() -> int:
               and (not args.clips or any(c.name.startswith(x) for x in args.clips))]
         rows = run_group(group, cs, [LEVERS[i] for i in args.levers] if args.levers else LEVERS)
         lines += [f"## {group.name} ({group.model}, {len(cs)} clips, {rows[0][1].words} words)", "",
-                  "| lever | WER (S/D/I) | finals |", "|---|---:|---:|"]
-        lines += [f"| {lv.name} | {c.wer:.4f} ({c.substitutions}/{c.deletions}/{c.insertions}) | {n} |"
-                  for lv, c, n in rows]
+                  "| lever | WER (S/D/I) | finals | replay s (finals decoded one by one: the cost) |",
+                  "|---|---:|---:|---:|"]
+        lines += [f"| {lv.name} | {c.wer:.4f} ({c.substitutions}/{c.deletions}/{c.insertions}) | {n} | {t:.0f} |"
+                  for lv, c, n, t in rows]
         lines.append("")
     report = "\n".join(lines)
     print("\n" + report)

@@ -150,3 +150,25 @@ def test_speculative_cuts_carry_the_samples_of_the_final_that_follows(silero: Si
     assert matched_in_shrink >= 2
     kinds = {c.endpoint.value for c in cuts if c.final}
     assert {"silence", "gap"} <= kinds
+
+
+def test_near_the_cap_a_shallower_dip_ends_the_utterance(silero: SileroModel) -> None:
+    """Between TOLK_SOFT_MAX_S and the cap the dip that makes a gap relaxes (32 → 20 dB): the multilingual dev
+    clips squeezed into one continuous session reach the cap twice with a fixed 32 dB dip and never with the
+    graded one, whose cuts come before the cap, each at a frame well under the utterance's speech level."""
+    parts: list[np.ndarray] = []
+    for c in clips():
+        if c.language != "en":
+            pcm, _ = c.pcm16()
+            parts += [squeeze_pauses(np.frombuffer(pcm, "<i2")), np.zeros(2400, np.int16)]
+    audio = np.concatenate(parts).astype(np.float32) / 32768
+    fixed = finals(silero, audio, SegmenterConfig(gap_db_min=32.0))
+    graded = finals(silero, audio, SegmenterConfig())
+    assert [c.endpoint.value for c in fixed].count("max_duration") >= 1
+    assert [c.endpoint.value for c in graded].count("max_duration") == 0
+    assert len(graded) >= len(fixed)
+    for c in graded:
+        assert c.end - c.speech_start < SegmenterConfig().max_utterance_s
+        if c.endpoint.value == "gap":  # the cut frame is a dip: ≥ 20 dB under the loud frames before it
+            rms = frame_rms(c.audio)
+            assert 20 * np.log10(rms[-8:].min() / np.percentile(rms, 90)) < -20 + 1e-6, c.end

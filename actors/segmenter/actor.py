@@ -67,6 +67,7 @@ class SegmenterSettings:
     soft_max_s: float = 10.0
     gap_ms: int = 64
     gap_db: float = 32.0
+    gap_db_min: float = 20.0  # the dip needed relaxes to this at the cap
     max_utterance_s: float = 15.0
     cap_lookback_s: float = 2.0
     partial_every_ms: int = 700
@@ -126,6 +127,7 @@ class SegmenterActor(Actor):
             soft_max_s=cfg.soft_max_s,
             gap_ms=cfg.gap_ms,
             gap_db=cfg.gap_db,
+            gap_db_min=cfg.gap_db_min,
             max_utterance_s=cfg.max_utterance_s,
             cap_lookback_s=cfg.cap_lookback_s,
             partial_every_ms=cfg.partial_every_ms,

@@ -38,6 +38,9 @@ class SegmenterConfig:
     soft_max_s: float = 10.0
     gap_ms: int = 64
     gap_db: float = 32.0  # in that phase a frame also counts as gap when this far below the utterance's loud frames
+    # ...and the dip needed relaxes linearly from gap_db at soft_max_s to gap_db_min at the cap: a cut at a
+    # shallower dip beats the cap's forced cut, and comes sooner. gap_db_min = gap_db: a fixed dip.
+    gap_db_min: float = 20.0
     max_utterance_s: float = 15.0  # with no gap at all, speech is cut at the quietest point of the last...
     cap_lookback_s: float = 2.0  # ...this many seconds (never further back than half the utterance)
     partial_every_ms: int = 700  # new speech between partial windows
@@ -84,7 +87,8 @@ class UtteranceSegmenter:
         self._shrink_from = min(cfg.frames(cfg.shrink_after_s * 1000), self._soft) if soft else 0
         self._endpoint_min = min(self._endpoint, cfg.frames(cfg.endpoint_min_ms)) if soft else self._endpoint
         self._gap = min(self._endpoint_min, cfg.frames(cfg.gap_ms)) if soft else self._endpoint
-        self._gap_ratio = 10 ** (-cfg.gap_db / 20)
+        self._gap_db = cfg.gap_db
+        self._gap_db_min = min(cfg.gap_db, cfg.gap_db_min)
         self._partial = cfg.frames(cfg.partial_every_ms)
         self._growth = cfg.partial_growth
         self._first_partial = cfg.frames(min(cfg.first_partial_ms, cfg.partial_every_ms))
@@ -222,9 +226,13 @@ class UtteranceSegmenter:
 
     def _dip(self) -> bool:
         """The last frame is `gap_db` below the utterance's loud frames (its 90th percentile): a breath
-        between words that the VAD's hangover still calls speech, not the inside of a word."""
+        between words that the VAD's hangover still calls speech, not the inside of a word. Nearer the cap
+        the dip needed shrinks toward `gap_db_min`: the cap would cut anyway, at its quietest point."""
+        past = max(0, self._n - self._onset_at - self._soft)  # frames since soft_max_s
+        frac = min(1.0, past / max(1, past + self._max - len(self._frames)))  # 1 at the cap
+        db = self._gap_db - frac * (self._gap_db - self._gap_db_min)
         loud = float(np.percentile(self._energy, 90))
-        return self._energy[-1] < loud * self._gap_ratio
+        return self._energy[-1] < loud * 10 ** (-db / 20)
 
     def _open(self, idx: int) -> None:
         self.utterance_id += 1

@@ -44,6 +44,9 @@ BUSY = Counter("tolk_stt_busy_seconds", "Seconds each lane spent in model calls,
 SPECULATIVE = Counter("tolk_stt_speculative", "Speculative segments (a final's audio sent ahead during the endpoint "
                       "silence) by outcome: decoded early, used by their final, or skipped undecoded.",
                       ["pool", "outcome"])
+LEFT_CONTEXT = Counter("tolk_stt_left_context", "Final decodes (early ones included) by left context: read after "
+                       "the end of the session's previous final, left out for the final lane's load, or none to read "
+                       "(a session's first final, after a pause over 2 s, a language change).", ["pool", "outcome"])
 FINAL_TIERS = Counter("tolk_stt_final_decodes", "Finals decoded (early decodes included) by quality tier as the "
                       "final lane's load chose it: full (beam, 30 s window), loaded (beam, fitted window), busy "
                       "(greedy: the overload valve; many of these mean the pool needs more replicas).",
@@ -92,10 +95,11 @@ class SttSettings:
     # A final is read as the continuation of the session's previous one: up to this many seconds of its audio
     # go ahead of the final's in the encoder window (only where the window has room), its words forced as the
     # decoder's prefix. Offline Whisper reads across a pause in one window; without this a sentence split at a
-    # pause restarts with a guess (python -m loadtest.levers). 0: off. It costs tiny.en about a quarter more
-    # model time per final, so it is left out once the lane was busy left_context_below of the last 10 s.
-    left_context_s: float = 8.0
-    left_context_below: float = 0.8
+    # pause restarts with a guess (python -m loadtest.levers). 0: off. Short: CTranslate2 forces a prefix one
+    # beam step per token, so 8 s of it doubled the decoder's time for no better words than 2 s. Left out, as
+    # an overload valve, once the two finals slots were busy left_context_below of the last 10 s.
+    left_context_s: float = 2.0
+    left_context_below: float = 1.2
     speculate: bool = True  # decode a final's audio during the endpoint silence, while the lane is idle
     partial_window_s: float = 6.0  # partials are provisional: greedy over a shorter (cheaper) window
     no_speech_threshold: float = 0.6
@@ -434,13 +438,16 @@ class SttActor(Actor):
     def _request(self, seg: Segment, context: bool = False) -> SttRequest:
         language = self.langlock.language_for(seg.session_id, seg.language, seg.speech_start)
         final = seg.kind is SegmentKind.FINAL
+        left = self.left.left(seg.session_id, language, seg.start) if final else None
+        if final:
+            LEFT_CONTEXT.labels(self.pool.name, "none" if left is None else "read" if context else "load").inc()
         return SttRequest(
             audio=np.frombuffer(seg.audio, "<i2").astype(np.float32) / 32768.0,
             language=language,
             word_timestamps=final,
             # partials stay cheap; a session's own text wins over its initial prompt (OpenAI `prompt`)
             prompt=(self.context.prompt(seg.session_id, language) or seg.prompt) if final else "",
-            context=self.left.left(seg.session_id, language, seg.start) if final and context else None,
+            context=left if context else None,
         )
 
     async def _transcribe(self, lane: BoundedExecutor, batch: list[Delivery[Segment]], window_s: float,

@@ -57,7 +57,7 @@ class LeftContexts:
     speech just before it.
     """
 
-    def __init__(self, seconds: float = 8.0, max_gap_s: float = 2.0, max_sessions: int = 512) -> None:
+    def __init__(self, seconds: float = 2.0, max_gap_s: float = 2.0, max_sessions: int = 512) -> None:
         self.seconds = seconds
         self.max_gap_s = max_gap_s
         self.max_sessions = max_sessions
