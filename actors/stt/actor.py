@@ -99,7 +99,7 @@ class SttSettings:
     # beam step per token, so 8 s of it doubled the decoder's time for no better words than 2 s. Left out, as
     # an overload valve, once the two finals slots were busy left_context_below of the last 10 s.
     left_context_s: float = 2.0
-    left_context_below: float = 1.2
+    left_context_below: float = 0.6
     speculate: bool = True  # decode a final's audio during the endpoint silence, while the lane is idle
     partial_window_s: float = 6.0  # partials are provisional: greedy over a shorter (cheaper) window
     no_speech_threshold: float = 0.6
