@@ -96,8 +96,9 @@ class SttSettings:
     # go ahead of the final's in the encoder window (only where the window has room), its words forced as the
     # decoder's prefix. Offline Whisper reads across a pause in one window; without this a sentence split at a
     # pause restarts with a guess (python -m loadtest.levers). 0: off. Short: CTranslate2 forces a prefix one
-    # beam step per token, so 8 s of it doubled the decoder's time for no better words than 2 s. Left out, as
-    # an overload valve, once the two finals slots were busy left_context_below of the last 10 s.
+    # beam step per token, so 8 s of it doubled the decoder's time for no better words than 2 s. Even 2 s
+    # costs tiny.en a fifth more final-lane time, so it is left out once the two finals slots were busy
+    # left_context_below seconds per second over the last 10 s.
     left_context_s: float = 2.0
     left_context_below: float = 0.6
     speculate: bool = True  # decode a final's audio during the endpoint silence, while the lane is idle
