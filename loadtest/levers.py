@@ -60,6 +60,7 @@ LEVERS = [
 
 
 def finals_text(c: Clip, lever: Lever, engine: object, silero: object) -> tuple[str, int]:
+    from actors.segmenter.audio import to_int16_bytes
     from actors.segmenter.segmenter import SegmenterConfig, UtteranceSegmenter
     from actors.segmenter.vad import DualVad, SileroModel, Vote, WebRtcStream
     from actors.stt.engine import SttRequest, WhisperEngine
@@ -81,7 +82,8 @@ def finals_text(c: Clip, lever: Lever, engine: object, silero: object) -> tuple[
         context = left.left(c.name, c.language, cut.start)
         r = engine.transcribe_batch([SttRequest(cut.audio, c.language, True, prompt, context)], lever.window_s,
                                     lever.beam)[0]
-        left.add(c.name, r.language, (np.clip(cut.audio, -1, 1) * 32767).astype(np.int16), r.words, cut.start)
+        # as STT receives it: the segment's int16 samples
+        left.add(c.name, r.language, np.frombuffer(to_int16_bytes(cut.audio), "<i2"), r.words, cut.start)
         if r.text:
             texts.append(r.text)
     return " ".join(texts), sum(x.final for x in cuts)

@@ -154,8 +154,8 @@ def test_speculative_cuts_carry_the_samples_of_the_final_that_follows(silero: Si
 
 def test_near_the_cap_a_shallower_dip_ends_the_utterance(silero: SileroModel) -> None:
     """Between TOLK_SOFT_MAX_S and the cap the dip that makes a gap relaxes (32 → 20 dB): the multilingual dev
-    clips squeezed into one continuous session reach the cap twice with a fixed 32 dB dip and never with the
-    graded one, whose cuts come before the cap, each at a frame well under the utterance's speech level."""
+    clips squeezed into one continuous session reach the cap with a fixed 32 dB dip (twice when measured) and
+    never with the graded one, whose cuts come before the cap, each at a frame well under the speech level."""
     parts: list[np.ndarray] = []
     for c in clips():
         if c.language != "en":

@@ -69,8 +69,8 @@ class LeftContexts:
         """A final's int16 samples (as the segment carries them, beginning at stream second `start`) and its
         words; only the tail is copied."""
         end = start + len(pcm) / SAMPLE_RATE
-        tail = LeftContext(pcm, tuple(words), language).tail(self.seconds) if words else None
-        if tail is None or self.seconds <= 0:
+        tail = LeftContext(pcm, tuple(words), language).tail(self.seconds) if words and self.seconds > 0 else None
+        if tail is None:
             self._last.pop(session_id, None)
             return
         self._last[session_id] = (language, tail.audio.copy(), tail.words, end)
