@@ -45,6 +45,16 @@ def test_voiced_head_and_tail_outside_the_words_are_found() -> None:
     assert tail.start == pytest.approx(5.1) and tail.end == pytest.approx(len(audio) / RATE)
 
 
+def test_words_timed_into_the_left_context_leave_the_audio_uncovered() -> None:
+    """A continuation that only re-read its left context's trailing audio ("... curtain on" + "the left.", then
+    end-of-text) comes back timed at 0.0: its 7 s of speech after that are a tail to decode again, even where
+    the stream's first frame is digital silence (the words' own level would be zero)."""
+    audio = np.concatenate([silence(0.3), tone(7.0)])
+    spans = coverage.uncovered(audio, words((0.0, 0.0), (0.0, 0.0)))
+    assert [(s.side, s.start, s.end) for s in spans] == [("tail", 0.0, pytest.approx(len(audio) / RATE))]
+    assert coverage.uncovered(silence(7.0), words((0.0, 0.0))) == []  # nothing voiced: nothing to decode
+
+
 def test_merge_adds_only_the_words_not_decoded_twice() -> None:
     first = SttResult("one two", "en", 0.0, -0.2, words((0.0, 0.5), (0.5, 1.0)))
     span = coverage.Span("tail", 0.9, 3.0)

@@ -5,6 +5,8 @@ next window, so the STT decodes the uncovered part again (`WhisperEngine.transcr
 
 Pure: word timings and samples in, spans out. A span counts only when it is long and loud enough to be speech
 (frames within 10 dB of the covered words' median level), so endpoint silence and breaths never trigger it.
+Words squeezed into a moment (a continuation that only re-read its left context's audio comes back timed at
+0.0) have no level of their own: the audio's loud frames stand in.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ MIN_UNCOVERED_S = 1.0  # shorter gaps are the words' timing error, endpoint sile
 MIN_VOICED_S = 0.5  # of loud frames in the span
 RELATIVE_LEVEL = 0.3  # ≈ -10 dB of the covered speech's median frame level
 OVERLAP_S = 0.1  # a re-decoded span starts this much inside the covered words (no clipped onset)
+MIN_COVERED_S = 0.5  # words covering less than this give no level to compare with
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,8 @@ def uncovered(audio: np.ndarray, words: list[WordTiming]) -> list[Span]:
     duration = len(audio) / SAMPLE_RATE
     first, last = words[0].start, words[-1].end
     covered = levels[int(first * PER_S): max(int(first * PER_S) + 1, int(last * PER_S))]
+    if covered.size < MIN_COVERED_S * PER_S:
+        covered = levels[levels >= np.percentile(levels, 50)] if levels.size else levels
     if covered.size == 0:
         return []
     floor = RELATIVE_LEVEL * float(np.median(covered))
