@@ -53,6 +53,9 @@ def test_words_timed_into_the_left_context_leave_the_audio_uncovered() -> None:
     spans = coverage.uncovered(audio, words((0.0, 0.0), (0.0, 0.0)))
     assert [(s.side, s.start, s.end) for s in spans] == [("tail", 0.0, pytest.approx(len(audio) / RATE))]
     assert coverage.uncovered(silence(7.0), words((0.0, 0.0))) == []  # nothing voiced: nothing to decode
+    # A one-word final ("yes") after a second of room noise: the word is the loud part, the noise no speech.
+    yes = np.concatenate([tone(1.2, level=0.02), tone(0.3), silence(0.2)])
+    assert coverage.uncovered(yes, words((1.2, 1.5))) == []
 
 
 def test_merge_adds_only_the_words_not_decoded_twice() -> None:

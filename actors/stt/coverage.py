@@ -53,7 +53,7 @@ def uncovered(audio: np.ndarray, words: list[WordTiming]) -> list[Span]:
     first, last = words[0].start, words[-1].end
     covered = levels[int(first * PER_S): max(int(first * PER_S) + 1, int(last * PER_S))]
     if covered.size < MIN_COVERED_S * PER_S:
-        covered = levels[levels >= np.percentile(levels, 50)] if levels.size else levels
+        covered = np.percentile(levels, [90]) if levels.size else levels  # the loud frames: speech, not noise
     if covered.size == 0:
         return []
     floor = RELATIVE_LEVEL * float(np.median(covered))
