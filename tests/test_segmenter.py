@@ -162,6 +162,21 @@ def test_quiet_speaker_after_a_loud_one_is_found(silero: SileroModel) -> None:
     assert covered > 0.8 * len(quiet) / 16000
 
 
+def test_quiet_speaker_right_after_a_loud_one_is_found_from_the_start(silero: SileroModel) -> None:
+    """The same two speakers with only 150 ms between them (pauses squeezed out, as a broadcast runs them): the
+    VAD's reset comes a second into the quiet speaker, who is then found from their first words, not from
+    where the fresh state first heard them (regression: the first 1.3 s, four words, were lost)."""
+    from loadtest.speech import squeeze_pauses
+
+    loud, quiet = (squeeze_pauses(samples(clip(p))) for p in ("en_fleurs_001", "en_fleurs_002"))
+    audio = np.concatenate([loud, np.zeros(2400, np.float32), quiet])
+    offset = (len(loud) + 2400) / 16000
+    f = [c for c in finals(run(silero, audio)[0]) if c.end > offset]
+    assert f and f[0].start <= offset + 0.1, [(c.start, c.end) for c in f]
+    covered = sum(c.end - max(c.start, offset) for c in f)
+    assert covered > 0.9 * len(quiet) / 16000
+
+
 def test_long_speech_is_capped_at_the_quietest_point(silero: SileroModel) -> None:
     audio = samples(clip("en_gb0_bush"))[: 16000 * 60]
     cfg = SegmenterConfig(max_utterance_s=6.0, endpoint_ms=2000)

@@ -55,7 +55,7 @@ class SegmenterConfig:
     # Once the tail pad of silence has passed, the would-be final's audio is complete: send it ahead as a
     # speculative segment so STT can decode it (at final quality) while the endpoint silence runs out.
     speculate: bool = True
-    vad_reset_ms: int = 1000  # a pause this long resets the VAD's recurrent state
+    vad_reset_ms: int = 1000  # a pause this long resets the VAD's recurrent state (and re-reads the pre-roll)
 
     def frames(self, ms: float) -> int:
         return max(1, round(ms / 1000 / FRAME_S))
@@ -172,7 +172,7 @@ class UtteranceSegmenter:
             self._onset_run = self._onset_run + 1 if speech else 0
             self._quiet_run = 0 if speech else self._quiet_run + 1
             if self._quiet_run == self._reset_after:
-                self.vad.reset()
+                self._reread()
             if self._onset_run >= self._onset_frames:
                 self._open(idx)
             return []
@@ -206,6 +206,18 @@ class UtteranceSegmenter:
             self._partials += 1
             return [self._cut(len(self._frames), final=False, end_frame=idx + 1)]
         return []
+
+    def _reread(self) -> None:
+        """A pause: forget the VAD's state and read the pre-roll again with the fresh one. The old state
+        carries the level of the speech before the pause; a quiet speaker who starts right after a loud one
+        is silence to it (measured: a recording 40 dB quieter, 150 ms after a loud one, unheard for 2 s), and
+        their first words would be older than the pre-roll by the time the fresh state hears them."""
+        self.vad.reset()
+        self._onset_run = 0
+        for frame, _ in self._pre:
+            self._onset_run = self._onset_run + 1 if self.vad.speech(frame, False) else 0
+        if self._onset_run:
+            self._quiet_run = 0
 
     def _pause_needed(self) -> tuple[int, Endpoint]:
         """Frames of silence that end the utterance now, and the endpoint they make.
