@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from loadtest.client import SessionRun, stream_pcm
-from loadtest.mic import machine, pct, save_report, start_tolk, stt_counter
+from loadtest.mic import LEFT_OUTCOMES, machine, pct, save_report, start_tolk, stt_counter
 from loadtest.speech import Clip, clips
 from loadtest.wer import Counts, counts
 
@@ -154,7 +154,8 @@ def render(results: list[GroupResult], args: argparse.Namespace, machine: str) -
         "insertions)",
         "",
         "| group | model | clips | words | streaming WER | offline WER | ratio | deletions streaming / offline | "
-        "final p50 / p95 (s) | errors | final decodes full / loaded / busy | left context read / load / none |",
+        "final p50 / p95 (s) | errors | final decodes full / loaded / busy | "
+        "left context read / dropped / load / none |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for g in results:
@@ -164,11 +165,12 @@ def render(results: list[GroupResult], args: argparse.Namespace, machine: str) -
             f"{100 * s.deletions / max(1, s.words):.1f} % / {100 * o.deletions / max(1, o.words):.1f} % | "
             f"{pct(g.final_latencies, 50):.2f} / {pct(g.final_latencies, 95):.2f} | {g.errors} | "
             + " / ".join(f"{g.tiers.get(t, 0):.0f}" for t in ("full", "loaded", "busy")) + " | "
-            + " / ".join(f"{g.left.get(o, 0):.0f}" for o in ("read", "load", "none")) + " |")
+            + " / ".join(f"{g.left.get(o, 0):.0f}" for o in LEFT_OUTCOMES) + " |")
     lines += ["", f"Goal: ratio ≤ {GOAL_RATIO} and no more deletions than offline, per group. Final decodes: "
               "the quality tier the finals lane's load chose (early decodes included): full = beam 5 over 30 s, "
               "loaded = beam 5 over a fitted window, busy = greedy. Left context: decodes that read the end of "
-              "the session's previous final / left it out for load / had none to read.", ""]
+              "the session's previous final / had it dropped by the engine (no room in the window, or redone "
+              "without) / left it out for load / had none to read.", ""]
     for g in results:
         lines += [f"## {g.group} ({g.model})", "", "| clip | s | streaming | offline |", "|---|---:|---:|---:|"]
         for r in g.rows:

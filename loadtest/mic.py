@@ -184,6 +184,7 @@ async def run_level(url: str, n: int, cs: list[Clip], seconds: float, sampler: A
 
 
 ENDPOINTS = ("silence", "gap", "max_duration", "stop")
+LEFT_OUTCOMES = ("read", "dropped", "load", "none")  # tolk_stt_left_context_total{outcome}
 
 
 def render_endpoints(rows: list[Row]) -> list[str]:
@@ -281,7 +282,7 @@ def stt_totals(data: Path) -> dict[str, float]:
         ("calls", "tolk_stt_batch_size_count"))]
     wanted += [(f"early_{o}", "tolk_stt_speculative_total", {"outcome": o}) for o in ("decoded", "used", "skipped")]
     wanted += [(f"tier_{t}", "tolk_stt_final_decodes_total", {"tier": t}) for t in ("full", "loaded", "busy")]
-    wanted += [(f"left_{o}", "tolk_stt_left_context_total", {"outcome": o}) for o in ("read", "load", "none")]
+    wanted += [(f"left_{o}", "tolk_stt_left_context_total", {"outcome": o}) for o in LEFT_OUTCOMES]
     totals = dict.fromkeys((key for key, _, _ in wanted), 0.0)
     for _, text in stt_scrapes(data):
         for key, name, labels in wanted:
@@ -294,7 +295,8 @@ def render_stt(rows: list[Row]) -> list[str]:
     factor, early decodes, and the finals' quality tiers."""
     lines = ["STT lanes (all pools): utilisation = model-call seconds / wall; RTF = model seconds per audio second; "
              "early decodes decoded / used by their final / skipped; finals by tier full / loaded / busy; left "
-             "context read / left out for load / none to read.", "",
+             "context read / dropped by the engine (no room, or redone without) / left out for load / none to "
+             "read.", "",
              "| sessions | final lane: util, calls, RTF | partial lane: util, calls, RTF | early decodes | tiers "
              "| left context |",
              "|---:|---|---|---|---|---|"]
@@ -308,7 +310,7 @@ def render_stt(rows: list[Row]) -> list[str]:
             cells.append(f"{busy / s['wall_s']:.0%}, {calls:.0f}, {busy / max(audio, 1e-9):.3f}")
         cells.append(" / ".join(f"{s.get(f'early_{o}', 0):.0f}" for o in ("decoded", "used", "skipped")))
         cells.append(" / ".join(f"{s.get(f'tier_{t}', 0):.0f}" for t in ("full", "loaded", "busy")))
-        cells.append(" / ".join(f"{s.get(f'left_{o}', 0):.0f}" for o in ("read", "load", "none")))
+        cells.append(" / ".join(f"{s.get(f'left_{o}', 0):.0f}" for o in LEFT_OUTCOMES))
         lines.append(f"| {r.sessions}{' (continuous)' if r.mode == 'continuous' else ''} | " + " | ".join(cells)
                      + " |")
     return lines

@@ -133,11 +133,16 @@ def test_left_context_reads_a_final_as_the_continuation_of_the_previous_one(tiny
     left = LeftContexts(8.0)
     left.add("s", "en", (head * 32767).astype(np.int16), first.words, 0.0)
     assert left.left("s", "de", cut) is None and left.left("s", "en", cut + 5.0) is None  # language, gap
+    assert not left.has("s", "de", cut) and not left.has("s", "en", cut + 5.0) and left.has("s", "en", cut)
     context = left.left("s", "en", cut)
     assert context is not None and context.words and context.seconds <= 8.0 + 0.1
     req = SttRequest(tail, "en", True, prompt=first.text, context=context)
     second = tiny.transcribe_batch([req], 30.0, 5)[0]
     assert second.rejected is None and second.words
+    assert second.context_s == context.seconds  # read, as tolk_stt_left_context_total{outcome="read"} counts
+    # No room in the window for it (the request fills a 15 s window): dropped, and the result says so.
+    no_room = SttRequest(np.concatenate([tail] * 4)[: 16000 * 14], "en", True, prompt=first.text, context=context)
+    assert tiny.transcribe_batch([no_room], 15.0, 5)[0].context_s == 0.0
     assert all(0.0 <= w.start <= w.end <= len(tail) / 16000 + 0.2 for w in second.words)
     assert " ".join(w.word for w in second.words).split() == second.text.split()
     assert corpus_wer([(c.reference, f"{first.text} {second.text}")]) < 0.1, (first.text, second.text)

@@ -45,8 +45,9 @@ SPECULATIVE = Counter("tolk_stt_speculative", "Speculative segments (a final's a
                       "silence) by outcome: decoded early, used by their final, or skipped undecoded.",
                       ["pool", "outcome"])
 LEFT_CONTEXT = Counter("tolk_stt_left_context", "Final decodes (early ones included) by left context: read after "
-                       "the end of the session's previous final, left out for the final lane's load, or none to read "
-                       "(a session's first final, after a pause over 2 s, a language change).", ["pool", "outcome"])
+                       "the end of the session's previous final, dropped by the engine (no room in the encoder "
+                       "window, or redone without it), left out for the final lane's load, or none to read (a "
+                       "session's first final, after a pause over 2 s, a language change).", ["pool", "outcome"])
 FINAL_TIERS = Counter("tolk_stt_final_decodes", "Finals decoded (early decodes included) by quality tier as the "
                       "final lane's load chose it: full (beam, 30 s window), loaded (beam, fitted window), busy "
                       "(greedy: the overload valve; many of these mean the pool needs more replicas).",
@@ -439,9 +440,13 @@ class SttActor(Actor):
     def _request(self, seg: Segment, context: bool = False) -> SttRequest:
         language = self.langlock.language_for(seg.session_id, seg.language, seg.speech_start)
         final = seg.kind is SegmentKind.FINAL
-        left = self.left.left(seg.session_id, language, seg.start) if final else None
-        if final:
-            LEFT_CONTEXT.labels(self.pool.name, "none" if left is None else "read" if context else "load").inc()
+        left = None
+        if final and not self.left.has(seg.session_id, language, seg.start):
+            LEFT_CONTEXT.labels(self.pool.name, "none").inc()
+        elif final and not context:
+            LEFT_CONTEXT.labels(self.pool.name, "load").inc()
+        elif final:  # counted by what the engine made of it, once decoded (_transcribe)
+            left = self.left.left(seg.session_id, language, seg.start)
         return SttRequest(
             audio=np.frombuffer(seg.audio, "<i2").astype(np.float32) / 32768.0,
             language=language,
@@ -481,6 +486,8 @@ class SttActor(Actor):
         finally:
             self._inflight = [d for d in self._inflight if d not in batch]
         for d, req, r in zip(batch, requests, results, strict=True):
+            if req.context is not None:
+                LEFT_CONTEXT.labels(self.pool.name, "read" if r.context_s > 0 else "dropped").inc()
             if d.msg.speculative:  # kept for its final; nothing is published for it
                 SPECULATIVE.labels(self.pool.name, "decoded").inc()
                 if self._progress.get((d.msg.session_id, d.msg.utterance_id)) != -1:  # else its final is out

@@ -103,6 +103,9 @@ class SttResult:
     words: list[WordTiming] = field(default_factory=list)
     rejected: str | None = None  # guard that blanked the text, for logs and metrics
     language_prob: float = 0.0  # detection probability when the language was detected, else 0
+    # Seconds of left context the decode read (0: none offered, no room for it in the window, or redone
+    # without it because it read the context again or looped).
+    context_s: float = 0.0
 
 
 class SpeechToText(Protocol):
@@ -334,7 +337,8 @@ class WhisperEngine:
                 text, tokens = "", []
             tokens_out.append(tokens)
             results.append(SttResult(text, lang, float(out.no_speech_prob), float(avg_logprob), rejected=reason,
-                                     language_prob=prob))
+                                     language_prob=prob,
+                                     context_s=req.context.seconds if req.context is not None else 0.0))
         self._add_words(requests, results, tokens_out, prefixes, tokenizers, encoded, frames)
         return results
 

@@ -78,16 +78,17 @@ class LeftContexts:
         while len(self._last) > self.max_sessions:
             self._last.popitem(last=False)
 
+    def has(self, session_id: str, language: str, start: float) -> bool:
+        """A context exists for a final of this session starting at stream second `start` (no copy made)."""
+        entry = self._last.get(session_id)
+        return entry is not None and entry[0] == language and -0.05 <= start - entry[3] <= self.max_gap_s
+
     def left(self, session_id: str, language: str, start: float) -> LeftContext | None:
         """The context for a final of this session whose audio starts at stream second `start`."""
-        entry = self._last.get(session_id)
-        if entry is None or entry[0] != language:
+        if not self.has(session_id, language, start):
             return None
-        _, pcm, words, end = entry
-        gap = start - end
-        if gap < -0.05 or gap > self.max_gap_s:
-            return None
-        return LeftContext(pcm.astype(np.float32) / 32768.0, words, language, max(0.0, gap))
+        _, pcm, words, end = self._last[session_id]
+        return LeftContext(pcm.astype(np.float32) / 32768.0, words, language, max(0.0, start - end))
 
 
 def early_key(seg: Segment, language: str) -> tuple[str, int, int, str]:
