@@ -441,12 +441,13 @@ class SttActor(Actor):
         language = self.langlock.language_for(seg.session_id, seg.language, seg.speech_start)
         final = seg.kind is SegmentKind.FINAL
         left = None
-        if final and not self.left.has(seg.session_id, language, seg.start):
-            LEFT_CONTEXT.labels(self.pool.name, "none").inc()
-        elif final and not context:
-            LEFT_CONTEXT.labels(self.pool.name, "load").inc()
-        elif final:  # counted by what the engine made of it, once decoded (_transcribe)
-            left = self.left.left(seg.session_id, language, seg.start)
+        if final:
+            if not self.left.has(seg.session_id, language, seg.start):
+                LEFT_CONTEXT.labels(self.pool.name, "none").inc()
+            elif not context:
+                LEFT_CONTEXT.labels(self.pool.name, "load").inc()
+            else:  # counted by what the engine made of it, once decoded (_transcribe)
+                left = self.left.left(seg.session_id, language, seg.start)
         return SttRequest(
             audio=np.frombuffer(seg.audio, "<i2").astype(np.float32) / 32768.0,
             language=language,

@@ -51,12 +51,12 @@ def uncovered(audio: np.ndarray, words: list[WordTiming]) -> list[Span]:
     levels = _levels(audio)
     duration = len(audio) / SAMPLE_RATE
     first, last = words[0].start, words[-1].end
-    covered = levels[int(first * PER_S): max(int(first * PER_S) + 1, int(last * PER_S))]
-    if covered.size < MIN_COVERED_S * PER_S:
-        covered = np.percentile(levels, [90]) if levels.size else levels  # the loud frames: speech, not noise
-    if covered.size == 0:
+    if levels.size == 0:
         return []
-    floor = RELATIVE_LEVEL * float(np.median(covered))
+    covered = levels[int(first * PER_S): max(int(first * PER_S) + 1, int(last * PER_S))]
+    # Too few covered frames to measure: the audio's loud frames (speech, not noise) stand in.
+    reference = np.median(covered) if covered.size >= MIN_COVERED_S * PER_S else np.percentile(levels, 90)
+    floor = RELATIVE_LEVEL * float(reference)
     if floor <= 0:
         return []
 
