@@ -8,7 +8,9 @@ from actors.runtime import pools
 from actors.runtime.actor import RuntimeSettings
 from actors.runtime.bus import Bus
 from actors.runtime.consumer import Delivery
-from actors.stt.actor import SttActor, SttSettings
+from actors.stt.actor import FULL_WINDOW_EXTRA, SttActor, SttSettings
+from actors.stt.engine import WhisperEngine, WhisperOptions
+from actors.stt.models import resolve
 from schemas import Segment, SegmentKind
 
 
@@ -69,3 +71,18 @@ async def test_early_decodes_start_only_on_an_idle_lane(bus: Bus) -> None:
     step = stt._final_step(speculative=True)
     assert step is not None and _taken(step) == "_early_call"
     assert len(stt._early_running) == 1 and not stt._finals  # the newest of the utterance; the older one skipped
+
+
+async def test_finals_use_the_full_window_only_where_it_costs_little(bus: Bus) -> None:
+    """The full window's price is measured with the real model at start; over the limit, finals on an idle lane
+    keep beam search over the loaded tier's fitted window."""
+    engine = WhisperEngine(resolve("tiny.en", "/nonexistent"), WhisperOptions(workers=1))
+    for limit, window in ((1000.0, 30.0), (-1.0, 15.0)):
+        stt = SttActor(bus, RuntimeSettings(), SttSettings(full_window_extra_s=limit), pools.load({}).serving("en"))
+        try:
+            await stt._price_full_window(engine)
+            assert stt._final_quality(0) == (window, 5, True)
+            assert FULL_WINDOW_EXTRA.labels("en")._value.get() >= 0.0
+        finally:
+            stt.final_lane.shutdown()
+            stt.partial_lane.shutdown()

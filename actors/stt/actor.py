@@ -52,6 +52,9 @@ FINAL_TIERS = Counter("tolk_stt_final_decodes", "Finals decoded (early decodes i
                       "final lane's load chose it: full (beam, 30 s window), loaded (beam, fitted window), busy "
                       "(greedy: the overload valve; many of these mean the pool needs more replicas).",
                       ["pool", "tier"])
+FULL_WINDOW_EXTRA = Gauge("tolk_stt_full_window_extra_seconds", "What Whisper's full 30 s window costs each final "
+                          "call over the loaded tier's fitted one (encoder seconds, measured at start); above "
+                          "TOLK_FULL_WINDOW_EXTRA_S finals never use the full window.", ["pool"])
 POOL_INFO = Gauge("tolk_stt_pool_info", "The STT pool this process serves (TOLK_STT_POOL): its model and "
                   "languages, always 1.", ["pool", "model", "languages"])
 
@@ -88,6 +91,10 @@ class SttSettings:
     beam_size: int = 5
     final_window_s: float = 30.0
     full_window_below: float = 0.3
+    # ... and only where the full window costs at most this many encoder seconds per call more than the fitted
+    # one, measured at start: a few ms on a GPU; on 2 CPU cores +0.2 s for tiny.en and +0.5 s for base, for no
+    # words measurably better (python -m loadtest.accuracy --sessions 1: base p50 1.81 s → 1.07 s).
+    full_window_extra_s: float = 0.15
     loaded_window_s: float = 15.0
     busy_batch: int = 6
     busy_beam_size: int = 1
@@ -149,6 +156,7 @@ class SttActor(Actor):
         self._progress: OrderedDict[tuple[str, int], int] = OrderedDict()
         self.context = PromptContext()
         self.left = LeftContexts(self.cfg.left_context_s)
+        self._full_window = True  # False once start() finds the full window too dear here
         self._final_calls: deque[tuple[float, float]] = deque()  # (ended, seconds) of final-lane calls, 10 s
         self._early: EarlyDecodes[tuple[SttResult, int]] = EarlyDecodes()  # (result, speculative seq)
         self.trimmer = memory.Trimmer()
@@ -186,6 +194,22 @@ class SttActor(Actor):
             self.final_lane.run(self.engine.transcribe_batch, warm),
             self.partial_lane.run(self.engine.transcribe_batch, warm),
         )
+        await self._price_full_window(self.engine)
+
+    async def _price_full_window(self, engine: SpeechToText) -> None:
+        """Whether finals may use the full 30 s window at all here: only where it costs little over the
+        loaded tier's window, as its words are worth little more (README "Accuracy")."""
+        if self.cfg.final_window_s <= self.cfg.loaded_window_s:
+            return
+        full = await self.final_lane.run(engine.encode_seconds, self.cfg.final_window_s)
+        fitted = await self.final_lane.run(engine.encode_seconds, self.cfg.loaded_window_s)
+        extra = max(0.0, full - fitted)
+        FULL_WINDOW_EXTRA.labels(self.pool.name).set(extra)
+        self._full_window = extra <= self.cfg.full_window_extra_s
+        log.info("pool %s: the full %.0f s window costs %.3f s more per final call than %.0f s: %s", self.pool.name,
+                 self.cfg.final_window_s, extra, self.cfg.loaded_window_s,
+                 "used while the finals lane has headroom" if self._full_window
+                 else f"not used (over TOLK_FULL_WINDOW_EXTRA_S={self.cfg.full_window_extra_s:g})")
 
     # ------------------------------------------------------------------ intake
     async def _wait_space(self, queue: deque[Delivery[Segment]]) -> None:
@@ -345,7 +369,8 @@ class SttActor(Actor):
         while self._final_calls and self._final_calls[0][0] < now - LOAD_WINDOW_S:
             self._final_calls.popleft()
         busy = sum(min(took, end - (now - LOAD_WINDOW_S)) for end, took in self._final_calls) / LOAD_WINDOW_S
-        window = self.cfg.final_window_s if busy < self.cfg.full_window_below else self.cfg.loaded_window_s
+        full = self._full_window and busy < self.cfg.full_window_below
+        window = self.cfg.final_window_s if full else self.cfg.loaded_window_s
         return window, self.cfg.beam_size, busy < self.cfg.left_context_below
 
     def _tier(self, window_s: float, beam_size: int) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -117,6 +118,8 @@ class SpeechToText(Protocol):
     def transcribe_batch(self, requests: list[SttRequest], window_s: float = 30.0,
                          beam_size: int | None = None) -> list[SttResult]: ...
 
+    def encode_seconds(self, window_s: float) -> float: ...
+
 
 @dataclass(frozen=True)
 class WhisperOptions:
@@ -185,6 +188,22 @@ class WhisperEngine:
 
     def _mel(self, audio: np.ndarray) -> np.ndarray:
         return np.asarray(self.model.feature_extractor(audio)[..., :-1])
+
+    def encode_seconds(self, window_s: float, repeats: int = 3) -> float:
+        """What one encoder pass over a `window_s` window takes here (the fastest of `repeats`).
+
+        The full 30 s window's price over a fitted one differs by three orders of magnitude between a GPU and
+        two CPU cores, so the STT actor measures it where it runs instead of guessing from the device.
+        """
+        from faster_whisper.audio import pad_or_trim
+
+        mel = pad_or_trim(self._mel(np.zeros(SAMPLE_RATE, np.float32)), self.window_frames(0, window_s))[None]
+        took = []
+        for _ in range(max(1, repeats)):
+            began = time.perf_counter()
+            self.model.encode(mel)
+            took.append(time.perf_counter() - began)
+        return min(took)
 
     @staticmethod
     def window_frames(longest_frames: int, window_s: float) -> int:
