@@ -26,9 +26,8 @@ WER_BOUND = 0.15
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
-    # Finals decoded the same way whatever the load and timing (beam search over one window: the full one where
-    # it is cheap, else the fitted one; one segment per model call, no speculative decode), so that PCM and
-    # Opus runs differ only by their audio.
+    # Finals decoded the same way whatever the load and timing (always the full window with beam search, one
+    # segment per model call, no speculative decode), so that PCM and Opus runs differ only by their audio.
     run = start_tolk(tmp_path_factory.mktemp("tolk-opus"), env={
         "TOLK_MT_DOWNLOAD": "0", "TOLK_FULL_WINDOW_BELOW": "2", "TOLK_BUSY_BATCH": "1000", "TOLK_BATCH_SIZE": "1",
         "TOLK_SPECULATE": "false"})

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import math
 import os
 import time
 from collections import OrderedDict, deque
@@ -53,8 +54,8 @@ FINAL_TIERS = Counter("tolk_stt_final_decodes", "Finals decoded (early decodes i
                       "(greedy: the overload valve; many of these mean the pool needs more replicas).",
                       ["pool", "tier"])
 FULL_WINDOW_EXTRA = Gauge("tolk_stt_full_window_extra_seconds", "What Whisper's full 30 s window costs each final "
-                          "call over the loaded tier's fitted one (encoder seconds, measured at start); above "
-                          "TOLK_FULL_WINDOW_EXTRA_S finals never use the full window.", ["pool"])
+                          "call over the loaded tier's fitted one (encoder seconds, measured at start where "
+                          "TOLK_FULL_WINDOW_EXTRA_S is set; above it finals never use the full window).", ["pool"])
 POOL_INFO = Gauge("tolk_stt_pool_info", "The STT pool this process serves (TOLK_STT_POOL): its model and "
                   "languages, always 1.", ["pool", "model", "languages"])
 
@@ -91,10 +92,11 @@ class SttSettings:
     beam_size: int = 5
     final_window_s: float = 30.0
     full_window_below: float = 0.3
-    # ... and only where the full window costs at most this many encoder seconds per call more than the fitted
-    # one, measured at start: a few ms on a GPU; on 2 CPU cores +0.2 s for tiny.en and +0.5 s for base, for no
-    # words measurably better (python -m loadtest.accuracy --sessions 1: base p50 1.81 s → 1.07 s).
-    full_window_extra_s: float = 0.15
+    # ... and, where set, only while the full window costs at most this many encoder seconds per call more than
+    # the fitted one (measured at start). Off by default: on 2 CPU cores the full window gives better words
+    # (python -m loadtest.levers: tiny.en 0.039 → 0.033) but costs base 0.7 s p50 at 1 session; 0.3 trades
+    # those words for that latency (README "Accuracy"). A GPU pays a few ms either way.
+    full_window_extra_s: float = math.inf
     loaded_window_s: float = 15.0
     busy_batch: int = 6
     busy_beam_size: int = 1
@@ -199,7 +201,7 @@ class SttActor(Actor):
     async def _price_full_window(self, engine: SpeechToText) -> None:
         """Whether finals may use the full 30 s window at all here: only where it costs little over the
         loaded tier's window, as its words are worth little more (README "Accuracy")."""
-        if self.cfg.final_window_s <= self.cfg.loaded_window_s:
+        if self.cfg.final_window_s <= self.cfg.loaded_window_s or math.isinf(self.cfg.full_window_extra_s):
             return
         full = await self.final_lane.run(engine.encode_seconds, self.cfg.final_window_s)
         fitted = await self.final_lane.run(engine.encode_seconds, self.cfg.loaded_window_s)
