@@ -96,6 +96,14 @@ def test_an_stt_process_serves_exactly_one_pool() -> None:
         default.serving("fr")
 
 
+def test_a_pool_reads_its_own_settings_over_the_common_ones() -> None:
+    env = {"TOLK_BEAM_SIZE": "5", "TOLK_POOL_MULTI__BEAM_SIZE": "2", "TOLK_POOL_EN_GB__LOADED_WINDOW_S": "20",
+           "TOLK_POOL_MULTI__": "ignored"}
+    multi, en_gb = pools.settings_env("multi", env), pools.settings_env("en-gb", env)
+    assert multi["TOLK_BEAM_SIZE"] == "2" and "TOLK_LOADED_WINDOW_S" not in multi and "TOLK_" not in multi
+    assert en_gb["TOLK_BEAM_SIZE"] == "5" and en_gb["TOLK_LOADED_WINDOW_S"] == "20"
+
+
 # ------------------------------------------------------------------------------------------- topology
 
 
@@ -201,7 +209,9 @@ async def test_apply_migrates_a_pre_pool_deployment_and_follows_pool_changes(fre
 def pooled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     """`tolk up` as a newcomer runs it: neither TOLK_STT_POOLS nor TOLK_MODEL, so the default pools. One start
     for the whole module (it loads two models)."""
-    run = start_tolk(tmp_path_factory.mktemp("tolk-pools"), env={"TOLK_MODEL": "", "TOLK_STT_POOLS": ""})
+    # One pool-only setting (its value keeps the full window: only its measurement shows, on that pool alone).
+    run = start_tolk(tmp_path_factory.mktemp("tolk-pools"), env={"TOLK_MODEL": "", "TOLK_STT_POOLS": "",
+                                                                  "TOLK_POOL_MULTI__FULL_WINDOW_EXTRA_S": "1000"})
     yield run
     stop_tolk(run)
 
@@ -246,6 +256,10 @@ def test_status_shows_each_pool_with_its_model_languages_and_lag(pooled: Running
     assert "started stt-en (pid" in log and "started stt-multi (pid" in log
     stt = [p for p in pooled.descendants() if "actor stt" in " ".join(p.cmdline())]
     assert sorted(p.environ()["TOLK_STT_POOL"] for p in stt) == ["en", "multi"]
+    # The multi pool's own setting reached its process alone.
+    scraped = stt_metrics(pooled)
+    assert metric_sum(scraped["multi"], "tolk_stt_full_window_extra_seconds", pool="multi") > 0
+    assert "tolk_stt_full_window_extra_seconds{" not in scraped["en"]
 
 
 @on_loop

@@ -43,6 +43,15 @@ ENV_MODEL = "TOLK_MODEL"
 NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,14}[a-z0-9])?$")
 
 
+def settings_env(pool: str, env: Mapping[str, str]) -> dict[str, str]:
+    """`env` as the pool's STT processes read their settings: `TOLK_POOL_<NAME>__<SETTING>` (NAME upper-case,
+    `-` as `_`) overrides `TOLK_<SETTING>` there, so pools of one `tolk up` or compose file can be tuned apart
+    (a big model's latency knobs), as the chart's per-pool `extraEnv` does on Kubernetes."""
+    prefix = f"TOLK_POOL_{pool.upper().replace('-', '_')}__"
+    own = {"TOLK_" + k[len(prefix):]: v for k, v in env.items() if k.startswith(prefix) and len(k) > len(prefix)}
+    return {**env, **own}
+
+
 def durable(kind: str, pool: str) -> str:
     """The pool's durable consumer for `kind` (final | partial): `stt-final-en` (nats/topology.toml)."""
     return f"stt-{kind}-{pool}"

@@ -608,4 +608,5 @@ class SttActor(Actor):
 
 
 async def create(bus: Bus, runtime: RuntimeSettings) -> Actor:
-    return SttActor(bus, runtime, settings.load(SttSettings))
+    pool = pools.load().serving(settings.load(SttSettings).stt_pool)
+    return SttActor(bus, runtime, settings.load(SttSettings, pools.settings_env(pool.name, os.environ)), pool)
