@@ -82,7 +82,7 @@ async def test_finals_use_the_full_window_only_where_it_costs_little(bus: Bus) -
         try:
             await stt._price_full_window(engine)
             assert stt._final_quality(0) == (window, 5, True)
-            assert FULL_WINDOW_EXTRA.labels("en")._value.get() >= 0.0
+            assert FULL_WINDOW_EXTRA.labels("en")._value.get() > 0.0  # 30 s of encoder input costs more than 15 s
         finally:
             stt.final_lane.shutdown()
             stt.partial_lane.shutdown()
