@@ -26,7 +26,7 @@ import numpy as np
 
 from loadtest.client import SessionRun, stream_pcm
 from loadtest.mic import LEFT_OUTCOMES, machine, pct, save_report, start_tolk, stt_counter
-from loadtest.speech import Clip, clips
+from loadtest.speech import Clip, at_peak, clips
 from loadtest.wer import Counts, counts
 
 GOAL_RATIO = 1.05
@@ -79,19 +79,20 @@ class GroupResult:
         return self.stream.wer / max(self.offline.wer, 1e-9)
 
 
-async def stream_clips(url: str, cs: list[Clip], sessions: int, pace: float) -> list[SessionRun]:
+async def stream_clips(url: str, cs: list[Clip], sessions: int, pace: float,
+                       peak_dbfs: float | None = None) -> list[SessionRun]:
     gate = asyncio.Semaphore(sessions)
 
     async def one(i: int, c: Clip) -> SessionRun:
         async with gate:
             await asyncio.sleep(0.37 * (i % sessions))  # staggered like real users, not in lockstep
             pcm, rate = c.pcm16()
-            return await stream_pcm(url, pcm, rate, pace=pace, language=c.language, timeout=120)
+            return await stream_pcm(url, at_peak(pcm, peak_dbfs), rate, pace=pace, language=c.language, timeout=120)
 
     return list(await asyncio.gather(*(one(i, c) for i, c in enumerate(cs))))
 
 
-def offline(model: str, cs: list[Clip]) -> list[str]:
+def offline(model: str, cs: list[Clip], peak_dbfs: float | None = None) -> list[str]:
     """faster-whisper's own transcribe() with its defaults, same model folder and compute type as Tolk."""
     from faster_whisper import WhisperModel
 
@@ -106,7 +107,7 @@ def offline(model: str, cs: list[Clip]) -> list[str]:
     for c in cs:
         pcm, rate = c.pcm16()
         assert rate == 16000, c.name
-        audio = np.frombuffer(pcm, "<i2").astype(np.float32) / 32768.0
+        audio = np.frombuffer(at_peak(pcm, peak_dbfs), "<i2").astype(np.float32) / 32768.0
         segments, _ = whisper.transcribe(audio, language=c.language if whisper.model.is_multilingual else None)
         out.append(" ".join(s.text.strip() for s in segments))
     return out
@@ -118,7 +119,7 @@ async def run_group(group: Group, cs: list[Clip], args: argparse.Namespace) -> G
         proc, url = start_tolk(Path(tmp), {"TOLK_MODEL": group.model})
         try:
             began = time.monotonic()
-            runs = await stream_clips(url, cs, args.sessions, args.pace)
+            runs = await stream_clips(url, cs, args.sessions, args.pace, args.peak_dbfs)
             print(f"[{group.name}] streamed {len(cs)} clips in {time.monotonic() - began:.0f} s", flush=True)
             result.tiers = stt_counter(Path(tmp), "tolk_stt_final_decodes_total", "tier")
             result.left = stt_counter(Path(tmp), "tolk_stt_left_context_total", "outcome")
@@ -126,7 +127,7 @@ async def run_group(group: Group, cs: list[Clip], args: argparse.Namespace) -> G
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=90)
     began = time.monotonic()
-    texts = offline(group.model, cs) if not args.no_offline else [""] * len(cs)
+    texts = offline(group.model, cs, args.peak_dbfs) if not args.no_offline else [""] * len(cs)
     print(f"[{group.name}] offline transcribe() in {time.monotonic() - began:.0f} s", flush=True)
     for c, run, text in zip(cs, runs, texts, strict=True):
         result.rows.append(ClipRow(c.name, c.language, c.seconds, counts(c.reference, run.text(), c.language),
@@ -147,7 +148,9 @@ def render(results: list[GroupResult], args: argparse.Namespace, machine: str) -
         f"- command: `python -m loadtest.accuracy {' '.join(sys.argv[1:])}`",
         f"- machine: {machine}",
         f"- streaming: each clip is one session through `tolk up` at {args.pace:g}× real time, "
-        f"{args.sessions} at once, `stop` right after the clip's last sample",
+        f"{args.sessions} at once, `stop` right after the clip's last sample"
+        + (f"; every clip (offline too) played with its peak at {args.peak_dbfs:g} dBFS" if args.peak_dbfs is not None
+           else ""),
         "- offline: faster-whisper `transcribe()` defaults (beam 5, previous text as prompt, whole file), same model "
         "folder, CPU int8 as Tolk uses",
         "- WER: Whisper's normalisers (English / basic), jiwer alignment; cells are WER (substitutions/deletions/"
@@ -213,6 +216,8 @@ def main() -> int:
     p.add_argument("--pace", type=float, default=1.0, help="1 = real time")
     p.add_argument("--clips", nargs="*", default=[], help="clip name prefixes (default: the whole dev set)")
     p.add_argument("--model", default=None, help="use this model for every group instead of tiny.en / base")
+    p.add_argument("--peak-dbfs", type=float, default=None,
+                   help="play every clip (streaming and offline) with its peak at this level, e.g. -50: a quiet mic")
     p.add_argument("--no-offline", action="store_true", help="skip the offline reference run")
     p.add_argument("--name", default="accuracy", help="report name: loadtest/reports/<name>-latest.md")
     return asyncio.run(main_async(p.parse_args()))

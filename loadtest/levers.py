@@ -12,6 +12,7 @@ effect shows without load noise. The report is printed and saved under loadtest/
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -21,7 +22,7 @@ import numpy as np
 
 from loadtest.accuracy import GROUPS, Group
 from loadtest.mic import REPORTS
-from loadtest.speech import Clip, clips
+from loadtest.speech import Clip, at_peak, clips
 from loadtest.wer import Counts, counts
 
 
@@ -34,6 +35,9 @@ class Lever:
     segmenter: dict[str, object] = field(default_factory=dict)
     vote: str = "and"
     left_context_s: float = 0.0
+    silero_gain: bool = True  # TOLK_VAD_GAIN (webrtcvad always had its gain)
+    whisper_level: bool = True  # TOLK_LEVEL_MAX_GAIN_DB > 0: Whisper reads quiet audio raised
+    peak_dbfs: float | None = None  # each clip played with its peak at this level (int16 samples), not as recorded
 
 
 LEVERS = [
@@ -56,6 +60,18 @@ LEVERS = [
     Lever("+ beam 5, fitted ≥15 s (loaded), prompt, 2 s of left context (the default)", window_s=15.0, beam=5,
           prompt=True, left_context_s=2.0),
     Lever("+ beam 5, 30 s, prompt, 2 s of left context", window_s=30.0, beam=5, prompt=True, left_context_s=2.0),
+    Lever("13 (the idle tier) as before the level work: Silero without the gain, Whisper without the level",
+          window_s=30.0, beam=5, prompt=True, left_context_s=2.0, silero_gain=False, whisper_level=False),
+    Lever("13, each clip played with its peak at -50 dBFS, as before the level work", window_s=30.0, beam=5,
+          prompt=True, left_context_s=2.0, silero_gain=False, whisper_level=False, peak_dbfs=-50.0),
+    Lever("13, each clip played with its peak at -50 dBFS, + Silero's gain", window_s=30.0, beam=5,
+          prompt=True, left_context_s=2.0, whisper_level=False, peak_dbfs=-50.0),
+    Lever("13, each clip played with its peak at -50 dBFS, + Silero's gain + Whisper's level (the default)",
+          window_s=30.0, beam=5, prompt=True, left_context_s=2.0, peak_dbfs=-50.0),
+    Lever("13, each clip played with its peak at -60 dBFS, as before the level work", window_s=30.0, beam=5,
+          prompt=True, left_context_s=2.0, silero_gain=False, whisper_level=False, peak_dbfs=-60.0),
+    Lever("13, each clip played with its peak at -60 dBFS, + Silero's gain + Whisper's level (the default)",
+          window_s=30.0, beam=5, prompt=True, left_context_s=2.0, peak_dbfs=-60.0),
 ]
 
 
@@ -68,8 +84,9 @@ def finals_text(c: Clip, lever: Lever, engine: object, silero: object) -> tuple[
 
     assert isinstance(engine, WhisperEngine) and isinstance(silero, SileroModel)
     pcm, rate = c.pcm16()
-    audio = np.frombuffer(pcm, "<i2").astype(np.float32) / 32768
-    seg = UtteranceSegmenter(DualVad(WebRtcStream(2), silero.stream(0.5), Vote(lever.vote)),
+    audio = np.frombuffer(at_peak(pcm, lever.peak_dbfs), "<i2").astype(np.float32) / 32768
+    seg = UtteranceSegmenter(DualVad(WebRtcStream(2), silero.stream(0.5, lever.silero_gain),
+                                     Vote(lever.vote)),
                              SegmenterConfig(**lever.segmenter))  # type: ignore[arg-type]
     cuts = []
     for i in range(0, len(audio), rate // 10):
@@ -101,6 +118,7 @@ def run_group(group: Group, cs: list[Clip], levers: list[Lever]) -> list[tuple[L
     silero = SileroModel()
     rows = []
     for lever in levers:
+        engine.opts = dataclasses.replace(engine.opts, level_max_gain_db=40.0 if lever.whisper_level else 0.0)
         began = time.monotonic()
         total, n = Counts(), 0
         for c in cs:

@@ -38,6 +38,15 @@ class Clip:
         return frames, rate
 
 
+def at_peak(pcm: bytes, dbfs: float | None) -> bytes:
+    """int16 samples played with their peak at `dbfs` (a quiet or distant microphone); None: as recorded."""
+    if dbfs is None:
+        return pcm
+    a = np.frombuffer(pcm, "<i2").astype(np.float64)
+    gain = 32768 * 10 ** (dbfs / 20) / max(float(np.abs(a).max()), 1.0)
+    return np.clip(np.round(a * gain), -32768, 32767).astype("<i2").tobytes()
+
+
 def clips(language: str | None = None) -> list[Clip]:
     root = speech_dir()
     with open(root / "manifest.tsv", newline="", encoding="utf-8") as fh:

@@ -151,6 +151,31 @@ def test_quietly_recorded_speech_is_found(silero: SileroModel) -> None:
     assert f and f[0].end - f[0].start > 0.6 * c.seconds
 
 
+def test_speech_played_far_quieter_is_found_alike(silero: SileroModel) -> None:
+    """Both VADs hear the audio through the slow gain (TOLK_VAD_GAIN): speech peaking at -60 dBFS (a distant or
+    quietly set microphone) is found as at its recorded level. Unraised, Silero hears about half of it."""
+    dbfs = -60.0
+    cs = [clip(p) for p in ("en_jfk", "en_fleurs_001", "de_fleurs_001", "pt_fleurs_004")]
+
+    def covered(audio: np.ndarray, gain: bool) -> float:
+        seg = UtteranceSegmenter(DualVad(WebRtcStream(2), silero.stream(0.5, gain), Vote.AND))
+        cuts = []
+        for i in range(0, len(audio), 1600):
+            cuts += seg.push(audio[i : i + 1600], wall=i / 16000)
+        cuts += seg.flush(wall=len(audio) / 16000)
+        return sum(c.end - c.speech_start for c in finals(cuts))
+
+    recorded = raised = unraised = 0.0
+    for c in cs:
+        a = samples(c)
+        quiet = (np.round(a * 10 ** (dbfs / 20) / np.abs(a).max() * 32768) / 32768).astype(np.float32)
+        recorded += covered(a, True)
+        raised += covered(quiet, True)
+        unraised += covered(quiet, False)
+    assert raised > 0.9 * recorded, (recorded, raised)
+    assert unraised < 0.6 * recorded, (recorded, unraised)
+
+
 def test_quiet_speaker_after_a_loud_one_is_found(silero: SileroModel) -> None:
     """Silero's recurrent state remembers loud audio; a pause must reset it (regression)."""
     loud, quiet = samples(clip("en_fleurs_001")), samples(clip("en_fleurs_002"))

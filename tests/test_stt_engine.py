@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -89,6 +90,37 @@ def test_silence_and_noise_give_no_text(tiny: WhisperEngine) -> None:
     ]
     for r in tiny.transcribe_batch(reqs):
         assert r.text == "" and r.words == [] and r.rejected
+
+
+def at_peak(a: np.ndarray, dbfs: float) -> np.ndarray:
+    """The clip played with its peak at `dbfs`, as 16-bit samples carry it."""
+    return (np.round(a * 10 ** (dbfs / 20) / np.abs(a).max() * 32768) / 32768).astype(np.float32)
+
+
+def test_quiet_speech_reads_as_at_its_recorded_level(tiny: WhisperEngine) -> None:
+    """Speech peaking at -60 dBFS (a distant or quietly set microphone) is raised before Whisper reads it;
+    unraised, Whisper loses and mishears words (tiny.en, offline alike)."""
+    cs = [clip(p) for p in ("en_librispeech_61", "en_fleurs_001", "en_fleurs_004",
+                            "en_librivox_sense_and_sensibility_0890")]
+
+    def wer(dbfs: float | None, gain_db: float) -> float:
+        tiny.opts = dataclasses.replace(tiny.opts, level_max_gain_db=gain_db)
+        reqs = [SttRequest(audio(c) if dbfs is None else at_peak(audio(c), dbfs), "en") for c in cs]
+        texts = [r.text for r in tiny.transcribe_batch(reqs, window_s=30, beam_size=5)]
+        return corpus_wer([(c.reference, t) for c, t in zip(cs, texts, strict=True)])
+
+    defaults = tiny.opts
+    on = defaults.level_max_gain_db
+    try:
+        recorded, raised, unraised = wer(None, on), wer(-60, on), wer(-60, 0)
+    finally:
+        tiny.opts = defaults
+    assert raised <= recorded + 0.02, (recorded, raised)
+    assert unraised > raised + 0.05, (unraised, raised)
+    loud = audio(clip("en_jfk"))
+    assert tiny.leveled(loud) is loud  # never lowered
+    faint = at_peak(loud, -80)
+    assert np.abs(tiny.leveled(faint)).max() == pytest.approx(np.abs(faint).max() * 100, rel=1e-4)  # 40 dB cap
 
 
 def test_model_resolution_errors(tmp_path: Path) -> None:

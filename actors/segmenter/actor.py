@@ -59,6 +59,9 @@ class SegmenterSettings:
     vad_vote: Vote = Vote.AND
     webrtc_aggressiveness: int = 2
     silero_threshold: float = 0.5
+    # Both VADs hear the audio through a slow peak gain (up to 40 dB; STT gets the audio as sent): without it
+    # speech peaking under about -50 dBFS (a distant or quietly set microphone) is silence to Silero.
+    vad_gain: bool = True
     endpoint_ms: int = 500
     # Continuous speech (README "Segmenter"): the ending pause shrinks from endpoint_ms to endpoint_min_ms
     # between shrink_after_s and soft_max_s of speech; past soft_max_s the first gap_ms gap ends it.
@@ -194,8 +197,8 @@ class SegmenterActor(Actor):
         if state is None:
             assert self.silero is not None
             vad = DualVad(
-                WebRtcStream(self.cfg.webrtc_aggressiveness),
-                self.silero.stream(self.cfg.silero_threshold),
+                WebRtcStream(self.cfg.webrtc_aggressiveness, self.cfg.vad_gain),
+                self.silero.stream(self.cfg.silero_threshold, self.cfg.vad_gain),
                 self.cfg.vad_vote,
             )
             state = SessionState(chunk, UtteranceSegmenter(vad, self.seg_config), partition)

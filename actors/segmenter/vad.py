@@ -91,14 +91,17 @@ class SileroModel:
         out, new_state = self._session.run(None, {"input": x, "state": state, "sr": self._sr})
         return float(out[0, 0]), new_state
 
-    def stream(self, threshold: float) -> SileroStream:
-        return SileroStream(self, threshold)
+    def stream(self, threshold: float, agc: bool = True) -> SileroStream:
+        return SileroStream(self, threshold, agc)
 
 
 class SileroStream:
-    def __init__(self, model: SileroModel, threshold: float) -> None:
+    def __init__(self, model: SileroModel, threshold: float, agc: bool = True) -> None:
         self._model = model
         self._threshold = threshold
+        # Silero hears level too: speech peaking under about -50 dBFS (a distant or quietly set microphone) reads
+        # as silence, and whole utterances are lost. The same slow gain as webrtcvad's brings it into range.
+        self._agc = PeakGain() if agc else None
         # Silero's own hysteresis: once in speech, stay until the probability drops 0.15 lower.
         self._continue = max(0.01, threshold - 0.15)
         self._state = np.zeros((2, 1, 128), dtype=np.float32)
@@ -106,8 +109,9 @@ class SileroStream:
         self.last_probability = 0.0
 
     def speech(self, frame: np.ndarray, active: bool) -> bool:
-        prob, self._state = self._model.probability(frame, self._state, self._context)
-        self._context = frame[-_SILERO_CONTEXT:].astype(np.float32)
+        x = self._agc(frame) if self._agc else frame
+        prob, self._state = self._model.probability(x, self._state, self._context)
+        self._context = x[-_SILERO_CONTEXT:].astype(np.float32)
         self.last_probability = prob
         return prob >= (self._continue if active else self._threshold)
 

@@ -113,6 +113,10 @@ class SttSettings:
     left_context_below: float = 0.6
     speculate: bool = True  # decode a final's audio during the endpoint silence, while the lane is idle
     partial_window_s: float = 6.0  # partials are provisional: greedy over a shorter (cheaper) window
+    # Whisper reads quiet audio raised to peak at level_dbfs (by at most level_max_gain_db; 0: off): speech peaking
+    # at -50 dBFS otherwise loses words, offline too (README "Accuracy").
+    level_dbfs: float = -10.0
+    level_max_gain_db: float = 40.0
     no_speech_threshold: float = 0.6
     logprob_threshold: float = -1.0
     compression_threshold: float = 2.4
@@ -185,6 +189,8 @@ class SttActor(Actor):
             workers=self._slots + 1,  # a CTranslate2 replica per concurrent call
             beam_size=self.cfg.beam_size,
             prompt_tokens=self.cfg.prompt_tokens,
+            level_dbfs=self.cfg.level_dbfs,
+            level_max_gain_db=self.cfg.level_max_gain_db,
             no_speech_threshold=self.cfg.no_speech_threshold,
             logprob_threshold=self.cfg.logprob_threshold,
             compression_threshold=self.cfg.compression_threshold,

@@ -133,6 +133,11 @@ class WhisperOptions:
     compression_threshold: float = 2.4
     tokens_per_second: float = 8.0  # decode budget: speech runs ~3-4 tokens/s; loops run away
     prompt_tokens: int = 128  # most of a request's previous text used as its prompt (0: none)
+    # Whisper hears level: speech peaking at -50 dBFS reads with more than twice the deletions it has at its
+    # recorded level (offline Whisper too). Quieter input is raised to peak at level_dbfs, by at most
+    # level_max_gain_db (0: off); louder input is left as it is.
+    level_dbfs: float = -10.0
+    level_max_gain_db: float = 40.0
 
 
 def pick_device(requested: str) -> str:
@@ -187,7 +192,16 @@ class WhisperEngine:
         return language in _LANGUAGE_CODES if self.multilingual else language == "en"
 
     def _mel(self, audio: np.ndarray) -> np.ndarray:
-        return np.asarray(self.model.feature_extractor(audio)[..., :-1])
+        return np.asarray(self.model.feature_extractor(self.leveled(audio))[..., :-1])
+
+    def leveled(self, audio: np.ndarray) -> np.ndarray:
+        """The audio raised to peak at level_dbfs where it is quieter (never lowered, never by more than the
+        cap: digital silence stays silent, a faint noise floor stays faint)."""
+        peak = float(np.max(np.abs(audio))) if len(audio) else 0.0
+        if self.opts.level_max_gain_db <= 0 or peak <= 0:
+            return audio
+        gain = min(10 ** (self.opts.level_dbfs / 20) / peak, 10 ** (self.opts.level_max_gain_db / 20))
+        return (audio * gain).astype(np.float32) if gain > 1 else audio
 
     def encode_seconds(self, window_s: float, repeats: int = 3) -> float:
         """What one encoder pass over a `window_s` window takes here (the fastest of `repeats`).
