@@ -15,7 +15,7 @@ from typing import Any
 
 import msgspec
 from aiohttp import web
-from nats.js.errors import KeyDeletedError, KeyNotFoundError, NoKeysError
+from nats.js.errors import KeyDeletedError, KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from actors.runtime import channels, listeners, pools, settings, topology
@@ -319,21 +319,19 @@ class Edge(Actor):
 
     async def list_channels(self, request: web.Request) -> web.Response:
         out = []
-        kv = await self.bus.kv(channels.BUCKET)
         leases = await self.bus.kv(channels.LEASES)
-        with contextlib.suppress(NoKeysError):
-            for key in sorted(await kv.keys()):
-                record = await self.channel(key)
-                if record is None:
-                    continue
-                lease = None
-                with contextlib.suppress(Exception):
-                    entry = await leases.get(key)
-                    lease = decode(entry.value, IngestLease) if entry.value else None
-                out.append({"name": record.name, "title": record.title, "language": record.language,
-                            "targets": list(record.targets), "live": lease is not None,
-                            "session_id": lease.session_id if lease else None,
-                            "listeners_here": self.hub.listeners(record.name)})
+        for key in await self.bus.kv_keys(channels.BUCKET):
+            record = await self.channel(key)
+            if record is None:
+                continue
+            lease = None
+            with contextlib.suppress(Exception):
+                entry = await leases.get(key)
+                lease = decode(entry.value, IngestLease) if entry.value else None
+            out.append({"name": record.name, "title": record.title, "language": record.language,
+                        "targets": list(record.targets), "live": lease is not None,
+                        "session_id": lease.session_id if lease else None,
+                        "listeners_here": self.hub.listeners(record.name)})
         return web.json_response({"channels": out})
 
     async def metrics_route(self, request: web.Request) -> web.Response:

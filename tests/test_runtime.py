@@ -102,3 +102,16 @@ async def test_handler_failure_naks_for_redelivery(bus: Bus) -> None:
     loop.stop()
     await asyncio.wait_for(task, 5)
     assert attempts[:2] == [1, 2]
+
+
+async def test_kv_keys_lists_a_bucket_whole_every_time(bus: Bus) -> None:
+    """Bus.kv_keys reads the bucket's subjects in one request: never short or empty while the bucket holds keys
+    (nats-py's kv.keys() watcher can end its listing early: nats-io/nats.py#842)."""
+    kv = await bus.js.create_key_value(bucket="tolk_test_keys", history=1)
+    assert await bus.kv_keys("tolk_test_keys") == []
+    names = [f"k{i:03d}" for i in range(60)]
+    await asyncio.gather(*(kv.put(n, b"x") for n in names))
+    await kv.delete("k007")  # listed until its marker ages out; a get() says it is gone
+    for _ in range(20):
+        assert await bus.kv_keys("tolk_test_keys") == names
+    await bus.js.delete_key_value("tolk_test_keys")

@@ -180,7 +180,7 @@ class IngestActor(Actor):
         for c in configured:
             await kv.put(c.name, encode(c))
         with contextlib.suppress(Exception):  # channels removed from the config disappear from listings
-            for key in await kv.keys():
+            for key in await self.bus.kv_keys(channels.BUCKET):
                 if key not in self.channels:
                     await kv.delete(key)
         self._leases = await self.bus.kv(channels.LEASES)

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from nats.js.errors import KeyNotFoundError
+from nats.js.errors import KeyDeletedError, KeyNotFoundError
 
 from actors.runtime import metrics
 from actors.runtime import settings as settings_mod
@@ -128,15 +128,16 @@ async def heartbeats(bus: Bus) -> list[ActorHeartbeat]:
     """Every live actor process, from its heartbeat in KV (expired ones are gone by TTL)."""
     kv = await bus.kv(HEARTBEAT_BUCKET)
     try:
-        keys = await kv.keys()
-    except Exception:  # nats-py raises NoKeysError on an empty bucket
+        keys = await bus.kv_keys(HEARTBEAT_BUCKET)
+    except Exception as exc:  # NATS away: nothing can be shown alive
+        log.debug("heartbeats unlisted: %s", exc)
         return []
     out: list[ActorHeartbeat] = []
     for key in keys:
         for attempt in range(2):  # a live actor missing from the list reads as down: retry a slow read once
             try:
                 entry = await kv.get(key)
-            except KeyNotFoundError:  # expired between keys() and get()
+            except (KeyNotFoundError, KeyDeletedError):  # expired or stopped (its key deleted) since the listing
                 break
             except Exception as exc:
                 log.debug("heartbeat %s unread (attempt %d): %s", key, attempt + 1, exc)

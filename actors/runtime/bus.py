@@ -98,6 +98,16 @@ class Bus:
             self._kv[bucket] = await self.js.key_value(bucket)
         return self._kv[bucket]
 
+    async def kv_keys(self, bucket: str) -> list[str]:
+        """The bucket's keys, sorted; deleted and purged ones stay listed until their marker ages out (a get()
+        tells). One STREAM.INFO request instead of nats-py's kv.keys(), whose watcher can report the end of the
+        listing before it has read the entries already delivered (nats-io/nats.py#842): a bucket listed short or
+        empty, e.g. a channel missing from GET /v1/channels. Fine for small buckets (channels, heartbeats): the
+        server lists up to 100 000 subjects per reply."""
+        prefix = f"$KV.{bucket}."
+        info = await self.js.stream_info(f"KV_{bucket}", subjects_filter=f"{prefix}>")
+        return sorted(subject.removeprefix(prefix) for subject in (info.state.subjects or {}))
+
     async def publish(self, subject: str, msg: msgspec.Struct, msg_id: str | None = None,
                       retry_s: float = PUBLISH_RETRY_S) -> None:
         """JetStream publish, awaited: the caller acks its input only after this returns.
