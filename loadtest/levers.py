@@ -17,6 +17,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -24,6 +25,9 @@ from loadtest.accuracy import GROUPS, Group
 from loadtest.mic import REPORTS
 from loadtest.speech import Clip, at_peak, clips
 from loadtest.wer import Counts, counts
+
+if TYPE_CHECKING:
+    from actors.segmenter.vad import VadStream
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,22 @@ LEVERS = [
 ]
 
 
+class _Gained:
+    """webrtcvad hearing the slow peak gain alone, as before Silero heard it too (levers 14-16, 18)."""
+
+    def __init__(self, inner: VadStream) -> None:
+        from actors.segmenter.vad import PeakGain
+
+        self._inner = inner
+        self._gain = PeakGain()
+
+    def speech(self, frame: np.ndarray, active: bool) -> bool:
+        return self._inner.speech(self._gain(frame), active)
+
+    def reset(self) -> None:
+        self._inner.reset()
+
+
 def finals_text(c: Clip, lever: Lever, engine: object, silero: object) -> tuple[str, int]:
     from actors.segmenter.audio import to_int16_bytes
     from actors.segmenter.segmenter import SegmenterConfig, UtteranceSegmenter
@@ -85,8 +105,9 @@ def finals_text(c: Clip, lever: Lever, engine: object, silero: object) -> tuple[
     assert isinstance(engine, WhisperEngine) and isinstance(silero, SileroModel)
     pcm, rate = c.pcm16()
     audio = np.frombuffer(at_peak(pcm, lever.peak_dbfs), "<i2").astype(np.float32) / 32768
-    seg = UtteranceSegmenter(DualVad(WebRtcStream(2), silero.stream(0.5, lever.silero_gain),
-                                     Vote(lever.vote)),
+    # before the level work only webrtcvad heard the gain
+    webrtc = WebRtcStream(2) if lever.silero_gain else _Gained(WebRtcStream(2))
+    seg = UtteranceSegmenter(DualVad(webrtc, silero.stream(0.5), Vote(lever.vote), gain=lever.silero_gain),
                              SegmenterConfig(**lever.segmenter))  # type: ignore[arg-type]
     cuts = []
     for i in range(0, len(audio), rate // 10):
@@ -115,10 +136,11 @@ def run_group(group: Group, cs: list[Clip], levers: list[Lever]) -> list[tuple[L
 
     path = resolve(group.model, settings.load(SttSettings).model_cache)
     engine = WhisperEngine(path, WhisperOptions(cpu_threads=os.cpu_count() or 2, workers=1))
+    level_db = engine.opts.level_max_gain_db
     silero = SileroModel()
     rows = []
     for lever in levers:
-        engine.opts = dataclasses.replace(engine.opts, level_max_gain_db=40.0 if lever.whisper_level else 0.0)
+        engine.opts = dataclasses.replace(engine.opts, level_max_gain_db=level_db if lever.whisper_level else 0.0)
         began = time.monotonic()
         total, n = Counts(), 0
         for c in cs:

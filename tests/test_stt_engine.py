@@ -10,7 +10,7 @@ import pytest
 
 from actors.stt.engine import SttRequest, WhisperEngine
 from actors.stt.models import ModelError, resolve
-from loadtest.speech import Clip, clips
+from loadtest.speech import Clip, at_peak, clips
 from loadtest.wer import corpus_wer
 
 
@@ -19,9 +19,10 @@ def tiny() -> WhisperEngine:
     return WhisperEngine(resolve("tiny.en", "/nonexistent"))
 
 
-def audio(c: Clip) -> np.ndarray:
+def audio(c: Clip, peak_dbfs: float | None = None) -> np.ndarray:
+    """The clip as Whisper reads it; with `peak_dbfs`, played with its peak there (loadtest.speech.at_peak)."""
     pcm, _ = c.pcm16()
-    return np.frombuffer(pcm, "<i2").astype(np.float32) / 32768
+    return np.frombuffer(at_peak(pcm, peak_dbfs), "<i2").astype(np.float32) / 32768
 
 
 def clip(prefix: str) -> Clip:
@@ -92,11 +93,6 @@ def test_silence_and_noise_give_no_text(tiny: WhisperEngine) -> None:
         assert r.text == "" and r.words == [] and r.rejected
 
 
-def at_peak(a: np.ndarray, dbfs: float) -> np.ndarray:
-    """The clip played with its peak at `dbfs`, as 16-bit samples carry it."""
-    return (np.round(a * 10 ** (dbfs / 20) / np.abs(a).max() * 32768) / 32768).astype(np.float32)
-
-
 def test_quiet_speech_reads_as_at_its_recorded_level(tiny: WhisperEngine) -> None:
     """Speech peaking at -60 dBFS (a distant or quietly set microphone) is raised before Whisper reads it;
     unraised, Whisper loses and mishears words (tiny.en, offline alike)."""
@@ -105,7 +101,7 @@ def test_quiet_speech_reads_as_at_its_recorded_level(tiny: WhisperEngine) -> Non
 
     def wer(dbfs: float | None, gain_db: float) -> float:
         tiny.opts = dataclasses.replace(tiny.opts, level_max_gain_db=gain_db)
-        reqs = [SttRequest(audio(c) if dbfs is None else at_peak(audio(c), dbfs), "en") for c in cs]
+        reqs = [SttRequest(audio(c, dbfs), "en") for c in cs]
         texts = [r.text for r in tiny.transcribe_batch(reqs, window_s=30, beam_size=5)]
         return corpus_wer([(c.reference, t) for c, t in zip(cs, texts, strict=True)])
 
@@ -119,7 +115,7 @@ def test_quiet_speech_reads_as_at_its_recorded_level(tiny: WhisperEngine) -> Non
     assert unraised > raised + 0.05, (unraised, raised)
     loud = audio(clip("en_jfk"))
     assert tiny.leveled(loud) is loud  # never lowered
-    faint = at_peak(loud, -80)
+    faint = audio(clip("en_jfk"), -80)
     assert np.abs(tiny.leveled(faint)).max() == pytest.approx(np.abs(faint).max() * 100, rel=1e-4)  # 40 dB cap
 
 

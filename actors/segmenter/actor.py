@@ -197,9 +197,10 @@ class SegmenterActor(Actor):
         if state is None:
             assert self.silero is not None
             vad = DualVad(
-                WebRtcStream(self.cfg.webrtc_aggressiveness, self.cfg.vad_gain),
-                self.silero.stream(self.cfg.silero_threshold, self.cfg.vad_gain),
+                WebRtcStream(self.cfg.webrtc_aggressiveness),
+                self.silero.stream(self.cfg.silero_threshold),
                 self.cfg.vad_vote,
+                self.cfg.vad_gain,
             )
             state = SessionState(chunk, UtteranceSegmenter(vad, self.seg_config), partition)
             checkpoint = await self._checkpoint(chunk.session_id)

@@ -44,6 +44,8 @@ class PeakGain:
 
     Tracks a decaying peak and scales towards `target`, never above `max_gain` (so digital silence
     and a faint noise floor stay quiet). Only the VAD input is scaled; STT gets the original audio.
+    Silero hears level too: speech peaking under about -50 dBFS (a distant or quietly set microphone)
+    reads as silence to it, and whole utterances are lost.
     """
 
     def __init__(self, target: float = 0.25, max_gain: float = 100.0, decay: float = 0.998) -> None:
@@ -59,17 +61,15 @@ class PeakGain:
 
 
 class WebRtcStream:
-    def __init__(self, aggressiveness: int, agc: bool = True) -> None:
+    def __init__(self, aggressiveness: int) -> None:
         self._vad = webrtcvad.Vad(aggressiveness)
-        self._agc = PeakGain() if agc else None
 
     def speech(self, frame: np.ndarray, active: bool) -> bool:
-        x = self._agc(frame) if self._agc else frame
-        pcm = (np.clip(x[:_WEBRTC_SAMPLES], -1.0, 1.0) * 32767).astype("<i2").tobytes()
+        pcm = (np.clip(frame[:_WEBRTC_SAMPLES], -1.0, 1.0) * 32767).astype("<i2").tobytes()
         return bool(self._vad.is_speech(pcm, SAMPLE_RATE))
 
     def reset(self) -> None:
-        pass  # stateless per frame; the gain keeps tracking the level
+        pass  # stateless per frame
 
 
 class SileroModel:
@@ -91,17 +91,14 @@ class SileroModel:
         out, new_state = self._session.run(None, {"input": x, "state": state, "sr": self._sr})
         return float(out[0, 0]), new_state
 
-    def stream(self, threshold: float, agc: bool = True) -> SileroStream:
-        return SileroStream(self, threshold, agc)
+    def stream(self, threshold: float) -> SileroStream:
+        return SileroStream(self, threshold)
 
 
 class SileroStream:
-    def __init__(self, model: SileroModel, threshold: float, agc: bool = True) -> None:
+    def __init__(self, model: SileroModel, threshold: float) -> None:
         self._model = model
         self._threshold = threshold
-        # Silero hears level too: speech peaking under about -50 dBFS (a distant or quietly set microphone) reads
-        # as silence, and whole utterances are lost. The same slow gain as webrtcvad's brings it into range.
-        self._agc = PeakGain() if agc else None
         # Silero's own hysteresis: once in speech, stay until the probability drops 0.15 lower.
         self._continue = max(0.01, threshold - 0.15)
         self._state = np.zeros((2, 1, 128), dtype=np.float32)
@@ -109,9 +106,8 @@ class SileroStream:
         self.last_probability = 0.0
 
     def speech(self, frame: np.ndarray, active: bool) -> bool:
-        x = self._agc(frame) if self._agc else frame
-        prob, self._state = self._model.probability(x, self._state, self._context)
-        self._context = x[-_SILERO_CONTEXT:].astype(np.float32)
+        prob, self._state = self._model.probability(frame, self._state, self._context)
+        self._context = frame[-_SILERO_CONTEXT:].astype(np.float32)
         self.last_probability = prob
         return prob >= (self._continue if active else self._threshold)
 
@@ -123,14 +119,18 @@ class SileroStream:
 
 
 class DualVad:
-    """Both detectors always run (so each keeps its state); the vote decides."""
+    """Both detectors always run (so each keeps its state); the vote decides. With `gain` (TOLK_VAD_GAIN) both
+    hear the frame through one slow peak gain."""
 
-    def __init__(self, webrtc: WebRtcStream, silero: SileroStream, vote: Vote) -> None:
+    def __init__(self, webrtc: VadStream, silero: VadStream, vote: Vote, gain: bool = True) -> None:
         self._webrtc = webrtc
         self._silero = silero
         self._vote = vote
+        self._gain = PeakGain() if gain else None
 
     def speech(self, frame: np.ndarray, active: bool) -> bool:
+        if self._gain is not None:
+            frame = self._gain(frame)
         w = self._webrtc.speech(frame, active)
         s = self._silero.speech(frame, active)
         match self._vote:
