@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from loadtest.client import SessionRun, stream_pcm
-from loadtest.mic import LEFT_OUTCOMES, machine, pct, save_report, start_tolk, stt_counter
+from loadtest.mic import LEFT_OUTCOMES, command, machine, pct, save_report, start_tolk, stt_counter
 from loadtest.speech import Clip, at_peak, clips
 from loadtest.wer import Counts, counts
 
@@ -65,6 +65,7 @@ class GroupResult:
     errors: int = 0
     tiers: dict[str, float] = field(default_factory=dict)  # finals decoded per quality tier (STT metrics)
     left: dict[str, float] = field(default_factory=dict)  # final decodes by left context outcome (STT metrics)
+    early: dict[str, float] = field(default_factory=dict)  # speculative segments by outcome (STT metrics)
 
     @property
     def stream(self) -> Counts:
@@ -123,6 +124,7 @@ async def run_group(group: Group, cs: list[Clip], args: argparse.Namespace) -> G
             print(f"[{group.name}] streamed {len(cs)} clips in {time.monotonic() - began:.0f} s", flush=True)
             result.tiers = stt_counter(Path(tmp), "tolk_stt_final_decodes_total", "tier")
             result.left = stt_counter(Path(tmp), "tolk_stt_left_context_total", "outcome")
+            result.early = stt_counter(Path(tmp), "tolk_stt_speculative_total", "outcome")
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=90)
@@ -145,7 +147,7 @@ def render(results: list[GroupResult], args: argparse.Namespace, machine: str) -
     lines = [
         "# Tolk accuracy benchmark: streaming vs offline Whisper",
         "",
-        f"- command: `python -m loadtest.accuracy {' '.join(sys.argv[1:])}`",
+        f"- command: `{command('loadtest.accuracy')}`",
         f"- machine: {machine}",
         f"- streaming: each clip is one session through `tolk up` at {args.pace:g}× real time, "
         f"{args.sessions} at once, `stop` right after the clip's last sample"
@@ -158,8 +160,8 @@ def render(results: list[GroupResult], args: argparse.Namespace, machine: str) -
         "",
         "| group | model | clips | words | streaming WER | offline WER | ratio | deletions streaming / offline | "
         "final p50 / p95 (s) | errors | final decodes full / loaded / busy | "
-        "left context read / dropped / load / none |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "left context read / dropped / load / none | early decodes made / used |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for g in results:
         s, o = g.stream, g.offline
@@ -168,12 +170,15 @@ def render(results: list[GroupResult], args: argparse.Namespace, machine: str) -
             f"{100 * s.deletions / max(1, s.words):.1f} % / {100 * o.deletions / max(1, o.words):.1f} % | "
             f"{pct(g.final_latencies, 50):.2f} / {pct(g.final_latencies, 95):.2f} | {g.errors} | "
             + " / ".join(f"{g.tiers.get(t, 0):.0f}" for t in ("full", "loaded", "busy")) + " | "
-            + " / ".join(f"{g.left.get(o, 0):.0f}" for o in LEFT_OUTCOMES) + " |")
+            + " / ".join(f"{g.left.get(o, 0):.0f}" for o in LEFT_OUTCOMES) + " | "
+            + f"{g.early.get('decoded', 0):.0f} / {g.early.get('used', 0):.0f} |")
     lines += ["", f"Goal: ratio ≤ {GOAL_RATIO} and no more deletions than offline, per group. Final decodes: "
               "the quality tier the finals lane's load chose (early decodes included): full = beam 5 over 30 s, "
               "loaded = beam 5 over a fitted window, busy = greedy. Left context: decodes that read the end of "
               "the session's previous final / had it dropped by the engine (no room in the window, or redone "
-              "without) / left it out for load / had none to read.", ""]
+              "without) / left it out for load / had none to read. Early decodes: speculative segments (a final's "
+              "audio sent during the endpoint silence) decoded while the lane was idle / used by their final; the "
+              "rest were pauses that did not end the utterance.", ""]
     for g in results:
         lines += [f"## {g.group} ({g.model})", "", "| clip | s | streaming | offline |", "|---|---:|---:|---:|"]
         for r in g.rows:

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 import psutil
 
+from loadtest.mic import command
 from loadtest.speech import clips, encode_audio, squeeze_pauses
 
 REPORTS = Path(__file__).resolve().parent / "reports"
@@ -372,7 +373,7 @@ def main() -> None:
     edge_goal = row["edge_lag_p99_ms"] <= 100 and row["edge_rss_peak_mib"] <= 200
     report = "\n".join([
         "# Tolk broadcast benchmark", "",
-        f"- command: `python -m loadtest.broadcast {' '.join(sys.argv[1:])}`",
+        f"- command: `{command('loadtest.broadcast')}`",
         f"- machine: {machine}; k6 listeners and `tolk up` on the same box"
         + (f" (Tolk and the driver pinned to CPU {args.split_cpus.split('/')[0]}, k6 to CPU "
            f"{args.split_cpus.split('/')[1]})" if args.split_cpus else "") + "; "

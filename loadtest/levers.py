@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from loadtest.accuracy import GROUPS, Group
-from loadtest.mic import REPORTS
+from loadtest.mic import REPORTS, command
 from loadtest.speech import Clip, at_peak, clips
 from loadtest.wer import Counts, counts
 
@@ -161,7 +161,7 @@ def main() -> int:
     p.add_argument("--name", default="levers")
     args = p.parse_args()
     lines = ["# Accuracy levers: the finals path replayed in-process", "",
-             f"- command: `python -m loadtest.levers {' '.join(sys.argv[1:])}`",
+             f"- command: `{command('loadtest.levers')}`",
              "- WER with Whisper's normalisers (loadtest.wer); cells: WER (substitutions/deletions/insertions)", ""]
     for name in args.groups:
         group = GROUPS[name]

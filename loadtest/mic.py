@@ -66,6 +66,12 @@ class Row:
     stt: dict[str, float] | None = None  # STT counters over the level, summed over pools (stt_totals)
 
 
+def command(module: str) -> str:
+    """The command line as a report shows it: the TOLK_* settings it ran under first, so it can be rerun."""
+    env = " ".join(f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("TOLK_"))
+    return f"{env + ' ' if env else ''}python -m {module} {' '.join(sys.argv[1:])}".rstrip()
+
+
 def pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
@@ -336,7 +342,7 @@ def render(rows: list[Row], args: argparse.Namespace, machine: str) -> str:
     lines = [
         "# Tolk microphone benchmark",
         "",
-        f"- command: `python -m loadtest.mic {' '.join(sys.argv[1:])}`",
+        f"- command: `{command('loadtest.mic')}`",
         f"- machine: {machine}",
         f"- STT pools: `{pools.load().spec}` (English: {pools.load().route('en').model}); each session streams "
         f"≈{args.seconds:.0f} s of real "

@@ -42,7 +42,7 @@ import psutil
 
 from loadtest.broadcast import free_port, radio_mp3, serve_radio, start_tolk
 from loadtest.client import stream_pcm
-from loadtest.mic import ActorSampler, machine, mic_stream, save_report
+from loadtest.mic import ActorSampler, command, machine, mic_stream, save_report
 from loadtest.speech import clips
 from loadtest.storm import Listener, listen
 
@@ -279,7 +279,7 @@ def render(row: dict[str, Any], args: argparse.Namespace) -> tuple[str, bool]:
     procs = sorted(samples[-1]["rss_mib"])
     lines = [
         "# Tolk soak", "",
-        f"- command: `python -m loadtest.soak {' '.join(sys.argv[1:])}`",
+        f"- command: `{command('loadtest.soak')}`",
         f"- machine: {machine()}; clients and `tolk up` on the same box",
         f"- {args.minutes:g} min: {args.sessions} microphone workers (sessions of {args.session_s[0]:g}–"
         f"{args.session_s[1]:g} s of real speech, one after "

@@ -38,7 +38,7 @@ import psutil
 
 from actors.runtime import backoff
 from loadtest.broadcast import edge_process, free_port, radio_mp3, serve_radio, start_tolk
-from loadtest.mic import machine, save_report
+from loadtest.mic import command, machine, save_report
 
 PREFIX = "storm:"
 
@@ -237,7 +237,7 @@ def render(row: dict[str, Any], args: argparse.Namespace) -> tuple[str, bool]:
           and row["listeners_without_captions"] == 0 and row["real_runs"] == 1 and row["real_finals_after_kill"] > 0)
     lines = [
         "# Tolk reconnect storm", "",
-        f"- command: `python -m loadtest.storm {' '.join(sys.argv[1:])}`",
+        f"- command: `{command('loadtest.storm')}`",
         f"- machine: {machine()}; listeners (one Python process) and `tolk up` on the same box",
         f"- {row['listeners']} listeners on {row['channels']} synthetic channels (a numbered caption a second each) "
         f"and 1 real channel (every {args.live_every}th listener); the edge SIGKILLed after {args.settle} s, "

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from typing import Any
 import aiohttp
 
 from loadtest.client import stream_pcm
+from loadtest.mic import command
 from loadtest.speech import Clip, clips
 from loadtest.wer import corpus_wer
 
@@ -167,7 +167,7 @@ def render(clip: Clip, rounds: int, m: dict[str, list[float]]) -> str:
     lines = [
         "# Vendor adapters: added latency against Tolk's own protocol",
         "",
-        f"- command: `python -m loadtest.vendors {' '.join(sys.argv[1:])}`",
+        f"- command: `{command('loadtest.vendors')}`",
         f"- clip: `{clip.name}` ({clip.seconds:.1f} s), {rounds} round(s), adapters and native alternated in one "
         "`tolk up` (live: alternating who goes first; files: rotating the order); p50 over the round(s) (live: over "
         "every final)",
