@@ -68,7 +68,8 @@ class SegmenterSettings:
     endpoint_min_ms: int = 200
     shrink_after_s: float = 6.0
     soft_max_s: float = 10.0
-    gap_ms: int = 64
+    gap_ms: int = 128
+    gap_min_ms: int = 64  # the gap needed shrinks to this at the cap, as the dip does
     gap_db: float = 32.0
     gap_db_min: float = 20.0  # the dip needed relaxes to this at the cap
     max_utterance_s: float = 15.0
@@ -129,6 +130,7 @@ class SegmenterActor(Actor):
             shrink_after_s=cfg.shrink_after_s,
             soft_max_s=cfg.soft_max_s,
             gap_ms=cfg.gap_ms,
+            gap_min_ms=cfg.gap_min_ms,
             gap_db=cfg.gap_db,
             gap_db_min=cfg.gap_db_min,
             max_utterance_s=cfg.max_utterance_s,

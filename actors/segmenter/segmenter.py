@@ -36,7 +36,8 @@ class SegmenterConfig:
     endpoint_min_ms: int = 200
     shrink_after_s: float = 6.0
     soft_max_s: float = 10.0
-    gap_ms: int = 64
+    gap_ms: int = 128  # longer than the silent closure of a stop consonant inside a word ("mor|tos")
+    gap_min_ms: int = 64  # ...and, as the dip, the gap needed shrinks to this at the cap
     gap_db: float = 32.0  # in that phase a frame also counts as gap when this far below the utterance's loud frames
     # ...and the dip needed relaxes linearly from gap_db at soft_max_s to gap_db_min at the cap: a cut at a
     # shallower dip beats the cap's forced cut, and comes sooner. gap_db_min = gap_db: a fixed dip.
@@ -87,6 +88,7 @@ class UtteranceSegmenter:
         self._shrink_from = min(cfg.frames(cfg.shrink_after_s * 1000), self._soft) if soft else 0
         self._endpoint_min = min(self._endpoint, cfg.frames(cfg.endpoint_min_ms)) if soft else self._endpoint
         self._gap = min(self._endpoint_min, cfg.frames(cfg.gap_ms)) if soft else self._endpoint
+        self._gap_min = min(self._gap, cfg.frames(cfg.gap_min_ms)) if soft else self._endpoint
         self._gap_db = cfg.gap_db
         self._gap_db_min = min(cfg.gap_db, cfg.gap_db_min)
         self._partial = cfg.frames(cfg.partial_every_ms)
@@ -230,19 +232,22 @@ class UtteranceSegmenter:
             return self._endpoint, Endpoint.SILENCE
         spoken = self._n - self._onset_at
         if spoken >= self._soft:
-            return self._gap, Endpoint.GAP
+            return round(self._gap - self._toward_cap() * (self._gap - self._gap_min)), Endpoint.GAP
         if spoken <= self._shrink_from:
             return self._endpoint, Endpoint.SILENCE
         frac = (spoken - self._shrink_from) / max(1, self._soft - self._shrink_from)
         return round(self._endpoint - frac * (self._endpoint - self._endpoint_min)), Endpoint.SILENCE
 
+    def _toward_cap(self) -> float:
+        """0 at soft_max_s of speech, 1 at the cap: how far the gap's length and dip have relaxed."""
+        past = max(0, self._n - self._onset_at - self._soft)  # frames since soft_max_s
+        return min(1.0, past / max(1, past + self._max - len(self._frames)))
+
     def _dip(self) -> bool:
         """The last frame is `gap_db` below the utterance's loud frames (its 90th percentile): a breath
         between words that the VAD's hangover still calls speech, not the inside of a word. Nearer the cap
         the dip needed shrinks toward `gap_db_min`: the cap would cut anyway, at its quietest point."""
-        past = max(0, self._n - self._onset_at - self._soft)  # frames since soft_max_s
-        frac = min(1.0, past / max(1, past + self._max - len(self._frames)))  # 1 at the cap
-        db = self._gap_db - frac * (self._gap_db - self._gap_db_min)
+        db = self._gap_db - self._toward_cap() * (self._gap_db - self._gap_db_min)
         loud = float(np.percentile(self._energy, 90))
         return self._energy[-1] < loud * 10 ** (-db / 20)
 
