@@ -48,11 +48,11 @@ def finals(silero: SileroModel, audio: np.ndarray, cfg: SegmenterConfig) -> list
     return [c for c in cuts if c.final]
 
 
-def transcribe(tiny: WhisperEngine, cuts: list[Cut]) -> list[str]:
+def transcribe(engine: WhisperEngine, cuts: list[Cut], language: str = "en", window_s: float = 30.0) -> list[str]:
     """As STT decodes finals: one at a time, the session's previous text as prompt."""
     texts: list[str] = []
     for c in cuts:
-        r = tiny.transcribe_batch([SttRequest(c.audio, "en", True, " ".join(texts))], beam_size=5)[0]
+        r = engine.transcribe_batch([SttRequest(c.audio, language, True, " ".join(texts))], window_s, 5)[0]
         texts.append(r.text)
     return texts
 
@@ -187,12 +187,8 @@ def test_a_gap_is_longer_than_the_closure_inside_a_word(silero: SileroModel, tmp
     base = WhisperEngine(resolve("base", str(tmp_path)), WhisperOptions(beam_size=5))
 
     def words(cfg: SegmenterConfig) -> tuple[list[str], list[str]]:
-        texts: list[str] = []
         cuts = finals(silero, audio, cfg)
-        for cut in cuts:
-            request = SttRequest(cut.audio, "pt", True, " ".join(texts))
-            texts.append(base.transcribe_batch([request], 15.0, 5)[0].text)
-        return normalise(" ".join(texts), "pt"), [x.endpoint.value for x in cuts]
+        return normalise(" ".join(transcribe(base, cuts, "pt", 15.0)), "pt"), [x.endpoint.value for x in cuts]
 
     now, kinds = words(SegmenterConfig())
     assert SegmenterConfig().gap_ms == 128 and "mortos" in now, (now, kinds)
