@@ -341,7 +341,7 @@ class WavDecoder(StreamDecoder):
         if tag == 3:
             dtype = "<f4" if bits == 32 else "<f8"
             samples = np.frombuffer(raw, dtype).reshape(-1, channels)[:, 0]
-            ints = (np.clip(samples, -1.0, 1.0) * 32767).astype(np.int16)
+            ints = np.clip(np.round(samples * 32768.0), -32768, 32767).astype(np.int16)  # no dead zone
         elif bits == 8:
             ints = ((np.frombuffer(raw, np.uint8).reshape(-1, channels)[:, 0].astype(np.int16) - 128) << 8)
         elif bits == 16:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import struct
 from collections.abc import Iterator
 
 import av
@@ -66,6 +67,19 @@ def test_decoder_any_piece_size(container: str, encoding: str, piece: int) -> No
     env = [np.sqrt((x[:n].reshape(-1, 320) ** 2).mean(axis=1)) for x in (got, want)]
     corr = np.corrcoef(env[0], env[1])[0, 1]
     assert corr > 0.95, corr
+
+
+def test_float_wav_keeps_every_sample() -> None:
+    """A 32-bit float WAV of int16 audio reaches the recognizer sample for sample (rounded at the scale the
+    segmenter divides by: truncating at 32767 took one step off every sample's magnitude)."""
+    want = np.frombuffer(clip().pcm16()[0], "<i2")[:16000]
+    data = (want.astype(np.float32) / 32768).astype("<f4").tobytes()
+    fmt = struct.pack("<HHIIHH", 3, 1, 16000, 16000 * 4, 4, 32)
+    wav = b"RIFF" + struct.pack("<I", 4 + 8 + len(fmt) + 8 + len(data)) + b"WAVE" + b"fmt " + struct.pack(
+        "<I", len(fmt)) + fmt + b"data" + struct.pack("<I", len(data)) + data
+    d = decoder_for("file")
+    got = b"".join(d.feed(wav[i:i + 1000]) for i in range(0, len(wav), 1000))
+    assert got == want.tobytes()
 
 
 def test_webm_resumes_after_its_header() -> None:

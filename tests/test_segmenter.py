@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import soxr
 
-from actors.segmenter.audio import Resampler, decode_pcm
+from actors.segmenter.audio import Resampler, decode_pcm, to_int16_bytes
 from actors.segmenter.segmenter import Cut, SegmenterConfig, State, UtteranceSegmenter
 from actors.segmenter.vad import DualVad, SileroModel, Vote, WebRtcStream
 from loadtest.speech import Clip, clips
@@ -253,3 +253,12 @@ def test_resampled_input_segments_alike(silero: SileroModel, rate: int) -> None:
 def test_f32_decoding_is_clipped_and_nan_safe() -> None:
     raw = np.array([0.5, np.nan, 2.0, -3.0], dtype="<f4").tobytes()
     assert decode_pcm(raw, Encoding.PCM_F32LE).tolist() == [0.5, 0.0, 1.0, -1.0]
+
+
+def test_int16_audio_reaches_stt_sample_for_sample() -> None:
+    """The segments carry int16: every value the client sent comes back unchanged (truncating at 32767 took one
+    step off each sample's magnitude, and Whisper read the dev set's clips worse for it)."""
+    sent = np.arange(-32768, 32768, dtype="<i2")
+    assert to_int16_bytes(decode_pcm(sent.tobytes(), Encoding.PCM_S16LE)) == sent.tobytes()
+    assert np.frombuffer(to_int16_bytes(np.array([1.5, -1.5, 0.49 / 32768], np.float32)), "<i2").tolist() == [
+        32767, -32768, 0]

@@ -30,5 +30,15 @@ class Resampler:
         return np.asarray(self._stream.resample_chunk(samples, last=last), dtype=np.float32)
 
 
+def to_int16(samples: np.ndarray) -> np.ndarray:
+    """The inverse of decode_pcm: int16 input comes back sample for sample.
+
+    Rounded at the scale decode_pcm divides by. Truncating at 32767 took one step off every sample's magnitude,
+    a dead zone Whisper hears: the dev set's multilingual clips read 0.195 through the segmenter and 0.213 after
+    it (README "Accuracy").
+    """
+    return np.clip(np.round(samples * 32768.0), -32768, 32767).astype("<i2")
+
+
 def to_int16_bytes(samples: np.ndarray) -> bytes:
-    return bytes((np.clip(samples, -1.0, 1.0) * 32767).astype("<i2").tobytes())
+    return to_int16(samples).tobytes()

@@ -14,6 +14,8 @@ from typing import Protocol
 import numpy as np
 import webrtcvad
 
+from actors.segmenter.audio import to_int16_bytes
+
 SAMPLE_RATE = 16000
 FRAME = 512  # 32 ms: Silero's native window at 16 kHz
 _WEBRTC_SAMPLES = 480  # webrtcvad takes 10/20/30 ms frames: judge the first 30 ms of each window
@@ -65,7 +67,7 @@ class WebRtcStream:
         self._vad = webrtcvad.Vad(aggressiveness)
 
     def speech(self, frame: np.ndarray, active: bool) -> bool:
-        pcm = (np.clip(frame[:_WEBRTC_SAMPLES], -1.0, 1.0) * 32767).astype("<i2").tobytes()
+        pcm = to_int16_bytes(frame[:_WEBRTC_SAMPLES])
         return bool(self._vad.is_speech(pcm, SAMPLE_RATE))
 
     def reset(self) -> None:

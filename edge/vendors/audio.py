@@ -50,7 +50,7 @@ class PcmDecoder:
         else:
             pcm = _TABLES[self.encoding][np.frombuffer(raw, np.uint8)]
         if self.channels > 1:
-            pcm = pcm.reshape(-1, self.channels).mean(axis=1).astype(np.int16)
+            pcm = np.round(pcm.reshape(-1, self.channels).mean(axis=1)).astype(np.int16)
         self.samples += len(pcm)
         return pcm.astype("<i2").tobytes()
 
