@@ -64,8 +64,9 @@ class Pcm16k extends AudioWorkletProcessor {
   }
 
   push(v) {
-    const s = v < -1 ? -1 : v > 1 ? 1 : v;
-    this.frame[this.n++] = s < 0 ? s * 32768 : s * 32767;
+    // Rounded: an Int16Array truncates toward zero, a one-step dead zone around silence that Whisper hears.
+    const s = Math.round(v * 32768);
+    this.frame[this.n++] = s < -32768 ? -32768 : s > 32767 ? 32767 : s;
     if (this.n === this.frame.length) this.emit();
   }
 
