@@ -27,7 +27,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -40,6 +39,7 @@ import numpy as np
 import psutil
 
 from loadtest.mic import command
+from loadtest.ports import free_port
 from loadtest.speech import clips, encode_audio, squeeze_pauses
 
 REPORTS = Path(__file__).resolve().parent / "reports"
@@ -53,12 +53,6 @@ def cpu_set(spec: str) -> set[int]:
         lo, _, hi = part.partition("-")
         out.update(range(int(lo), int(hi or lo) + 1))
     return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 RADIOS = {"jfk": ("en_jfk", False), "gb0": ("en_gb0", False), "gb0-continuous": ("en_gb0", True)}

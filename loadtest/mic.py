@@ -25,7 +25,6 @@ import json
 import os
 import platform
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -40,6 +39,7 @@ import psutil
 
 from actors.runtime import pools
 from loadtest.client import SessionRun, stream_pcm
+from loadtest.ports import free_port
 from loadtest.speech import Clip, clips, squeeze_pauses
 from loadtest.wer import corpus_wer
 
@@ -226,9 +226,7 @@ def render_endpoints(rows: list[Row]) -> list[str]:
 
 
 def start_tolk(data: Path, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     log = open(data / "tolk-up.log", "wb")
     proc = subprocess.Popen(
         [str(Path(sys.executable).parent / "tolk"), "up", "--data-dir", str(data), "--port", str(port)],

@@ -7,7 +7,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,6 +26,7 @@ from aiohttp.test_utils import TestServer
 from actors.runtime import topology
 from actors.runtime.bus import Bus
 from actors.runtime.embedded import EmbeddedNats
+from loadtest.ports import free_port
 from loadtest.speech import speech_dir
 
 TOLK = str(Path(sys.executable).parent / "tolk")
@@ -46,12 +46,6 @@ os.environ.setdefault("TOLK_MODEL", "tiny.en")
 def pytest_configure(config: pytest.Config) -> None:
     if not (speech_dir() / "manifest.tsv").exists():
         raise pytest.UsageError(f"real speech corpus not found at {speech_dir()} (set TOLK_SPEECH_DIR)")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest_asyncio.fixture(scope="session")
