@@ -45,6 +45,14 @@ def test_voiced_head_and_tail_outside_the_words_are_found() -> None:
     assert tail.start == pytest.approx(5.1) and tail.end == pytest.approx(len(audio) / RATE)
 
 
+def test_the_last_words_before_the_endpoint_silence_are_a_tail() -> None:
+    """Two short words (0.55 s voiced) right after the last decoded one, then silence: 0.9 s in all, still speech
+    to decode again."""
+    audio = np.concatenate([tone(2.0), silence(0.05), tone(0.55), silence(0.3)])
+    spans = coverage.uncovered(audio, words((0.0, 1.0), (1.0, 2.0)))
+    assert [(s.side, s.start) for s in spans] == [("tail", pytest.approx(1.9))]
+
+
 def test_words_timed_into_the_left_context_leave_the_audio_uncovered() -> None:
     """A continuation that only re-read its left context's trailing audio ("... curtain on" + "the left.", then
     end-of-text) comes back timed at 0.0: its 7 s of speech after that are a tail to decode again, even where
@@ -91,3 +99,28 @@ def test_whisper_ending_early_keeps_the_words_after() -> None:
     assert full.words[-1].end > plain.words[-1].end + 3
     starts = [w.start for w in full.words]
     assert starts == sorted(starts)
+
+
+def test_a_continuation_ending_early_keeps_its_last_words() -> None:
+    """A real case through the pipeline: the second final of a LibriSpeech clip, read over the full window with the
+    first final as prompt and its last 2 s as left context, stops after "painful" and drops "to myself." (0.9 s of
+    tail with the endpoint silence). The re-decoded tail brings them back."""
+    from actors.segmenter.audio import to_int16
+    from actors.segmenter.segmenter import SegmenterConfig, UtteranceSegmenter
+    from actors.segmenter.vad import DualVad, SileroModel, Vote, WebRtcStream
+    from actors.stt.finals import LeftContexts
+
+    c = next(c for c in clips("en") if c.name.startswith("en_librispeech_2412"))
+    audio = np.frombuffer(c.pcm16()[0], "<i2").astype(np.float32) / 32768
+    seg = UtteranceSegmenter(DualVad(WebRtcStream(2), SileroModel().stream(0.5), Vote.AND), SegmenterConfig())
+    cuts = [cut for i in range(0, len(audio), 1600) for cut in seg.push(audio[i:i + 1600], i / RATE)]
+    first, second = [cut for cut in cuts + seg.flush(len(audio) / RATE) if cut.final]
+    engine = WhisperEngine(resolve("tiny.en", "/nonexistent"), WhisperOptions(cpu_threads=2, workers=1))
+    one = engine.transcribe_batch([SttRequest(first.audio, "en", True, "")], 30.0, 5)[0]
+    left = LeftContexts(2.0)
+    left.add("s", "en", to_int16(first.audio), one.words, first.start)
+    request = SttRequest(second.audio, "en", True, one.text, left.left("s", "en", second.start))
+    plain = engine.transcribe_batch([request], 30.0, 5, recover=False)[0]
+    full = engine.transcribe_batch([request], 30.0, 5)[0]
+    assert plain.context_s > 0 and plain.text.rstrip(".").endswith("painful")  # the failure is real
+    assert full.text.startswith(plain.text) and full.text.lower().rstrip(".").endswith("to myself")

@@ -21,7 +21,9 @@ from actors.stt.engine import SAMPLE_RATE, SttResult, WordTiming
 
 PER_S = 50  # level frames per second
 FRAME = SAMPLE_RATE // PER_S  # 20 ms
-MIN_UNCOVERED_S = 1.0  # shorter gaps are the words' timing error, endpoint silence and padding
+# Shorter gaps are the words' timing error, endpoint silence and padding. Not 1 s: a final's last two words
+# ("... painful | to myself.", 0.5 s voiced) then the 0.5 s endpoint silence make a 0.9 s tail.
+MIN_UNCOVERED_S = 0.6
 MIN_VOICED_S = 0.5  # of loud frames in the span
 RELATIVE_LEVEL = 0.3  # ≈ -10 dB of the covered speech's median frame level
 OVERLAP_S = 0.1  # a re-decoded span starts this much inside the covered words (no clipped onset)
