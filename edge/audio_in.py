@@ -21,6 +21,8 @@ import struct
 import av
 import numpy as np
 
+from actors.runtime.pcm import to_int16
+
 RATE = 16000  # what every decoder but mulaw's outputs: s16le mono at this rate
 MAX_ELEMENT = 1 << 20  # a WebM element we must hold whole (a block, the track header) larger than this: refused
 MAX_PENDING = 1 << 17  # bytes buffered while waiting for the rest of a header or page
@@ -341,7 +343,7 @@ class WavDecoder(StreamDecoder):
         if tag == 3:
             dtype = "<f4" if bits == 32 else "<f8"
             samples = np.frombuffer(raw, dtype).reshape(-1, channels)[:, 0]
-            ints = np.clip(np.round(samples * 32768.0), -32768, 32767).astype(np.int16)  # no dead zone
+            ints = to_int16(samples)
         elif bits == 8:
             ints = ((np.frombuffer(raw, np.uint8).reshape(-1, channels)[:, 0].astype(np.int16) - 128) << 8)
         elif bits == 16:

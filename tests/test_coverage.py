@@ -105,16 +105,15 @@ def test_a_continuation_ending_early_keeps_its_last_words() -> None:
     """A real case through the pipeline: the second final of a LibriSpeech clip, read over the full window with the
     first final as prompt and its last 2 s as left context, stops after "painful" and drops "to myself." (0.9 s of
     tail with the endpoint silence). The re-decoded tail brings them back."""
-    from actors.segmenter.audio import to_int16
-    from actors.segmenter.segmenter import SegmenterConfig, UtteranceSegmenter
-    from actors.segmenter.vad import DualVad, SileroModel, Vote, WebRtcStream
+    from actors.runtime.pcm import to_int16
+    from actors.segmenter.segmenter import SegmenterConfig
+    from actors.segmenter.vad import SileroModel
     from actors.stt.finals import LeftContexts
+    from tests.test_continuous import finals
 
     c = next(c for c in clips("en") if c.name.startswith("en_librispeech_2412"))
     audio = np.frombuffer(c.pcm16()[0], "<i2").astype(np.float32) / 32768
-    seg = UtteranceSegmenter(DualVad(WebRtcStream(2), SileroModel().stream(0.5), Vote.AND), SegmenterConfig())
-    cuts = [cut for i in range(0, len(audio), 1600) for cut in seg.push(audio[i:i + 1600], i / RATE)]
-    first, second = [cut for cut in cuts + seg.flush(len(audio) / RATE) if cut.final]
+    first, second = finals(SileroModel(), audio, SegmenterConfig())
     engine = WhisperEngine(resolve("tiny.en", "/nonexistent"), WhisperOptions(cpu_threads=2, workers=1))
     one = engine.transcribe_batch([SttRequest(first.audio, "en", True, "")], 30.0, 5)[0]
     left = LeftContexts(2.0)
