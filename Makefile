@@ -36,6 +36,7 @@ check: lint typecheck
 
 lint: install-dev
 	$(BIN)/ruff check actors schemas edge client loadtest tests helm/dashboards.py
+	$(BIN)/lint-imports
 
 typecheck: install-dev
 	$(BIN)/mypy

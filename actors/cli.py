@@ -214,13 +214,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def _models(args: argparse.Namespace) -> int:
     """`tolk models pull|list`: stdout is the folder (or the table); the log and any error go to stderr."""
-    from actors.stt import hub
-    from actors.stt.models import ModelError
+    from actors.stt import hub, models
+    from actors.stt.folder import ModelError
 
-    cache = args.cache or hub.default_cache()
+    cache = args.cache or _default_model_cache()
     try:
         if args.models_command == "pull":
-            print(hub.pull(args.name, cache))
+            print(models.pull(args.name, cache))
             return 0
         for item in hub.listing(cache):
             print(f"{item.name:<20} {item.repo:<46} {item.where or '-'}")
@@ -228,6 +228,13 @@ def _models(args: argparse.Namespace) -> int:
     except ModelError as exc:
         print(f"tolk models {args.models_command}: {exc}", file=sys.stderr)
         return 2
+
+
+def _default_model_cache() -> str:
+    """The cache `tolk up` and the STT actor use: TOLK_MODEL_CACHE, else SttSettings' default."""
+    from actors.stt.actor import SttSettings
+
+    return os.environ.get("TOLK_MODEL_CACHE") or SttSettings.model_cache
 
 
 def _tool(args: argparse.Namespace) -> int:

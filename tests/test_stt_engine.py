@@ -180,7 +180,8 @@ def test_left_context_reads_a_final_as_the_continuation_of_the_previous_one(tiny
 
 
 def test_left_context_tail_cuts_between_words() -> None:
-    from actors.stt.engine import LeftContext, WordTiming, _rereads
+    from actors.stt.engine import _rereads
+    from actors.stt.interface import LeftContext, WordTiming
 
     words = tuple(WordTiming(w, s, s + 0.4, 0.9) for w, s in (("one", 0.5), ("two", 2.0), ("three", 5.0)))
     ctx = LeftContext(np.zeros(16000 * 7, dtype=np.float32), words, "en", gap_s=0.5)

@@ -23,8 +23,9 @@ from actors.runtime.actor import Actor, RuntimeSettings
 from actors.runtime.bus import Bus
 from actors.runtime.consumer import Delivery, PullLoop
 from actors.runtime.executor import BoundedExecutor
-from actors.stt.engine import SpeechToText, SttRequest, SttResult, WhisperEngine, WhisperOptions
+from actors.stt.engine import WhisperEngine, WhisperOptions
 from actors.stt.finals import EarlyDecodes, LeftContexts, PromptContext, early_key
+from actors.stt.interface import SpeechToText, SttRequest, SttResult
 from actors.stt.langlock import LanguageLock
 from actors.stt.models import resolve
 from schemas import Endpoint, ResultKind, Segment, SegmentKind, Transcript, Word

@@ -17,7 +17,7 @@ from typing import Literal
 
 import numpy as np
 
-from actors.stt.engine import SAMPLE_RATE, SttResult, WordTiming
+from actors.stt.interface import SAMPLE_RATE, SttResult, WordTiming
 
 PER_S = 50  # level frames per second
 FRAME = SAMPLE_RATE // PER_S  # 20 ms

@@ -12,7 +12,7 @@ from typing import Generic, TypeVar
 
 import numpy as np
 
-from actors.stt.engine import SAMPLE_RATE, LeftContext, WordTiming
+from actors.stt.interface import SAMPLE_RATE, LeftContext, WordTiming
 from schemas import Segment
 
 R = TypeVar("R")

@@ -11,7 +11,6 @@ start is slow.
 from __future__ import annotations
 
 import logging
-import os
 import re
 import threading
 import time
@@ -21,7 +20,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-from actors.stt.models import REQUIRED, ModelError
+from actors.stt.folder import REQUIRED, ModelError
 
 if TYPE_CHECKING:
     from huggingface_hub.hf_api import RepoSibling
@@ -160,20 +159,6 @@ class Progress:
             got = self.done()
             pct = 100 * got // self.total if self.total else 0
             log.info("%s: %s of %s (%d%%)", self.label, human(got), human(self.total), pct)
-
-
-def pull(name: str, model_cache: str) -> Path:
-    """`tolk models pull`: the folder `name` resolves to, downloading it into `model_cache` if needed."""
-    from actors.stt.models import resolve
-
-    return resolve(name, model_cache, download=True)
-
-
-def default_cache() -> str:
-    """The cache `tolk up` and the STT actor use: TOLK_MODEL_CACHE, else SttSettings' default."""
-    from actors.stt.actor import SttSettings
-
-    return os.environ.get("TOLK_MODEL_CACHE") or SttSettings.model_cache
 
 
 @dataclass(frozen=True)

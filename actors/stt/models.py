@@ -11,13 +11,7 @@ import os
 import shutil
 from pathlib import Path
 
-from actors.runtime.settings import ConfigError
-
-REQUIRED = ("model.bin", "config.json", "tokenizer.json")
-
-
-class ModelError(ConfigError):
-    """The requested model cannot be found, assembled or downloaded (the message says what to provide)."""
+from actors.stt.folder import REQUIRED, ModelError
 
 
 def _package_dir(name: str) -> Path:
@@ -78,6 +72,11 @@ def resolve(model: str, cache_dir: str, download: bool = True) -> Path:
     if missing:
         raise ModelError(f"{path} is not a CTranslate2 Whisper folder (missing {', '.join(missing)})")
     return path
+
+
+def pull(name: str, model_cache: str) -> Path:
+    """`tolk models pull`: the folder `name` resolves to, downloading it into `model_cache` if needed."""
+    return resolve(name, model_cache, download=True)
 
 
 def _hub_name(model: str) -> bool:

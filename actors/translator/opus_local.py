@@ -6,7 +6,7 @@ from typing import Any
 
 from easynmt.models.OpusMT import OpusMT
 
-from actors.translator.opus import local_path
+from actors.translator.opus_paths import local_path
 
 
 class LocalOpusMT(OpusMT):  # type: ignore[misc]
