@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     from actors.runtime.actor import configure_logging, serve
 
     if args.command == "token":
-        from edge.auth import mint
+        from edge.http.auth import mint
 
         secret = os.environ.get("TOLK_TOKEN_SECRET", "")
         if not secret:

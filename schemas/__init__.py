@@ -24,6 +24,7 @@ from schemas.messages import (
     Transcript,
     Word,
     client_result,
+    results_subject,
     stream_of,
 )
 
@@ -48,5 +49,6 @@ __all__ = [
     "client_result",
     "decode",
     "encode",
+    "results_subject",
     "stream_of",
 ]

@@ -1,4 +1,4 @@
-"""Typed payloads of every NATS subject (see README "Subjects")."""
+"""Typed payloads of every NATS subject (see docs/architecture.md#subjects)."""
 
 from __future__ import annotations
 
@@ -43,6 +43,11 @@ class ResultKind(enum.StrEnum):
 def stream_of(msg: AudioChunk | Segment | Transcript | ClientResult) -> str:
     """The stream whose listeners receive this session's results."""
     return msg.stream_id or msg.session_id
+
+
+def results_subject(stream_id: str) -> str:
+    """Core NATS subject of a stream's live results (ClientResult): fan-out publishes, edges subscribe."""
+    return f"tolk.session.{stream_id}.out"
 
 
 class _Msg(msgspec.Struct, kw_only=True, frozen=True):

@@ -38,8 +38,8 @@ os.environ["HF_HOME"] = str(HF_HOME)
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.pop("HF_HUB_CACHE", None)
 os.environ.pop("TRANSFORMERS_CACHE", None)
-# Every `tolk up` and actor the tests start runs one STT pool on tiny.en (README "STT pools"): what all of them
-# but test_pools.py need, without the default pools' second model. test_pools.py runs the default pools.
+# Every `tolk up` and actor the tests start runs one STT pool on tiny.en (docs/configuration.md#stt-pools): what
+# all of them but test_pools.py need, without the default pools' second model. test_pools.py runs the default pools.
 os.environ.setdefault("TOLK_MODEL", "tiny.en")
 
 
@@ -140,7 +140,8 @@ async def edge_server(bus: Bus, **edge_settings: Any) -> AsyncIterator[str]:
     """A real edge app (no pipeline behind it) on a free port: yields its base URL, http://127.0.0.1:<port>."""
     from actors.runtime import settings
     from actors.runtime.actor import RuntimeSettings
-    from edge.app import Edge, EdgeSettings
+    from edge.app import Edge
+    from edge.settings import EdgeSettings
 
     edge = Edge(bus, settings.load(RuntimeSettings, env={}), settings.load(EdgeSettings, env={}, **edge_settings),
                 topology.load())

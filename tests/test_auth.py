@@ -13,8 +13,8 @@ import pytest
 import pytest_asyncio
 
 from actors.runtime.bus import Bus
-from edge.app import EdgeSettings
-from edge.auth import TokenError, mint, mint_v1, token_ok, verify
+from edge.http.auth import TokenError, mint, mint_v1, token_ok, verify
+from edge.settings import EdgeSettings
 from tests.conftest import edge_server
 
 on_loop = pytest.mark.asyncio(loop_scope="session")

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge.audio_in import MAX_ELEMENT, AudioFormatError, OggOpusDecoder, WebmOpusDecoder, decoder_for
+from edge.audio.decoders import MAX_ELEMENT, AudioFormatError, OggOpusDecoder, WebmOpusDecoder, decoder_for
 from loadtest.client import stream_pcm
 from loadtest.compressed import opus, stream_encoded
 from loadtest.speech import Clip, clips, encode_audio

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from hypothesis.errors import NonInteractiveExampleWarning
 
 from actors.runtime.bus import Bus
-from edge.protocol import CLOSE_FOR, ProtocolError, check_audio, parse_text
+from edge.transports.native.codec import CLOSE_FOR, ProtocolError, check_audio, parse_text
 from schemas import (
     ActorHeartbeat,
     AudioChunk,
@@ -204,7 +204,7 @@ def test_crafted_signed_tokens_give_a_subject_or_a_token_error(token: str) -> No
     import math
     import time
 
-    from edge.auth import TokenError, verify
+    from edge.http.auth import TokenError, verify
 
     try:
         subject = verify(SECRET, token)
@@ -260,7 +260,7 @@ async def test_a_real_edge_answers_hostile_http_requests(edge_http: str) -> None
     the page's folder, and the edge stays healthy for an ordinary client."""
     from yarl import URL
 
-    from edge import page
+    from edge.http import page
 
     outside = [f.read_bytes() for d in (page.STATIC.parent, page.STATIC.parent.parent) for f in d.iterdir()
                if f.is_file()]  # edge/app.py next to static/, the repository's README.md above

@@ -23,7 +23,7 @@ import nats
 from actors.runtime import permissions, pools, topology
 from actors.runtime.bus import Bus, NatsAuth
 from actors.runtime.embedded import EmbeddedNats
-from edge import replay
+from edge.core import replay
 from loadtest.client import stream_pcm
 from loadtest.speech import clips
 from schemas import AudioChunk, ResultKind, Transcript, encode

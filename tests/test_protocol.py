@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from edge.app import EdgeSettings
-from edge.protocol import (
+from edge.settings import EdgeSettings
+from edge.transports.native.codec import (
     Audio,
     Close,
     Configure,
@@ -149,8 +149,8 @@ def test_render_translations_only_for_this_listener() -> None:
 
 
 def test_subscribe_after_cursor_replays_only_what_was_missed() -> None:
-    from edge.protocol import Subscribe
-    from edge.replay import after_cursor
+    from edge.core.replay import after_cursor
+    from edge.transports.native.codec import Subscribe
 
     msg = parse_text('{"type":"subscribe","channel":"news","after":{"session_id":"ch=news=r1","seq":7}}', MAX)
     assert msg == Subscribe("news", None, False, ("ch=news=r1", 7))

@@ -15,8 +15,8 @@ import aiohttp
 import psutil
 import pytest
 
-from edge.protocol import ErrorCode, ProtocolError, parse_start
-from edge.replay import missed
+from edge.core.replay import missed
+from edge.transports.native.codec import ErrorCode, ProtocolError, parse_start
 from loadtest.speech import clips
 from loadtest.wer import corpus_wer
 from schemas import ResultKind, Transcript

@@ -12,7 +12,8 @@ import pytest
 from actors.runtime import settings, topology
 from actors.runtime.actor import RuntimeSettings
 from actors.runtime.bus import Bus
-from edge.app import Edge, EdgeSettings, tls_context
+from edge.app import Edge
+from edge.settings import EdgeSettings, tls_context
 from tests.conftest import free_port
 
 

@@ -6,7 +6,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from edge.hub import BINARY, TEXT, ws_frame
+from edge.transports.native.hub import BINARY, TEXT, ws_frame
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")

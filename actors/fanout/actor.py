@@ -18,7 +18,7 @@ from actors.runtime.actor import Actor, RuntimeSettings
 from actors.runtime.bus import Bus
 from actors.runtime.consumer import Delivery, PullLoop
 from actors.runtime.partition import owned_partitions
-from schemas import ClientResult, ResultKind, Transcript, stream_of
+from schemas import ClientResult, ResultKind, Transcript, results_subject, stream_of
 
 log = logging.getLogger("tolk.fanout")
 
@@ -28,10 +28,6 @@ LATENCY = Histogram("tolk_result_latency_seconds", "End of speech (edge clock) t
                     "clients: the server's whole share of caption latency, by kind.", ["kind"],
                     buckets=(0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0))
 RESULTS = Counter("tolk_results", "Results sent to clients, by kind.", ["kind"])
-
-
-def session_subject(session_id: str) -> str:
-    return f"tolk.session.{session_id}.out"
 
 
 @dataclass
@@ -116,7 +112,7 @@ class FanoutActor(Actor):
                 # *before* they go live: a listener joining now reads it back or gets it live, never neither
                 # (the edge drops the live copy of what it replayed).
                 await self.bus.publish(channels.captions_subject(stream), r, msg_id=f"{r.session_id}:c{r.seq}")
-            await self.bus.send(session_subject(stream), r)
+            await self.bus.send(results_subject(stream), r)
             RESULTS.labels(r.kind.value).inc()
             if r.speech_end_wall and r.kind is not ResultKind.END:
                 LATENCY.labels(r.kind.value).observe(max(0.0, now - r.speech_end_wall))

@@ -1,0 +1,6 @@
+"""Client audio into the 16-bit mono PCM the pipeline takes: one decoder for every API.
+
+A leaf: it imports nothing of the edge. Channel policy, the same on every API and for every container: audio
+with several channels is mixed down to one (the mean of the channels, rounded), so a stereo recording with a
+speaker on each side keeps both.
+"""

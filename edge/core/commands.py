@@ -1,0 +1,89 @@
+"""What a client asks of a live session, whatever API it speaks: the commands and their shared validation."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from edge.core.errors import ErrorCode, ProtocolError
+from schemas import Encoding
+from schemas.languages import WHISPER_LANGUAGES
+
+MAX_TARGETS = 16
+_TARGET = re.compile(r"^[a-z]{2,3}([-_][A-Za-z0-9]{2,8})?$")
+
+
+@dataclass(frozen=True)
+class Start:
+    sample_rate: int
+    encoding: Encoding
+    language: str
+    session_id: str | None
+    targets: tuple[str, ...] = ()
+    translate_partials: bool = False
+    resume_from: int | None = None  # resume `session_id`: the last `seq` this client saw (0: none)
+    resume_token: str = ""  # the `resume_token` the session's `started` carried
+    # Compressed audio (`ogg_opus`, `webm_opus`, `opus`; vendor adapters also `mulaw`, `file`): decoded at the
+    # edge (edge/audio/decoders.py) into `encoding` at `sample_rate`, which is what the pipeline receives. "": raw PCM.
+    codec: str = ""
+
+    @property
+    def wire_encoding(self) -> str:
+        """The encoding the client sends (what `started` echoes)."""
+        return self.codec or self.encoding.value
+
+
+@dataclass(frozen=True)
+class Configure:
+    """Mid-session change; a field left out keeps its current value."""
+
+    targets: tuple[str, ...] | None
+    language: str | None
+    translate_partials: bool | None
+
+
+@dataclass(frozen=True)
+class Subscribe:
+    """Listen to a broadcast channel (switches channel when already listening)."""
+
+    channel: str
+    targets: tuple[str, ...] | None
+    translate_partials: bool
+    after: tuple[str, int] | None = None  # a reconnecting listener's last final (session_id, seq): replay after it
+
+
+@dataclass(frozen=True)
+class Stop:
+    pass
+
+
+def parse_language(language: Any, code: ErrorCode) -> str:
+    if not isinstance(language, str) or (language != "auto" and language not in WHISPER_LANGUAGES):
+        raise ProtocolError(code, f"language {language!r}: use an ISO 639-1 code or 'auto'")
+    return language
+
+
+def parse_targets(targets: Any, code: ErrorCode) -> tuple[str, ...]:
+    """Target languages: ISO 639 codes, optionally with a region (`pt-BR`), de-duplicated in order."""
+    if isinstance(targets, str):
+        targets = [targets]
+    if not isinstance(targets, list) or not all(isinstance(t, str) for t in targets):
+        raise ProtocolError(code, '"targets" must be a list of language codes, e.g. ["de", "pt"]')
+    bad = [t for t in targets if not _TARGET.match(t)]
+    if bad:
+        raise ProtocolError(code, f"not language codes: {', '.join(map(repr, bad[:5]))}")
+    out = tuple(dict.fromkeys(targets))
+    if len(out) > MAX_TARGETS:
+        raise ProtocolError(code, f"at most {MAX_TARGETS} target languages per session")
+    return out
+
+
+def check_audio(data: bytes, encoding: Encoding, max_frame: int) -> None:
+    if len(data) > max_frame:
+        raise ProtocolError(ErrorCode.FRAME_TOO_LARGE, f"audio frame of {len(data)} bytes exceeds {max_frame}")
+    width = encoding.sample_width
+    if len(data) % width:
+        raise ProtocolError(
+            ErrorCode.INVALID_FRAME, f"{encoding.value} frames must be a multiple of {width} bytes, got {len(data)}"
+        )

@@ -1,0 +1,229 @@
+"""File jobs: a recording goes through the same JetStream pipeline as a microphone, as a session `file-<id>`,
+only faster than real time (`file_pace`).
+
+Every API that takes files (Tolk's, OpenAI's, Deepgram's) runs the same sequence through `FileJobs.upload()`: a
+job slot, the upload stored under a temporary name of ours (the client's file name never touches a path), probed,
+transcribed, removed. Jobs beyond `file_jobs` get 503 `busy`, not a queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import av
+
+from actors.runtime.media import SourceChunk, SourceEnded, read_source
+from edge.core import replay
+from edge.core.errors import ApiError
+from edge.core.metrics import EdgeMetrics
+from edge.core.pipeline import Pipeline
+from edge.core.records import Listeners, Sessions
+from edge.http.formats import Cue
+from edge.settings import EdgeSettings
+from schemas import ClientResult, Encoding, ResultKind, SessionRecord, Transcript
+
+log = logging.getLogger("tolk.edge.files")
+
+Read = Callable[[int], Awaitable[bytes]]  # up to n bytes of the upload; b"" at its end
+
+
+def probe(path: str) -> float:
+    """Duration in seconds; ApiError 415 when FFmpeg finds no decodable audio in it."""
+    try:
+        with av.open(path) as container:
+            audio = next((s for s in container.streams if s.type == "audio"), None)
+            if audio is None:
+                raise ApiError(415, "unsupported_media", "the file has no audio stream")
+            seconds = 0.0
+            for packet in container.demux(audio):  # decode a little: a header alone is not audio
+                for frame in packet.decode():
+                    if isinstance(frame, av.AudioFrame) and frame.sample_rate:
+                        seconds += frame.samples / frame.sample_rate
+                if seconds >= 0.1:
+                    break
+            else:
+                raise ApiError(415, "unsupported_media", "no audio to transcribe: under 0.1 s decodes")
+            return float(container.duration or 0) / 1e6
+    except ApiError:
+        raise
+    except (av.error.FFmpegError, ValueError, StopIteration) as exc:
+        raise ApiError(415, "unsupported_media", f"not audio FFmpeg can decode ({exc.__class__.__name__})") from None
+
+
+def remove(path: str) -> None:
+    """Unlinking a temp file is one syscall: not worth a thread hop."""
+    if path:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
+class Upload:
+    """One job's upload: stored by `store`, removed when the job ends (`FileJobs.upload`)."""
+
+    def __init__(self, jobs: FileJobs) -> None:
+        self.jobs = jobs
+        self.path = ""
+
+    async def store(self, read: Read) -> str:
+        """Copy the upload to a temp file named by us (never by the client), enforcing the size limit. A second
+        call replaces the first file."""
+        remove(self.path)
+        self.path = ""
+        limit = self.jobs.cfg.max_upload_bytes
+        fd, path = tempfile.mkstemp(prefix="tolk-upload-", dir=self.jobs.cfg.upload_dir or None)
+        size = 0
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                while chunk := await read(65536):
+                    size += len(chunk)
+                    if size > limit:
+                        raise ApiError(413, "file_too_large", f"uploads are limited to {limit} bytes")
+                    fh.write(chunk)
+        except BaseException:
+            remove(path)
+            raise
+        if size == 0:
+            remove(path)
+            raise ApiError(400, "empty_file", "the uploaded file is empty")
+        self.path = path
+        return path
+
+    async def duration(self) -> float:
+        """`probe` on a thread: ApiError 415 when the file holds no decodable audio."""
+        return await asyncio.get_running_loop().run_in_executor(self.jobs.threads, probe, self.path)
+
+
+class FileJobs:
+    def __init__(self, cfg: EdgeSettings, pipeline: Pipeline, sessions: Sessions, listeners: Listeners,
+                 metrics: EdgeMetrics, instance: str) -> None:
+        self.cfg, self.pipeline, self.sessions, self.listeners = cfg, pipeline, sessions, listeners
+        self.metrics, self.instance = metrics, instance
+        # Each job decodes on a thread of its own.
+        self.threads = ThreadPoolExecutor(max_workers=2 * cfg.file_jobs, thread_name_prefix="file")
+        self.jobs = 0
+
+    @contextlib.asynccontextmanager
+    async def upload(self) -> AsyncIterator[Upload]:
+        """A job slot (ApiError 503 `busy` when all are taken) and its upload, removed at the end."""
+        if self.jobs >= self.cfg.file_jobs:
+            raise ApiError(503, "busy", f"{self.cfg.file_jobs} files are being transcribed; try again shortly")
+        self.jobs += 1
+        upload = Upload(self)
+        try:
+            yield upload
+        finally:
+            self.jobs -= 1
+            remove(upload.path)
+
+    async def transcribe(self, path: str, language: str, targets: tuple[str, ...] = (), prompt: str = "",
+                         owner: str = "") -> tuple[list[Cue], str]:
+        """Every final of the file as cues, and the language they came in (the detected one for `auto`)."""
+        cues, lang = [], language
+        async for r in self.run(path, language, targets, prompt, owner):
+            if r.kind is ResultKind.FINAL and r.text:
+                cues.append(Cue.of(r))
+                lang = r.language or lang
+        return cues, lang
+
+    async def run(self, path: str, language: str, targets: tuple[str, ...], prompt: str = "",
+                  owner: str = "") -> AsyncIterator[ClientResult]:
+        """`owner`: the uploader's identity (edge/http/auth.py), recorded so that only it can export the transcript."""
+        sid = f"file-{uuid.uuid4().hex}"
+        self.metrics.sessions_started.labels("file").inc()
+        now = time.time()
+        await self.sessions.put(SessionRecord(
+            session_id=sid, status="file", sample_rate=16000, encoding=Encoding.PCM_S16LE, language=language,
+            partition=self.pipeline.partition(sid), created_at=now, updated_at=now, edge=self.instance,
+            resume_key=secrets.token_urlsafe(18), owner=owner))  # key never given out: not resumable
+        results: asyncio.Queue[ClientResult] = asyncio.Queue()  # finals of a file are never dropped
+        sub = await self.pipeline.results(sid, results.put_nowait)
+        if targets:
+            await self.listeners.put(sid, "owner", targets, False)
+        feeder = asyncio.create_task(self._feed(path, sid, language, prompt), name=f"edge.file.{sid}")
+        try:
+            while True:
+                try:
+                    result = await asyncio.wait_for(results.get(), timeout=self.cfg.file_result_timeout_s)
+                except TimeoutError:
+                    if feeder.done() and not feeder.cancelled() and feeder.exception() is not None:
+                        log.error("%s: feeding the pipeline failed: %r", sid, feeder.exception())
+                    raise ApiError(504, "timeout", "the pipeline did not finish this file in time") from None
+                yield result
+                if result.kind is ResultKind.END:
+                    return
+        finally:
+            feeder.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await feeder
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+            if targets:
+                await self.listeners.remove(sid, "owner")
+
+    async def _feed(self, path: str, sid: str, language: str, prompt: str = "") -> None:
+        """Decode on a thread, publish 1 s chunks, at most `file_pace` × real time ahead of the wall clock."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[SourceChunk | None] = asyncio.Queue(maxsize=16)
+        stop = threading.Event()
+
+        def decode_all() -> None:
+            def emit(chunk: SourceChunk) -> None:
+                asyncio.run_coroutine_threadsafe(queue.put(chunk), loop).result()
+
+            try:
+                read_source(path, emit, stop, 0.0, realtime=False, mp3=False, chunk_samples=16000)
+            except SourceEnded:
+                pass
+            except Exception as exc:  # a truncated or damaged tail: transcribe what decoded
+                log.warning("%s: decoding stopped early: %s", sid, exc)
+            finally:
+                asyncio.run_coroutine_threadsafe(queue.put(None), loop).result()
+
+        thread = loop.run_in_executor(self.threads, decode_all)
+        seq = 0
+        began = time.monotonic()
+        try:
+            while True:
+                chunk = await queue.get()
+                seq += 1
+                if chunk is not None:
+                    ahead = chunk.t / self.cfg.file_pace - (time.monotonic() - began)
+                    if ahead > 0:
+                        await asyncio.sleep(ahead)
+                await self.pipeline.publish(sid, seq, chunk.pcm if chunk else b"", sample_rate=16000,
+                                            encoding=Encoding.PCM_S16LE, language=language, end=chunk is None,
+                                            prompt=prompt)
+                if chunk is None:
+                    return
+        finally:
+            stop.set()
+            with contextlib.suppress(Exception):
+                while not queue.empty():
+                    queue.get_nowait()
+            await thread
+
+    # ------------------------------------------------------------------ finished sessions
+    async def finals(self, sid: str, who: str) -> list[Transcript]:
+        """A finished session's finals, for its owner only; anyone else is told what a missing one tells (ids may
+        be guessable). With authentication off every caller is "" and so is every owner."""
+        if not await self._owns(sid, who):
+            return []
+        return replay.finals(await replay.stored(self.pipeline.bus, sid))
+
+    async def _owns(self, sid: str, who: str) -> bool:
+        if sid.startswith("ch="):
+            return True  # a channel run: channels are every authenticated listener's
+        rec, _ = await self.sessions.get(sid)
+        if rec is None:
+            return not who  # no record (expired, or from before owners were kept): open only when auth is off
+        return bool(rec.owner == who)

@@ -1,0 +1,49 @@
+"""The edge's two ends of the pipeline: audio in (JetStream, partitioned) and a stream's live results out (core
+NATS, from fan-out). Subjects come from actors/runtime and schemas, never spelled out here."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from actors.runtime.bus import Bus
+from actors.runtime.partition import partition_for
+from schemas import AudioChunk, ClientResult, DecodeError, Encoding, decode, results_subject
+
+log = logging.getLogger("tolk.edge.pipeline")
+
+
+class Pipeline:
+    def __init__(self, bus: Bus, partitions: int) -> None:
+        self.bus, self.partitions = bus, partitions
+
+    def partition(self, sid: str) -> int:
+        return partition_for(sid, self.partitions)
+
+    async def publish(self, sid: str, seq: int, data: bytes, *, sample_rate: int, encoding: Encoding, language: str,
+                      end: bool = False, prompt: str = "") -> None:
+        """One chunk of a session's audio (`end`: the last, empty): numbered, so a redelivery is dropped."""
+        await self.bus.publish_audio(AudioChunk(
+            session_id=sid, chunk_seq=seq, sample_rate=sample_rate, encoding=encoding, language=language, data=data,
+            received_at=time.time(), end=end, prompt=prompt,
+        ), self.partition(sid))
+
+    async def results(self, stream_id: str, deliver: Callable[[ClientResult], Awaitable[None] | None],
+                      pending: int = 65536) -> Subscription:
+        """Subscribes to a stream's live results; undecodable ones are logged and dropped."""
+
+        async def on_result(msg: Msg) -> None:
+            try:
+                result = decode(msg.data, ClientResult)
+            except DecodeError as exc:
+                log.error("%s: dropping undecodable result: %s", stream_id, exc)
+                return
+            done = deliver(result)
+            if done is not None:
+                await done
+
+        return await self.bus.nc.subscribe(results_subject(stream_id), cb=on_result, pending_msgs_limit=pending)

@@ -1,0 +1,134 @@
+"""Transcript export formats (SRT, WebVTT, text, OpenAI-style json / verbose_json), as pure functions."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from schemas import ClientResult, Transcript
+
+FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
+
+
+@dataclass(frozen=True)
+class Cue:
+    start: float
+    end: float
+    text: str
+    words: list[dict[str, Any]] = field(default_factory=list)
+    translations: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, r: ClientResult | Transcript) -> Cue:
+        """A final as a cue: from its first voiced moment (`speech_start`) to its end."""
+        words = [{"word": w.word, "start": w.start, "end": w.end, "probability": w.probability} for w in r.words]
+        return cls(r.speech_start or r.start, r.end, r.text, words, dict(r.translations))
+
+
+def monotonic(cues: Sequence[Cue]) -> list[Cue]:
+    """Ordered, non-overlapping, non-empty cues: a player shows one caption at a time."""
+    out: list[Cue] = []
+    last_end = 0.0
+    for c in sorted((c for c in cues if c.text.strip()), key=lambda c: (c.start, c.end)):
+        start = max(c.start, last_end)
+        end = max(c.end, start + 0.001)
+        out.append(Cue(round(start, 3), round(end, 3), c.text.strip(), c.words, c.translations))
+        last_end = end
+    return out
+
+
+def _clock(seconds: float, sep: str) -> str:
+    ms = round(seconds * 1000)
+    h, rem = divmod(ms, 3_600_000)
+    m, rem = divmod(rem, 60_000)
+    s, ms = divmod(rem, 1000)
+    return f"{h:02d}:{m:02d}:{s:02d}{sep}{ms:03d}"
+
+
+LINE_CHARS = 42  # a subtitle line, as broadcasters and subtitle tools expect
+CUE_LINES = 2
+
+
+def lines(text: str, width: int = LINE_CHARS) -> list[str]:
+    """Words filled into lines of at most `width` characters (a longer word gets a line of its own)."""
+    out: list[str] = []
+    for word in text.split():
+        if out and len(out[-1]) + 1 + len(word) <= width:
+            out[-1] += " " + word
+        else:
+            out.append(word)
+    return out
+
+
+def captions(cues: Sequence[Cue], translation: str | None = None) -> list[Cue]:
+    """Cues a player can show: at most two lines of ~42 characters each. A longer cue is split into several,
+    timed from its words where they are known (the source text), else in proportion to their characters."""
+    out: list[Cue] = []
+    for c in monotonic(cues):
+        text = c.translations.get(translation, c.text) if translation else c.text
+        rows = lines(text)
+        if len(rows) <= CUE_LINES:
+            out.append(Cue(c.start, c.end, "\n".join(rows)))
+            continue
+        parts = [rows[i:i + CUE_LINES] for i in range(0, len(rows), CUE_LINES)]
+        counts = [sum(len(r.split()) for r in part) for part in parts]
+        timed = not translation and len(c.words) == len(text.split())
+        total, done, start = len(text), 0, c.start
+        for k, part in enumerate(parts):
+            body = " ".join(part)
+            done += len(body) + 1
+            if k == len(parts) - 1:
+                end = c.end
+            elif timed:
+                end = float(c.words[sum(counts[:k + 1]) - 1]["end"])
+            else:
+                end = c.start + (c.end - c.start) * min(1.0, done / total)
+            end = min(c.end - 0.001 * (len(parts) - 1 - k), max(end, start + 0.001))
+            out.append(Cue(round(start, 3), round(end, 3), "\n".join(part)))
+            start = end
+    return out
+
+
+def srt(cues: Sequence[Cue], translation: str | None = None) -> str:
+    blocks = []
+    for i, c in enumerate(captions(cues, translation), 1):
+        text = c.text.replace("-->", "->")  # SRT has no escapes: a timing arrow in the text would start a cue
+        blocks.append(f"{i}\n{_clock(c.start, ',')} --> {_clock(c.end, ',')}\n{text}\n")
+    return "\n".join(blocks)
+
+
+def _vtt_text(text: str) -> str:
+    """WebVTT cue text is markup: `&`, `<` and `>` are escaped, and `-->` (a cue timing) cannot appear."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def vtt(cues: Sequence[Cue], translation: str | None = None) -> str:
+    blocks = ["WEBVTT\n"]
+    for c in captions(cues, translation):
+        blocks.append(f"{_clock(c.start, '.')} --> {_clock(c.end, '.')}\n{_vtt_text(c.text)}\n")
+    return "\n".join(blocks)
+
+
+def text(cues: Sequence[Cue]) -> str:
+    return " ".join(c.text for c in monotonic(cues))
+
+
+def render(cues: Sequence[Cue], fmt: str, language: str = "", duration: float = 0.0,
+           translation: str | None = None) -> tuple[str | dict[str, Any], str]:
+    """(body, content type) for `fmt` (one of FORMATS)."""
+    ordered = monotonic(cues)
+    if fmt == "srt":
+        return srt(ordered, translation), "application/x-subrip; charset=utf-8"
+    if fmt == "vtt":
+        return vtt(ordered, translation), "text/vtt; charset=utf-8"
+    if fmt == "text":
+        return text(ordered) + "\n", "text/plain; charset=utf-8"
+    if fmt == "verbose_json":
+        return {
+            "task": "transcribe", "language": language, "duration": round(duration, 3), "text": text(ordered),
+            "segments": [{"id": i, "start": c.start, "end": c.end, "text": c.text, "words": c.words,
+                          **({"translations": c.translations} if c.translations else {})}
+                         for i, c in enumerate(ordered)],
+        }, "application/json"
+    return {"text": text(ordered)}, "application/json"

@@ -1,0 +1,174 @@
+"""Tolk's own protocol on `GET /v1/listen`, as pure functions: JSON frames -> commands, results -> JSON.
+
+Kept free of aiohttp and NATS so every rule (and every error code) is unit-testable.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from actors.runtime.partition import valid_session_id
+from edge.audio.decoders import COMPRESSED, RATE
+from edge.audio.pcm import MAX_RATE, MIN_RATE
+from edge.core.commands import Configure, Start, Stop, Subscribe, check_audio, parse_language, parse_targets
+from edge.core.errors import CLOSE_FOR, Close, ErrorCode, ProtocolError
+from schemas import ClientResult, Encoding, ResultKind
+
+__all__ = ["CLOSE_FOR", "Close", "ErrorCode", "ProtocolError", "Start", "Stop", "check_audio"]
+
+
+@dataclass(frozen=True)
+class Audio:
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Unknown:
+    type: str
+
+
+ClientMessage = Start | Configure | Subscribe | Stop | Audio | Unknown
+
+
+def parse_text(text: str, max_frame: int) -> ClientMessage:
+    try:
+        obj = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ProtocolError(ErrorCode.INVALID_JSON, f"text frames must be JSON objects: {exc}") from exc
+    if not isinstance(obj, dict) or not isinstance(obj.get("type"), str):
+        raise ProtocolError(ErrorCode.INVALID_JSON, 'text frames must be JSON objects with a string "type"')
+    kind = obj["type"]
+    if kind == "start":
+        return parse_start(obj)
+    if kind in ("configure", "set_langs"):  # set_langs: the seed design's name
+        return parse_configure(obj)
+    if kind == "subscribe":
+        return parse_subscribe(obj)
+    if kind == "unsubscribe":
+        return Stop()
+    if kind == "stop":
+        return Stop()
+    if kind == "audio":
+        return Audio(decode_base64(obj.get("data"), max_frame))
+    return Unknown(kind)
+
+
+def parse_start(obj: dict[str, Any]) -> Start:
+    rate = obj.get("sample_rate", 16000)
+    if isinstance(rate, bool) or not isinstance(rate, int):
+        raise ProtocolError(ErrorCode.INVALID_START, "sample_rate must be an integer")
+    if not MIN_RATE <= rate <= MAX_RATE:
+        raise ProtocolError(
+            ErrorCode.UNSUPPORTED_SAMPLE_RATE, f"sample_rate {rate} outside {MIN_RATE}-{MAX_RATE} Hz"
+        )
+    enc = obj.get("encoding", Encoding.PCM_S16LE.value)
+    codec = ""
+    if enc in COMPRESSED:  # decoded at the edge: the pipeline gets 16 kHz s16le whatever the client's rate
+        codec, encoding, rate = enc, Encoding.PCM_S16LE, RATE
+    else:
+        try:
+            encoding = Encoding(enc)
+        except ValueError:
+            supported = ", ".join([*(e.value for e in Encoding), *COMPRESSED])
+            raise ProtocolError(ErrorCode.UNSUPPORTED_ENCODING,
+                                f"encoding {enc!r} not supported ({supported})") from None
+    language = parse_language(obj.get("language", "auto"), ErrorCode.UNSUPPORTED_LANGUAGE)
+    sid = obj.get("session_id")
+    if sid is not None and (not isinstance(sid, str) or not valid_session_id(sid)):
+        raise ProtocolError(ErrorCode.INVALID_SESSION_ID, "session_id must be 1-64 chars of A-Z a-z 0-9 _ -")
+    targets = parse_targets(obj.get("targets", []), ErrorCode.INVALID_TARGETS)
+    partials = obj.get("translate_partials", False)
+    if not isinstance(partials, bool):
+        raise ProtocolError(ErrorCode.INVALID_START, "translate_partials must be true or false")
+    resume = obj.get("resume_from")
+    if resume is not None:
+        if isinstance(resume, bool) or not isinstance(resume, int) or resume < 0:
+            raise ProtocolError(ErrorCode.INVALID_START, "resume_from must be the last seq received (an integer >= 0)")
+        if sid is None:
+            raise ProtocolError(ErrorCode.INVALID_START, "resume_from needs the session_id to resume")
+    token = obj.get("resume_token", "")
+    if resume is not None and (not isinstance(token, str) or not 1 <= len(token) <= 64):
+        raise ProtocolError(ErrorCode.INVALID_START, "resume_from needs the resume_token from the session's `started`")
+    return Start(rate, encoding, language, sid, targets, partials, resume, token if resume is not None else "",
+                 codec)
+
+
+def parse_subscribe(obj: dict[str, Any]) -> Subscribe:
+    code = ErrorCode.INVALID_SUBSCRIBE
+    channel = obj.get("channel")
+    if not isinstance(channel, str) or not re.match(r"^[a-z0-9_-]{1,32}$", channel):
+        raise ProtocolError(code, '"channel" must be a channel name (see GET /v1/channels)')
+    targets = parse_targets(obj["targets"], code) if "targets" in obj else None
+    partials = obj.get("translate_partials", False)
+    if not isinstance(partials, bool):
+        raise ProtocolError(code, "translate_partials must be true or false")
+    after = obj.get("after")
+    if after is not None:
+        sid, seq = (after.get("session_id"), after.get("seq")) if isinstance(after, dict) else (None, None)
+        if not isinstance(sid, str) or not 0 < len(sid) <= 128 or isinstance(seq, bool) or not isinstance(seq, int) \
+                or not 0 <= seq < 2**63:
+            raise ProtocolError(code, '"after" must be the last final seen: {"session_id": "...", "seq": 12}')
+        after = (sid, seq)
+    return Subscribe(channel, targets, partials, after)
+
+
+def parse_configure(obj: dict[str, Any]) -> Configure:
+    code = ErrorCode.INVALID_CONFIGURE
+    unknown = set(obj) - {"type", "targets", "language", "translate_partials"}
+    if unknown:
+        raise ProtocolError(code, f"configure takes targets, language, translate_partials; not {sorted(unknown)}")
+    targets = parse_targets(obj["targets"], code) if "targets" in obj else None
+    language = parse_language(obj["language"], code) if "language" in obj else None
+    partials = obj.get("translate_partials")
+    if partials is not None and not isinstance(partials, bool):
+        raise ProtocolError(code, "translate_partials must be true or false")
+    return Configure(targets, language, partials)
+
+
+def decode_base64(data: Any, max_frame: int) -> bytes:
+    if not isinstance(data, str):
+        raise ProtocolError(ErrorCode.INVALID_BASE64, '"data" must be a base64 string')
+    if len(data) > (max_frame * 4) // 3 + 4:
+        raise ProtocolError(ErrorCode.FRAME_TOO_LARGE, f"audio frame larger than {max_frame} bytes")
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ProtocolError(ErrorCode.INVALID_BASE64, f"malformed base64: {exc}") from exc
+    if len(raw) > max_frame:
+        raise ProtocolError(ErrorCode.FRAME_TOO_LARGE, f"audio frame of {len(raw)} bytes exceeds {max_frame}")
+    return raw
+
+
+def render_result(r: ClientResult, now: float | None = None, targets: tuple[str, ...] = ()) -> dict[str, Any]:
+    """`targets`: what this listener asked for; other listeners' languages are not sent to it."""
+    if r.kind is ResultKind.END:
+        return {"type": "done", "session_id": r.session_id}
+    latency = ((now or time.time()) - r.speech_end_wall) * 1000 if r.speech_end_wall else None
+    out: dict[str, Any] = {
+        "type": r.kind.value,
+        "session_id": r.session_id,
+        "utterance_id": r.utterance_id,
+        "seq": r.seq,
+        "text": r.text,
+        "stable_text": r.stable_text,
+        "language": r.language,
+        "start": r.start,
+        "end": r.end,
+        "words": [{"word": w.word, "start": w.start, "end": w.end, "probability": w.probability} for w in r.words],
+        "latency_ms": round(latency, 1) if latency is not None else None,
+        "speech_start": r.speech_start,
+    }
+    if r.kind is ResultKind.FINAL:
+        out["endpoint"] = r.endpoint.value
+    if targets and (r.kind is ResultKind.FINAL or r.translations or r.translation_errors):
+        out["translations"] = {t: r.translations[t] for t in targets if t in r.translations}
+        errors = {t: r.translation_errors[t] for t in targets if t in r.translation_errors}
+        if errors:
+            out["translation_errors"] = errors
+    return out

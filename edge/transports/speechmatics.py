@@ -1,0 +1,298 @@
+"""Speechmatics realtime, at `/v2` and `/v2/<language>`: what `speechmatics.client.WebsocketClient` speaks.
+
+A `SocketSession` (edge/transports/socket.py): the same admission, KV record, pipeline, results subscription
+and clean-up as every API; only the messages differ. `StartRecognition` becomes a `start`, binary `AddAudio` is
+audio (acknowledged with `AudioAdded`), `EndOfStream` is `stop`; results go out as `AddPartialTranscript` /
+`AddTranscript` / `AddPartialTranslation` / `AddTranslation` and `EndOfTranscript`, errors as Speechmatics'
+`{"message":"Error","type":…,"reason":…}` then a close. The API key arrives as `Authorization: Bearer`, which
+is Tolk's own token header (edge/http/auth.py). docs/vendors/speechmatics.md says what is supported, what is
+accepted and ignored, and what is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+from typing import Any
+
+from aiohttp import web
+
+from edge.audio.pcm import MAX_RATE, MIN_RATE
+from edge.core.commands import Start, parse_language, parse_targets
+from edge.core.errors import ErrorCode, ProtocolError
+from edge.core.live import Phase, Started
+from edge.core.services import Services
+from edge.http import auth
+from edge.transports import socket
+from edge.transports.socket import SocketSession
+from schemas import ClientResult, Encoding, ResultKind
+
+log = logging.getLogger("tolk.edge.speechmatics")
+
+FORMAT = "2.9"
+SPEAKER = "UU"  # Speechmatics' "unknown speaker": Tolk does no diarization
+RAW_ENCODINGS = {"pcm_s16le": Encoding.PCM_S16LE, "pcm_f32le": Encoding.PCM_F32LE, "mulaw": Encoding.PCM_S16LE}
+MIN_DELAY, MAX_DELAY = 0.7, 4.0  # Speechmatics' documented range for max_delay
+
+# Speechmatics' error types and the close code that follows each (its realtime API reference).
+CLOSE = {
+    "invalid_message": 1003, "invalid_model": 1003, "invalid_config": 1003, "invalid_audio_type": 1003,
+    "not_authorised": 4001, "not_allowed": 4003, "job_error": 4004, "data_error": 4005, "buffer_error": 4006,
+    "protocol_error": 4007, "timelimit_exceeded": 4008, "quota_exceeded": 4009, "idle_timeout": 4013,
+    "unknown_error": 1011,
+}
+# Tolk's own error codes (raised by the shared session) in Speechmatics' terms: (type, Error or Warning).
+FROM_TOLK: dict[ErrorCode, str] = {
+    ErrorCode.INVALID_JSON: "invalid_message",
+    ErrorCode.INVALID_START: "invalid_message",
+    ErrorCode.UNSUPPORTED_ENCODING: "invalid_audio_type",
+    ErrorCode.UNSUPPORTED_SAMPLE_RATE: "invalid_audio_type",
+    ErrorCode.UNSUPPORTED_LANGUAGE: "invalid_model",
+    ErrorCode.INVALID_TARGETS: "invalid_config",
+    ErrorCode.INVALID_CONFIGURE: "invalid_config",
+    ErrorCode.SESSION_IN_USE: "protocol_error",
+    ErrorCode.AUDIO_BEFORE_START: "protocol_error",
+    ErrorCode.OVERLOADED: "quota_exceeded",
+    ErrorCode.TOO_MANY_SESSIONS: "quota_exceeded",
+    ErrorCode.SESSION_TOO_LONG: "session_timeout",  # a Warning: what was said is flushed, then the session ends
+    ErrorCode.INVALID_FRAME: "data_error",
+    ErrorCode.INVALID_AUDIO: "data_error",
+    ErrorCode.INVALID_BASE64: "data_error",
+    ErrorCode.FRAME_TOO_LARGE: "buffer_error",
+    ErrorCode.IDLE_TIMEOUT: "idle_timeout",
+    ErrorCode.DRAIN_TIMEOUT: "job_error",
+    ErrorCode.SHUTTING_DOWN: "job_error",
+    ErrorCode.INTERNAL: "unknown_error",
+}
+
+_PUNCT = re.compile(r"^(.*?)([.,!?;:…。，、？！]+)$")
+
+
+class SpeechmaticsError(ProtocolError):
+    """An error in Speechmatics' terms: `sm_type` and the close code Speechmatics uses for it (None: Warning)."""
+
+    def __init__(self, sm_type: str, reason: str, code: ErrorCode = ErrorCode.INVALID_START,
+                 close: int | None = -1) -> None:
+        super().__init__(code, reason)
+        self.sm_type = sm_type
+        self._close = CLOSE.get(sm_type, 1011) if close == -1 else close
+
+    @property
+    def close(self) -> int | None:  # type: ignore[override]
+        return self._close
+
+
+def _translate(err: ProtocolError) -> SpeechmaticsError:
+    if isinstance(err, SpeechmaticsError):
+        return err
+    sm_type = FROM_TOLK.get(err.code, "unknown_error")
+    close: int | None = None  # where Tolk's session goes on, a Warning
+    if err.close is not None:
+        close = 1001 if err.code is ErrorCode.SHUTTING_DOWN else CLOSE.get(sm_type, 1011)
+    return SpeechmaticsError(sm_type, err.message, err.code, close)
+
+
+class SpeechmaticsSession(SocketSession):
+    def __init__(self, services: Services, ws: web.WebSocketResponse, token: str = "", path_language: str = "") -> None:
+        super().__init__(services, ws, token)
+        self.path_language = path_language
+        self.enable_partials = False
+        self.max_delay: float | None = None
+        self.seq_no = 0  # AddAudio messages received
+        self.warned: set[str] = set()  # translation targets already reported as unsupported
+        self.no_targets = False  # a translation_config without target_languages: warned after RecognitionStarted
+
+    # ------------------------------------------------------------------ errors
+    def translate(self, err: ProtocolError) -> ProtocolError:
+        return _translate(err)
+
+    def error_body(self, err: ProtocolError) -> dict[str, Any]:
+        e = _translate(err)
+        return {"message": "Error" if e.close is not None else "Warning", "type": e.sm_type, "reason": e.message}
+
+    # ------------------------------------------------------------------ client messages
+    async def on_text(self, text: str) -> None:
+        try:
+            msg = json.loads(text)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise SpeechmaticsError("invalid_message", f"messages must be JSON: {exc}") from None
+        if not isinstance(msg, dict) or not isinstance(msg.get("message"), str):
+            raise SpeechmaticsError("invalid_message", 'messages must be JSON objects with a string "message"')
+        kind = msg["message"]
+        if kind == "StartRecognition":
+            if self.phase is not Phase.AWAIT_START:
+                raise SpeechmaticsError("protocol_error", "StartRecognition was already received")
+            await self.begin(self._parse_start(msg))
+        elif kind == "EndOfStream":
+            if self.phase is Phase.AWAIT_START:
+                raise SpeechmaticsError("protocol_error", "EndOfStream before StartRecognition")
+            last = msg.get("last_seq_no")
+            if isinstance(last, bool) or not isinstance(last, int) or last < 0:
+                raise SpeechmaticsError("invalid_message", "EndOfStream needs last_seq_no (an integer >= 0)")
+            if last != self.seq_no:
+                log.info("%s: EndOfStream last_seq_no %d, %d AddAudio received", self.session_id, last, self.seq_no)
+            await self.live.stop()
+        elif kind == "SetRecognitionConfig":
+            if self.phase is Phase.AWAIT_START:
+                raise SpeechmaticsError("protocol_error", "SetRecognitionConfig before StartRecognition")
+            config = msg.get("transcription_config")
+            if not isinstance(config, dict):
+                raise SpeechmaticsError("invalid_message", "SetRecognitionConfig needs a transcription_config")
+            if "language" in config and config["language"] != self.live.language:
+                raise SpeechmaticsError("invalid_config", "the language cannot change during a session")
+            self._session_options(config)
+        elif kind in ("AddAudio", "AddChannelAudio", "EndOfChannel"):
+            raise SpeechmaticsError("invalid_message", f"{kind}: send audio as binary messages (one channel)")
+        else:
+            raise SpeechmaticsError("invalid_message", f"unknown message {kind!r}")
+
+    async def on_binary(self, data: bytes) -> None:
+        if self.phase is Phase.AWAIT_START:
+            raise SpeechmaticsError("protocol_error", "AddAudio before StartRecognition")
+        await self.live.push(data)
+        self.seq_no += 1
+        await self.ws.send_json({"message": "AudioAdded", "seq_no": self.seq_no})
+
+    def _parse_start(self, msg: dict[str, Any]) -> Start:
+        audio = msg.get("audio_format")
+        config = msg.get("transcription_config")
+        if not isinstance(audio, dict) or not isinstance(audio.get("type"), str):
+            raise SpeechmaticsError("invalid_message", "StartRecognition needs audio_format with a type")
+        if not isinstance(config, dict):
+            raise SpeechmaticsError("invalid_message", "StartRecognition needs a transcription_config")
+        language = config.get("language", self.path_language or None)
+        if language is None:
+            raise SpeechmaticsError("invalid_message", "transcription_config needs a language")
+        language = parse_language(language, ErrorCode.UNSUPPORTED_LANGUAGE)
+        kind = audio["type"]
+        codec = ""
+        if kind == "raw":
+            enc, rate = audio.get("encoding"), audio.get("sample_rate")
+            if not isinstance(enc, str) or isinstance(rate, bool) or not isinstance(rate, int):
+                raise SpeechmaticsError("invalid_message", "raw audio_format needs an encoding and an integer "
+                                        "sample_rate")
+            if enc not in RAW_ENCODINGS:
+                raise SpeechmaticsError("invalid_audio_type", f"encoding {enc!r}: use pcm_s16le, pcm_f32le or mulaw")
+            if not MIN_RATE <= rate <= MAX_RATE:
+                raise SpeechmaticsError("invalid_audio_type", f"sample_rate {rate} outside {MIN_RATE}-{MAX_RATE} Hz")
+            encoding = RAW_ENCODINGS[enc]
+            if enc == "mulaw":
+                codec = "mulaw"
+        elif kind == "file":  # a WAV, Ogg Opus or WebM Opus stream, decoded as it arrives
+            codec, encoding, rate = "file", Encoding.PCM_S16LE, 16000
+        else:
+            raise SpeechmaticsError("invalid_audio_type", f"audio_format type {kind!r}: use raw or file")
+        translation = msg.get("translation_config", config.get("translation_config"))
+        targets: tuple[str, ...] = ()
+        translate_partials = False
+        if translation is not None:
+            if not isinstance(translation, dict):
+                raise SpeechmaticsError("invalid_config", "translation_config must be an object")
+            targets = parse_targets(translation.get("target_languages", []), ErrorCode.INVALID_TARGETS)
+            translate_partials = translation.get("enable_partials", False)
+            if not isinstance(translate_partials, bool):
+                raise SpeechmaticsError("invalid_config", "translation_config.enable_partials must be a boolean")
+            self.no_targets = not targets
+        self._session_options(config)
+        # The pipeline gets PCM: a file decoded to 16 kHz s16le, mulaw expanded to s16le at the client's rate.
+        return Start(rate, encoding, language, None, targets, translate_partials, codec=codec)
+
+    def _session_options(self, config: dict[str, Any]) -> None:
+        partials = config.get("enable_partials", self.enable_partials)
+        if not isinstance(partials, bool):
+            raise SpeechmaticsError("invalid_config", "enable_partials must be a boolean")
+        delay = config.get("max_delay", self.max_delay)
+        if delay is not None and (isinstance(delay, bool) or not isinstance(delay, int | float)
+                                  or not math.isfinite(delay) or not MIN_DELAY <= delay <= MAX_DELAY):
+            raise SpeechmaticsError("invalid_config", f"max_delay must be {MIN_DELAY}-{MAX_DELAY} seconds")
+        self.enable_partials, self.max_delay = partials, delay
+
+    # ------------------------------------------------------------------ server messages
+    async def send_started(self, started: Started) -> None:
+        await self.ws.send_json({
+            "message": "RecognitionStarted", "id": started.session_id, "orchestrator_version": "tolk",
+            "language_pack_info": {"adapted": False, "itn": False, "language_description": started.start.language,
+                                   "word_delimiter": " ", "writing_direction": "left-to-right"},
+        })
+        if self.no_targets:
+            await self.ws.send_json({"message": "Warning", "type": "empty_translation_target_list",
+                                     "reason": "translation_config has no target_languages: nothing is translated"})
+
+    async def send_result(self, result: ClientResult, targets: tuple[str, ...]) -> None:
+        if result.kind is ResultKind.END:
+            await self.ws.send_json({"message": "EndOfTranscript"})
+            return
+        final = result.kind is ResultKind.FINAL
+        results = _results(result)
+        span = _span(result, results)
+        if final or self.enable_partials:
+            await self.ws.send_json(render_transcript(result, results, span))
+        for target in targets:
+            error = result.translation_errors.get(target)
+            if error and target not in self.warned:
+                self.warned.add(target)
+                await self.ws.send_json({"message": "Warning", "type": "unsupported_translation_pair",
+                                         "reason": f"{result.language}->{target}: {error}"})
+            if target in result.translations:
+                await self.ws.send_json(render_translation(result, target, result.translations[target], span))
+
+
+def _results(r: ClientResult) -> list[dict[str, Any]]:
+    """Speechmatics' results: words with their timings and confidence, punctuation as its own entries."""
+    words = [(w.word, w.start, w.end, w.probability) for w in r.words]
+    if not words and r.text.strip():  # partials carry no word timings: spread the words over the utterance
+        tokens = r.text.split()
+        t0, t1 = r.speech_start or r.start, r.end
+        step = (t1 - t0) / len(tokens)
+        words = [(tok, t0 + i * step, t0 + (i + 1) * step, 1.0) for i, tok in enumerate(tokens)]
+    out: list[dict[str, Any]] = []
+    for word, start, end, probability in words:
+        token = word.strip()
+        if not token:
+            continue
+        m = _PUNCT.match(token)
+        core, punct = (m.group(1), m.group(2)) if m else (token, "")
+        start, end = round(start, 3), round(end, 3)
+        if core:
+            out.append({"type": "word", "start_time": start, "end_time": end, "alternatives": [
+                {"content": core, "confidence": round(float(probability), 3), "language": r.language,
+                 "speaker": SPEAKER}]})
+        for mark in punct[:1]:
+            out.append({"type": "punctuation", "start_time": end, "end_time": end, "attaches_to": "previous",
+                        "is_eos": mark in ".?!。？！", "alternatives": [
+                            {"content": punct, "confidence": 1.0, "language": r.language, "speaker": SPEAKER}]})
+    return out
+
+
+def _span(r: ClientResult, results: list[dict[str, Any]]) -> tuple[float, float]:
+    if results:
+        return results[0]["start_time"], results[-1]["end_time"]
+    return round(r.speech_start or r.start, 3), round(r.end, 3)
+
+
+def render_transcript(r: ClientResult, results: list[dict[str, Any]], span: tuple[float, float]) -> dict[str, Any]:
+    start, end = span
+    return {"message": "AddTranscript" if r.kind is ResultKind.FINAL else "AddPartialTranscript", "format": FORMAT,
+            "metadata": {"start_time": start, "end_time": end, "transcript": r.text.strip()}, "results": results}
+
+
+def render_translation(r: ClientResult, language: str, text: str, span: tuple[float, float]) -> dict[str, Any]:
+    start, end = span
+    return {"message": "AddTranslation" if r.kind is ResultKind.FINAL else "AddPartialTranslation",
+            "format": FORMAT, "language": language,
+            "results": [{"content": text, "start_time": start, "end_time": end, "speaker": SPEAKER}]
+            if text.strip() else []}
+
+
+def routes(services: Services) -> list[web.RouteDef]:
+    """The `/v2[/<language>]` WebSocket."""
+
+    async def realtime(request: web.Request) -> web.StreamResponse:
+        ws = socket.accept(services)
+        session = SpeechmaticsSession(services, ws, token=request.get(auth.TOKEN, ""),
+                                      path_language=request.match_info.get("language", ""))
+        return await socket.serve(request, ws, session)
+
+    return [web.get("/v2", realtime), web.get("/v2/{language}", realtime)]

@@ -1,1 +1,0 @@
-"""Vendor adapters at the edge: OpenAI's audio API and Deepgram's listen API over Tolk's own pipeline."""
