@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from loadtest import plots
 from loadtest.client import SessionRun, stream_pcm
 from loadtest.mic import LEFT_OUTCOMES, command, machine, pct, save_report, start_tolk, stt_counter
 from loadtest.speech import Clip, at_peak, clips
@@ -211,6 +212,7 @@ async def main_async(args: argparse.Namespace) -> int:
                 "rows": [asdict(r) for r in g.rows]}
                for g in results]
     save_report(args.name, render(results, args, machine()), summary)
+    plots.accuracy_plots(args.name, results)  # after the report is saved; a chart that fails is one line on stderr
     return 0
 
 

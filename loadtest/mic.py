@@ -38,6 +38,7 @@ import numpy as np
 import psutil
 
 from actors.runtime import pools
+from loadtest import plots
 from loadtest.client import SessionRun, stream_pcm
 from loadtest.ports import free_port
 from loadtest.speech import Clip, clips, squeeze_pauses
@@ -64,6 +65,7 @@ class Row:
     mode: str = "paused"  # or "continuous": pauses over 150 ms squeezed out
     by_endpoint: dict[str, list[float]] | None = None  # final latencies (s) per endpoint type
     stt: dict[str, float] | None = None  # STT counters over the level, summed over pools (stt_totals)
+    first_partials: list[float] | None = None  # first-partial latencies (s), for the CDF (loadtest.plots)
 
 
 def command(module: str) -> str:
@@ -186,6 +188,7 @@ async def run_level(url: str, n: int, cs: list[Clip], seconds: float, sampler: A
         finals=len(finals), errors=sum(len(r.errors) + (not r.done) for r in runs),
         cpu=cpu, rss_mib=rss, load=(round(load0, 1), round(os.getloadavg()[0], 1)),
         mode="continuous" if continuous else "paused", by_endpoint=by_endpoint, stt=stt,
+        first_partials=[round(x, 3) for x in firsts],
     )
 
 
@@ -325,7 +328,9 @@ def machine() -> str:
 
 
 def save_report(name: str, report: str, data: object) -> None:
-    """Print the report; save it (and its data as JSON) under loadtest/reports/ as <name>-<stamp> and -latest."""
+    """Print the report; save it (and its data as JSON) under loadtest/reports/ as <name>-<stamp> and -latest.
+
+    The JSON (git-ignored) keeps the raw latencies, from which `python -m loadtest.plots` draws true CDFs."""
     print("\n" + report)
     REPORTS.mkdir(exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -403,6 +408,7 @@ async def main_async(args: argparse.Namespace) -> int:
         if tmp:
             tmp.cleanup()
     save_report(args.name, render(rows, args, machine()), [asdict(r) for r in rows])
+    plots.mic_plots(args.name, rows)  # after the report is saved; a chart that fails is one line on stderr
     return 0
 
 
