@@ -1,6 +1,7 @@
 # Tolk's image: one image runs any actor (`tolk actor NAME`), `tolk up`, `tolk nats apply`, `tolk status`.
-# The Helm chart and compose.yaml both run it. Build with `make image` (README "Containers"): it fills .wheels/
-# on the host from PyPI (torch as its CPU wheel), so the build installs offline and needs only Debian's mirror.
+# The Helm chart and compose.yaml both run it. Build with `make image` (docs/containers.md#the-image): it fills
+# .wheels/ on the host from PyPI (torch as its CPU wheel), so the build installs offline and needs only Debian's
+# mirror.
 #
 # Targets:
 #   cpu   (the default) every actor, torch included for the translator's EasyNMT / Opus-MT path

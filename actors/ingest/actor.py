@@ -40,7 +40,7 @@ RECONNECTS = Counter("tolk_ingest_reconnects", "Times a channel's source was reo
 
 @dataclass
 class IngestSettings:
-    """Env: TOLK_CHANNELS_FILE, TOLK_CHANNELS, TOLK_INGEST_GRACE_S, ... (README "Configuration")."""
+    """Env: TOLK_CHANNELS_FILE, TOLK_CHANNELS, TOLK_INGEST_GRACE_S, ... (docs/configuration.md#configuration)."""
 
     channels_file: str = ""  # TOML/JSON channel list (see actors/runtime/channels.py)
     channels: str = ""  # or the same as JSON in the environment

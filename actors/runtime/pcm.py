@@ -2,7 +2,7 @@
 
 Rounded at 32768, the scale int16 input is divided by, so int16 audio comes back sample for sample. Truncating
 at 32767 took one step off every sample's magnitude, a dead zone Whisper hears: through the pipeline the dev
-set's multilingual clips read 0.216 with it and 0.195 without (offline Whisper: 0.197; README "Accuracy").
+set's multilingual clips read 0.216 with it and 0.195 without (offline Whisper: 0.197; docs/benchmarks.md#accuracy).
 """
 
 from __future__ import annotations

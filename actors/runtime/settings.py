@@ -1,6 +1,6 @@
 """Typed settings with environment overrides: `TOLK_<FIELD>` (upper-case) overrides a field.
 
-One loader for every actor so configuration is documented once (README "Configuration").
+One loader for every actor so configuration is documented once (docs/configuration.md#configuration).
 """
 
 from __future__ import annotations

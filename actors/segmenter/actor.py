@@ -54,7 +54,7 @@ SEGMENTS = Counter("tolk_segments", "Segments sent to STT: partial (utterance so
 
 @dataclass
 class SegmenterSettings:
-    """Env: TOLK_VAD_VOTE, TOLK_ENDPOINT_MS, ... (README "Configuration")."""
+    """Env: TOLK_VAD_VOTE, TOLK_ENDPOINT_MS, ... (docs/configuration.md#configuration)."""
 
     vad_vote: Vote = Vote.AND
     webrtc_aggressiveness: int = 2
@@ -63,8 +63,8 @@ class SegmenterSettings:
     # speech peaking under about -50 dBFS (a distant or quietly set microphone) is silence to Silero.
     vad_gain: bool = True
     endpoint_ms: int = 500
-    # Continuous speech (README "Segmenter"): the ending pause shrinks from endpoint_ms to endpoint_min_ms
-    # between shrink_after_s and soft_max_s of speech; past soft_max_s the first gap_ms gap ends it.
+    # Continuous speech (docs/architecture.md#continuous-speech): the ending pause shrinks from endpoint_ms to
+    # endpoint_min_ms between shrink_after_s and soft_max_s of speech; past soft_max_s the first gap_ms gap ends it.
     endpoint_min_ms: int = 200
     shrink_after_s: float = 6.0
     soft_max_s: float = 10.0
@@ -75,7 +75,7 @@ class SegmenterSettings:
     max_utterance_s: float = 15.0
     cap_lookback_s: float = 2.0
     partial_every_ms: int = 700
-    partial_growth: float = 0.0  # README: on for continuous speech, off by default (10 paused sessions)
+    partial_growth: float = 0.0  # off: docs/benchmarks.md#partials-spaced-out-on-long-utterances
     first_partial_ms: int = 300
     pre_speech_ms: int = 1000
     min_speech_ms: int = 160

@@ -2,7 +2,7 @@
 
 TOLK_AUDIO is a work queue: an acked chunk is deleted. So a chunk is acked only once a stored checkpoint
 covers it (its utterance's final is out, or it fell out of the pre-roll in silence); until then the stream
-keeps it, and a restarted segmenter gets it again, in order (README "When something crashes").
+keeps it, and a restarted segmenter gets it again, in order (docs/operations.md#when-something-crashes).
 """
 
 from __future__ import annotations

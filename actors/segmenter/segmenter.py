@@ -46,7 +46,8 @@ class SegmenterConfig:
     cap_lookback_s: float = 2.0  # ...this many seconds (never further back than half the utterance)
     partial_every_ms: int = 700  # new speech between partial windows
     # ...or this fraction of the utterance so far, when more: a partial re-decodes the whole utterance, so on
-    # long (continuous) utterances a fixed cadence makes partials cost quadratically. 0: off (README).
+    # long (continuous) utterances a fixed cadence makes partials cost quadratically. 0: off
+    # (docs/benchmarks.md#partials-spaced-out-on-long-utterances).
     partial_growth: float = 0.0
     first_partial_ms: int = 300  # the first window comes sooner: the user sees text start quickly
     pre_speech_ms: int = 1000  # audio kept before the onset (soft starts, Whisper context)

@@ -39,7 +39,7 @@ from schemas import (
     decode,
 )
 
-# First match wins. Subjects are Tolk's (README "Subjects"); KV entries are stored on $KV.<bucket>.<key>.
+# First match wins. Subjects are Tolk's (docs/architecture.md#subjects); KV entries are stored on $KV.<bucket>.<key>.
 TYPES: list[tuple[re.Pattern[str], type[msgspec.Struct] | str]] = [
     (re.compile(r"^tolk\.audio\.[^.]+\.[^.]+$"), AudioChunk),
     (re.compile(r"^tolk\.segment\.(partial|final)\.[^.]+\.[^.]+\.[^.]+$"), Segment),  # <kind>.<pool>.<p>.<sid>

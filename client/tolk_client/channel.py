@@ -1,6 +1,6 @@
 """Following a broadcast channel: captions (and its relayed audio) for as long as you like.
 
-A dropped connection is re-subscribed with `after` = the last final received (README "Broadcast channels"), so
+A dropped connection is re-subscribed with `after` = the last final received (docs/channels.md#listening), so
 the server replays only what was missed: nothing is lost in a short outage and nothing arrives twice.
 """
 

@@ -2,7 +2,7 @@
 
 Shaped like livekit-agents' STT streams: `send` audio, `stop` (end of audio: the remaining finals follow),
 `close`, and an async iterator of typed results. A dropped connection is resumed as the browser page does
-(README "Resume"): reconnect with jittered backoff and `start` again with the session id, its `resume_token`
+(docs/protocol.md#resume): reconnect with jittered backoff and `start` again with the session id, its `resume_token`
 and the last `seq` received; the server replays the finals missed, and anything at or below that `seq` is
 dropped here too, so no result arrives twice. Audio sent while disconnected is kept (up to `buffer_s`) and
 sent after the resume, so what is said during a short outage is not lost.

@@ -1,4 +1,4 @@
-"""What the server sends, as typed objects (the JSON of README "Protocol", mirroring `schemas.ClientResult`).
+"""What the server sends, as typed objects (the JSON of docs/protocol.md#results, mirroring `schemas.ClientResult`).
 
 Parsing is lenient about fields it does not know (a newer server may add some) and strict about the ones it
 does, so a client never silently treats a malformed message as text.
