@@ -82,6 +82,35 @@ def test_float_wav_keeps_every_sample() -> None:
     assert got == want.tobytes()
 
 
+def test_every_api_mixes_channels_down_alike() -> None:
+    """One channel policy for every API: a stereo WAV (Tolk's and Speechmatics' "file", Deepgram's live stream
+    without `encoding`) and the same samples as raw interleaved PCM (Deepgram's `linear16&channels=2`) both
+    become the rounded mean of the channels, so a speaker on either side is kept, in 16 and 24 bits alike."""
+    from edge.audio.pcm import PcmDecoder
+
+    speech = np.frombuffer(clip().pcm16()[0], "<i2")[:16000].astype(np.int32)
+    left, right = speech, (-speech // 3).astype(np.int32)  # the other channel: different, quieter, inverted
+    want = np.round((left + right) / 2).astype("<i2").tobytes()
+    stereo = np.stack([left, right], axis=1).reshape(-1)
+
+    def wav(bits: int) -> bytes:
+        if bits == 16:
+            data = stereo.astype("<i2").tobytes()
+        else:  # 24-bit: the int16 value in the top two bytes
+            data = b"".join(struct.pack("<i", int(v) << 8)[:3] for v in stereo)
+        fmt = struct.pack("<HHIIHH", 1, 2, 16000, 16000 * 2 * bits // 8, 2 * bits // 8, bits)
+        return (b"RIFF" + struct.pack("<I", 4 + 8 + len(fmt) + 8 + len(data)) + b"WAVE" + b"fmt " +
+                struct.pack("<I", len(fmt)) + fmt + b"data" + struct.pack("<I", len(data)) + data)
+
+    for bits in (16, 24):
+        d = decoder_for("file")
+        body = wav(bits)
+        assert b"".join(d.feed(body[i:i + 999]) for i in range(0, len(body), 999)) == want, bits
+    raw = PcmDecoder("linear16", 2)
+    data = stereo.astype("<i2").tobytes()
+    assert b"".join(raw.feed(data[i:i + 333]) for i in range(0, len(data), 333)) == want
+
+
 def test_webm_resumes_after_its_header() -> None:
     """A resumed connection gets the recording's header (everything before the first Cluster) again, then the
     elements that follow where the old one broke off (the page does this after a network drop): the decoder

@@ -92,7 +92,7 @@ def test_listener_view_unions_targets_and_ages_out_dead_edges() -> None:
 
 
 def test_subtitle_formats_are_ordered_and_well_formed() -> None:
-    from edge.formats import Cue, render, srt, vtt
+    from edge.http.formats import Cue, render, srt, vtt
 
     cues = [Cue(3.5, 5.0, " second "), Cue(0.2, 3.9, "first"), Cue(6.0, 6.0, "instant"), Cue(7.0, 8.0, "  ")]
     assert srt(cues) == ("1\n00:00:00,200 --> 00:00:03,900\nfirst\n\n"
@@ -115,7 +115,7 @@ def test_webvtt_escapes_markup_and_wraps_long_cues() -> None:
 
     import webvtt
 
-    from edge.formats import Cue, lines, srt, vtt
+    from edge.http.formats import Cue, lines, srt, vtt
 
     said = "Tom <b>& Jerry</b> said 3 > 2 --> true"
     long = ("and so my fellow Americans ask not what your country can do for you ask what you can do for your "
@@ -211,7 +211,7 @@ def test_every_setting_is_documented() -> None:
     from actors.segmenter.actor import SegmenterSettings
     from actors.stt.actor import SttSettings
     from actors.translator.actor import TranslatorSettings
-    from edge.app import EdgeSettings
+    from edge.settings import EdgeSettings
 
     doc = (Path(__file__).resolve().parents[1] / "docs" / "configuration.md").read_text()
     table = set(re.findall(r"^\|[^|\n]*`(TOLK_[A-Z0-9_]+)`", doc, re.M)) | {

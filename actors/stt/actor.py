@@ -66,7 +66,7 @@ LOAD_WINDOW_S = 10.0  # the final lane's load is judged over this much recent ti
 
 @dataclass
 class SttSettings:
-    """Env: TOLK_MODEL, TOLK_DEVICE, TOLK_BATCH_SIZE, ... (README "Configuration")."""
+    """Env: TOLK_MODEL, TOLK_DEVICE, TOLK_BATCH_SIZE, ... (docs/configuration.md#configuration)."""
 
     model: str = "tiny.en"  # tiny.en | base (bundled) | a faster-whisper name | org/repo | /path/to/folder
     # The STT pool served (TOLK_STT_POOL; actors/runtime/pools.py): its model replaces `model` above.
@@ -96,7 +96,7 @@ class SttSettings:
     # ... and, where set, only while the full window costs at most this many encoder seconds per call more than
     # the fitted one (measured at start). Off by default: on 2 CPU cores the full window gives better words
     # (python -m loadtest.levers: tiny.en 0.039 → 0.033) but costs base 0.7 s p50 at 1 session; 0.3 trades
-    # those words for that latency (README "Accuracy"). A GPU pays a few ms either way.
+    # those words for that latency (docs/benchmarks.md#the-full-window-at-low-load). A GPU pays a few ms either way.
     full_window_extra_s: float = math.inf
     loaded_window_s: float = 15.0
     busy_batch: int = 6
@@ -115,7 +115,7 @@ class SttSettings:
     speculate: bool = True  # decode a final's audio during the endpoint silence, while the lane is idle
     partial_window_s: float = 6.0  # partials are provisional: greedy over a shorter (cheaper) window
     # Whisper reads quiet audio raised to peak at level_dbfs (by at most level_max_gain_db; 0: off): speech peaking
-    # at -50 dBFS otherwise loses words, offline too (README "Accuracy").
+    # at -50 dBFS otherwise loses words, offline too (docs/benchmarks.md#quiet-recordings).
     level_dbfs: float = -10.0
     level_max_gain_db: float = 40.0
     no_speech_threshold: float = 0.6
@@ -207,7 +207,7 @@ class SttActor(Actor):
 
     async def _price_full_window(self, engine: SpeechToText) -> None:
         """Whether finals may use the full 30 s window at all here: only where it costs little over the
-        loaded tier's window, as its words are worth little more (README "Accuracy")."""
+        loaded tier's window, as its words are worth little more (docs/benchmarks.md#the-full-window-at-low-load)."""
         if self.cfg.final_window_s <= self.cfg.loaded_window_s or math.isinf(self.cfg.full_window_extra_s):
             return
         full = await self.final_lane.run(engine.encode_seconds, self.cfg.final_window_s)

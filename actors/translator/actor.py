@@ -41,7 +41,7 @@ LATENCY = Histogram("tolk_translation_latency_seconds", "A transcript's arrival 
 
 @dataclass
 class TranslatorSettings:
-    """Env: TOLK_MT_ENGINES, TOLK_EASYNMT_MODEL, TOLK_OPUS_MT_DIR, ... (README "Configuration")."""
+    """Env: TOLK_MT_ENGINES, TOLK_EASYNMT_MODEL, TOLK_OPUS_MT_DIR, ... (docs/configuration.md#configuration)."""
 
     mt_engines: str = "fast,easynmt"  # routing order: a pair goes to the first engine that serves it
     mt_pivot: str = "en"  # bridge language when no engine serves a pair directly ("" = never pivot)

@@ -8,7 +8,7 @@ import { api, describeClose, retryDelay } from "./api.js";
 const RATE = 16000;
 const BUFFER_S = 30;                       // = the server's default resume grace
 const BUFFER_BYTES = RATE * 2 * BUFFER_S;
-const OPUS_BPS = 32000;                    // asked of MediaRecorder: an eighth of PCM, and as accurate (README)
+const OPUS_BPS = 32000;                    // asked of MediaRecorder: an eighth of PCM, and as accurate (docs/benchmarks.md#compressed-audio)
 const OPUS_BUFFER_BYTES = 64000 / 8 * BUFFER_S;  // recorders overshoot their bitrate: room for 64 kbit/s
 const FORCE_PCM = new URLSearchParams(location.search).get("audio") === "pcm";
 
