@@ -94,9 +94,8 @@ class SttSettings:
     final_window_s: float = 30.0
     full_window_below: float = 0.3
     # ... and, where set, only while the full window costs at most this many encoder seconds per call more than
-    # the fitted one (measured at start). Off by default: on 2 CPU cores the full window gives better words
-    # (python -m loadtest.levers: tiny.en 0.039 → 0.033) but costs base 0.7 s p50 at 1 session; 0.3 trades
-    # those words for that latency (docs/benchmarks.md#the-full-window-at-low-load). A GPU pays a few ms either way.
+    # the fitted one (measured at start). Off by default: on CPU the full window buys words at a latency price
+    # (docs/benchmarks.md#the-full-window-at-low-load); a GPU pays a few ms either way.
     full_window_extra_s: float = math.inf
     loaded_window_s: float = 15.0
     busy_batch: int = 6
@@ -106,10 +105,8 @@ class SttSettings:
     # A final is read as the continuation of the session's previous one: up to this many seconds of its audio
     # go ahead of the final's in the encoder window (only where the window has room), its words forced as the
     # decoder's prefix. Offline Whisper reads across a pause in one window; without this a sentence split at a
-    # pause restarts with a guess (python -m loadtest.levers). 0: off. Short: CTranslate2 forces a prefix one
-    # beam step per token, so 8 s of it doubled the decoder's time for no better words than 2 s. Even 2 s
-    # costs tiny.en a fifth more final-lane time, so it is left out once the two finals slots were busy
-    # left_context_below seconds per second over the last 10 s.
+    # pause restarts with a guess. 0: off. Kept short, as CTranslate2 forces a prefix one beam step per token,
+    # and left out once the finals slots were busy left_context_below seconds per second over the last 10 s.
     left_context_s: float = 2.0
     left_context_below: float = 0.6
     speculate: bool = True  # decode a final's audio during the endpoint silence, while the lane is idle
