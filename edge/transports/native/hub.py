@@ -22,8 +22,9 @@ from nats.aio.subscription import Subscription
 from actors.runtime import backoff, channels
 from actors.runtime.bus import Bus
 from edge.core import replay
+from edge.core.pipeline import Pipeline
 from edge.transports.native.codec import render_result
-from schemas import ClientResult, DecodeError, ResultKind, decode, results_subject, stream_of
+from schemas import ClientResult, ResultKind, stream_of
 
 log = logging.getLogger("tolk.edge.hub")
 
@@ -64,8 +65,8 @@ class _Channel:
 
 
 class ChannelHub:
-    def __init__(self, bus: Bus) -> None:
-        self.bus = bus
+    def __init__(self, bus: Bus, pipeline: Pipeline) -> None:
+        self.bus, self.pipeline = bus, pipeline
         self._channels: dict[str, _Channel] = {}
         self._history = replay.SharedReads(self._read_history)
         self._rendered: OrderedDict[tuple[str, int, str, tuple[str, ...], bool], str] = OrderedDict()
@@ -122,12 +123,7 @@ class ChannelHub:
         if ch is None:
             ch = self._channels[name] = _Channel()
 
-            async def on_result(msg: Msg) -> None:
-                try:
-                    result = decode(msg.data, ClientResult)
-                except DecodeError as exc:
-                    log.error("%s: undecodable result dropped: %s", name, exc)
-                    return
+            def on_result(result: ClientResult) -> None:
                 self._add(ch, result)
 
             async def on_audio(msg: Msg) -> None:
@@ -135,7 +131,7 @@ class ChannelHub:
 
             stream = channels.stream_id(name)
             ch.subs = [
-                await self.bus.nc.subscribe(results_subject(stream), cb=on_result, pending_msgs_limit=65536),
+                await self.pipeline.results(stream, on_result),
                 await self.bus.nc.subscribe(channels.audio_subject(name), cb=on_audio, pending_msgs_limit=65536),
             ]
         ch.members.add(member)

@@ -35,7 +35,7 @@ def render_error(request: web.Request, err: ApiError) -> web.Response:
 class NativeRoutes:
     def __init__(self, services: Services, others: tuple[Claim, ...] = ()) -> None:
         self.services = services
-        self.hub = ChannelHub(services.bus)
+        self.hub = ChannelHub(services.bus, services.pipeline)
         self.others = others
         self._ready_cache: tuple[float, dict[str, int]] = (0.0, {})
 
