@@ -121,5 +121,11 @@ def test_a_continuation_ending_early_keeps_its_last_words() -> None:
     request = SttRequest(second.audio, "en", True, one.text, left.left("s", "en", second.start))
     plain = engine.transcribe_batch([request], 30.0, 5, recover=False)[0]
     full = engine.transcribe_batch([request], 30.0, 5)[0]
-    assert plain.context_s > 0 and plain.text.rstrip(".").endswith("painful")  # the failure is real
-    assert full.text.startswith(plain.text) and full.text.lower().rstrip(".").endswith("to myself")
+    assert plain.context_s > 0
+    assert full.text.lower().rstrip(".").endswith("to myself")  # what the user reads, whichever way it came
+    # int8 kernels differ by CPU: where this one reads the tail whole in the first place, there is nothing to
+    # recover (the synthetic cases above pin the rule); where it drops it, the re-decode must bring it back.
+    if plain.text.rstrip(".").endswith("painful"):
+        assert full.text.startswith(plain.text)
+    else:
+        assert full.text == plain.text, "nothing was uncovered, so nothing may be added"
