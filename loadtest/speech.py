@@ -26,6 +26,11 @@ class Clip:
     language: str
     reference: str
 
+    @property
+    def genre(self) -> str:
+        """`unscripted` (conversation, spontaneous monologue: fillers, restarts) or `read` (everything else)."""
+        return "unscripted" if any(k in self.name for k in ("_conversational", "_spontaneous")) else "read"
+
     def pcm16(self) -> tuple[bytes, int]:
         """Raw little-endian int16 mono samples and the sample rate (first channel if stereo)."""
         with wave.open(str(self.path)) as w:

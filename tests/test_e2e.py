@@ -295,3 +295,27 @@ async def test_finals_reuse_their_early_decode(tolk: Running) -> None:
     silence_ended = sum(f["endpoint"] == "silence" for f in run.finals)
     assert silence_ended >= 3 and used >= 1, (silence_ended, used)
     assert corpus_wer([(c.reference[: len(run.text()) + 20], run.text())]) < 0.15
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_no_words_where_nobody_speaks(tolk: Running) -> None:
+    """Recorded room tone (loud, -22 LUFS), recorded music (-20 LUFS) and a read sentence followed by quiet room
+    tone, through the pipeline at real-time pace: no word in a final or a partial on the non-speech, and none
+    after the sentence ends (loadtest.hallucination is the long version)."""
+    from loadtest import noise
+    from loadtest.hallucination import Case, invented, speech_end
+
+    read = next(c for c in clips("en") if c.name.startswith("en_librispeech_2412"))
+    pcm, _ = read.pcm16()
+    cases = [
+        Case("room tone -22 LUFS", "en", noise.to_pcm16(noise.at_lufs(noise.room_tone(12), -22.0))),
+        Case("music -20 LUFS", "en", noise.to_pcm16(noise.at_lufs(noise.music(12), -20.0))),
+        Case("read + room tone", "en", pcm + noise.to_pcm16(noise.at_lufs(noise.room_tone(8), -45.0)),
+             speech_end(pcm)),
+    ]
+    runs = await asyncio.gather(*(stream_pcm(tolk.ws, c.pcm, 16000, language=c.language) for c in cases))
+    for c, run in zip(cases, runs, strict=True):
+        row = invented(c, run)
+        assert run.done and not run.errors, (c.scenario, run.errors)
+        assert row.final_words == 0 and row.partial_words == 0, (c.scenario, row.finals, row.partials)
+    assert corpus_wer([(read.reference, runs[2].text())]) < 0.15, runs[2].text()

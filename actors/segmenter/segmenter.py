@@ -51,6 +51,10 @@ class SegmenterConfig:
     partial_growth: float = 0.0
     first_partial_ms: int = 300  # the first window comes sooner: the user sees text start quickly
     pre_speech_ms: int = 1000  # audio kept before the onset (soft starts, Whisper context)
+    # ...but after a short pause, everything since the previous utterance ended, up to this: soft or hoarse
+    # speech the VAD hears late (a second or more after it began) is then still in the utterance's audio
+    # instead of lost between two finals. 0: pre_speech_ms always.
+    pre_resume_ms: int = 3000
     onset_ms: int = 64  # consecutive speech needed to open an utterance
     min_speech_ms: int = 160  # shorter blips are dropped (a short "yes" must not be)
     tail_pad_ms: int = 200  # silence kept after the last speech frame
@@ -103,7 +107,10 @@ class UtteranceSegmenter:
         self._quiet_run = 0  # consecutive non-speech frames while INACTIVE
         self._pending = np.zeros(0, dtype=np.float32)
         self._n = 0  # frames consumed so far (stream clock)
-        self._pre: deque[tuple[np.ndarray, float]] = deque(maxlen=cfg.frames(cfg.pre_speech_ms))
+        self._pre_frames = cfg.frames(cfg.pre_speech_ms)
+        self._pre: deque[tuple[np.ndarray, float]] = deque(
+            maxlen=max(self._pre_frames, cfg.frames(cfg.pre_resume_ms) if cfg.pre_resume_ms else 0))
+        self._pre_whole = True  # the pre-roll reaches back to the previous utterance's end (or the stream's start)
         self._onset_run = 0
         self.utterance_id = 0
         self._reset_utterance()
@@ -171,7 +178,7 @@ class UtteranceSegmenter:
         self._n += 1
         speech = self.vad.speech(frame, self.state is not State.INACTIVE)
         if self.state is State.INACTIVE:
-            self._pre.append((frame, wall))
+            self._keep_pre(frame, wall)
             self._onset_run = self._onset_run + 1 if speech else 0
             self._quiet_run = 0 if speech else self._quiet_run + 1
             if self._quiet_run == self._reset_after:
@@ -217,7 +224,7 @@ class UtteranceSegmenter:
         their first words would be older than the pre-roll by the time the fresh state hears them."""
         self.vad.reset()
         self._onset_run = 0
-        for frame, _ in self._pre:
+        for frame, _ in list(self._pre)[-self._pre_frames:]:
             self._onset_run = self._onset_run + 1 if self.vad.speech(frame, False) else 0
         if self._onset_run:
             self._quiet_run = 0
@@ -252,12 +259,18 @@ class UtteranceSegmenter:
         loud = float(np.percentile(self._energy, 90))
         return self._energy[-1] < loud * 10 ** (-db / 20)
 
+    def _keep_pre(self, frame: np.ndarray, wall: float) -> None:
+        if len(self._pre) == self._pre.maxlen:
+            self._pre_whole = False  # the pause outlasts the pre-roll: a fresh start, pre_speech_ms of it
+        self._pre.append((frame, wall))
+
     def _open(self, idx: int) -> None:
         self.utterance_id += 1
         self._reset_utterance()
-        self._start = idx - len(self._pre) + 1
+        pre = list(self._pre) if self._pre_whole else list(self._pre)[-self._pre_frames:]
+        self._start = idx - len(pre) + 1
         self._onset_at = idx - self._onset_run + 1
-        for frame, wall in self._pre:
+        for frame, wall in pre:
             self._append(frame, wall)
         self._pre.clear()
         self._last_speech = idx
@@ -296,8 +309,9 @@ class UtteranceSegmenter:
             keep = len(self._frames)
         cuts = [self._cut(keep, final=True, end_frame=self._last_speech + 1, endpoint=endpoint)] \
             if self._wanted() else []
+        self._pre_whole = True
         for frame, wall in zip(self._frames[keep:], self._walls[keep:], strict=True):
-            self._pre.append((frame, wall))
+            self._keep_pre(frame, wall)
         self._reset_utterance()
         self.state = State.INACTIVE
         self._onset_run = 0

@@ -28,6 +28,7 @@ from actors.stt.finals import EarlyDecodes, LeftContexts, PromptContext, early_k
 from actors.stt.interface import SpeechToText, SttRequest, SttResult
 from actors.stt.langlock import LanguageLock
 from actors.stt.models import resolve
+from actors.stt.support import supported
 from schemas import Endpoint, ResultKind, Segment, SegmentKind, Transcript, Word
 
 log = logging.getLogger("tolk.stt")
@@ -59,6 +60,10 @@ FULL_WINDOW_EXTRA = Gauge("tolk_stt_full_window_extra_seconds", "What Whisper's 
                           "TOLK_FULL_WINDOW_EXTRA_S is set; above it finals never use the full window).", ["pool"])
 POOL_INFO = Gauge("tolk_stt_pool_info", "The STT pool this process serves (TOLK_STT_POOL): its model and "
                   "languages, always 1.", ["pool", "model", "languages"])
+
+UNSUPPORTED = Counter("tolk_stt_unsupported_words", "Words of finals dropped as unsupported by the audio: outside "
+                      "the VAD's speech and in quiet audio (actors/stt/support.py).", ["pool"])
+UNSPACED = frozenset({"zh", "ja", "th", "lo", "my", "yue", "km", "bo"})  # words are not joined by spaces
 
 STREAM = "TOLK_SEGMENTS"
 LOAD_WINDOW_S = 10.0  # the final lane's load is judged over this much recent time
@@ -533,6 +538,8 @@ class SttActor(Actor):
         seg = d.msg
         final = seg.kind is SegmentKind.FINAL
         self._mark(seg, final)
+        if final and r.words:
+            r = self._supported(seg, r)
         if final:
             self._early.drop_utterance(seg.session_id, seg.utterance_id)
             self.context.add(seg.session_id, r.language, r.text)
@@ -554,6 +561,20 @@ class SttActor(Actor):
             speech_start=seg.speech_start, endpoint=seg.endpoint, language_prob=r.language_prob,
             stream_id=seg.stream_id,
         ))
+
+    def _supported(self, seg: Segment, r: SttResult) -> SttResult:
+        """`r` less the words its audio does not support (actors/stt/support.py): outside the VAD's speech, in
+        quiet audio."""
+        audio = np.frombuffer(seg.audio, "<i2").astype(np.float32) / 32768.0
+        kept = supported(audio, r.words, seg.speech_start - seg.start, seg.end - seg.start)
+        if len(kept) == len(r.words):
+            return r
+        UNSUPPORTED.labels(self.pool.name).inc(len(r.words) - len(kept))
+        dropped = " ".join(w.word for w in r.words if w not in kept)
+        log.info("%s/%d: dropped words outside the speech, in quiet audio: %r", seg.session_id, seg.utterance_id,
+                 dropped)
+        joiner = "" if r.language in UNSPACED else " "
+        return dataclasses.replace(r, text=joiner.join(w.word for w in kept), words=kept)
 
     def _account(self, items: int, busy: float, audio: float) -> None:
         """Throughput in the log every 30 s: batches, sizes, real-time factor, stale skips."""
