@@ -78,7 +78,7 @@ class SegmenterSettings:
     partial_growth: float = 0.0  # off: docs/benchmarks.md#partials-spaced-out-on-long-utterances
     first_partial_ms: int = 300
     pre_speech_ms: int = 1000
-    pre_resume_ms: int = 3000  # after a short pause: the audio since the previous utterance, up to this
+    pre_resume_ms: int = 0  # after a short pause: the audio since the previous utterance, up to this (0: off)
     min_speech_ms: int = 160
     speculate: bool = True  # send a final's audio ahead once the tail pad of silence has passed (STT: the same)
     session_idle_s: float = 600.0  # forget a session that sent nothing (its client vanished)

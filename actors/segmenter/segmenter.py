@@ -53,8 +53,9 @@ class SegmenterConfig:
     pre_speech_ms: int = 1000  # audio kept before the onset (soft starts, Whisper context)
     # ...but after a short pause, everything since the previous utterance ended, up to this: soft or hoarse
     # speech the VAD hears late (a second or more after it began) is then still in the utterance's audio
-    # instead of lost between two finals. 0: pre_speech_ms always.
-    pre_resume_ms: int = 3000
+    # instead of lost between two finals. It costs the finals lane: off by default
+    # (docs/benchmarks.md#unscripted-speech). 0: pre_speech_ms always.
+    pre_resume_ms: int = 0
     onset_ms: int = 64  # consecutive speech needed to open an utterance
     min_speech_ms: int = 160  # shorter blips are dropped (a short "yes" must not be)
     tail_pad_ms: int = 200  # silence kept after the last speech frame
@@ -214,7 +215,7 @@ class UtteranceSegmenter:
         if self._since_partial >= due and self.state is State.ACTIVE:
             self._since_partial = 0
             self._partials += 1
-            return [self._cut(len(self._frames), final=False, end_frame=idx + 1)]
+            return [self._cut(len(self._frames), final=False, end_frame=idx + 1, partial=True)]
         return []
 
     def _reread(self) -> None:
@@ -284,14 +285,18 @@ class UtteranceSegmenter:
         self._walls.append(wall)
         self._energy.append(float(np.sqrt(np.mean(frame * frame)) + 1e-9))
 
-    def _cut(self, upto: int, final: bool, end_frame: int, endpoint: Endpoint = Endpoint.NONE) -> Cut:
-        audio = np.concatenate(self._frames[:upto]) if upto else np.zeros(0, dtype=np.float32)
+    def _cut(self, upto: int, final: bool, end_frame: int, endpoint: Endpoint = Endpoint.NONE,
+             partial: bool = False) -> Cut:
+        # A partial is provisional: its pre-roll stays at pre_speech_ms however far back the final's reaches, so
+        # a longer pre-roll costs the partial lane nothing.
+        first = max(0, self._onset_at - self._pre_frames - self._start) if partial else 0
+        audio = np.concatenate(self._frames[first:upto]) if upto > first else np.zeros(0, dtype=np.float32)
         wall_idx = min(max(0, end_frame - 1 - self._start), len(self._walls) - 1)
         return Cut(
             final=final,
             utterance_id=self.utterance_id,
             audio=audio,
-            start=self._start * FRAME_S,
+            start=(self._start + first) * FRAME_S,
             end=end_frame * FRAME_S,
             speech_end_wall=self._walls[wall_idx],
             speech_start=self._onset_at * FRAME_S,
