@@ -51,3 +51,11 @@ def test_too_little_speech_to_judge_keeps_everything() -> None:
     words = [w("yes", 0.2, 0.5)]
     assert supported(audio, words, 1.0, 1.1) == words
     assert supported(audio, [], 0.0, 1.1) == []
+
+
+def test_int16_samples_are_judged_as_their_float_scale() -> None:
+    """The actor passes the segment's int16 samples as they are: levels are only compared with each other."""
+    audio = np.concatenate([hiss(0.5, 0.005), tone(2.0), hiss(3.0, 0.005)])
+    words = [w("to", 0.5, 1.0), w("others.", 1.0, 2.7), w("very", 3.5, 3.8), w("much.", 3.8, 4.1)]
+    pcm = np.round(audio * 32767).astype("<i2")
+    assert supported(pcm, words, 0.5, 2.5) == supported(audio, words, 0.5, 2.5) == words[:2]

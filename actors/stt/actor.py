@@ -565,8 +565,7 @@ class SttActor(Actor):
     def _supported(self, seg: Segment, r: SttResult) -> SttResult:
         """`r` less the words its audio does not support (actors/stt/support.py): outside the VAD's speech, in
         quiet audio."""
-        audio = np.frombuffer(seg.audio, "<i2").astype(np.float32) / 32768.0
-        kept = supported(audio, r.words, seg.speech_start - seg.start, seg.end - seg.start)
+        kept = supported(np.frombuffer(seg.audio, "<i2"), r.words, seg.speech_start - seg.start, seg.end - seg.start)
         if len(kept) == len(r.words):
             return r
         UNSUPPORTED.labels(self.pool.name).inc(len(r.words) - len(kept))

@@ -37,7 +37,8 @@ class Span:
     end: float
 
 
-def _levels(audio: np.ndarray) -> np.ndarray:
+def frame_levels(audio: np.ndarray) -> np.ndarray:
+    """RMS per 20 ms frame (any sample type: callers compare levels with each other, never with a scale)."""
     n = len(audio) // FRAME
     if n == 0:
         return np.zeros(0, dtype=np.float32)
@@ -50,7 +51,7 @@ def uncovered(audio: np.ndarray, words: list[WordTiming]) -> list[Span]:
     """The head and tail of `audio` (float32, 16 kHz) outside `words` that hold speech."""
     if not words:
         return []
-    levels = _levels(audio)
+    levels = frame_levels(audio)
     duration = len(audio) / SAMPLE_RATE
     first, last = words[0].start, words[-1].end
     if levels.size == 0:

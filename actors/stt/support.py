@@ -17,37 +17,35 @@ from __future__ import annotations
 
 import numpy as np
 
-from actors.stt.interface import SAMPLE_RATE, WordTiming
+from actors.stt.coverage import PER_S, frame_levels
+from actors.stt.interface import WordTiming
 
-PER_S = 50  # level frames per second
-FRAME = SAMPLE_RATE // PER_S  # 20 ms
 MARGIN_S = 0.25  # Whisper's word timings are this far off either way
 QUIET_DB = 25.0  # a word whose loudest frame is this far below the speech's loud frames holds no speech
 MIN_SPEECH_S = 0.2  # less VAD speech than this gives no level to compare with: keep everything
 
 
-def _levels(audio: np.ndarray) -> np.ndarray:
-    n = len(audio) // FRAME
-    frames = audio[: n * FRAME].astype(np.float32).reshape(n, FRAME)
-    levels: np.ndarray = np.sqrt(np.mean(frames * frames, axis=1)) + 1e-9
-    return levels
-
-
 def supported(audio: np.ndarray, words: list[WordTiming], speech_start: float,
               speech_end: float) -> list[WordTiming]:
-    """`words` (seconds into `audio`, float32 16 kHz) less those outside [speech_start, speech_end] (the VAD's
-    speech, seconds into `audio`) whose audio is quiet."""
-    if not words or speech_end - speech_start < MIN_SPEECH_S:
+    """`words` (seconds into `audio`, 16 kHz samples of any type) less those outside [speech_start, speech_end]
+    (the VAD's speech, seconds into `audio`) whose audio is quiet. Levels are measured only when a word lies
+    outside: most finals' words all overlap the speech."""
+
+    def overlaps(w: WordTiming) -> bool:
+        return speech_start - MARGIN_S <= w.end and w.start <= speech_end + MARGIN_S
+
+    if speech_end - speech_start < MIN_SPEECH_S or all(overlaps(w) for w in words):
         return words
-    levels = _levels(audio)
+    levels = frame_levels(audio)
     inside = levels[max(0, int(speech_start * PER_S)): int(speech_end * PER_S) + 1]
-    if inside.size == 0:
-        return words
-    floor = float(np.percentile(inside, 90)) * 10 ** (-QUIET_DB / 20)
+    reference = float(np.percentile(inside, 90)) if inside.size else 0.0
+    if reference <= 0:
+        return words  # digital silence where the VAD heard speech: nothing to compare with
+    floor = reference * 10 ** (-QUIET_DB / 20)
 
     def keep(w: WordTiming) -> bool:
-        if speech_start - MARGIN_S <= w.end and w.start <= speech_end + MARGIN_S:
-            return True  # overlaps the VAD's speech
+        if overlaps(w):
+            return True
         lo = max(0, int((w.start - MARGIN_S) * PER_S))
         hi = max(lo + 1, int((w.end + MARGIN_S) * PER_S) + 1)
         span = levels[lo:hi]
