@@ -55,6 +55,18 @@ def test_partial_of_next_utterance_waits_for_earlier_final() -> None:
     assert out[1].text == "next one two"
 
 
+def test_every_utterance_behind_a_slow_final_keeps_its_partial() -> None:
+    """Utterances 2 and 3 both spoke while final 1 was decoding: each shows its newest partial once its turn
+    comes, instead of 3's replacing 2's."""
+    o = SessionOrder("s")
+    assert o.offer(t(5, 2, P, "two"), 0) == []
+    assert o.offer(t(6, 2, P, "two more"), 0) == []
+    assert o.offer(t(8, 3, P, "three"), 0) == []
+    assert seqs(o.offer(t(4, 1, F, "one"), 0)) == [4, 6]  # final 1, then 2's newest partial
+    assert seqs(o.offer(t(7, 2, F, "two more words"), 0)) == [7, 8]  # final 2, then 3's partial
+    assert seqs(o.offer(t(9, 3, F, "three"), 0)) == [9]
+
+
 def test_stable_text_is_agreed_prefix() -> None:
     o = SessionOrder("s")
     a = o.offer(t(1, 1, P, "the cat sat"), 0)[0]

@@ -86,3 +86,36 @@ async def test_finals_use_the_full_window_only_where_it_costs_little(bus: Bus) -
         finally:
             stt.final_lane.shutdown()
             stt.partial_lane.shutdown()
+
+
+def _partial(session: str, utterance: int, seq: int) -> Delivery[Segment]:
+    seg = Segment(session_id=session, utterance_id=utterance, seq=seq, final_index=utterance,
+                  kind=SegmentKind.PARTIAL, audio=b"\0\0" * 8000, start=0.0, end=0.5, language="en",
+                  speech_end_wall=float(seq), partition=0)
+    return Delivery(seg, raw=None)  # type: ignore[arg-type]  # settling None fails quietly (suppressed)
+
+
+async def test_an_utterance_whose_final_is_queued_still_shows_its_first_partial(bus: Bus) -> None:
+    """Under load a final can queue before its utterance showed any text: the partial lane leaves the newest
+    partial for the finals' call instead of dropping it, and drops the rest as before."""
+    stt = SttActor(bus, RuntimeSettings(), SttSettings(), pools.load({}).serving("en"))
+    try:
+        stt._finals.extend([_delivery("a", 1, 9, 16000, False), _delivery("b", 1, 9, 16000, False)])
+        stt._mark(_partial("b", 1, 4).msg, final=False, shown=True)  # b showed text already
+        older, newest, shown_b = _partial("a", 1, 2), _partial("a", 1, 5), _partial("b", 1, 6)
+        other = _partial("c", 1, 3)
+        stt._partials.extend([older, newest, shown_b, other])
+        assert await stt._fresh_partials() == [other]
+        assert list(stt._partials) == [newest]  # older and b's are settled as stale
+        assert await stt._fresh_partials() == [] and list(stt._partials) == [newest]
+        assert stt._first_partials(list(stt._finals)) == [newest] and not stt._partials
+
+        # A partial whose decode came out empty showed nothing: the utterance is still owed one.
+        stt._mark(_partial("c", 1, 3).msg, final=False, shown=False)
+        stt._finals.append(_delivery("c", 1, 9, 16000, False))
+        again = _partial("c", 1, 4)
+        stt._partials.append(again)
+        assert await stt._fresh_partials() == [] and stt._first_partials([stt._finals[-1]]) == [again]
+    finally:
+        stt.final_lane.shutdown()
+        stt.partial_lane.shutdown()

@@ -3,8 +3,9 @@
 Finals (and the END marker) carry a gap-free per-session `final_index` and are released strictly in
 that order. Partials never hold anything up: one is shown only when every earlier final is out and
 it is newer than anything shown; otherwise it is dropped (or, if earlier finals are still missing,
-the newest is held). So a client sees `seq` increasing and never a partial after its final. A final
-missing for `gap_timeout` (never expected: JetStream redelivers) is skipped so a session cannot stall.
+the newest of its utterance is held, so every utterance waiting behind a slow final still shows text).
+So a client sees `seq` increasing and never a partial after its final. A final missing for
+`gap_timeout` (never expected: JetStream redelivers) is skipped so a session cannot stall.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ class SessionOrder:
     next_final: int = 1
     last_seq: int = 0  # highest seq delivered
     finals: dict[int, Transcript] = field(default_factory=dict)  # waiting, by final_index
-    held: Transcript | None = None  # newest partial waiting for earlier finals
+    held: dict[int, Transcript] = field(default_factory=dict)  # final_index → newest partial waiting for earlier finals
     waiting_since: float | None = None
     last_partial: dict[int, str] = field(default_factory=dict)  # utterance → partial text shown
     ended: bool = False
@@ -33,8 +34,8 @@ class SessionOrder:
             return []  # after END, or a duplicate / a partial whose final is already out
         if t.kind is ResultKind.PARTIAL:
             if t.final_index > self.next_final:
-                if self.held is None or self.held.seq < t.seq:
-                    self.held = t
+                if t.final_index not in self.held or self.held[t.final_index].seq < t.seq:
+                    self.held[t.final_index] = t
                 return []
             return self._partial(t)
         self.finals[t.final_index] = t
@@ -52,12 +53,10 @@ class SessionOrder:
             t = self.finals.pop(self.next_final)
             self.next_final += 1
             out.extend(self._final(t))
-        if self.held is not None and not self.ended:
-            held, self.held = self.held, None
-            if held.final_index == self.next_final:
+        for index in sorted(i for i in self.held if i <= self.next_final):
+            held = self.held.pop(index)
+            if index == self.next_final and not self.ended:
                 out.extend(self._partial(held))
-            elif held.final_index > self.next_final:
-                self.held = held
         self.waiting_since = now if self.finals and not self.ended else None
         return out
 
@@ -72,6 +71,7 @@ class SessionOrder:
         if t.kind is ResultKind.END:
             self.ended = True
             self.finals.clear()
+            self.held.clear()
             return [self._emit(t, "", "")]
         had_partial = self.last_partial.pop(t.utterance_id, None) is not None
         if not t.text and not had_partial:

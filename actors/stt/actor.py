@@ -160,8 +160,8 @@ class SttActor(Actor):
         self._wake_partial = asyncio.Event()
         self._space = asyncio.Condition()
         self._stopping = False
-        # (session, utterance) → newest partial seq transcribed, or -1 once finalised.
         self.langlock = LanguageLock(cfg.lang_lock_prob, cfg.lang_lock_after, cfg.lang_reopen_pause_s)
+        # (session, utterance) → newest partial seq shown (with text), or -1 once finalised.
         self._progress: OrderedDict[tuple[str, int], int] = OrderedDict()
         self.context = PromptContext()
         self.left = LeftContexts(self.cfg.left_context_s)
@@ -419,7 +419,7 @@ class SttActor(Actor):
             if batch:
                 await self._transcribe(self.partial_lane, batch, self.cfg.partial_window_s)
                 await self._made_space()
-            elif not self._partials and not await self._idle(self._wake_partial, bool(self._partials)):
+            elif not await self._idle(self._wake_partial, False):  # what is queued waits for its final
                 return
 
     async def _made_space(self) -> None:
@@ -445,24 +445,33 @@ class SttActor(Actor):
         return list(newest.values())
 
     async def _fresh_partials(self) -> list[Delivery[Segment]]:
-        """Newest partial per utterance, oldest first; superseded ones are acked without a transcript."""
+        """Newest partial per utterance, oldest first; superseded ones are acked without a transcript.
+
+        An utterance whose final is queued before it showed any text keeps its newest partial in the queue:
+        the finals' call decodes it (_first_partials), so the user sees the utterance start even under load."""
         newest: dict[tuple[str, int], Delivery[Segment]] = {}
+        for_final: dict[tuple[str, int], Delivery[Segment]] = {}
         stale: list[Delivery[Segment]] = []
         final_keys = {(d.msg.session_id, d.msg.utterance_id) for d in self._finals if not d.msg.speculative}
         while self._partials:
             d = self._partials.popleft()
             key = (d.msg.session_id, d.msg.utterance_id)
             done = self._progress.get(key)
-            if key in final_keys or done == -1 or (done is not None and done >= d.msg.seq):
+            if done == -1 or (done is not None and done >= d.msg.seq):
                 stale.append(d)
                 continue
-            prev = newest.get(key)
+            pick = for_final if key in final_keys else newest
+            if key in final_keys and done is not None:
+                stale.append(d)  # a partial was shown: the final supersedes this one
+                continue
+            prev = pick.get(key)
             if prev is not None:
                 if prev.msg.seq > d.msg.seq:
                     stale.append(d)
                     continue
                 stale.append(prev)
-            newest[key] = d
+            pick[key] = d
+        self._partials.extend(for_final.values())
         self._stats["stale"] += len(stale)
         for d in stale:  # superseded: nothing waits for it, so it is settled without a transcript
             with contextlib.suppress(Exception):
@@ -537,7 +546,12 @@ class SttActor(Actor):
     async def _deliver(self, d: Delivery[Segment], r: SttResult, ack: bool = True) -> None:
         seg = d.msg
         final = seg.kind is SegmentKind.FINAL
-        self._mark(seg, final)
+        if not final and self._progress.get((seg.session_id, seg.utterance_id)) == -1:
+            if ack:  # decoded while its final went out: fan-out would drop it
+                with contextlib.suppress(Exception):
+                    await d.raw.ack()
+            return
+        self._mark(seg, final, bool(r.text))
         if final and r.words:
             r = self._supported(seg, r)
         if final:
@@ -593,8 +607,11 @@ class SttActor(Actor):
             self._stats = dict.fromkeys(st, 0.0)
             self._stats_at = now
 
-    def _mark(self, seg: Segment, final: bool) -> None:
+    def _mark(self, seg: Segment, final: bool, shown: bool) -> None:
+        """Progress per utterance: the newest partial shown (one without text shows nothing), or -1 once final."""
         key = (seg.session_id, seg.utterance_id)
+        if not final and not shown:
+            return
         self._progress[key] = -1 if final else max(seg.seq, self._progress.get(key, 0))
         self._progress.move_to_end(key)
         while len(self._progress) > 10_000:
