@@ -31,6 +31,7 @@ class Endpoint(enum.StrEnum):
     MAX_DURATION = "max_duration"  # no gap at all: cut at the quietest recent point of an over-long utterance
     GAP = "gap"  # continuous speech past soft_max_s: ended at its first short VAD gap
     STOP = "stop"  # the client sent stop (or vanished)
+    FLUSH = "flush"  # the client asked for the final now (flush, Deepgram Finalize, ...): mid-speech if need be
 
 
 class ResultKind(enum.StrEnum):
@@ -75,6 +76,9 @@ class AudioChunk(_Msg, frozen=True):
     # pipeline runs are sessions `ch=<name>=<run>` of the stream `ch=<name>` (see `stream_of`).
     stream_id: str = ""
     prompt: str = ""  # Whisper's initial prompt for this session's finals (OpenAI `prompt`); "" = none
+    # The client asked for the open utterance's final now (empty `data`): it travels with the audio, so it cuts
+    # exactly where the client sent it and a replayed stream cuts at the same sample.
+    flush: bool = False
 
 
 class Segment(_Msg, frozen=True):

@@ -11,12 +11,12 @@ import pytest
 
 from actors.segmenter.audio import decode_pcm
 from actors.segmenter.segmenter import Cut, SegmenterConfig, UtteranceSegmenter
-from actors.segmenter.vad import DualVad, SileroModel, Vote, WebRtcStream
+from actors.segmenter.vad import FRAME, DualVad, SileroModel, Vote, WebRtcStream
 from actors.stt.engine import SttRequest, WhisperEngine, WhisperOptions
 from actors.stt.models import resolve
 from loadtest.speech import clips, squeeze_pauses
-from loadtest.wer import corpus_wer, normalise
-from schemas import Encoding
+from loadtest.wer import corpus_wer, counts, normalise
+from schemas import Encoding, Endpoint
 
 SECONDS = 74.5  # of the 127 s radio address (ends in a pause): a presenter reading without long breaks
 
@@ -215,3 +215,43 @@ def test_speech_the_vad_hears_late_stays_in_the_next_final(silero: SileroModel) 
     engine = WhisperEngine(resolve("tiny.en", "/nonexistent"), WhisperOptions(cpu_threads=2, workers=1))
     said = normalise(" ".join(transcribe(engine, cuts)), "en")
     assert "hopefully" in said and "recording" in said, said
+
+
+def test_a_flush_ends_the_utterance_where_the_client_sent_it(silero: SileroModel, tiny: WhisperEngine,
+                                                            paused: np.ndarray) -> None:
+    """A voice agent's flush (native `flush`, Deepgram Finalize, Speechmatics ForceEndOfUtterance) every 3 s of
+    continuous speech: each ends the open utterance at that very sample, the next words open a new one, and no
+    sample is transcribed twice or dropped."""
+    cfg = SegmenterConfig()
+    audio = squeeze_pauses(paused)
+    seg = UtteranceSegmenter(DualVad(WebRtcStream(2), silero.stream(0.5), Vote.AND), cfg)
+    cuts: list[Cut] = []
+    flushes: list[float] = []
+    for i in range(0, len(audio), 1600):
+        cuts += seg.push(audio[i : i + 1600], wall=i / 16000)
+        if (i // 1600) % 30 == 29:  # every 3 s
+            at = (i + 1600) // FRAME * FRAME / 16000  # the sub-frame remainder waits for the next audio
+            flushed = seg.force_end()
+            assert len(flushed) == 1 and flushed[0].endpoint is Endpoint.FLUSH, f"flush at {at:.1f}s"
+            assert abs(flushed[0].start + len(flushed[0].audio) / 16000 - at) < 1e-6
+            cuts += flushed
+            flushes.append(at)
+    cuts += seg.flush(wall=len(audio) / 16000)
+    ended = [c for c in cuts if c.final]
+    assert len(flushes) >= 20 and sum(c.endpoint is Endpoint.FLUSH for c in ended) == len(flushes)
+    for a, b in itertools.pairwise(ended):  # nothing heard twice, nothing between two finals lost
+        assert a.start + len(a.audio) / 16000 <= b.start + 1e-6 and b.start - (a.start + len(a.audio) / 16000) < 1.0
+    assert sum(len(c.audio) for c in ended) > 0.97 * len(audio)
+    assert seg.force_end() == []  # nothing open: nothing to end (the segmenter actor answers it with an empty final)
+
+    ref = normalise(next(c for c in clips() if c.name.startswith("en_gb0")).reference)
+    with_pauses = transcribe(tiny, finals(silero, paused, cfg))
+    flushed_text = transcribe(tiny, ended)
+    last = [w for t in with_pauses for w in normalise(t)][-1]
+    reference = " ".join(ref[: max(i for i, w in enumerate(ref) if w == last) + 1])
+    paused_n, flushed_n = counts(reference, " ".join(with_pauses)), counts(reference, " ".join(flushed_text))
+    print(f"paused {paused_n}, flushed every 3 s {flushed_n}")
+    # A flush mid-word splits that word between two finals (an error or two per flush, at most), nothing more:
+    # audio heard twice would show as insertions beyond those.
+    assert flushed_n.errors - paused_n.errors <= 1.5 * len(flushes), (flushed_n, paused_n)
+    assert flushed_n.insertions - paused_n.insertions <= len(flushes) // 2, (flushed_n, paused_n)

@@ -319,3 +319,57 @@ async def test_no_words_where_nobody_speaks(tolk: Running) -> None:
         assert run.done and not run.errors, (c.scenario, run.errors)
         assert row.final_words == 0 and row.partial_words == 0, (c.scenario, row.finals, row.partials)
     assert corpus_wer([(read.reference, runs[2].text())]) < 0.15, runs[2].text()
+
+
+async def test_flush_ends_the_utterance_now_and_the_next_words_start_another(tolk: Running) -> None:
+    """#35: a voice agent's `flush` mid-speech gets that utterance's final next (endpoint `flush`), the words
+    after it start a new utterance, and a flush with nothing open is answered by an empty final. The latency goal
+    (p95 within 1 s) is measured by `python -m loadtest.flush`."""
+    c = next(c for c in clips("en") if c.name.startswith("en_gb0"))
+    pcm, rate = c.pcm16()
+    pcm = pcm[: rate * 2 * 16]
+    step = rate // 10 * 2  # 100 ms frames at real time
+    flush_at = {0, 50, 100}  # before any speech, then mid-speech at 5 s and 10 s
+    sent: list[float] = []
+    results: list[dict[str, Any]] = []
+    async with aiohttp.ClientSession() as http, http.ws_connect(tolk.ws) as ws:
+        await ws.send_json({"type": "start", "sample_rate": rate, "language": "en"})
+        assert (await ws.receive_json(timeout=30))["type"] == "started"
+
+        async def read() -> None:
+            async for msg in ws:
+                r = json.loads(msg.data)
+                r["at"] = time.monotonic()
+                results.append(r)
+                if r["type"] in ("done", "error"):
+                    return
+
+        reader = asyncio.create_task(read())
+        began = time.monotonic()
+        for i, off in enumerate(range(0, len(pcm), step)):
+            if i in flush_at:
+                await ws.send_json({"type": "flush"})
+                sent.append(time.monotonic())
+            await ws.send_bytes(pcm[off:off + step])
+            await asyncio.sleep(max(0.0, began + (i + 1) * 0.1 - time.monotonic()))
+        await ws.send_json({"type": "stop"})
+        await asyncio.wait_for(reader, 120)
+    assert not [r for r in results if r["type"] == "error"], results
+    finals = [r for r in results if r["type"] == "final"]
+    flushed = [r for r in finals if r["endpoint"] == "flush"]
+    assert len(flushed) == len(flush_at), [(f["endpoint"], f["text"]) for f in finals]
+    assert flushed[0]["text"] == "" and flushed[0] is finals[0]  # nothing was open yet
+    assert all(f["text"] for f in flushed[1:]), flushed
+    latencies = [f["at"] - s for f, s in zip(flushed, sent, strict=True)]
+    print(f"flush -> final: {', '.join(f'{x:.2f}s' for x in latencies)}")
+    assert all(x > 0 for x in latencies)
+    for f, s in zip(flushed[1:], sent[1:], strict=True):  # its speech ends by the time the flush was sent
+        assert f["end"] <= s - began + 0.3, (f, s - began)
+    # The words after a flush are another utterance's; nothing heard twice or lost between them.
+    ids = [f["utterance_id"] for f in finals]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    text = " ".join(f["text"] for f in finals)
+    ref = normalise(c.reference)
+    got = normalise(text)
+    reference = " ".join(ref[: max(i for i, w in enumerate(ref) if w == got[-1]) + 1])
+    assert corpus_wer([(reference, text)]) < 0.2, text

@@ -173,3 +173,27 @@ async def test_deepgram_token_auth_maps_onto_api_tokens(guarded: str) -> None:
     assert err.value.status_code == 401 and err.value.body["err_code"] == "INVALID_AUTH", err.value.body
     async with good.listen.v1.connect(model="nova-3", encoding="linear16", sample_rate=16000) as conn:
         await conn.send_keep_alive()  # accepted: no pipeline behind this edge, so nothing more to check
+
+
+async def test_finalize_flushes_mid_speech(tolk: Running) -> None:
+    """#35: `Finalize` ends the open utterance now (Deepgram marks that final `from_finalize`); the speech after
+    it is another utterance, and nothing is lost between the two."""
+    api = deepgram_client(tolk.http)
+    c = clip("en_jfk")
+    pcm, rate = c.pcm16()
+    cut = rate * 2 * 4  # mid-sentence
+    async with api.listen.v1.connect(model="nova-3", encoding="linear16", sample_rate=rate, language="en") as conn:
+        await conn.send_media(pcm[:cut])
+        await conn.send_finalize()
+        await conn.send_media(pcm[cut:])
+        await conn.send_close_stream()
+        got = [m async for m in conn]
+    finals = [m for m in got if m.type == "Results" and m.is_final]
+    flushed = [m for m in finals if getattr(m, "from_finalize", None)]
+    assert len(flushed) == 1 and not flushed[0].speech_final, [(m.start, m.from_finalize) for m in finals]
+    assert abs(flushed[0].start + flushed[0].duration - 4.0) < 0.05 or flushed[0].start + flushed[0].duration < 4.0
+    assert flushed[0].channel.alternatives[0].transcript, "the words before Finalize"
+    after = [m for m in finals if m.start >= 4.0 - 1e-3]
+    assert after and finals.index(flushed[0]) < finals.index(after[0])
+    text = " ".join(m.channel.alternatives[0].transcript for m in finals)
+    assert corpus_wer([(c.reference, text)]) <= 0.2, text

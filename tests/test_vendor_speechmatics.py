@@ -250,3 +250,23 @@ async def test_mulaw_telephony_audio(stack: Running) -> None:
                            sample_rate=8000, chunk_size=800, enable_partials=False, token=KEY)
     assert not run.error, run.error
     assert corpus_wer([(clip.reference, run.text())]) <= WER_BOUND, run.text()
+
+
+async def test_force_end_of_utterance(stack: Running) -> None:
+    """#35: ForceEndOfUtterance mid-speech ends the open utterance at once: its AddTranscript, then
+    EndOfUtterance, then the speech after it as another utterance."""
+    pcm, rate = next(c for c in clips("en") if c.name.startswith("en_gb0")).pcm16()  # read without long pauses
+    cut = rate * 2 * 5
+    force = json.dumps({"message": "ForceEndOfUtterance"})
+    messages, code = await exchange(stack, [start(), pcm[:cut], force, pcm[cut: cut + rate * 2 * 4],
+                                            json.dumps({"message": "EndOfStream", "last_seq_no": 2})])
+    kinds = [m["message"] for m in messages]
+    assert code == 1000 and kinds[-1] == "EndOfTranscript", kinds
+    assert kinds.count("EndOfUtterance") == 1, kinds
+    eou = kinds.index("EndOfUtterance")
+    before = [m["metadata"] for m in messages[:eou] if m["message"] == "AddTranscript"]
+    after = [m["metadata"] for m in messages[eou:] if m["message"] == "AddTranscript"]
+    assert before and after, kinds
+    assert before[-1]["transcript"] and before[-1]["end_time"] <= 5.0 + 1e-3, before  # mid-speech: words
+    assert messages[eou]["metadata"] == {"start_time": before[-1]["start_time"], "end_time": before[-1]["end_time"]}
+    assert all(m["start_time"] >= 5.0 - 0.03 for m in after), after  # within the 30 ms VAD frame the flush is in

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from actors.runtime.text import stable_prefix
-from schemas import ClientResult, ResultKind, Transcript, client_result
+from schemas import ClientResult, Endpoint, ResultKind, Transcript, client_result
 
 
 @dataclass
@@ -74,8 +74,8 @@ class SessionOrder:
             self.held.clear()
             return [self._emit(t, "", "")]
         had_partial = self.last_partial.pop(t.utterance_id, None) is not None
-        if not t.text and not had_partial:
-            return []  # nothing was shown and nothing was said: stay silent
+        if not t.text and not had_partial and t.endpoint is not Endpoint.FLUSH:
+            return []  # nothing was shown and nothing was said: stay silent (a flush is always answered)
         return [self._emit(t, t.text, t.text)]  # an empty final clears a shown partial
 
     def _emit(self, t: Transcript, text: str, stable: str) -> ClientResult:

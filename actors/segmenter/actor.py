@@ -30,6 +30,7 @@ from actors.segmenter.segmenter import Cut, SegmenterConfig, UtteranceSegmenter
 from actors.segmenter.vad import FRAME, DualVad, SileroModel, Vote, WebRtcStream
 from schemas import (
     AudioChunk,
+    Endpoint,
     ResultKind,
     Segment,
     SegmenterCheckpoint,
@@ -337,8 +338,10 @@ class SegmenterActor(Actor):
         self.held_total[partition] += 1
         for cut in cuts:
             await self._emit(state, cut)
+        if chunk.flush and not chunk.end and not any(cut.final for cut in cuts):
+            await self._flushed(state, partition)
         if not chunk.end:
-            await self._settle(state, final=any(cut.final for cut in cuts))
+            await self._settle(state, final=chunk.flush or any(cut.final for cut in cuts))
             return
         state.seq += 1
         await self.bus.publish(
@@ -351,6 +354,21 @@ class SegmenterActor(Actor):
         await self._release_all(state, ended=True)
         self._forget(state.session_id)
 
+    async def _flushed(self, state: SessionState, partition: int) -> None:
+        """A flush with no utterance open (or too short to transcribe) still gets its final, empty: the client
+        learns every final before its flush is out. It skips STT as END does, numbered like any final."""
+        state.seq += 1
+        state.finals += 1
+        at = round(state.samples / 16000, 3)
+        await self.bus.publish(
+            f"tolk.transcript.{partition}.{state.session_id}",
+            Transcript(session_id=state.session_id, utterance_id=state.segmenter.utterance_id, seq=state.seq,
+                       final_index=state.finals, kind=ResultKind.FINAL, partition=partition, start=at, end=at,
+                       stream_id=state.stream_id, endpoint=Endpoint.FLUSH,
+                       language="" if state.language == "auto" else state.language),
+            msg_id=f"{state.session_id}:{state.seq}",  # as STT's transcripts: a replay re-makes the same one
+        )
+
     @staticmethod
     def _segment(state: SessionState, chunk: AudioChunk, skip: int) -> tuple[list[Cut], int]:
         """VAD over one chunk (`skip`: leading 16 kHz samples a restored checkpoint covers); cuts and samples used."""
@@ -361,6 +379,8 @@ class SegmenterActor(Actor):
         cuts = state.segmenter.push(samples, chunk.received_at)
         if chunk.end:
             cuts += state.segmenter.flush(chunk.received_at)
+        elif chunk.flush:
+            cuts += state.segmenter.force_end()
         return cuts, len(samples)
 
     async def _emit(self, state: SessionState, cut: Cut) -> None:

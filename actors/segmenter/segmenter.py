@@ -173,6 +173,16 @@ class UtteranceSegmenter:
             cuts.extend(self._finalise(Endpoint.STOP))
         return cuts
 
+    def force_end(self) -> list[Cut]:
+        """The client wants its final now (a voice agent's turn ended): the open utterance ends here with every
+        sample so far, mid-word if need be; the next speech opens a new one, so nothing is lost or doubled. The
+        sub-frame remainder waits for the next audio (at most one frame; it belongs to what follows)."""
+        if self.state is State.INACTIVE and self._onset_run:  # speech was just beginning
+            self._open(self._n - 1)
+        if self.state is State.INACTIVE:
+            return []
+        return self._finalise(Endpoint.FLUSH)
+
     # ------------------------------------------------------------------ machine
     def _frame(self, frame: np.ndarray, wall: float) -> list[Cut]:
         idx = self._n
@@ -308,9 +318,10 @@ class UtteranceSegmenter:
 
     def _finalise(self, endpoint: Endpoint) -> list[Cut]:
         """Close the utterance at its last speech frame (+ pad); trailing silence seeds pre-roll.
-        At `stop` nothing follows, so every sample is kept: the VAD may have missed a soft last word."""
+        At `stop` nothing follows, so every sample is kept: the VAD may have missed a soft last word; at a flush
+        the client said the utterance ends here, so the same."""
         keep = min(len(self._frames), self._last_speech - self._start + 1 + self._pad)
-        if endpoint is Endpoint.STOP:
+        if endpoint in (Endpoint.STOP, Endpoint.FLUSH):
             keep = len(self._frames)
         cuts = [self._cut(keep, final=True, end_frame=self._last_speech + 1, endpoint=endpoint)] \
             if self._wanted() else []

@@ -58,6 +58,11 @@ class Stop:
     pass
 
 
+@dataclass(frozen=True)
+class Flush:
+    """End the open utterance now; its final comes next (a voice agent knows the user's turn is over)."""
+
+
 def parse_language(language: Any, code: ErrorCode) -> str:
     if not isinstance(language, str) or (language != "auto" and language not in WHISPER_LANGUAGES):
         raise ProtocolError(code, f"language {language!r}: use an ISO 639-1 code or 'auto'")

@@ -222,6 +222,15 @@ class LiveSession:
         await self._publish(b"", end=True)
         await self._record("draining")
 
+    async def flush(self) -> None:
+        """The open utterance ends now, mid-speech if need be, and its final (endpoint `flush`, empty when nothing
+        was open) follows every earlier one: a voice agent's turn is over when the client says so."""
+        if self.phase is Phase.AWAIT_START or self.start is None:
+            raise ProtocolError(ErrorCode.INVALID_START, 'send {"type":"start"} before flush')
+        if self.phase is not Phase.STREAMING:
+            return  # after stop: everything is being flushed already
+        await self._publish(b"", end=False, flush=True)
+
     async def configure(self, c: Configure, confirm: Callable[[Configure], Awaitable[None]]) -> None:
         """Takes effect from the next utterance (one already being transcribed keeps its settings). `confirm` gets
         the whole new configuration before any result is rendered with it, never after one."""
@@ -239,12 +248,13 @@ class LiveSession:
         """(Re)writes this client's listener record: what the translator translates this stream into."""
         await self.services.listeners.put(self.session_id, "owner", self.targets, self.translate_partials)
 
-    async def _publish(self, data: bytes, end: bool) -> None:
+    async def _publish(self, data: bytes, end: bool, flush: bool = False) -> None:
         assert self.start is not None
         self.chunk_seq += 1
         self.published += len(data)
         await self.services.pipeline.publish(self.session_id, self.chunk_seq, data, sample_rate=self.start.sample_rate,
-                                             encoding=self.start.encoding, language=self.start.language, end=end)
+                                             encoding=self.start.encoding, language=self.start.language, end=end,
+                                             flush=flush)
 
     async def _record(self, status: str) -> bool:
         """Writes this session's KV record, unless a newer connection resumed it. False when it was not written."""

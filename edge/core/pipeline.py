@@ -25,11 +25,12 @@ class Pipeline:
         return partition_for(sid, self.partitions)
 
     async def publish(self, sid: str, seq: int, data: bytes, *, sample_rate: int, encoding: Encoding, language: str,
-                      end: bool = False, prompt: str = "") -> None:
-        """One chunk of a session's audio (`end`: the last, empty): numbered, so a redelivery is dropped."""
+                      end: bool = False, prompt: str = "", flush: bool = False) -> None:
+        """One chunk of a session's audio (`end`: the last, empty; `flush`: empty, the open utterance's final is
+        wanted now): numbered, so a redelivery is dropped."""
         await self.bus.publish_audio(AudioChunk(
             session_id=sid, chunk_seq=seq, sample_rate=sample_rate, encoding=encoding, language=language, data=data,
-            received_at=time.time(), end=end, prompt=prompt,
+            received_at=time.time(), end=end, prompt=prompt, flush=flush,
         ), self.partition(sid))
 
     async def results(self, stream_id: str, deliver: Callable[[ClientResult], Awaitable[None] | None],

@@ -151,7 +151,6 @@ class DeepgramSession(SocketSession):
         self.created = _now_iso()
         self.pcm: PcmDecoder | None = None  # raw audio (`encoding`): mixed down here
         self.sample_rate = opts.sample_rate
-        self.from_finalize = False
 
     async def opened(self) -> None:
         # Raw audio and Opus: the session starts now; no `encoding`: at the first frame (a WAV, Ogg Opus or WebM
@@ -194,8 +193,8 @@ class DeepgramSession(SocketSession):
         if kind == "KeepAlive":
             return
         if kind == "Finalize":
-            # Tolk has no mid-stream flush: the open utterance ends at its pause as usual; its final says so.
-            self.from_finalize = True
+            if self.phase is Phase.STREAMING:  # before any audio there is nothing to finalize
+                await self.live.flush()
             return
         if kind == "CloseStream":
             await self._close_stream()
@@ -236,8 +235,8 @@ class DeepgramSession(SocketSession):
             "metadata": {"request_id": self.request_id, "model_info": _model_info(self.services, self.opts.language),
                          "model_uuid": MODEL_UUID},
         }
-        if final and self.from_finalize:
-            out["from_finalize"], self.from_finalize = True, False
+        if final and result.endpoint is Endpoint.FLUSH:
+            out["from_finalize"] = True
         await self.ws.send_json(out)
         if final and result.text and self.opts.utterance_end_ms and out["speech_final"]:
             last = result.words[-1].end if result.words else result.end

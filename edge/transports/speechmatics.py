@@ -27,7 +27,7 @@ from edge.core.services import Services
 from edge.http import auth
 from edge.transports import socket
 from edge.transports.socket import SocketSession
-from schemas import ClientResult, Encoding, ResultKind
+from schemas import ClientResult, Encoding, Endpoint, ResultKind
 
 log = logging.getLogger("tolk.edge.speechmatics")
 
@@ -143,6 +143,10 @@ class SpeechmaticsSession(SocketSession):
             if "language" in config and config["language"] != self.live.language:
                 raise SpeechmaticsError("invalid_config", "the language cannot change during a session")
             self._session_options(config)
+        elif kind == "ForceEndOfUtterance":
+            if self.phase is Phase.AWAIT_START:
+                raise SpeechmaticsError("protocol_error", "ForceEndOfUtterance before StartRecognition")
+            await self.live.flush()
         elif kind in ("AddAudio", "AddChannelAudio", "EndOfChannel"):
             raise SpeechmaticsError("invalid_message", f"{kind}: send audio as binary messages (one channel)")
         else:
@@ -229,6 +233,9 @@ class SpeechmaticsSession(SocketSession):
         span = _span(result, results)
         if final or self.enable_partials:
             await self.ws.send_json(render_transcript(result, results, span))
+        if final and result.endpoint is Endpoint.FLUSH:  # ForceEndOfUtterance is answered as Speechmatics does
+            await self.ws.send_json({"message": "EndOfUtterance", "format": FORMAT,
+                                     "metadata": {"start_time": span[0], "end_time": span[1]}})
         for target in targets:
             error = result.translation_errors.get(target)
             if error and target not in self.warned:

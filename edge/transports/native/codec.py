@@ -16,7 +16,7 @@ from typing import Any
 from actors.runtime.partition import valid_session_id
 from edge.audio.decoders import COMPRESSED, RATE
 from edge.audio.pcm import MAX_RATE, MIN_RATE
-from edge.core.commands import Configure, Start, Stop, Subscribe, check_audio, parse_language, parse_targets
+from edge.core.commands import Configure, Flush, Start, Stop, Subscribe, check_audio, parse_language, parse_targets
 from edge.core.errors import CLOSE_FOR, Close, ErrorCode, ProtocolError
 from schemas import ClientResult, Encoding, ResultKind
 
@@ -33,7 +33,7 @@ class Unknown:
     type: str
 
 
-ClientMessage = Start | Configure | Subscribe | Stop | Audio | Unknown
+ClientMessage = Start | Configure | Subscribe | Stop | Flush | Audio | Unknown
 
 
 def parse_text(text: str, max_frame: int) -> ClientMessage:
@@ -54,6 +54,8 @@ def parse_text(text: str, max_frame: int) -> ClientMessage:
         return Stop()
     if kind == "stop":
         return Stop()
+    if kind == "flush":
+        return Flush()
     if kind == "audio":
         return Audio(decode_base64(obj.get("data"), max_frame))
     return Unknown(kind)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from edge.core.commands import Configure, Start, Stop, Subscribe
+from edge.core.commands import Configure, Flush, Start, Stop, Subscribe
 from edge.core.errors import ErrorCode, ProtocolError
 from edge.core.live import Phase, Started
 from edge.transports.native.codec import Audio, Unknown, parse_text, render_result
@@ -47,6 +47,8 @@ class NativeSession(SocketSession):
                 if phase is Phase.AWAIT_START:
                     raise ProtocolError(ErrorCode.INVALID_START, 'send {"type":"start"} first')
                 await self.live.stop()
+            case Flush():
+                await self.live.flush()
             case Unknown(type=kind):
                 if phase is Phase.AWAIT_START:
                     raise ProtocolError(ErrorCode.INVALID_START, f'expected {{"type":"start"}}, got {kind!r}')
