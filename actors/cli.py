@@ -54,6 +54,9 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--nats-auth", action=argparse.BooleanOptionalAction,
                     default=os.environ.get("TOLK_NATS_AUTH", "true").lower() not in ("0", "false", "no"),
                     help="embedded NATS: one user per actor with its permissions (nats/permissions.toml)")
+    up.add_argument("--nats-sync", default=os.environ.get("TOLK_NATS_SYNC", "always"),
+                    help="embedded NATS: JetStream sync_interval, `always` (fsync before acknowledging) or a "
+                         "duration such as 120s (docs/operations.md#durability)")
 
     actor = sub.add_parser("actor", help="run one actor (what a Kubernetes pod runs)")
     actor.add_argument("name", choices=sorted(ACTORS))
@@ -203,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     extra = {"TOLK_MODEL": args.model, "TOLK_STT_POOLS": ""} if args.model else {}
     opts = UpOptions(nats_url=args.nats_url, data_dir=Path(args.data_dir), host=args.host, port=args.port,
                      nats_port=args.nats_port, nats_replicas=args.nats_replicas, extra_env=extra,
-                     nats_auth=args.nats_auth, ready_timeout_s=args.ready_timeout)
+                     nats_auth=args.nats_auth, ready_timeout_s=args.ready_timeout, nats_sync=args.nats_sync)
     try:
         supervisor = Supervisor(opts)
     except SettingsError as exc:

@@ -70,6 +70,7 @@ class UpOptions:
     extra_env: dict[str, str] = field(default_factory=dict)
     ready_timeout_s: float = 300.0
     nats_auth: bool = True  # the embedded server: per-actor users (an external NATS's auth is the operator's)
+    nats_sync: str = "always"  # the embedded server's JetStream sync_interval (docs/operations.md#durability)
 
 
 class Supervisor:
@@ -121,7 +122,8 @@ class Supervisor:
             by_user = permissions.grants(self.topo.partitions)
             self._passwords = permissions.new_passwords(by_user)
             authorization = permissions.authorization(self._passwords, by_user)
-        self.nats = EmbeddedNats(self.opts.data_dir, port=self.opts.nats_port, authorization=authorization)
+        self.nats = EmbeddedNats(self.opts.data_dir, port=self.opts.nats_port, authorization=authorization,
+                                 sync=self.opts.nats_sync)
         url = await self.nats.start()
         if self._passwords:  # for `tolk status` / `tolk tap` on this machine (0600, removed at stop)
             permissions.write_users(self.opts.data_dir / "run", self._passwords)

@@ -685,7 +685,8 @@ def test_in_chart_nats_is_a_three_server_jetstream_cluster() -> None:
     c = container(sts)
     assert env(c)["POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
     assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"client": 4222, "cluster": 6222, "monitor": 8222}
-    assert c["image"] == "nats:2.11-alpine"
+    assert c["image"] == "nats:2.12.3-alpine"
+    assert 'sync_interval: "always"' in conf  # acknowledged means fsynced (docs/operations.md#durability)
     assert sts["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"] == "10Gi"
     client = named(docs, "Service", "tolk-nats")
     assert {p["port"] for p in client["spec"]["ports"]} == {4222, 8222}

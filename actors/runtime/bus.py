@@ -17,6 +17,7 @@ from nats.js.kv import KeyValue
 
 import nats
 from actors.runtime import backoff, permissions, settings
+from actors.runtime.embedded import check_version
 from schemas import AudioChunk, encode
 
 log = logging.getLogger("tolk.bus")
@@ -91,6 +92,8 @@ class Bus:
             disconnected_cb=on_disconnect,
             reconnected_cb=on_reconnect,
         )
+        v = nc.connected_server_version
+        check_version(f"{v.major}.{v.minor}.{v.patch}", f"the NATS server at {url}")
         return cls(nc, nc.jetstream(timeout=10))
 
     async def kv(self, bucket: str) -> KeyValue:

@@ -7,7 +7,9 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -17,6 +19,40 @@ from actors.runtime.permissions import write_private
 log = logging.getLogger("tolk.nats-server")
 
 SERVER_CONF = nats_file("server.conf")
+# Jepsen (NATS 2.12.1, Dec 2025) lost acknowledged writes; 2.12.3 has the fixes. Enforced for the embedded
+# binary here and for any server an actor connects to (actors/runtime/bus.py).
+MIN_VERSION = (2, 12, 3)
+# JetStream's sync_interval: `always`, or a Go duration (120s, 1m30s, 500ms).
+SYNC_RE = re.compile(r"always|(\d+(\.\d+)?(ns|us|µs|ms|s|m|h))+")
+
+
+def parse_version(text: str) -> tuple[int, int, int]:
+    """`v2.15.1`, `2.12.3-RC.1`, `nats-server: v2.10.0` → (major, minor, patch); (0, 0, 0) when unreadable."""
+    m = re.search(r"(\d+)\.(\d+)\.(\d+)", text)
+    return (int(m[1]), int(m[2]), int(m[3])) if m else (0, 0, 0)
+
+
+def check_version(version: str, where: str) -> None:
+    """Refuses a NATS server without Jepsen's fixes: it can lose writes it acknowledged."""
+    if parse_version(version) < MIN_VERSION:
+        need = ".".join(map(str, MIN_VERSION))
+        raise RuntimeError(f"{where} is NATS {version or '(unknown version)'}; Tolk needs >= {need} (Jepsen's "
+                           "JetStream fixes: acknowledged writes could be lost). Upgrade nats-server / the image.")
+
+
+def binary_version(binary: str) -> str:
+    out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30)
+    return (out.stdout or out.stderr).strip().removeprefix("nats-server: ")
+
+
+def render_conf(sync: str) -> str:
+    """server.conf with its `sync_interval` replaced (quoted: NATS's parser reads a bare `2m` as a number)."""
+    if not SYNC_RE.fullmatch(sync):
+        raise ValueError(f"TOLK_NATS_SYNC must be `always` or a duration like 120s, got {sync!r}")
+    text, n = re.subn(r"(?m)^(\s*sync_interval:).*$", lambda m: f'{m[1]} "{sync}"', SERVER_CONF.read_text())
+    if n != 1:
+        raise RuntimeError(f"{SERVER_CONF} must set sync_interval exactly once")
+    return text
 
 
 def server_binary() -> str:
@@ -32,11 +68,14 @@ def server_binary() -> str:
 
 class EmbeddedNats:
     """`authorization`: a nats-server `authorization { users = [...] }` block (actors/runtime/permissions.py);
-    empty: no authentication. It holds passwords, so the config it goes into is written 0600 and removed at stop."""
+    empty: no authentication. It holds passwords, so the config it goes into is written 0600 and removed at stop.
+    `sync`: JetStream's sync_interval (`always`: fsync before every acknowledgement; docs/operations.md#durability)."""
 
-    def __init__(self, data_dir: Path, host: str = "127.0.0.1", port: int = -1, authorization: str = "") -> None:
+    def __init__(self, data_dir: Path, host: str = "127.0.0.1", port: int = -1, authorization: str = "",
+                 sync: str = "always") -> None:
         self.data_dir = data_dir
         self.authorization = authorization
+        self.sync = sync
         self.host = host
         self.port = port  # -1: the server picks a free port and reports it in its ports file
         self.proc: asyncio.subprocess.Process | None = None
@@ -50,12 +89,12 @@ class EmbeddedNats:
         ports_dir.mkdir(parents=True, exist_ok=True)
         for stale in ports_dir.glob("*.ports"):
             stale.unlink()
-        conf = SERVER_CONF
-        if self.authorization:
-            conf = self.conf_path
-            write_private(conf, f"{SERVER_CONF.read_text()}\n{self.authorization}")
+        binary = server_binary()
+        check_version(binary_version(binary), binary)
+        conf = self.conf_path
+        write_private(conf, f"{render_conf(self.sync)}\n{self.authorization}")
         args = [
-            server_binary(), "-c", str(conf), "-js", "-sd", str(store),
+            binary, "-c", str(conf), "-js", "-sd", str(store),
             "-a", self.host, "-p", str(self.port), "--ports_file_dir", str(ports_dir),
             "--server_name", "tolk-embedded",
         ]
@@ -75,7 +114,7 @@ class EmbeddedNats:
         ports = json.loads(ports_file.read_text())
         self.url = ports["nats"][0]
         self._stderr_task = asyncio.create_task(self._log_stderr(), name="nats-server.stderr")
-        log.info("nats-server ready at %s (store %s)", self.url, store)
+        log.info("nats-server ready at %s (store %s, sync_interval %s)", self.url, store, self.sync)
         return self.url
 
     async def _log_stderr(self) -> None:
@@ -99,8 +138,7 @@ class EmbeddedNats:
             except TimeoutError:
                 self.proc.kill()
                 await self.proc.wait()
-        if self.authorization:
-            self.conf_path.unlink(missing_ok=True)
+        self.conf_path.unlink(missing_ok=True)
         if self._stderr_task:
             self._stderr_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
