@@ -27,6 +27,7 @@ from schemas.messages import (
     results_subject,
     stream_of,
 )
+from schemas.translation import TranslationCatalog, TranslationEngine, TranslationPair
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -45,6 +46,9 @@ __all__ = [
     "SegmenterCheckpoint",
     "SessionRecord",
     "Transcript",
+    "TranslationCatalog",
+    "TranslationEngine",
+    "TranslationPair",
     "Word",
     "client_result",
     "decode",

@@ -6,6 +6,8 @@ import enum
 
 import msgspec
 
+from schemas.translation import TranslationCatalog
+
 SCHEMA_VERSION = 1
 
 
@@ -250,6 +252,7 @@ class ActorHeartbeat(_Msg, frozen=True):
     detail: str = ""
     metrics_port: int = 0  # the actor's /metrics and probes (0: none)
     info: dict[str, str] = {}  # what the actor serves, e.g. stt: {"pool", "model", "languages"}
+    translation: TranslationCatalog | None = None  # a translator's engines and pairs (schemas/translation.py)
 
 
 def client_result(t: Transcript, text: str, stable: str) -> ClientResult:

@@ -20,7 +20,7 @@ from actors.runtime import metrics
 from actors.runtime import settings as settings_mod
 from actors.runtime.bus import Bus
 from actors.runtime.ops import OpsServer
-from schemas import ActorHeartbeat, decode, encode
+from schemas import ActorHeartbeat, TranslationCatalog, decode, encode
 
 log = logging.getLogger("tolk.actor")
 
@@ -72,6 +72,8 @@ class Actor(ABC):
         self.bus = bus
         self.runtime = runtime
         self.ready = False
+        # Set when what `info()` / `translation()` announce changed: the next heartbeat goes out now, not at its tick.
+        self.announce_now = asyncio.Event()
 
     @abstractmethod
     async def start(self) -> None:
@@ -92,6 +94,10 @@ class Actor(ABC):
     def info(self) -> dict[str, str]:
         """What this instance serves, announced in its heartbeat (stt: its pool, model and languages)."""
         return {}
+
+    def translation(self) -> TranslationCatalog | None:
+        """A translator's engines and pairs, announced in its heartbeat (the edge refuses pairs none serves)."""
+        return None
 
     async def close(self) -> None:  # noqa: B027 - optional hook, not abstract
         """Release resources after `run()` returned (executors, files)."""
@@ -116,12 +122,15 @@ async def _heartbeat(actor: Actor, started: float, metrics_port: int) -> None:
             ready=actor.ready,
             metrics_port=metrics_port,
             info=actor.info(),
+            translation=actor.translation(),
         )
         try:
             await kv.put(key, encode(beat))
         except Exception as exc:  # NATS briefly away: keep beating, expiry reports us if it lasts
             log.warning("heartbeat failed: %s", exc)
-        await asyncio.sleep(actor.runtime.heartbeat_s)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(actor.announce_now.wait(), actor.runtime.heartbeat_s)
+        actor.announce_now.clear()
 
 
 async def heartbeats(bus: Bus) -> list[ActorHeartbeat]:

@@ -1,4 +1,5 @@
-"""`tolk status`: streams, durable consumers (lag), KV buckets, actor health and STT pools, read from NATS.
+"""`tolk status`: streams, durable consumers (lag), KV buckets, actor health, STT pools and the translation pairs
+served (from the translators' heartbeats, read as `GET /v1/languages` reads them), from NATS.
 
 The same numbers the exporter gives Prometheus, for a terminal: is anything behind, is anything down.
 """
@@ -11,6 +12,7 @@ from typing import Any
 
 from actors.runtime.actor import heartbeats
 from actors.runtime.bus import Bus, NatsAuth
+from schemas.translation import summary
 
 ACTORS = ("edge", "segmenter", "stt", "translator", "fanout", "ingest", "exporter")
 
@@ -32,13 +34,15 @@ async def collect(url: str, auth: NatsAuth | None = None) -> dict[str, Any]:
             streams.append({"stream": name, "messages": info.state.messages, "bytes": info.state.bytes,
                             "consumers": sorted(consumers, key=lambda c: str(c["consumer"]))})
         now = time.time()
+        beats = await heartbeats(bus)
         actors = [{"actor": beat.actor, "instance": beat.instance, "pid": beat.pid, "ready": beat.ready,
                    "up_s": round(now - beat.started_at), "metrics_port": beat.metrics_port, "info": beat.info}
-                  for beat in await heartbeats(bus)]
+                  for beat in beats]
+        translation = summary(b.translation for b in beats if b.actor == "translator" and b.ready and b.translation)
         return {"nats": url, "streams": sorted(streams, key=lambda s: str(s["stream"])),
                 "kv": sorted(buckets, key=lambda b: str(b["bucket"])),
                 "actors": sorted(actors, key=lambda a: (a["actor"], a["instance"])),
-                "stt_pools": stt_pools(actors, streams)}
+                "stt_pools": stt_pools(actors, streams), "translation": translation}
     finally:
         await bus.close()
 
@@ -98,6 +102,7 @@ def render(status: dict[str, Any]) -> str:
             out.append(f"{p['pool']:<12} {p['model'] or '?':<20} {p['languages'] or '?':<12} {p['ready']:>6} "
                        f"{p['down']:>5} {p['final_pending']:>10} {p['final_ack_pending']:>9} "
                        f"{p['partial_pending']:>12}{flag}")
+    out += translation_lines(status.get("translation"))
     out += ["", "STREAM / CONSUMER                     MESSAGES    PENDING  ACK-PEND  REDELIV"]
     for s in status["streams"]:
         out.append(f"{s['stream']:<36} {s['messages']:>9}   ({s['bytes'] / 2**20:.1f} MiB)")
@@ -106,3 +111,24 @@ def render(status: dict[str, Any]) -> str:
                        f"{c['redelivered']:>8}")
     out += ["", "KV BUCKET       ENTRIES"] + [f"{b['bucket']:<18} {b['entries']:>7}" for b in status["kv"]]
     return "\n".join(out)
+
+
+def translation_lines(t: dict[str, Any] | None) -> list[str]:
+    """Engines up or down (and why), then the pairs served and those asked for or listed that are not."""
+    if not t or not t["translators"]:
+        return []
+    out = ["", f"TRANSLATION ENGINE  UP  DOWN  ({t['translators']} translator(s), pivot {t['pivot'] or 'none'})"]
+    for e in t["engines"]:
+        retry = f"; retried every {e['retry_s']:.0f} s" if e["retry_s"] else ""
+        out.append(f"{e['name']:<18} {e['up']:>3} {e['down']:>5}  {e['detail']}{retry}")
+
+    def pair(p: dict[str, Any]) -> str:
+        quality = f", chrF {p['quality']:.0f}" if p["quality"] is not None else ""
+        return f"{p['source']}→{p['target']} ({p['engine'] or '-'}{quality})"
+
+    served = [pair(p) for p in t["pairs"] if p["available"]]
+    out.append("pairs served:  " + (", ".join(served) or "none")
+               + ("; any other its hub publishes" if t["any_pair"] else ""))
+    for p in (p for p in t["pairs"] if not p["available"]):
+        out.append(f"unavailable:   {pair(p)}: {p['detail']}")
+    return out

@@ -6,6 +6,10 @@ one translation per target of the stream's listeners (KV `tolk_listeners`), part
 listeners that asked, with their stable prefix translated at most every `mt_partial_interval_s`.
 A transcript is acked only after its result is published; failures become per-target errors, never a
 dropped final. Fan-out restores per-session order, so items are processed concurrently.
+
+What the engines serve is announced in the heartbeat (`translation()`, a `TranslationCatalog`): the edge refuses a
+pair none serves at start / configure. An engine that is not there (no weights, no hub) is marked so at start and
+looked at again every `mt_retry_s`; a pair no engine serves is answered `unsupported_pair` at once.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import logging
 import os
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import msgspec
@@ -25,9 +30,18 @@ from actors.runtime.actor import Actor, RuntimeSettings
 from actors.runtime.bus import Bus
 from actors.runtime.consumer import Delivery, PullLoop
 from actors.runtime.text import stable_prefix
-from actors.translator.engine import Engine, ErrorKind, Router, TranslationError, normalize
+from actors.translator.engine import (
+    Described,
+    Engine,
+    ErrorKind,
+    Router,
+    TranslationError,
+    Unavailable,
+    catalog,
+    normalize,
+)
 from actors.translator.service import TranslationService
-from schemas import ResultKind, Transcript, stream_of
+from schemas import ResultKind, Transcript, TranslationCatalog, stream_of
 
 log = logging.getLogger("tolk.translator")
 
@@ -60,6 +74,10 @@ class TranslatorSettings:
     mt_preload: str = ""  # pairs loaded at start, e.g. "en-de,de-en" (first use of a pair loads its model)
     mt_download: bool = True  # let EasyNMT/Hugging Face download models; false = HF_HUB_OFFLINE
     mt_max_inflight: int = 512  # transcripts being translated at once (backpressure on the consumer)
+    mt_retry_s: float = 60.0  # an engine (or model hub) that is not there is looked for again this often
+
+
+MAX_WANTED = 64  # unserved pairs remembered (and announced, with why) after a final asked for them
 
 
 def build_engines(cfg: TranslatorSettings) -> list[Engine]:
@@ -67,24 +85,41 @@ def build_engines(cfg: TranslatorSettings) -> list[Engine]:
         os.environ["HF_HUB_OFFLINE"] = "1"  # read by huggingface_hub at import: set before EasyNMT loads
     engines: list[Engine] = []
     for name in (n.strip() for n in cfg.mt_engines.split(",") if n.strip()):
+        if name not in ("fast", "easynmt"):
+            log.error("unknown translation engine %r in TOLK_MT_ENGINES (fast | easynmt): ignored", name)
+            continue
+        build = _fast if name == "fast" else _easynmt(cfg)
         try:
-            if name == "fast":
-                from actors.translator.fast import FastTranslateEngine
-
-                engines.append(FastTranslateEngine())
-            elif name == "easynmt":
-                from actors.translator.opus import EasyNmtEngine
-
-                engines.append(EasyNmtEngine(
-                    model=cfg.easynmt_model, opus_mt_dir=cfg.opus_mt_dir, cache_folder=cfg.easynmt_cache,
-                    max_loaded_pairs=cfg.mt_max_loaded_pairs, device=cfg.mt_device, beam_size=cfg.mt_beam_size,
-                    batch_size=cfg.mt_max_batch,
-                ))
-            else:
-                raise ValueError(f"unknown engine {name!r} (fast | easynmt)")
-        except Exception:
-            log.exception("translation engine %r unavailable; pairs it would serve fall back or report errors", name)
+            engines.append(build())
+        except ImportError as exc:  # not installed: looking again will not help
+            log.error("translation engine %r unavailable: %s", name, exc)
+            engines.append(Unavailable(name, f"not installed ({exc})", None, 0.0))
+        except Exception as exc:  # a model that could not be fetched: looked for again in the background
+            engine = Unavailable(name, "", build, cfg.mt_retry_s)
+            engine.reason = f"could not load ({exc.__class__.__name__}: {str(exc)[:200]})"
+            log.error("translation engine %r unavailable, retried every %.0f s: %s", name, cfg.mt_retry_s,
+                      engine.reason)
+            engines.append(engine)
     return engines
+
+
+def _fast() -> Engine:
+    from actors.translator.fast import FastTranslateEngine
+
+    return FastTranslateEngine()
+
+
+def _easynmt(cfg: TranslatorSettings) -> Callable[[], Engine]:
+    def build() -> Engine:
+        from actors.translator.opus import EasyNmtEngine
+
+        return EasyNmtEngine(
+            model=cfg.easynmt_model, opus_mt_dir=cfg.opus_mt_dir, cache_folder=cfg.easynmt_cache,
+            max_loaded_pairs=cfg.mt_max_loaded_pairs, device=cfg.mt_device, beam_size=cfg.mt_beam_size,
+            batch_size=cfg.mt_max_batch, retry_s=cfg.mt_retry_s,
+        )
+
+    return build
 
 
 def result_subject(t: Transcript) -> str:
@@ -109,6 +144,7 @@ class TranslatorActor(Actor):
         # session → (utterance, last partial text, stable prefix last translated, when)
         self._partials: OrderedDict[str, tuple[int, str, str, float]] = OrderedDict()
         self._published = 0
+        self._wanted: OrderedDict[tuple[str, str], None] = OrderedDict()  # pairs asked for that nothing served
 
     async def start(self) -> None:
         engines = self._engines if self._engines is not None else await asyncio.to_thread(build_engines, self.cfg)
@@ -121,7 +157,45 @@ class TranslatorActor(Actor):
         self._watch = asyncio.create_task(self.view.watch(kv), name="translator.listeners")
         await asyncio.wait_for(self.view.synced.wait(), timeout=10)
         await self._preload()
-        log.info("translator ready: engines %s, pivot %r", [e.name for e in engines] or "none", self.cfg.mt_pivot)
+        served = self.translation()
+        log.info("translator ready: engines %s, pivot %r; serving %s", [e.name for e in engines] or "none",
+                 self.cfg.mt_pivot, ", ".join(f"{p.source}→{p.target} ({p.engine})" for p in served.pairs
+                                              if p.available) or "no pair")
+
+    def translation(self) -> TranslationCatalog:
+        """What this instance's engines serve now (announced in its heartbeat, read by the edge)."""
+        engines = self.service.engines() if self.service is not None else []
+        return catalog(engines, self.service.router.pivot if self.service else "", set(self._wanted))
+
+    async def _look_again(self) -> None:
+        """Every `mt_retry_s`: engines that were not there are built again, hubs asked again, weights rescanned;
+        when that changes what is served, routes are recomputed and the heartbeat announces it now."""
+        while True:
+            await asyncio.sleep(max(1.0, self.cfg.mt_retry_s))
+            if self.service is not None and await self.refresh_engines():
+                self.announce_now.set()
+
+    async def refresh_engines(self) -> bool:
+        """One look (see `_look_again`); True when what is served changed."""
+        assert self.service is not None
+        engines, changed = self.service.engines(), False
+        for i, engine in enumerate(list(engines)):
+            if not isinstance(engine, Described):
+                continue
+            try:
+                moved = await asyncio.to_thread(engine.refresh)
+            except Exception as exc:
+                log.warning("%s: looking again failed: %s", engine.name, exc)
+                continue
+            if isinstance(engine, Unavailable) and engine.built is not None:
+                engines[i] = engine.built
+                log.info("translation engine %s is available now", engine.name)
+            changed = changed or moved
+        if changed:
+            self.service.router.reset()
+            log.info("translation pairs now served: %s", ", ".join(
+                f"{p.source}→{p.target} ({p.engine})" for p in self.translation().pairs if p.available) or "none")
+        return changed
 
     async def _preload(self) -> None:
         assert self.service is not None
@@ -132,18 +206,21 @@ class TranslatorActor(Actor):
                 log.info("preloaded %s", pair)
             except TranslationError as exc:
                 log.error("preloading %s failed: %s", pair, exc)
+                self._want(normalize(src), normalize(tgt))
 
     async def run(self) -> None:
         stats = asyncio.create_task(self._log_stats(), name="translator.stats")
+        look = asyncio.create_task(self._look_again(), name="translator.retry")
         try:
             await self.loop.run()
             if self._tasks:  # drain: finish what was taken before returning
                 await asyncio.gather(*self._tasks, return_exceptions=True)
         finally:
             stats.cancel()
+            look.cancel()
             if self._watch is not None:
                 self._watch.cancel()
-            await asyncio.gather(stats, *([self._watch] if self._watch else []), return_exceptions=True)
+            await asyncio.gather(stats, look, *([self._watch] if self._watch else []), return_exceptions=True)
             if self.service is not None:
                 await self.service.close()
             for engine in self.service.engines() if self.service else []:
@@ -241,9 +318,20 @@ class TranslatorActor(Actor):
                 errors[tgt] = ErrorKind.ENGINE_FAILED.value
         for tgt in translations:
             TRANSLATIONS.labels(src, normalize(tgt)).inc()
-        for code in errors.values():
+        for tgt, code in errors.items():
             TRANSLATION_ERRORS.labels(code).inc()
+            if code == ErrorKind.UNSUPPORTED_PAIR.value:
+                self._want(src, normalize(tgt))
         return translations, errors
+
+    def _want(self, src: str, tgt: str) -> None:
+        """A pair asked for that nothing serves: announced (with why) so `GET /v1/languages` shows it."""
+        if (src, tgt) in self._wanted:
+            return
+        self._wanted[(src, tgt)] = None
+        while len(self._wanted) > MAX_WANTED:
+            self._wanted.popitem(last=False)
+        self.announce_now.set()
 
     async def _log_stats(self) -> None:
         while True:

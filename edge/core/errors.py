@@ -26,6 +26,7 @@ class ErrorCode(enum.StrEnum):
     UNSUPPORTED_LANGUAGE = "unsupported_language"
     INVALID_SESSION_ID = "invalid_session_id"
     INVALID_TARGETS = "invalid_targets"
+    UNSUPPORTED_PAIR = "unsupported_pair"  # a target no translator serves (from the session's language)
     INVALID_CONFIGURE = "invalid_configure"
     INVALID_SUBSCRIBE = "invalid_subscribe"
     UNKNOWN_CHANNEL = "unknown_channel"
@@ -57,6 +58,7 @@ CLOSE_FOR: dict[ErrorCode, Close | None] = {
     ErrorCode.UNSUPPORTED_LANGUAGE: Close.UNSUPPORTED_DATA,
     ErrorCode.INVALID_SESSION_ID: Close.POLICY,
     ErrorCode.INVALID_TARGETS: Close.POLICY,
+    ErrorCode.UNSUPPORTED_PAIR: Close.UNSUPPORTED_DATA,  # at start; at configure it is reported (keep_open)
     ErrorCode.INVALID_CONFIGURE: None,  # reported; the session goes on with its previous settings
     ErrorCode.INVALID_SUBSCRIBE: None,  # reported; a listener keeps its channel (if any)
     ErrorCode.UNKNOWN_CHANNEL: None,
@@ -82,14 +84,18 @@ CLOSE_FOR: dict[ErrorCode, Close | None] = {
 
 
 class ProtocolError(Exception):
-    def __init__(self, code: ErrorCode, message: str) -> None:
+    """`keep_open`: reported, and the session goes on, whatever the code does elsewhere (a `configure` refused
+    for a reason that refuses a `start`, say)."""
+
+    def __init__(self, code: ErrorCode, message: str, keep_open: bool = False) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.keep_open = keep_open
 
     @property
     def close(self) -> Close | None:
-        return CLOSE_FOR[self.code]
+        return None if self.keep_open else CLOSE_FOR[self.code]
 
     def to_json(self) -> dict[str, Any]:
         return {"type": "error", "code": self.code.value, "message": self.message}

@@ -107,6 +107,8 @@ class LiveSession:
         if current is not None and not resuming:
             raise ProtocolError(ErrorCode.SESSION_IN_USE, f"session {sid} is already streaming")
         if not resuming:
+            # A target no translator serves is refused now, not held and sent back untranslated with every final.
+            await s.translations.check(start.language, start.targets)
             await s.admission.admit(self.token, start.language)
         # Claimed before anything of this connection is set: a refused start leaves the session untouched.
         epoch = await self._attach(sid, start)
@@ -235,6 +237,9 @@ class LiveSession:
         """Takes effect from the next utterance (one already being transcribed keeps its settings). `confirm` gets
         the whole new configuration before any result is rendered with it, never after one."""
         assert self.start is not None
+        if c.targets is not None or c.language is not None:  # refused whole: the session keeps its settings
+            await self.services.translations.check(self.start.language if c.language is None else c.language,
+                                                   self.targets if c.targets is None else c.targets, keep_open=True)
         if c.language is not None and c.language != self.start.language:
             self.start = dataclasses.replace(self.start, language=c.language)
             await self._record(self.phase.value)

@@ -16,6 +16,7 @@ from edge.core.pipeline import Pipeline
 from edge.core.records import Channels, Listeners, Sessions
 from edge.core.registry import Registry
 from edge.core.resume import Detached
+from edge.core.translation import Translations
 from edge.settings import EdgeSettings
 
 
@@ -33,6 +34,7 @@ class Services:
     detached: Detached
     metrics: EdgeMetrics
     files: FileJobs
+    translations: Translations  # which pairs the translators serve: targets are checked against it
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     @classmethod
@@ -42,7 +44,8 @@ class Services:
         return cls(cfg=cfg, bus=bus, instance=instance, registry=registry, admission=Admission(bus, cfg, registry),
                    sessions=sessions, listeners=listeners, channels=Channels(bus), pipeline=pipeline,
                    detached=Detached(sessions, listeners, pipeline, cfg.resume_grace_s), metrics=metrics,
-                   files=FileJobs(cfg, pipeline, sessions, listeners, metrics, instance))
+                   files=FileJobs(cfg, pipeline, sessions, listeners, metrics, instance),
+                   translations=Translations(bus))
 
     def background(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """A task owned by the edge (kept referenced until done, awaited on close): connection clean-ups that

@@ -98,6 +98,14 @@ class Options:
                    stream in ("true", "1"))
 
 
+async def _served(services: Services, language: str, targets: tuple[str, ...]) -> None:
+    """A source language no translator takes into English is a 400 now, before the file is transcribed (with
+    `language` unset, when nothing translates into English at all)."""
+    why = (await services.translations.unserved(language, targets)).get("en")
+    if why is not None:
+        raise invalid(why, "language" if language != "auto" else "", "unsupported_pair")
+
+
 def _english(cues: list[Cue], language: str) -> list[Cue]:
     """The cues' English translations (for `translations`); an unserved source language is a 400."""
     if language == "en":
@@ -105,7 +113,7 @@ def _english(cues: list[Cue], language: str) -> list[Cue]:
     missing = [c for c in cues if "en" not in c.translations]
     if missing:
         raise invalid(f"translation from {language!r} into English is not served by this server's "
-                          "translation engines", "file", "unsupported_language")
+                          "translation engines (GET /v1/languages lists the pairs served)", "file", "unsupported_pair")
     return [Cue(c.start, c.end, c.translations["en"], [], {}) for c in cues]
 
 
@@ -133,8 +141,9 @@ async def handle(services: Services, request: web.Request, task: str) -> web.Str
     async with files.upload() as up:
         fields = await upload.multipart(request, up)
         opts = Options.parse(fields)
-        duration = await up.duration()
         targets = ("en",) if task == "translate" else ()
+        await _served(services, opts.language, targets)
+        duration = await up.duration()
         if opts.stream:
             return await _stream(services, request, up.path, opts, targets, task)
         cues, language = await files.transcribe(up.path, opts.language, targets, opts.prompt,

@@ -11,6 +11,7 @@ accepted and ignored, and what is refused.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -103,6 +104,7 @@ class SpeechmaticsSession(SocketSession):
         self.seq_no = 0  # AddAudio messages received
         self.warned: set[str] = set()  # translation targets already reported as unsupported
         self.no_targets = False  # a translation_config without target_languages: warned after RecognitionStarted
+        self.unserved: dict[str, str] = {}  # target → why no translator serves it: warned after RecognitionStarted
 
     # ------------------------------------------------------------------ errors
     def translate(self, err: ProtocolError) -> ProtocolError:
@@ -124,7 +126,7 @@ class SpeechmaticsSession(SocketSession):
         if kind == "StartRecognition":
             if self.phase is not Phase.AWAIT_START:
                 raise SpeechmaticsError("protocol_error", "StartRecognition was already received")
-            await self.begin(self._parse_start(msg))
+            await self.begin(await self._served(self._parse_start(msg)))
         elif kind == "EndOfStream":
             if self.phase is Phase.AWAIT_START:
                 raise SpeechmaticsError("protocol_error", "EndOfStream before StartRecognition")
@@ -203,6 +205,15 @@ class SpeechmaticsSession(SocketSession):
         # The pipeline gets PCM: a file decoded to 16 kHz s16le, mulaw expanded to s16le at the client's rate.
         return Start(rate, encoding, language, None, targets, translate_partials, codec=codec)
 
+    async def _served(self, start: Start) -> Start:
+        """Targets no translator serves are dropped now and each gets Speechmatics' `unsupported_translation_pair`
+        Warning right after RecognitionStarted (the session goes on, as at Speechmatics), not a late one with the
+        first final."""
+        self.unserved = await self.services.translations.unserved(start.language, start.targets)
+        if not self.unserved:
+            return start
+        return dataclasses.replace(start, targets=tuple(t for t in start.targets if t not in self.unserved))
+
     def _session_options(self, config: dict[str, Any]) -> None:
         partials = config.get("enable_partials", self.enable_partials)
         if not isinstance(partials, bool):
@@ -220,6 +231,9 @@ class SpeechmaticsSession(SocketSession):
             "language_pack_info": {"adapted": False, "itn": False, "language_description": started.start.language,
                                    "word_delimiter": " ", "writing_direction": "left-to-right"},
         })
+        for target, why in self.unserved.items():
+            self.warned.add(target)
+            await self.ws.send_json({"message": "Warning", "type": "unsupported_translation_pair", "reason": why})
         if self.no_targets:
             await self.ws.send_json({"message": "Warning", "type": "empty_translation_target_list",
                                      "reason": "translation_config has no target_languages: nothing is translated"})

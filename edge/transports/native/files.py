@@ -61,11 +61,19 @@ class FileRoutes:
         async with self.files.upload() as up:
             fields = await upload.multipart(request, up)
             fmt, language, stream, targets = _options(fields)
+            await self._served(language, targets)
             duration = await up.duration()
             if stream:
                 return await self._sse(request, up.path, language, targets, fmt, duration)
             cues, lang = await self.files.transcribe(up.path, language, targets, owner=request.get(auth.TOKEN, ""))
             return _body(*render(cues, fmt, lang, duration))
+
+    async def _served(self, language: str, targets: tuple[str, ...]) -> None:
+        """A target no translator serves is a 400 now, before the file is transcribed without it."""
+        try:
+            await self.services.translations.check(language, targets)
+        except ProtocolError as err:
+            raise ApiError(400, err.code.value, err.message, "targets") from None
 
     async def _sse(self, request: web.Request, path: str, language: str, targets: tuple[str, ...], fmt: str,
                    duration: float) -> web.StreamResponse:
@@ -96,6 +104,7 @@ class FileRoutes:
                     raise ApiError(400, "invalid_start", 'send {"type":"file"} first')
                 language = parse_language(first.get("language", "auto"), ErrorCode.UNSUPPORTED_LANGUAGE)
                 targets = parse_targets(first.get("targets", []), ErrorCode.INVALID_TARGETS)
+                await self._served(language, targets)
                 chunks: asyncio.Queue[bytes] = asyncio.Queue()
 
                 async def read(_: int) -> bytes:

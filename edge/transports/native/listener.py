@@ -143,6 +143,8 @@ class ChannelListener:
             await self.fail(ProtocolError(ErrorCode.UNKNOWN_CHANNEL,
                                           f"no channel {sub.channel!r} (see GET /v1/channels)"))
             return
+        if sub.targets is not None and not await self._served(record.language, sub.targets):
+            return
         await self._leave()
         self.channel = record
         self.targets = sub.targets if sub.targets is not None else record.targets
@@ -174,7 +176,20 @@ class ChannelListener:
             self.deliver_result(r)
         log.info("listener %s: on %s (%d replayed)", self.listener_id, record.name, len(replayed))
 
+    async def _served(self, language: str, targets: tuple[str, ...]) -> bool:
+        """False (and `unsupported_pair` reported; the listener keeps what it had) for a target no translator
+        serves from the channel's language."""
+        try:
+            await self.services.translations.check(language, targets, keep_open=True)
+        except ProtocolError as err:
+            await self.fail(err)
+            return False
+        return True
+
     async def _configure(self, targets: tuple[str, ...] | None, partials: bool | None) -> None:
+        if targets is not None and self.channel is not None and not await self._served(self.channel.language,
+                                                                                        targets):
+            return
         if targets is not None:
             self.targets = targets
         if partials is not None:

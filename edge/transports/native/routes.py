@@ -45,6 +45,7 @@ class NativeRoutes:
             web.get("/healthz", self.healthz),
             web.get("/readyz", self.readyz),
             web.get("/v1/channels", self.list_channels),
+            web.get("/v1/languages", self.languages),
             web.get("/metrics", self.metrics),
             *FileRoutes(self.services).routes(),
         ]
@@ -75,6 +76,11 @@ class NativeRoutes:
                         "session_id": lease.session_id if lease else None,
                         "listeners_here": self.hub.listeners(record.name)})
         return web.json_response({"channels": out})
+
+    async def languages(self, request: web.Request) -> web.Response:
+        """The translation pairs served now (by which engine, quality where measured), and engines that are not
+        there with why: what a `start`'s `targets` are checked against."""
+        return web.json_response(await self.services.translations.languages())
 
     async def metrics(self, request: web.Request) -> web.Response:
         metrics = self.services.metrics

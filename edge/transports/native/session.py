@@ -42,7 +42,12 @@ class NativeSession(SocketSession):
             case Configure():
                 if phase is Phase.AWAIT_START:
                     raise ProtocolError(ErrorCode.INVALID_START, 'send {"type":"start"} first')
-                await self.live.configure(message, self._configured)
+                try:
+                    await self.live.configure(message, self._configured)
+                except ProtocolError as err:  # refused (an unserved target): reported, the session goes on
+                    if err.close is not None:
+                        raise
+                    await self.fail(err)
             case Stop():
                 if phase is Phase.AWAIT_START:
                     raise ProtocolError(ErrorCode.INVALID_START, 'send {"type":"start"} first')
