@@ -352,7 +352,12 @@ class SttActor(Actor):
                 todo.append(d)
         if todo:
             waiting = sum(not d.msg.speculative for d in self._finals)
-            quality = self._final_quality(len(todo) + waiting)
+            window, beam, context = self._final_quality(len(todo) + waiting)
+            if any(d.msg.endpoint is Endpoint.FLUSH for d in todo):
+                # A client waits on this one (a voice agent's turn), and no early decode ran during a pause: the
+                # fitted window decodes it in half the full window's time (docs/benchmarks.md#flush).
+                window = min(window, self.cfg.loaded_window_s)
+            quality = (window, beam, context)
             firsts = self._first_partials(todo)  # published before their finals, so they are shown
             await self._transcribe(self.final_lane, firsts + todo, *quality)
 
