@@ -1,0 +1,290 @@
+"""Power-loss harness: are the finals a client was sent still stored after the power goes?
+
+    python -m loadtest.powerloss [--quick] [--crashes 6] [--sessions 3] [--sync always|120s|default]
+
+`tolk up` runs with its JetStream store on loadtest/lazyfs.py, a FUSE file system that keeps every write in
+memory until it is fsynced, as a page cache does. Real speech streams through the edge as sessions; at a random
+moment the power goes: nats-server, the file system's process (with every unsynced write) and the rest of
+`tolk up` are SIGKILLed together. Then the file system is mounted again over what reached the "disk", `tolk up`
+restarts on it, and every final any client was sent in any round so far is looked up in TOLK_RESULTS (what
+resume and replay serve) and every session record in tolk_sessions. A final missing there is lost; one stored
+twice (two results for one utterance) is duplicated. The next round streams on the restarted system.
+
+`--sync` picks JetStream's sync_interval (TOLK_NATS_SYNC): `always` is Tolk's policy; `default` is NATS's own
+default, `2m` (what Tolk ran before the policy). The report is saved under loadtest/reports/; the last line printed is
+`acknowledged=N lost=L duplicated=D`. Needs /dev/fuse and fusermount3 (Debian fuse3) and root or fuse rights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import nats.js.errors
+import psutil
+
+import nats
+from loadtest.lazyfs import Mount
+from loadtest.mic import command, machine, mic_stream, save_report
+from loadtest.ports import free_port
+from loadtest.speech import clips
+from schemas import DecodeError, ResultKind, SessionRecord, Transcript, decode
+
+SAMPLE_RATE = 16000
+CHUNK_MS = 100
+
+
+@dataclass
+class Final:
+    session_id: str
+    utterance_id: int
+    text: str
+    round: int
+
+
+@dataclass
+class Round:
+    crash_after_s: float
+    sessions: int
+    finals_sent: int = 0  # to clients, this round
+    restart_s: float = 0.0  # power back → `tolk up` ready again
+    lost: int = 0  # cumulative check after this round's restart
+    duplicated: int = 0
+    records_lost: int = 0
+    lost_examples: list[str] = field(default_factory=list)
+
+
+class Tolk:
+    """`tolk up` (no NATS auth: the harness reads the store directly) with its store on a LazyFS mount."""
+
+    def __init__(self, root: Path, sync: str) -> None:
+        self.data = root / "data"
+        self.mount = Mount(root / "disk", self.data / "jetstream")
+        self.sync = sync
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.port = self.nats_port = 0
+
+    def start(self, timeout: float = 300.0) -> float:
+        t0 = time.monotonic()
+        self.mount.start()
+        self.port, self.nats_port = free_port(), free_port()
+        env = {k: v for k, v in os.environ.items() if k != "TOLK_NATS_SYNC"}
+        args = [str(Path(sys.executable).parent / "tolk"), "up", "--data-dir", str(self.data), "--port",
+                str(self.port), "--nats-port", str(self.nats_port), "--no-nats-auth"]
+        args += ["--nats-sync", "2m" if self.sync == "default" else self.sync]
+        log = open(self.data / "tolk-up.log", "ab")
+        self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError):
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/readyz", timeout=2) as r:
+                    if r.status == 200:
+                        return time.monotonic() - t0
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.5)
+        self.power_loss()
+        raise SystemExit(f"tolk up did not become ready; see {self.data / 'tolk-up.log'}")
+
+    @property
+    def ws(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/v1/listen"
+
+    @property
+    def nats_url(self) -> str:
+        return f"nats://127.0.0.1:{self.nats_port}"
+
+    def power_loss(self) -> None:
+        """Everything dies at once: nats-server first, the file system (and its unsynced writes) right after,
+        then every other process of `tolk up`. Nothing gets a SIGTERM it could flush on."""
+        if not self.proc:
+            return
+        try:
+            tree = [self.proc.pid, *(p.pid for p in psutil.Process(self.proc.pid).children(recursive=True))]
+        except psutil.NoSuchProcess:
+            tree = []
+        servers = [pid for pid in tree if _is_nats(pid)]
+        for pid in servers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.mount.crash()
+        for pid in tree:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.proc.wait()
+        for pid in tree:  # reap-free wait: the children were the supervisor's
+            with contextlib.suppress(psutil.NoSuchProcess):
+                psutil.Process(pid).wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=60)
+            if self.proc.poll() is None:
+                self.power_loss()
+        self.mount.close()
+
+
+def _is_nats(pid: int) -> bool:
+    with contextlib.suppress(psutil.Error):
+        return "nats-server" in " ".join(psutil.Process(pid).cmdline()[:1])
+    return False
+
+
+async def stream(url: str, pcm: bytes, sent: list[Final], rnd: int) -> None:
+    """One client at real-time pace; every final it is sent is recorded the moment it arrives. Ends quietly
+    when the server dies under it."""
+    step = SAMPLE_RATE * CHUNK_MS // 1000 * 2
+    with contextlib.suppress(aiohttp.ClientError, ConnectionError, asyncio.TimeoutError, RuntimeError):
+        async with aiohttp.ClientSession() as http, http.ws_connect(url, max_msg_size=0) as ws:
+            await ws.send_json({"type": "start", "sample_rate": SAMPLE_RATE, "encoding": "pcm_s16le",
+                                "language": "en"})
+
+            async def reader() -> None:
+                async for msg in ws:
+                    if msg.type != aiohttp.WSMsgType.TEXT:
+                        continue
+                    data = json.loads(msg.data)
+                    if data.get("type") == "final":
+                        sent.append(Final(data["session_id"], data["utterance_id"], data.get("text", ""), rnd + 1))
+
+            task = asyncio.create_task(reader())
+            t0 = time.monotonic()
+            for i, off in enumerate(range(0, len(pcm), step)):
+                await asyncio.sleep(max(0.0, t0 + i * CHUNK_MS / 1000 - time.monotonic()))
+                await ws.send_bytes(pcm[off:off + step])
+            await ws.send_json({"type": "stop"})
+            await asyncio.wait_for(task, 60)
+
+
+async def stored(nats_url: str) -> tuple[Counter[tuple[str, int]], set[str]]:
+    """Finals per (session, utterance) in TOLK_RESULTS, and the session ids tolk_sessions holds."""
+    nc = await nats.connect(nats_url, connect_timeout=10)
+    try:
+        js = nc.jetstream()
+        finals: Counter[tuple[str, int]] = Counter()
+        info = await js.stream_info("TOLK_RESULTS")
+        for seq in range(max(1, info.state.first_seq), info.state.last_seq + 1 if info.state.messages else 1):
+            try:
+                msg = await js.get_msg("TOLK_RESULTS", seq)
+            except nats.js.errors.NotFoundError:
+                continue
+            with contextlib.suppress(DecodeError):
+                t = decode(msg.data or b"", Transcript)
+                if t.kind == ResultKind.FINAL:
+                    finals[(t.session_id, t.utterance_id)] += 1
+        kv = await js.key_value("tolk_sessions")
+        records: set[str] = set()
+        # Keys from STREAM.INFO, not kv.keys() (which can list short: see Bus.kv_keys).
+        prefix = "$KV.tolk_sessions."
+        listing = await js.stream_info("KV_tolk_sessions", subjects_filter=f"{prefix}>")
+        for subject in listing.state.subjects or {}:
+            with contextlib.suppress(nats.js.errors.KeyNotFoundError, DecodeError):
+                entry = await kv.get(subject.removeprefix(prefix))
+                if entry.value:
+                    records.add(decode(entry.value, SessionRecord).session_id)
+        return finals, records
+    finally:
+        await nc.close()
+
+
+def check(sent: list[Final], finals: Counter[tuple[str, int]], records: set[str], r: Round) -> None:
+    seen = {(f.session_id, f.utterance_id): f for f in sent}
+    lost = [f for key, f in seen.items() if finals[key] == 0]
+    r.lost, r.duplicated = len(lost), sum(1 for key in seen if finals[key] > 1)
+    r.records_lost = len({f.session_id for f in sent} - records)
+    r.lost_examples = [f"{f.session_id[:8]}/u{f.utterance_id} (round {f.round}): {f.text[:40]!r}" for f in lost[:5]]
+
+
+async def run(args: argparse.Namespace) -> int:
+    cs = list(clips("en"))
+    rng = random.Random(args.seed)
+    rounds: list[Round] = []
+    sent: list[Final] = []
+    with tempfile.TemporaryDirectory(prefix="tolk-powerloss-") as tmp:
+        tolk = Tolk(Path(tmp), args.sync)
+        try:
+            tolk.start()
+            for rnd in range(args.crashes):
+                r = Round(crash_after_s=rng.uniform(*args.crash_window), sessions=args.sessions)
+                rounds.append(r)
+                before = len(sent)
+                pcms = [mic_stream(cs, rnd * args.sessions + i, args.seconds)[0] for i in range(args.sessions)]
+                tasks = [asyncio.create_task(stream(tolk.ws, pcm, sent, rnd)) for pcm in pcms]
+                await asyncio.sleep(r.crash_after_s)
+                tolk.power_loss()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                r.finals_sent = len({(f.session_id, f.utterance_id) for f in sent[before:]})
+                r.restart_s = tolk.start()
+                check(sent, *await stored(tolk.nats_url), r)
+                print(f"round {rnd + 1}/{args.crashes}: crash at {r.crash_after_s:.1f} s, {r.finals_sent} finals "
+                      f"sent; after restart ({r.restart_s:.0f} s) lost {r.lost}, duplicated {r.duplicated}, "
+                      f"session records lost {r.records_lost}", flush=True)
+        finally:
+            tolk.stop()
+    acknowledged = len({(f.session_id, f.utterance_id) for f in sent})
+    last = rounds[-1] if rounds else Round(0.0, 0)
+    report = render(args, rounds, acknowledged, last)
+    save_report(args.name, report, {"rounds": [r.__dict__ for r in rounds], "acknowledged": acknowledged,
+                                    "lost": last.lost, "duplicated": last.duplicated})
+    print(f"acknowledged={acknowledged} lost={last.lost} duplicated={last.duplicated}")
+    return 0
+
+
+def render(args: argparse.Namespace, rounds: list[Round], acknowledged: int, last: Round) -> str:
+    sync = "`2m` (NATS's default)" if args.sync == "default" else f"`{args.sync}`"
+    lines = [
+        "# Tolk power-loss harness", "",
+        f"- command: `{command('loadtest.powerloss')}`",
+        f"- machine: {machine()}",
+        f"- JetStream sync_interval: {sync}; store on loadtest/lazyfs.py (unsynced writes vanish at the crash)",
+        f"- {args.sessions} sessions of real speech per round; crash at a random {args.crash_window[0]:.0f}–"
+        f"{args.crash_window[1]:.0f} s into the round; every final sent so far checked after each restart", "",
+        "| round | crash at (s) | finals sent | restart (s) | lost (cumulative) | duplicated | session records lost |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for i, r in enumerate(rounds, 1):
+        lines.append(f"| {i} | {r.crash_after_s:.1f} | {r.finals_sent} | {r.restart_s:.0f} | {r.lost} | "
+                     f"{r.duplicated} | {r.records_lost} |")
+    lines += ["", f"Finals clients were sent: **{acknowledged}**; lost: **{last.lost}**; "
+                  f"duplicated: **{last.duplicated}**; session records lost: **{last.records_lost}**."]
+    if last.lost_examples:
+        lines += ["", "Lost, for example: " + "; ".join(last.lost_examples)]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="3 crashes of 2 sessions (under 10 minutes)")
+    p.add_argument("--crashes", type=int, default=8)
+    p.add_argument("--sessions", type=int, default=3)
+    p.add_argument("--seconds", type=float, default=60.0, help="audio per session and round")
+    p.add_argument("--crash-window", type=float, nargs=2, default=[8.0, 40.0], metavar=("FROM", "TO"),
+                   help="seconds into a round the power goes, drawn uniformly")
+    p.add_argument("--sync", default="always", help="JetStream sync_interval: always, a duration, or default")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--name", default=None, help="report name (default: powerloss-<sync>)")
+    args = p.parse_args()
+    if args.quick:
+        args.crashes, args.sessions = min(args.crashes, 3), min(args.sessions, 2)
+    args.name = args.name or f"powerloss-{args.sync}"
+    return asyncio.run(run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
