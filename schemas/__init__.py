@@ -7,6 +7,9 @@ versions it does not know instead of guessing at fields.
 
 from schemas.codec import DecodeError, decode, encode
 from schemas.messages import (
+    ENDPOINT_MS_RANGE,
+    MAX_UTTERANCE_S_RANGE,
+    NO_ENDPOINT,
     SCHEMA_VERSION,
     ActorHeartbeat,
     AudioChunk,
@@ -30,6 +33,9 @@ from schemas.messages import (
 from schemas.translation import TranslationCatalog, TranslationEngine, TranslationPair
 
 __all__ = [
+    "ENDPOINT_MS_RANGE",
+    "MAX_UTTERANCE_S_RANGE",
+    "NO_ENDPOINT",
     "SCHEMA_VERSION",
     "ActorHeartbeat",
     "AudioChunk",

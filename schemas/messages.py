@@ -53,6 +53,13 @@ def results_subject(stream_id: str) -> str:
     return f"tolk.session.{stream_id}.out"
 
 
+# Per-session endpointing (AudioChunk.endpoint_ms, .max_utterance_s): the bounds every API validates against and
+# the segmenter clamps to. Outside them a session would either never get a final or get one per breath.
+ENDPOINT_MS_RANGE = (100, 5000)
+MAX_UTTERANCE_S_RANGE = (2.0, 30.0)
+NO_ENDPOINT = -1  # endpoint_ms: silence never ends an utterance (Deepgram `endpointing=false`)
+
+
 class _Msg(msgspec.Struct, kw_only=True, frozen=True):
     """Base: unknown fields are tolerated so a newer producer can add optional ones."""
 
@@ -81,6 +88,11 @@ class AudioChunk(_Msg, frozen=True):
     # The client asked for the open utterance's final now (empty `data`): it travels with the audio, so it cuts
     # exactly where the client sent it and a replayed stream cuts at the same sample.
     flush: bool = False
+    # The session's endpointing (0: the server's TOLK_ENDPOINT_MS / TOLK_MAX_UTTERANCE_S; NO_ENDPOINT: pauses
+    # never end an utterance, only the cap, a flush or stop). On every chunk, like `language`: a replay after a
+    # segmenter crash re-applies them. The segmenter applies a change from the next utterance.
+    endpoint_ms: int = 0
+    max_utterance_s: float = 0.0
 
 
 class Segment(_Msg, frozen=True):

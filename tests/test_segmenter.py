@@ -262,3 +262,81 @@ def test_int16_audio_reaches_stt_sample_for_sample() -> None:
     assert to_int16_bytes(decode_pcm(sent.tobytes(), Encoding.PCM_S16LE)) == sent.tobytes()
     assert np.frombuffer(to_int16_bytes(np.array([1.5, -1.5, 0.49 / 32768], np.float32)), "<i2").tolist() == [
         32767, -32768, 0]
+
+
+# ---------------------------------------------------------------------------------------- per-session endpointing
+def run_session(silero: SileroModel, audio: np.ndarray, endpoint_ms: int = 0, max_utterance_s: float = 0.0,
+                cfg: SegmenterConfig | None = None, chunk: int = 512) -> list[tuple[float, Cut]]:
+    """As the actor runs a session: every chunk carries the session's endpointing. Each cut with the stream
+    time it came out at."""
+    seg = UtteranceSegmenter(DualVad(WebRtcStream(2), silero.stream(0.5), Vote.AND), cfg)
+    out: list[tuple[float, Cut]] = []
+    for i in range(0, len(audio), chunk):
+        seg.endpointing(endpoint_ms, max_utterance_s)
+        out += [((i + chunk) / 16000, c) for c in seg.push(audio[i : i + chunk], wall=i / 16000)]
+    out += [(len(audio) / 16000, c) for c in seg.flush(wall=len(audio) / 16000)]
+    return out
+
+
+def test_session_endpoint_is_the_config_endpoint(silero: SileroModel) -> None:
+    """A session's endpoint_ms segments exactly as the server-wide setting would."""
+    audio = samples(clip("en_jfk"))
+    for ms in (300, 1500):
+        mine = [(c.start, c.end, c.endpoint) for _, c in run_session(silero, audio, ms) if c.final]
+        server = [(c.start, c.end, c.endpoint) for c in finals(run(silero, audio, SegmenterConfig(endpoint_ms=ms),
+                                                                   chunk=512)[0])]
+        assert mine == server
+
+
+def test_a_short_session_endpoint_makes_more_shorter_finals(silero: SileroModel) -> None:
+    """300 ms vs 1500 ms on the same speech: more, shorter finals, and none before its pause has run out."""
+    audio = samples(clip("en_librispeech_2412"))
+    short, long = ([(at, c) for at, c in run_session(silero, audio, ms) if c.final] for ms in (300, 1500))
+    assert len(short) > len(long) >= 1
+    assert np.mean([c.end - c.start for _, c in short]) < np.mean([c.end - c.start for _, c in long])
+    for ms, fs in ((300, short), (1500, long)):
+        for at, c in fs:
+            if c.endpoint.value == "silence" and c.end - c.speech_start < SegmenterConfig().shrink_after_s:
+                assert at - c.end >= ms / 1000 - 0.033, (ms, c.end, at)  # within a frame
+
+
+def test_an_endpoint_change_applies_from_the_next_utterance(silero: SileroModel) -> None:
+    """The open utterance keeps the thresholds it started with (and the speculative cut sent under them)."""
+    audio = samples(clip("en_jfk"))
+    seg = UtteranceSegmenter(DualVad(WebRtcStream(2), silero.stream(0.5), Vote.AND))
+    cuts: list[Cut] = []
+    for i in range(0, len(audio), 512):
+        if seg.is_open and seg.utterance_id == 1:
+            seg.endpointing(1500)  # asked for during the first utterance
+        cuts += seg.push(audio[i : i + 512], wall=i / 16000)
+    cuts += seg.flush(wall=len(audio) / 16000)
+    default = finals(run(silero, audio, chunk=512)[0])
+    assert finals(cuts)[0].end == default[0].end  # 500 ms still ended the first utterance
+    assert len(finals(cuts)) < len(default)  # 1500 ms the rest: JFK's pauses no longer end them
+
+
+def test_no_endpoint_ends_utterances_only_at_the_cap_flush_or_stop(silero: SileroModel) -> None:
+    """Deepgram's endpointing=false: pauses end nothing; the session's max_utterance_s cuts (at a pause when
+    the cap falls in one, never as a final of silence), a flush ends one at once, stop the last."""
+    speech = samples(clip("en_jfk"))
+    audio = np.concatenate([speech, np.zeros(16000 * 20, np.float32), speech])
+    out = run_session(silero, audio, endpoint_ms=-1, max_utterance_s=6.0)
+    f = [c for _, c in out if c.final]
+    assert not any(c.speculative for _, c in out)
+    assert {c.endpoint.value for c in f} <= {"max_duration", "stop"} and f[-1].endpoint.value == "stop"
+    assert all(c.end - c.start <= 6.0 + 1e-6 for c in f)
+    gap = (len(speech) / 16000 + 0.5, len(speech) / 16000 + 19.0)
+    assert not any(gap[0] < c.speech_start < gap[1] for c in f), "a final of the silence"
+    first_cap = next(c for c in f if c.endpoint.value == "max_duration")
+    assert first_cap.end - first_cap.speech_start >= 4.0  # a 500 ms endpoint would have ended it at 2.2 s
+
+    seg = UtteranceSegmenter(DualVad(WebRtcStream(2), silero.stream(0.5), Vote.AND))
+    seg.endpointing(-1, 6.0)
+    cuts = seg.push(speech[: 16000 * 3], wall=0.0) + seg.force_end()
+    assert [c.endpoint.value for c in finals(cuts)] == ["flush"]
+
+
+def test_session_max_utterance_caps_long_speech(silero: SileroModel) -> None:
+    audio = samples(clip("en_gb0_bush"))[: 16000 * 40]
+    f = [c for _, c in run_session(silero, audio, endpoint_ms=2000, max_utterance_s=4.0, chunk=1600) if c.final]
+    assert len(f) >= 8 and all(c.end - c.start <= 4.0 + 1e-6 for c in f)

@@ -376,6 +376,8 @@ class SegmenterActor(Actor):
         if not state.replaying:
             AUDIO_SECONDS.inc(len(pcm) / chunk.sample_rate)
         samples = state.resampler.push(pcm, last=chunk.end)[skip:]
+        # Every chunk carries the session's endpointing (a replay re-applies it): from the next utterance on.
+        state.segmenter.endpointing(chunk.endpoint_ms, chunk.max_utterance_s)
         cuts = state.segmenter.push(samples, chunk.received_at)
         if chunk.end:
             cuts += state.segmenter.flush(chunk.received_at)

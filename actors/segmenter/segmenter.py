@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from actors.segmenter.vad import FRAME, SAMPLE_RATE, VadStream
-from schemas import Endpoint
+from schemas import ENDPOINT_MS_RANGE, MAX_UTTERANCE_S_RANGE, NO_ENDPOINT, Endpoint
 
 FRAME_S = FRAME / SAMPLE_RATE
 
@@ -86,15 +86,10 @@ class UtteranceSegmenter:
         self.vad = vad
         self.cfg = cfg = config or SegmenterConfig()
         self.state = State.INACTIVE
-        self._endpoint = cfg.frames(cfg.endpoint_ms)
-        self._max = cfg.frames(cfg.max_utterance_s * 1000)
         self._lookback = cfg.frames(cfg.cap_lookback_s * 1000)
-        soft = cfg.soft_max_s if 0 < cfg.soft_max_s < cfg.max_utterance_s else 0.0
-        self._soft = cfg.frames(soft * 1000) if soft else 0
-        self._shrink_from = min(cfg.frames(cfg.shrink_after_s * 1000), self._soft) if soft else 0
-        self._endpoint_min = min(self._endpoint, cfg.frames(cfg.endpoint_min_ms)) if soft else self._endpoint
-        self._gap = min(self._endpoint_min, cfg.frames(cfg.gap_ms)) if soft else self._endpoint
-        self._gap_min = min(self._gap, cfg.frames(cfg.gap_min_ms)) if soft else self._endpoint
+        self._pad = cfg.frames(cfg.tail_pad_ms) if cfg.tail_pad_ms else 0
+        self._session = self._wanted_session = (0, 0.0)  # per-session endpointing (AudioChunk's; 0: the config's)
+        self._thresholds()
         self._gap_db = cfg.gap_db
         self._gap_db_min = min(cfg.gap_db, cfg.gap_db_min)
         self._partial = cfg.frames(cfg.partial_every_ms)
@@ -102,8 +97,6 @@ class UtteranceSegmenter:
         self._first_partial = cfg.frames(min(cfg.first_partial_ms, cfg.partial_every_ms))
         self._onset_frames = cfg.frames(cfg.onset_ms)
         self._min_speech = cfg.frames(cfg.min_speech_ms)
-        self._pad = cfg.frames(cfg.tail_pad_ms) if cfg.tail_pad_ms else 0
-        self._speculate = cfg.speculate and self._pad > 0
         self._reset_after = cfg.frames(cfg.vad_reset_ms)
         self._quiet_run = 0  # consecutive non-speech frames while INACTIVE
         self._pending = np.zeros(0, dtype=np.float32)
@@ -115,6 +108,46 @@ class UtteranceSegmenter:
         self._onset_run = 0
         self.utterance_id = 0
         self._reset_utterance()
+
+    def _thresholds(self) -> None:
+        """The frame counts that end an utterance, from the config and the session's endpointing. A session's
+        `max_utterance_s` scales the continuous-speech phases (shrink_after_s, soft_max_s) with it, so a short cap
+        still ends long speech at its gaps rather than at the cap's forced cut."""
+        cfg = self.cfg
+        endpoint_ms, max_s = self._session
+        lo, hi = MAX_UTTERANCE_S_RANGE
+        max_s = min(max(max_s, lo), hi) if max_s else cfg.max_utterance_s
+        scale = max_s / cfg.max_utterance_s
+        self._max = cfg.frames(max_s * 1000)
+        self._silence_ends = endpoint_ms != NO_ENDPOINT
+        if not self._silence_ends:  # only the cap, a flush or stop end an utterance: no soft phase, no gaps
+            self._endpoint = self._endpoint_min = self._gap = self._gap_min = self._max + 1
+            self._soft = self._shrink_from = 0
+            self._speculate = False  # no pause-ended final would reuse it
+            return
+        lo_ms, hi_ms = ENDPOINT_MS_RANGE
+        self._endpoint = cfg.frames(min(max(endpoint_ms, lo_ms), hi_ms) if endpoint_ms else cfg.endpoint_ms)
+        soft = cfg.soft_max_s * scale if 0 < cfg.soft_max_s < cfg.max_utterance_s else 0.0
+        self._soft = cfg.frames(soft * 1000) if soft else 0
+        self._shrink_from = min(cfg.frames(cfg.shrink_after_s * scale * 1000), self._soft) if soft else 0
+        self._endpoint_min = min(self._endpoint, cfg.frames(cfg.endpoint_min_ms)) if soft else self._endpoint
+        self._gap = min(self._endpoint_min, cfg.frames(cfg.gap_ms)) if soft else self._endpoint
+        self._gap_min = min(self._gap, cfg.frames(cfg.gap_min_ms)) if soft else self._endpoint
+        # An endpoint shorter than the tail pad ends the utterance before a speculative cut is due: none is sent.
+        self._speculate = cfg.speculate and self._pad > 0
+
+    def endpointing(self, endpoint_ms: int = 0, max_utterance_s: float = 0.0) -> None:
+        """The session's endpointing as its latest chunk carries it (0: the config's; `endpoint_ms` NO_ENDPOINT:
+        pauses never end an utterance). Applied now when no utterance is open, else when the open one ends: the
+        open one keeps the thresholds it started with, and with them any speculative cut already sent."""
+        self._wanted_session = (endpoint_ms, max_utterance_s)
+        if not self.is_open:
+            self._adopt()
+
+    def _adopt(self) -> None:
+        if self._wanted_session != self._session:
+            self._session = self._wanted_session
+            self._thresholds()
 
     def _reset_utterance(self) -> None:
         self._frames: list[np.ndarray] = []
@@ -215,6 +248,10 @@ class UtteranceSegmenter:
         if (self._quiet if kind is Endpoint.GAP else self._silence) >= needed:
             return self._finalise(kind)
         if len(self._frames) >= self._max:
+            if not self._silence_ends and self._silence >= max(1, self._pad):
+                # No silence endpoint, and the cap falls in a pause: end at the pause, not with a final of silence
+                # and an utterance kept open over nothing.
+                return self._finalise(Endpoint.MAX_DURATION)
             return self._cut_at_quietest()
         if self._speculate and self._silence == self._pad and self._wanted():
             # Exactly the samples _finalise keeps if the silence lasts: STT can reuse the decode.
@@ -331,6 +368,7 @@ class UtteranceSegmenter:
         self._reset_utterance()
         self.state = State.INACTIVE
         self._onset_run = 0
+        self._adopt()
         return cuts
 
     def _cut_at_quietest(self) -> list[Cut]:
@@ -362,5 +400,6 @@ class UtteranceSegmenter:
         self.state = state
         # The partials shown so far ran past the cut: re-show the remainder under its own id at once.
         self._partials = 1
+        self._adopt()  # the remainder is a new utterance: the session's latest endpointing applies to it
         tail = self._cut(len(self._frames), final=False, end_frame=self._start + len(self._frames))
         return [head, tail]

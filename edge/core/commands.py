@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
 
 from edge.core.errors import ErrorCode, ProtocolError
-from schemas import Encoding
+from schemas import ENDPOINT_MS_RANGE, MAX_UTTERANCE_S_RANGE, NO_ENDPOINT, Encoding
 from schemas.languages import WHISPER_LANGUAGES
 
 MAX_TARGETS = 16
@@ -27,6 +28,10 @@ class Start:
     # Compressed audio (`ogg_opus`, `webm_opus`, `opus`; vendor adapters also `mulaw`, `file`): decoded at the
     # edge (edge/audio/decoders.py) into `encoding` at `sample_rate`, which is what the pipeline receives. "": raw PCM.
     codec: str = ""
+    # Per-session endpointing, set by any API that has it (`check_endpointing`): the silence that ends an
+    # utterance (0: the server's; NO_ENDPOINT: none, only the cap, a flush or stop) and the longest utterance.
+    endpoint_ms: int = 0
+    max_utterance_s: float = 0.0
 
     @property
     def wire_encoding(self) -> str:
@@ -41,6 +46,8 @@ class Configure:
     targets: tuple[str, ...] | None
     language: str | None
     translate_partials: bool | None
+    endpoint_ms: int | None = None  # as Start's (checked by check_endpointing); from the next utterance
+    max_utterance_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -82,6 +89,17 @@ def parse_targets(targets: Any, code: ErrorCode) -> tuple[str, ...]:
     if len(out) > MAX_TARGETS:
         raise ProtocolError(code, f"at most {MAX_TARGETS} target languages per session")
     return out
+
+
+def check_endpointing(endpoint_ms: int, max_utterance_s: float, code: ErrorCode) -> None:
+    """Refuses endpointing outside the documented bounds (schemas.ENDPOINT_MS_RANGE, MAX_UTTERANCE_S_RANGE); 0 is
+    the server's default. Transports convert their API's units and report `code` in their own shape."""
+    lo, hi = ENDPOINT_MS_RANGE
+    if endpoint_ms not in (0, NO_ENDPOINT) and not lo <= endpoint_ms <= hi:
+        raise ProtocolError(code, f"endpoint_ms must be {lo}-{hi} (ms of silence that end an utterance)")
+    lo_s, hi_s = MAX_UTTERANCE_S_RANGE
+    if max_utterance_s and not (math.isfinite(max_utterance_s) and lo_s <= max_utterance_s <= hi_s):
+        raise ProtocolError(code, f"max_utterance_s must be {lo_s:g}-{hi_s:g} (seconds)")
 
 
 def check_audio(data: bytes, encoding: Encoding, max_frame: int) -> None:

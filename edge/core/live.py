@@ -243,10 +243,15 @@ class LiveSession:
         if c.language is not None and c.language != self.start.language:
             self.start = dataclasses.replace(self.start, language=c.language)
             await self._record(self.phase.value)
+        if c.endpoint_ms is not None or c.max_utterance_s is not None:  # the chunks carry it from now on
+            self.start = dataclasses.replace(
+                self.start, endpoint_ms=self.start.endpoint_ms if c.endpoint_ms is None else c.endpoint_ms,
+                max_utterance_s=self.start.max_utterance_s if c.max_utterance_s is None else c.max_utterance_s)
         targets = self.targets if c.targets is None else c.targets
         partials = self.translate_partials if c.translate_partials is None else c.translate_partials
         await self.services.listeners.put(self.session_id, "owner", targets, partials)
-        await confirm(Configure(targets, self.start.language, partials))
+        await confirm(Configure(targets, self.start.language, partials, self.start.endpoint_ms,
+                                self.start.max_utterance_s))
         self.targets, self.translate_partials = targets, partials
 
     async def announce(self) -> None:
@@ -259,7 +264,8 @@ class LiveSession:
         self.published += len(data)
         await self.services.pipeline.publish(self.session_id, self.chunk_seq, data, sample_rate=self.start.sample_rate,
                                              encoding=self.start.encoding, language=self.start.language, end=end,
-                                             flush=flush)
+                                             flush=flush, endpoint_ms=self.start.endpoint_ms,
+                                             max_utterance_s=self.start.max_utterance_s)
 
     async def _record(self, status: str) -> bool:
         """Writes this session's KV record, unless a newer connection resumed it. False when it was not written."""

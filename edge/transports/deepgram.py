@@ -31,7 +31,7 @@ from edge.http.auth import TokenError
 from edge.http.formats import Cue, monotonic
 from edge.transports import socket, upload
 from edge.transports.socket import SocketSession
-from schemas import ClientResult, Encoding, Endpoint, ResultKind
+from schemas import ENDPOINT_MS_RANGE, NO_ENDPOINT, ClientResult, Encoding, Endpoint, ResultKind
 from schemas.languages import WHISPER_LANGUAGES
 
 log = logging.getLogger("tolk.edge.deepgram")
@@ -48,6 +48,7 @@ ACCEPTED = frozenset({
 COMPRESSED = {"opus": "ogg_opus", "ogg-opus": "ogg_opus"}
 _TRUE = ("true", "1", "yes")
 _LANG = re.compile(r"^([a-zA-Z]{2,3})(?:-[A-Za-z0-9]{2,8})*$")
+UTTERANCE_END_LAG_S = 0.5  # how long the first result of resumed speech may take to arrive (see _utterance_end)
 MODEL_UUID = "00000000-0000-4000-8000-746f6c6b0001"  # a fixed id for "whatever Tolk's STT pool runs"
 
 
@@ -72,6 +73,7 @@ class Options:
     interim_results: bool = False
     utterance_end_ms: int = 0
     model: str = ""
+    endpoint_ms: int = 0  # `endpointing` (0: the server's; NO_ENDPOINT: `false`)
 
     @classmethod
     def parse(cls, q: Any) -> Options:
@@ -113,7 +115,25 @@ class Options:
         end_ms = number("utterance_end_ms", 0)
         if end_ms < 0:
             raise _bad("utterance_end_ms must be positive")
-        return cls(language, encoding, rate, channels, flag("interim_results"), end_ms, q.get("model", ""))
+        return cls(language, encoding, rate, channels, flag("interim_results"), end_ms, q.get("model", ""),
+                   _endpointing(q.get("endpointing")))
+
+
+def _endpointing(value: str | None) -> int:
+    """`endpointing`: ms of silence that end an utterance, `false` (pauses never do: only the longest utterance,
+    Finalize or CloseStream), or `true` (the default: the server's). Outside Tolk's bounds: 400."""
+    if value is None or value.lower() in _TRUE:
+        return 0
+    if value.lower() in ("false", "0", "no"):
+        return NO_ENDPOINT
+    try:
+        endpoint_ms = int(value)
+    except ValueError:
+        raise _bad("endpointing must be an integer (ms) or false") from None
+    lo, hi = ENDPOINT_MS_RANGE
+    if not lo <= endpoint_ms <= hi:
+        raise _bad(f"endpointing must be {lo}-{hi} ms on this server (or false)")
+    return endpoint_ms
 
 
 def _now_iso() -> str:
@@ -151,6 +171,8 @@ class DeepgramSession(SocketSession):
         self.created = _now_iso()
         self.pcm: PcmDecoder | None = None  # raw audio (`encoding`): mixed down here
         self.sample_rate = opts.sample_rate
+        # utterance_end_ms: the last final's last word (stream seconds, utterance id) while its UtteranceEnd waits.
+        self.word_end: tuple[float, int] | None = None
 
     async def opened(self) -> None:
         # Raw audio and Opus: the session starts now; no `encoding`: at the first frame (a WAV, Ogg Opus or WebM
@@ -160,12 +182,12 @@ class DeepgramSession(SocketSession):
         elif self.opts.encoding is not None:
             self.pcm = PcmDecoder(self.opts.encoding, self.opts.channels)
             await self.begin(Start(sample_rate=self.opts.sample_rate, encoding=Encoding.PCM_S16LE,
-                                   language=self.opts.language, session_id=None))
+                                   language=self.opts.language, session_id=None, endpoint_ms=self.opts.endpoint_ms))
 
     async def _open(self, codec: str) -> None:
         self.sample_rate = 16000
         await self.begin(Start(sample_rate=16000, encoding=Encoding.PCM_S16LE, language=self.opts.language,
-                               session_id=None, codec=codec))
+                               session_id=None, codec=codec, endpoint_ms=self.opts.endpoint_ms))
 
     async def on_binary(self, data: bytes) -> None:
         if not data:  # Deepgram's older way of saying CloseStream
@@ -175,14 +197,15 @@ class DeepgramSession(SocketSession):
             await self._open("file")
         if self.pcm is None:
             await self.live.push(data)
-            return
-        if self.phase is not Phase.STREAMING:
-            return  # after CloseStream: being flushed
-        if len(data) > self.limits.max_frame_bytes:
-            raise ProtocolError(ErrorCode.FRAME_TOO_LARGE, f"frame exceeds {self.limits.max_frame_bytes} bytes")
-        pcm = self.pcm.feed(data)
-        if pcm:
-            await self.live.push(pcm)
+        else:
+            if self.phase is not Phase.STREAMING:
+                return  # after CloseStream: being flushed
+            if len(data) > self.limits.max_frame_bytes:
+                raise ProtocolError(ErrorCode.FRAME_TOO_LARGE, f"frame exceeds {self.limits.max_frame_bytes} bytes")
+            pcm = self.pcm.feed(data)
+            if pcm:
+                await self.live.push(pcm)
+        await self._utterance_end()
 
     async def on_text(self, text: str) -> None:
         try:
@@ -221,8 +244,14 @@ class DeepgramSession(SocketSession):
 
     async def send_result(self, result: ClientResult, targets: tuple[str, ...]) -> None:
         if result.kind is ResultKind.END:
+            await self._utterance_end(lag=0.0)  # the stream ended: nothing can follow the last word any more
             await self._metadata()
             return
+        if self.word_end is not None and result.text.strip() and result.utterance_id != self.word_end[1]:
+            # Speech resumed: the earlier words get their UtteranceEnd only if the gap before it was long enough.
+            if (result.speech_start or result.start) >= self.word_end[0] + self.opts.utterance_end_ms / 1000:
+                await self._send_utterance_end()
+            self.word_end = None
         final = result.kind is ResultKind.FINAL
         if not final and not self.opts.interim_results:
             return
@@ -238,9 +267,23 @@ class DeepgramSession(SocketSession):
         if final and result.endpoint is Endpoint.FLUSH:
             out["from_finalize"] = True
         await self.ws.send_json(out)
-        if final and result.text and self.opts.utterance_end_ms and out["speech_final"]:
-            last = result.words[-1].end if result.words else result.end
-            await self.ws.send_json({"type": "UtteranceEnd", "channel": [0, 1], "last_word_end": last})
+        if final and result.text.strip() and self.opts.utterance_end_ms:
+            self.word_end = (result.words[-1].end if result.words else result.end, result.utterance_id)
+            await self._utterance_end()
+
+    async def _utterance_end(self, lag: float = UTTERANCE_END_LAG_S) -> None:
+        """UtteranceEnd once utterance_end_ms of audio after the last final word has arrived, and `lag` more: the
+        time the first result of speech that resumed in that gap takes to get here (which would cancel it)."""
+        if self.word_end is None or not self.sample_rate:
+            return
+        received = self.live.published / 2 / self.sample_rate
+        if received >= self.word_end[0] + self.opts.utterance_end_ms / 1000 + lag:
+            await self._send_utterance_end()
+
+    async def _send_utterance_end(self) -> None:
+        assert self.word_end is not None
+        await self.ws.send_json({"type": "UtteranceEnd", "channel": [0, 1], "last_word_end": self.word_end[0]})
+        self.word_end = None
 
     async def _metadata(self) -> None:
         seconds = self.live.published / 2 / self.sample_rate if self.sample_rate else 0.0

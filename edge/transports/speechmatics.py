@@ -28,7 +28,7 @@ from edge.core.services import Services
 from edge.http import auth
 from edge.transports import socket
 from edge.transports.socket import SocketSession
-from schemas import ClientResult, Encoding, Endpoint, ResultKind
+from schemas import ENDPOINT_MS_RANGE, ClientResult, Encoding, Endpoint, ResultKind
 
 log = logging.getLogger("tolk.edge.speechmatics")
 
@@ -36,6 +36,7 @@ FORMAT = "2.9"
 SPEAKER = "UU"  # Speechmatics' "unknown speaker": Tolk does no diarization
 RAW_ENCODINGS = {"pcm_s16le": Encoding.PCM_S16LE, "pcm_f32le": Encoding.PCM_F32LE, "mulaw": Encoding.PCM_S16LE}
 MIN_DELAY, MAX_DELAY = 0.7, 4.0  # Speechmatics' documented range for max_delay
+MAX_TRIGGER = 2.0  # ...and for end_of_utterance_silence_trigger (0 is off); Tolk's own floor is ENDPOINT_MS_RANGE's
 
 # Speechmatics' error types and the close code that follows each (its realtime API reference).
 CLOSE = {
@@ -101,6 +102,7 @@ class SpeechmaticsSession(SocketSession):
         self.path_language = path_language
         self.enable_partials = False
         self.max_delay: float | None = None
+        self.eou_trigger = 0.0  # conversation_config.end_of_utterance_silence_trigger: EndOfUtterance after its finals
         self.seq_no = 0  # AddAudio messages received
         self.warned: set[str] = set()  # translation targets already reported as unsupported
         self.no_targets = False  # a translation_config without target_languages: warned after RecognitionStarted
@@ -202,8 +204,10 @@ class SpeechmaticsSession(SocketSession):
                 raise SpeechmaticsError("invalid_config", "translation_config.enable_partials must be a boolean")
             self.no_targets = not targets
         self._session_options(config)
+        self.eou_trigger = _silence_trigger(config.get("conversation_config"))
         # The pipeline gets PCM: a file decoded to 16 kHz s16le, mulaw expanded to s16le at the client's rate.
-        return Start(rate, encoding, language, None, targets, translate_partials, codec=codec)
+        return Start(rate, encoding, language, None, targets, translate_partials, codec=codec,
+                     endpoint_ms=round(self.eou_trigger * 1000))
 
     async def _served(self, start: Start) -> Start:
         """Targets no translator serves are dropped now and each gets Speechmatics' `unsupported_translation_pair`
@@ -247,7 +251,9 @@ class SpeechmaticsSession(SocketSession):
         span = _span(result, results)
         if final or self.enable_partials:
             await self.ws.send_json(render_transcript(result, results, span))
-        if final and result.endpoint is Endpoint.FLUSH:  # ForceEndOfUtterance is answered as Speechmatics does
+        # ForceEndOfUtterance is answered as Speechmatics does; so is a final the silence trigger ended.
+        eou = result.endpoint is Endpoint.FLUSH or (self.eou_trigger > 0 and result.endpoint is Endpoint.SILENCE)
+        if final and eou:
             await self.ws.send_json({"message": "EndOfUtterance", "format": FORMAT,
                                      "metadata": {"start_time": span[0], "end_time": span[1]}})
         for target in targets:
@@ -258,6 +264,22 @@ class SpeechmaticsSession(SocketSession):
                                          "reason": f"{result.language}->{target}: {error}"})
             if target in result.translations:
                 await self.ws.send_json(render_translation(result, target, result.translations[target], span))
+
+
+def _silence_trigger(conversation: Any) -> float:
+    """`conversation_config.end_of_utterance_silence_trigger` in seconds (0 or left out: off, the server's
+    endpoint). Speechmatics allows 0-2; Tolk's segmenter needs at least ENDPOINT_MS_RANGE's floor."""
+    if conversation is None:
+        return 0.0
+    if not isinstance(conversation, dict):
+        raise SpeechmaticsError("invalid_config", "conversation_config must be an object")
+    trigger = conversation.get("end_of_utterance_silence_trigger", 0.0)
+    lo = ENDPOINT_MS_RANGE[0] / 1000
+    if isinstance(trigger, bool) or not isinstance(trigger, int | float) or not math.isfinite(trigger) \
+            or not (trigger == 0 or lo <= trigger <= MAX_TRIGGER):
+        raise SpeechmaticsError("invalid_config", f"end_of_utterance_silence_trigger must be {lo:g}-{MAX_TRIGGER:g} "
+                                "seconds (0: off)")
+    return float(trigger)
 
 
 def _results(r: ClientResult) -> list[dict[str, Any]]:

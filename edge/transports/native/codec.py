@@ -16,9 +16,19 @@ from typing import Any
 from actors.runtime.partition import valid_session_id
 from edge.audio.decoders import COMPRESSED, RATE
 from edge.audio.pcm import MAX_RATE, MIN_RATE
-from edge.core.commands import Configure, Flush, Start, Stop, Subscribe, check_audio, parse_language, parse_targets
+from edge.core.commands import (
+    Configure,
+    Flush,
+    Start,
+    Stop,
+    Subscribe,
+    check_audio,
+    check_endpointing,
+    parse_language,
+    parse_targets,
+)
 from edge.core.errors import CLOSE_FOR, Close, ErrorCode, ProtocolError
-from schemas import ClientResult, Encoding, ResultKind
+from schemas import NO_ENDPOINT, ClientResult, Encoding, ResultKind
 
 __all__ = ["CLOSE_FOR", "Close", "ErrorCode", "ProtocolError", "Start", "Stop", "check_audio"]
 
@@ -97,8 +107,26 @@ def parse_start(obj: dict[str, Any]) -> Start:
     token = obj.get("resume_token", "")
     if resume is not None and (not isinstance(token, str) or not 1 <= len(token) <= 64):
         raise ProtocolError(ErrorCode.INVALID_START, "resume_from needs the resume_token from the session's `started`")
+    endpoint_ms, max_s = parse_endpointing(obj, ErrorCode.INVALID_START)
     return Start(rate, encoding, language, sid, targets, partials, resume, token if resume is not None else "",
-                 codec)
+                 codec, endpoint_ms or 0, max_s or 0.0)
+
+
+def parse_endpointing(obj: dict[str, Any], code: ErrorCode) -> tuple[int | None, float | None]:
+    """`endpoint_ms` (milliseconds, or false: pauses never end an utterance) and `max_utterance_s`; None where
+    left out (or null): the server's."""
+    endpoint_ms, max_s = obj.get("endpoint_ms"), obj.get("max_utterance_s")
+    if endpoint_ms is False:
+        endpoint_ms = NO_ENDPOINT
+    elif endpoint_ms is not None and (isinstance(endpoint_ms, bool) or not isinstance(endpoint_ms, int)
+                                      or endpoint_ms < 0):
+        raise ProtocolError(code, "endpoint_ms must be an integer (ms) or false")
+    if max_s is not None and (isinstance(max_s, bool) or not isinstance(max_s, int | float)):
+        raise ProtocolError(code, "max_utterance_s must be a number (seconds)")
+    check_endpointing(endpoint_ms or 0, max_s or 0.0, code)
+    if endpoint_ms == 0 or max_s == 0:
+        raise ProtocolError(code, "leave endpoint_ms and max_utterance_s out (or null) for the server's default")
+    return endpoint_ms, None if max_s is None else float(max_s)
 
 
 def parse_subscribe(obj: dict[str, Any]) -> Subscribe:
@@ -122,15 +150,17 @@ def parse_subscribe(obj: dict[str, Any]) -> Subscribe:
 
 def parse_configure(obj: dict[str, Any]) -> Configure:
     code = ErrorCode.INVALID_CONFIGURE
-    unknown = set(obj) - {"type", "targets", "language", "translate_partials"}
+    unknown = set(obj) - {"type", "targets", "language", "translate_partials", "endpoint_ms", "max_utterance_s"}
     if unknown:
-        raise ProtocolError(code, f"configure takes targets, language, translate_partials; not {sorted(unknown)}")
+        raise ProtocolError(code, "configure takes targets, language, translate_partials, endpoint_ms, "
+                            f"max_utterance_s; not {sorted(unknown)}")
     targets = parse_targets(obj["targets"], code) if "targets" in obj else None
     language = parse_language(obj["language"], code) if "language" in obj else None
     partials = obj.get("translate_partials")
     if partials is not None and not isinstance(partials, bool):
         raise ProtocolError(code, "translate_partials must be true or false")
-    return Configure(targets, language, partials)
+    endpoint_ms, max_s = parse_endpointing(obj, code)
+    return Configure(targets, language, partials, endpoint_ms, max_s)
 
 
 def decode_base64(data: Any, max_frame: int) -> bytes:

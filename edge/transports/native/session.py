@@ -13,7 +13,17 @@ from edge.core.errors import ErrorCode, ProtocolError
 from edge.core.live import Phase, Started
 from edge.transports.native.codec import Audio, Unknown, parse_text, render_result
 from edge.transports.socket import SocketSession
-from schemas import ClientResult
+from schemas import NO_ENDPOINT, ClientResult
+
+
+def endpointing(endpoint_ms: int, max_utterance_s: float) -> dict[str, Any]:
+    """The session's own endpointing, echoed as the client set it; nothing where it runs on the server's."""
+    out: dict[str, Any] = {}
+    if endpoint_ms:
+        out["endpoint_ms"] = False if endpoint_ms == NO_ENDPOINT else endpoint_ms
+    if max_utterance_s:
+        out["max_utterance_s"] = max_utterance_s
+    return out
 
 
 class NativeSession(SocketSession):
@@ -62,7 +72,8 @@ class NativeSession(SocketSession):
 
     async def _configured(self, c: Configure) -> None:
         await self.ws.send_json({"type": "configured", "session_id": self.session_id, "language": c.language,
-                                 "targets": list(c.targets or ()), "translate_partials": c.translate_partials})
+                                 "targets": list(c.targets or ()), "translate_partials": c.translate_partials,
+                                 **endpointing(c.endpoint_ms or 0, c.max_utterance_s or 0.0)})
 
     def error_body(self, err: ProtocolError) -> dict[str, Any]:
         return err.to_json()
@@ -72,6 +83,7 @@ class NativeSession(SocketSession):
             "type": "started", "session_id": s.session_id, "sample_rate": s.start.sample_rate,
             "encoding": s.start.wire_encoding, "language": s.start.language, "targets": list(s.targets),
             "translate_partials": s.translate_partials, "resume_token": s.resume_token,
+            **endpointing(s.start.endpoint_ms, s.start.max_utterance_s),
             **({"resumed": True, "replayed": s.replayed} if s.resumed else {}),
         })
 
