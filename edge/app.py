@@ -19,7 +19,7 @@ from edge.core.errors import ApiError
 from edge.core.services import Services
 from edge.http import auth, errors, page
 from edge.settings import EdgeSettings, tls_context
-from edge.transports import deepgram, openai, speechmatics
+from edge.transports import deepgram, openai, openai_realtime, speechmatics
 from edge.transports.native.routes import NativeRoutes, render_error
 
 log = logging.getLogger("tolk.edge")
@@ -39,15 +39,16 @@ class Edge(Actor):
         self._runner: web.AppRunner | None = None
         s = self.services
         authenticate = auth.middleware(auth.Authenticator(auth.parse_tokens(cfg.api_tokens), cfg.token_secret),
-                                       refusals=(openai.refusal, deepgram.refusal))
-        render = errors.Renderers(ApiError, (openai.render_error, deepgram.render_error), render_error,
-                                  lambda err: s.metrics.error(err.code))
+                                       refusals=(openai.refusal, openai_realtime.refusal, deepgram.refusal))
+        render = errors.Renderers(ApiError, (openai.render_error, openai_realtime.render_error, deepgram.render_error),
+                                  render_error, lambda err: s.metrics.error(err.code))
         self.app = web.Application(client_max_size=cfg.max_frame_bytes,
                                    middlewares=[errors.middleware(render), authenticate])
         native = NativeRoutes(s, others=((deepgram.is_deepgram, deepgram.live(s)),))  # Deepgram's live /v1/listen
         self.app.add_routes([
             *native.routes(),  # /v1/listen, /v1/channels, /v1/transcriptions…, /healthz, /readyz, /metrics
             *openai.routes(s),  # OpenAI's audio API: /v1/audio/transcriptions, /v1/audio/translations
+            *openai_realtime.routes(s),  # OpenAI Realtime transcription sessions: /v1/realtime (WebSocket)
             *deepgram.routes(s),  # Deepgram's pre-recorded POST /v1/listen
             *speechmatics.routes(s),  # Speechmatics realtime: /v2, /v2/<language>
         ])
