@@ -1,6 +1,7 @@
 """Power-loss harness: are the finals a client was sent still stored after the power goes?
 
-    python -m loadtest.powerloss [--quick] [--crashes 6] [--sessions 3] [--sync always|120s|default]
+    python -m loadtest.powerloss [--quick] [--crashes 8] [--sessions 3] [--sync always|120s|default]
+    python -m loadtest.powerloss --ack-cost 3000   # what an fsync per write costs on this disk, no harness
 
 `tolk up` runs with its JetStream store on loadtest/lazyfs.py, a FUSE file system that keeps every write in
 memory until it is fsynced, as a page cache does. Real speech streams through the edge as sessions; at a random
@@ -246,6 +247,50 @@ async def run(args: argparse.Namespace) -> int:
     return 0
 
 
+async def ack_cost(n: int) -> int:
+    """What an fsync per write costs on this disk, without the pipeline's noise: n publishes of one 100 ms audio
+    chunk (3,200 bytes) to a file stream, one at a time, on a real nats-server, per sync_interval."""
+    import numpy as np
+
+    lines = ["| sync_interval | publish → ack p50 / p99 (ms) | acknowledged writes/s, one at a time |",
+             "|---|---:|---:|"]
+    for sync in ("2m", "always"):
+        with tempfile.TemporaryDirectory(prefix="tolk-ackcost-") as tmp:
+            port = free_port()
+            conf = Path(tmp) / "nats.conf"
+            conf.write_text(f'jetstream {{\n  sync_interval: "{sync}"\n}}\n')
+            proc = await asyncio.create_subprocess_exec(
+                str(Path(sys.executable).parent / "nats-server"), "-c", str(conf), "-js", "-sd", tmp,
+                "-a", "127.0.0.1", "-p", str(port), stderr=subprocess.DEVNULL)
+            try:
+                for _ in range(100):
+                    with contextlib.suppress(OSError):
+                        _, w = await asyncio.open_connection("127.0.0.1", port)
+                        w.close()
+                        break
+                    await asyncio.sleep(0.1)
+                nc = await nats.connect(f"nats://127.0.0.1:{port}")
+                js = nc.jetstream()
+                await js.add_stream(name="A", subjects=["a.>"], storage="file")
+                chunk, took = bytes(3200), []
+                t_all = time.perf_counter()
+                for i in range(n):
+                    t = time.perf_counter()
+                    await js.publish(f"a.{i % 8}", chunk)
+                    took.append(time.perf_counter() - t)
+                rate = n / (time.perf_counter() - t_all)
+                await nc.close()
+            finally:
+                proc.terminate()
+                await proc.wait()
+        p50, p99 = (float(np.percentile(took, q)) * 1000 for q in (50, 99))
+        lines.append(f"| `{sync}` | {p50:.2f} / {p99:.2f} | {rate:.0f} |")
+    report = "\n".join(["# JetStream acknowledgement cost per sync_interval", "",
+                         f"- command: `{command('loadtest.powerloss')}`", f"- machine: {machine()}", "", *lines])
+    save_report("powerloss-ackcost", report + "\n", {"lines": lines})
+    return 0
+
+
 def render(args: argparse.Namespace, rounds: list[Round], acknowledged: int, last: Round) -> str:
     sync = "`2m` (NATS's default)" if args.sync == "default" else f"`{args.sync}`"
     lines = [
@@ -279,7 +324,11 @@ def main() -> int:
     p.add_argument("--sync", default="always", help="JetStream sync_interval: always, a duration, or default")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--name", default=None, help="report name (default: powerloss-<sync>)")
+    p.add_argument("--ack-cost", type=int, default=0, metavar="N",
+                   help="instead: N single publishes on the real disk per sync_interval (the policy's raw cost)")
     args = p.parse_args()
+    if args.ack_cost:
+        return asyncio.run(ack_cost(args.ack_cost))
     if args.quick:
         args.crashes, args.sessions = min(args.crashes, 3), min(args.sessions, 2)
     args.name = args.name or f"powerloss-{args.sync}"

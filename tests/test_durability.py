@@ -1,4 +1,4 @@
-"""Durability (docs/operations.md#durability-what-survives-what), checked in seconds: the power-loss file system
+"""Durability (docs/operations.md#durability), checked in seconds: the power-loss file system
 (loadtest/lazyfs.py) on its own, a real nats-server on it with and without `sync_interval: always`, and the
 configs and version floor that carry the policy. The full harness is `python -m loadtest.powerloss`. The FUSE
 tests need /dev/fuse and fusermount3 (.ci/run installs fuse3)."""
