@@ -88,10 +88,12 @@ async def stream_pcm(
     targets: list[str] | None = None,
     translate_partials: bool = False,
     configure: list[tuple[float, dict[str, Any]]] | None = None,
+    start_fields: dict[str, Any] | None = None,
 ) -> SessionRun:
     """Stream `pcm` at `pace` × real time, send stop, collect results until `done` and close.
 
-    `configure`: (stream second, message) pairs sent as `{"type": "configure", ...}` mid-stream.
+    `configure`: (stream second, message) pairs sent as `{"type": "configure", ...}` mid-stream;
+    `start_fields`: more of the `start` message (`vocabulary`, `endpoint_ms`, ...).
     """
     import base64
 
@@ -104,6 +106,7 @@ async def stream_pcm(
     if targets:
         start["targets"] = targets
         start["translate_partials"] = translate_partials
+    start.update(start_fields or {})
     pending = sorted(configure or [], key=lambda c: c[0])
     async with aiohttp.ClientSession() as http, http.ws_connect(url, max_msg_size=0) as ws:
         await ws.send_json(start)

@@ -85,6 +85,7 @@ class AudioChunk(_Msg, frozen=True):
     # pipeline runs are sessions `ch=<name>=<run>` of the stream `ch=<name>` (see `stream_of`).
     stream_id: str = ""
     prompt: str = ""  # Whisper's initial prompt for this session's finals (OpenAI `prompt`); "" = none
+    vocabulary: tuple[str, ...] = ()  # names and terms to spell as given (`vocabulary`, Deepgram `keyterm`, ...)
     # The client asked for the open utterance's final now (empty `data`): it travels with the audio, so it cuts
     # exactly where the client sent it and a replayed stream cuts at the same sample.
     flush: bool = False
@@ -122,6 +123,7 @@ class Segment(_Msg, frozen=True):
     # no transcript is published for it.
     speculative: bool = False
     prompt: str = ""  # the session's initial prompt (AudioChunk.prompt), for finals when it has no text yet
+    vocabulary: tuple[str, ...] = ()  # the session's vocabulary when this was cut (AudioChunk.vocabulary)
 
 
 class Word(msgspec.Struct, frozen=True):

@@ -373,3 +373,22 @@ async def test_flush_ends_the_utterance_now_and_the_next_words_start_another(tol
     got = normalise(text)
     reference = " ".join(ref[: max(i for i, w in enumerate(ref) if w == got[-1]) + 1])
     assert corpus_wer([(reference, text)]) < 0.2, text
+
+
+async def test_a_sessions_vocabulary_spells_its_names(tolk: Running) -> None:
+    """#35: tiny.en hears "sloth" as "slaw"; with `vocabulary` the final spells it as the session gave it, and
+    a vocabulary over the bounds is refused with `invalid_vocabulary`."""
+    c = next(c for c in clips("en") if c.name == "en_conversational_multilingual_ipa.wav")
+    pcm, rate = c.pcm16()
+    plain, named = await asyncio.gather(
+        stream_pcm(tolk.ws, pcm, rate, pace=2.0),
+        stream_pcm(tolk.ws, pcm, rate, pace=2.0, start_fields={"vocabulary": ["Sloth", "Kubernetes"]}))
+    check_ordering(plain)
+    check_ordering(named)
+    assert named.started["vocabulary"] == ["Sloth", "Kubernetes"]
+    assert "sloth" not in plain.text().lower() and "Sloth" in named.text(), (plain.text(), named.text())
+    async with aiohttp.ClientSession() as http, http.ws_connect(tolk.ws) as ws:
+        await ws.send_json({"type": "start", "sample_rate": 16000, "vocabulary": [f"t{i}" for i in range(101)]})
+        error = await ws.receive_json(timeout=10)
+        assert error["code"] == "invalid_vocabulary", error
+        assert (await ws.receive()).type is aiohttp.WSMsgType.CLOSE and ws.close_code == 1008

@@ -197,3 +197,22 @@ async def test_finalize_flushes_mid_speech(tolk: Running) -> None:
     assert after and finals.index(flushed[0]) < finals.index(after[0])
     text = " ".join(m.channel.alternatives[0].transcript for m in finals)
     assert corpus_wer([(c.reference, text)]) <= 0.2, text
+
+
+async def test_keyterm_and_keywords_are_the_sessions_vocabulary(tolk: Running) -> None:
+    """#35: `keyterm` (and `keywords`, boost dropped) spell names as given; too many terms are Deepgram's 400."""
+    api = deepgram_client(tolk.http)
+    c = next(c for c in clips("en") if c.name == "en_conversational_multilingual_ipa.wav")
+    pcm, rate = c.pcm16()
+    async with api.listen.v1.connect(model="nova-3", encoding="linear16", sample_rate=rate, language="en",
+                                     keyterm="Sloth", keywords="Kubernetes:2") as conn:
+        await conn.send_media(pcm)
+        await conn.send_close_stream()
+        got = [m async for m in conn]
+    text = " ".join(m.channel.alternatives[0].transcript for m in got if m.type == "Results" and m.is_final)
+    assert "Sloth" in text, text
+    async with aiohttp.ClientSession() as http:
+        query = "&".join(f"keyterm=t{i}" for i in range(101))
+        async with http.get(f"{tolk.http}/v1/listen?encoding=linear16&sample_rate=16000&{query}") as resp:
+            body = await resp.json()
+            assert resp.status == 400 and "keyterm" in body["err_msg"], body

@@ -270,3 +270,18 @@ async def test_force_end_of_utterance(stack: Running) -> None:
     assert before[-1]["transcript"] and before[-1]["end_time"] <= 5.0 + 1e-3, before  # mid-speech: words
     assert messages[eou]["metadata"] == {"start_time": before[-1]["start_time"], "end_time": before[-1]["end_time"]}
     assert all(m["start_time"] >= 5.0 - 0.03 for m in after), after  # within the 30 ms VAD frame the flush is in
+
+
+async def test_additional_vocab(stack: Running) -> None:
+    """#35: `additional_vocab` contents are the session's vocabulary; over the bounds: `invalid_config`."""
+    c = next(c for c in clips("en") if c.name == "en_conversational_multilingual_ipa.wav")
+    pcm, _ = c.pcm16()
+    config = {"language": "en", "additional_vocab": [{"content": "Sloth", "sounds_like": ["slaw"]}, "Kubernetes"]}
+    messages, code = await exchange(stack, [start(transcription_config=config), pcm,
+                                            json.dumps({"message": "EndOfStream", "last_seq_no": 1})])
+    text = " ".join(m["metadata"]["transcript"] for m in messages if m["message"] == "AddTranscript")
+    assert code == 1000 and "Sloth" in text, (text, messages[-3:])
+    too_many = {"language": "en", "additional_vocab": [f"t{i}" for i in range(101)]}
+    messages, code = await exchange(stack, [start(transcription_config=too_many)])
+    assert messages[-1]["message"] == "Error" and messages[-1]["type"] == "invalid_config", messages
+    assert code == 1003

@@ -92,6 +92,7 @@ class SessionState:
         self.partition = partition
         self.language = chunk.language
         self.prompt = chunk.prompt
+        self.vocabulary = chunk.vocabulary
         self.stream_id = chunk.stream_id
         self.sample_rate = chunk.sample_rate
         self.resampler = Resampler(chunk.sample_rate)
@@ -321,6 +322,7 @@ class SegmenterActor(Actor):
             log.info("%s: language %s -> %s (STT pool %s)", state.session_id, state.language, chunk.language,
                      self.pools.route(chunk.language).name)
         state.language = chunk.language  # `configure` may change it: applies from the next cut (and its pool)
+        state.vocabulary = chunk.vocabulary  # likewise
         if chunk.sample_rate != state.sample_rate:
             log.error("%s: sample rate changed mid-session; chunk dropped", chunk.session_id)
             await d.raw.term()
@@ -400,7 +402,7 @@ class SegmenterActor(Actor):
             audio=to_int16_bytes(cut.audio), start=round(cut.start, 3), end=round(cut.end, 3),
             language=state.language, speech_end_wall=cut.speech_end_wall, partition=state.partition,
             speech_start=round(cut.speech_start, 3), endpoint=cut.endpoint, stream_id=state.stream_id,
-            speculative=cut.speculative, prompt=state.prompt,
+            speculative=cut.speculative, prompt=state.prompt, vocabulary=state.vocabulary,
         )
         # A final is deduped by its index: one a dead segmenter published before its checkpoint is not re-made.
         msg_id = f"{state.session_id}:f{final_index}" if cut.final else f"{state.session_id}:{state.seq}"

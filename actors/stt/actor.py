@@ -23,6 +23,7 @@ from actors.runtime.actor import Actor, RuntimeSettings
 from actors.runtime.bus import Bus
 from actors.runtime.consumer import Delivery, PullLoop
 from actors.runtime.executor import BoundedExecutor
+from actors.stt import vocabulary
 from actors.stt.engine import WhisperEngine, WhisperOptions
 from actors.stt.finals import EarlyDecodes, LeftContexts, PromptContext, early_key
 from actors.stt.interface import SpeechToText, SttRequest, SttResult
@@ -505,6 +506,7 @@ class SttActor(Actor):
             # partials stay cheap; a session's own text wins over its initial prompt (OpenAI `prompt`)
             prompt=(self.context.prompt(seg.session_id, language) or seg.prompt) if final else "",
             context=left if context else None,
+            hotwords=", ".join(seg.vocabulary),
         )
 
     async def _transcribe(self, lane: BoundedExecutor, batch: list[Delivery[Segment]], window_s: float,
@@ -559,6 +561,8 @@ class SttActor(Actor):
         self._mark(seg, final, bool(r.text))
         if final and r.words:
             r = self._supported(seg, r)
+        if seg.vocabulary:
+            r = self._spelled(seg, r)
         if final:
             self._early.drop_utterance(seg.session_id, seg.utterance_id)
             self.context.add(seg.session_id, r.language, r.text)
@@ -593,6 +597,17 @@ class SttActor(Actor):
                  dropped)
         joiner = "" if r.language in UNSPACED else " "
         return dataclasses.replace(r, text=joiner.join(w.word for w in kept), words=kept)
+
+    def _spelled(self, seg: Segment, r: SttResult) -> SttResult:
+        """`r` with the session's vocabulary spelled as given (actors/stt/vocabulary.py)."""
+        if not r.words:
+            text = vocabulary.correct_text(r.text, seg.vocabulary)
+            return r if text == r.text else dataclasses.replace(r, text=text)
+        words = vocabulary.correct_words(r.words, seg.vocabulary)
+        if words is None:
+            return r
+        joiner = "" if r.language in UNSPACED else " "
+        return dataclasses.replace(r, text=joiner.join(w.word for w in words), words=words)
 
     def _account(self, items: int, busy: float, audio: float) -> None:
         """Throughput in the log every 30 s: batches, sizes, real-time factor, stale skips."""

@@ -23,6 +23,7 @@ log = logging.getLogger("tolk.stt.engine")
 N_FRAMES = 3000  # Whisper's 30 s window in mel frames
 HOP = 160
 PROMPT_BUCKETS = (8, 16, 32, 64, 128, 224)  # prompt lengths a batch is grouped by (224: Whisper's maximum)
+MAX_HOTWORD_TOKENS = 112  # a vocabulary takes at most half the prompt: the text so far keeps the rest
 RECOVER_WINDOW_S = 15.0  # encoder window (at least) for re-decoding audio a final's words left out
 CLOSING_PUNCTUATION = ",.;:!?、。，"  # what a continuation may open with: the end of the prefix's sentence
 
@@ -137,14 +138,20 @@ class WhisperEngine:
         fitted = (longest_frames // 100 + 2) * 100  # + ≥1 s of padding, as Whisper expects silence after speech
         return min(N_FRAMES, max(int(window_s * 100), fitted))
 
-    def context_tokens(self, prompt: str) -> list[int]:
-        """The prompt's last tokens, cut to a length bucket: CTranslate2 decodes a batch together only when
-        every prompt has the same length, so a few fixed lengths keep sessions batched."""
-        if not prompt.strip() or self.opts.prompt_tokens <= 0:
+    def context_tokens(self, prompt: str, hotwords: str = "") -> list[int]:
+        """The vocabulary's tokens, whole, then the prompt's last tokens, cut to a length bucket: CTranslate2
+        decodes a batch together only when every prompt has the same length, so a few fixed lengths keep
+        sessions batched (a vocabulary that fits no bucket with the text so far is sent alone)."""
+        head = self._ids(hotwords)[:MAX_HOTWORD_TOKENS] if hotwords.strip() else []
+        ids = self._ids(prompt) if prompt.strip() and self.opts.prompt_tokens > 0 else []
+        if not head and not ids:
             return []
-        ids = self._ids(prompt)
-        fits = [b for b in PROMPT_BUCKETS if b <= min(len(ids), self.opts.prompt_tokens)]
-        return ids[-fits[-1]:] if fits else []
+        limit = min(len(head) + len(ids), max(self.opts.prompt_tokens, len(head)))
+        fits = [b for b in PROMPT_BUCKETS if len(head) <= b <= limit]
+        if not fits:
+            return head
+        tail = fits[-1] - len(head)
+        return [*head, *(ids[-tail:] if tail else [])]
 
     def _ids(self, text: str) -> list[int]:
         ids: list[int] = self.model.hf_tokenizer.encode(" " + text.strip(), add_special_tokens=False).ids
@@ -171,7 +178,7 @@ class WhisperEngine:
         timings asked) whose words leave voiced audio uncovered get one more call for it (`_recover`)."""
         requests = [self.fit_context(r, window_s) for r in requests]
         prefixes = [self.prefix_tokens(r) for r in requests]
-        contexts = [self.context_tokens(r.prompt) for r in requests]
+        contexts = [self.context_tokens(r.prompt, r.hotwords) for r in requests]
         groups: dict[int, list[int]] = {}
         for i, ctx in enumerate(contexts):
             groups.setdefault(len(ctx), []).append(i)
@@ -209,7 +216,7 @@ class WhisperEngine:
                 audio = req.audio[int(span.start * SAMPLE_RATE): int(span.end * SAMPLE_RATE)]
                 prompt = f"{req.prompt} {res.text}".strip() if span.side == "tail" else ""
                 todo.append((i, span))
-                extra.append(SttRequest(audio, res.language, True, prompt))
+                extra.append(SttRequest(audio, res.language, True, prompt, hotwords=req.hotwords))
         if not extra:
             return results
         log.debug("re-decoding %d uncovered spans", len(extra))

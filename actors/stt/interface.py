@@ -81,6 +81,9 @@ class SttRequest:
     # The previous final's last seconds, read ahead of this audio (finals only; dropped where the window has
     # no room for it or the language differs).
     context: LeftContext | None = None
+    # The session's vocabulary (names, jargon) as a glossary ahead of the prompt, as faster-whisper's `hotwords`:
+    # Whisper spells a word it has just "read" the way it was written. Partials and finals alike.
+    hotwords: str = ""
 
 
 @dataclass(frozen=True)

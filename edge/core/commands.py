@@ -12,6 +12,8 @@ from schemas import ENDPOINT_MS_RANGE, MAX_UTTERANCE_S_RANGE, NO_ENDPOINT, Encod
 from schemas.languages import WHISPER_LANGUAGES
 
 MAX_TARGETS = 16
+MAX_VOCABULARY = 100  # terms per session: Whisper's prompt holds about 112 tokens of them
+MAX_TERM_CHARS = 64
 _TARGET = re.compile(r"^[a-z]{2,3}([-_][A-Za-z0-9]{2,8})?$")
 
 
@@ -32,6 +34,9 @@ class Start:
     # utterance (0: the server's; NO_ENDPOINT: none, only the cap, a flush or stop) and the longest utterance.
     endpoint_ms: int = 0
     max_utterance_s: float = 0.0
+    # Names and terms to spell as given (native `vocabulary`, Deepgram `keyterm`, Speechmatics `additional_vocab`):
+    # a glossary in Whisper's prompt, and the text's near-misses corrected (actors/stt/vocabulary.py).
+    vocabulary: tuple[str, ...] = ()
 
     @property
     def wire_encoding(self) -> str:
@@ -48,6 +53,7 @@ class Configure:
     translate_partials: bool | None
     endpoint_ms: int | None = None  # as Start's (checked by check_endpointing); from the next utterance
     max_utterance_s: float | None = None
+    vocabulary: tuple[str, ...] | None = None  # from the next utterance
 
 
 @dataclass(frozen=True)
@@ -88,6 +94,25 @@ def parse_targets(targets: Any, code: ErrorCode) -> tuple[str, ...]:
     out = tuple(dict.fromkeys(targets))
     if len(out) > MAX_TARGETS:
         raise ProtocolError(code, f"at most {MAX_TARGETS} target languages per session")
+    return out
+
+
+def parse_vocabulary(terms: Any, code: ErrorCode) -> tuple[str, ...]:
+    """A session's vocabulary: at most MAX_VOCABULARY terms of at most MAX_TERM_CHARS each, de-duplicated in
+    order; every API's terms come through here, so the bounds are the same everywhere."""
+    if isinstance(terms, str):
+        terms = [terms]
+    if not isinstance(terms, list | tuple) or not all(isinstance(t, str) for t in terms):
+        raise ProtocolError(code, '"vocabulary" must be a list of words or names, e.g. ["Tolk", "Ana Lúcia"]')
+    cleaned = [" ".join(t.split()) for t in terms]
+    if any(not t for t in cleaned):
+        raise ProtocolError(code, "vocabulary terms must not be empty")
+    long = [t for t in cleaned if len(t) > MAX_TERM_CHARS]
+    if long:
+        raise ProtocolError(code, f"vocabulary terms are at most {MAX_TERM_CHARS} characters: {long[0][:80]!r}")
+    out = tuple(dict.fromkeys(cleaned))
+    if len(out) > MAX_VOCABULARY:
+        raise ProtocolError(code, f"at most {MAX_VOCABULARY} vocabulary terms per session, not {len(out)}")
     return out
 
 

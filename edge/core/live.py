@@ -247,11 +247,13 @@ class LiveSession:
             self.start = dataclasses.replace(
                 self.start, endpoint_ms=self.start.endpoint_ms if c.endpoint_ms is None else c.endpoint_ms,
                 max_utterance_s=self.start.max_utterance_s if c.max_utterance_s is None else c.max_utterance_s)
+        if c.vocabulary is not None:
+            self.start = dataclasses.replace(self.start, vocabulary=c.vocabulary)
         targets = self.targets if c.targets is None else c.targets
         partials = self.translate_partials if c.translate_partials is None else c.translate_partials
         await self.services.listeners.put(self.session_id, "owner", targets, partials)
         await confirm(Configure(targets, self.start.language, partials, self.start.endpoint_ms,
-                                self.start.max_utterance_s))
+                                self.start.max_utterance_s, self.start.vocabulary))
         self.targets, self.translate_partials = targets, partials
 
     async def announce(self) -> None:
@@ -265,7 +267,8 @@ class LiveSession:
         await self.services.pipeline.publish(self.session_id, self.chunk_seq, data, sample_rate=self.start.sample_rate,
                                              encoding=self.start.encoding, language=self.start.language, end=end,
                                              flush=flush, endpoint_ms=self.start.endpoint_ms,
-                                             max_utterance_s=self.start.max_utterance_s)
+                                             max_utterance_s=self.start.max_utterance_s,
+                                             vocabulary=self.start.vocabulary)
 
     async def _record(self, status: str) -> bool:
         """Writes this session's KV record, unless a newer connection resumed it. False when it was not written."""

@@ -22,7 +22,7 @@ from typing import Any
 from aiohttp import web
 
 from edge.audio.pcm import ENCODINGS, MAX_CHANNELS, MAX_RATE, MIN_RATE, PcmDecoder
-from edge.core.commands import Start
+from edge.core.commands import Start, parse_vocabulary
 from edge.core.errors import ApiError, ErrorCode, ProtocolError
 from edge.core.live import Phase, Started
 from edge.core.services import Services
@@ -48,6 +48,7 @@ ACCEPTED = frozenset({
 COMPRESSED = {"opus": "ogg_opus", "ogg-opus": "ogg_opus"}
 _TRUE = ("true", "1", "yes")
 _LANG = re.compile(r"^([a-zA-Z]{2,3})(?:-[A-Za-z0-9]{2,8})*$")
+_BOOST = re.compile(r":-?\d+(\.\d+)?$")  # `keywords=Tolk:2`
 UTTERANCE_END_LAG_S = 0.5  # how long the first result of resumed speech may take to arrive (see _utterance_end)
 MODEL_UUID = "00000000-0000-4000-8000-746f6c6b0001"  # a fixed id for "whatever Tolk's STT pool runs"
 
@@ -74,6 +75,7 @@ class Options:
     utterance_end_ms: int = 0
     model: str = ""
     endpoint_ms: int = 0  # `endpointing` (0: the server's; NO_ENDPOINT: `false`)
+    vocabulary: tuple[str, ...] = ()  # `keyterm` and `keywords` (their `:boost` dropped: Whisper has no weights)
 
     @classmethod
     def parse(cls, q: Any) -> Options:
@@ -116,7 +118,16 @@ class Options:
         if end_ms < 0:
             raise _bad("utterance_end_ms must be positive")
         return cls(language, encoding, rate, channels, flag("interim_results"), end_ms, q.get("model", ""),
-                   _endpointing(q.get("endpointing")))
+                   _endpointing(q.get("endpointing")), _vocabulary(q))
+
+
+def _vocabulary(q: Any) -> tuple[str, ...]:
+    """`keyterm=...` (repeated) and `keywords=word:boost` (repeated) as one vocabulary; over the bounds: 400."""
+    terms = [*q.getall("keyterm", []), *(_BOOST.sub("", k) for k in q.getall("keywords", []))]
+    try:
+        return parse_vocabulary(terms, ErrorCode.INVALID_VOCABULARY)
+    except ProtocolError as err:
+        raise _bad(f"keyterm / keywords: {err.message}") from None
 
 
 def _endpointing(value: str | None) -> int:
@@ -182,12 +193,14 @@ class DeepgramSession(SocketSession):
         elif self.opts.encoding is not None:
             self.pcm = PcmDecoder(self.opts.encoding, self.opts.channels)
             await self.begin(Start(sample_rate=self.opts.sample_rate, encoding=Encoding.PCM_S16LE,
-                                   language=self.opts.language, session_id=None, endpoint_ms=self.opts.endpoint_ms))
+                                   language=self.opts.language, session_id=None, endpoint_ms=self.opts.endpoint_ms,
+                                   vocabulary=self.opts.vocabulary))
 
     async def _open(self, codec: str) -> None:
         self.sample_rate = 16000
         await self.begin(Start(sample_rate=16000, encoding=Encoding.PCM_S16LE, language=self.opts.language,
-                               session_id=None, codec=codec, endpoint_ms=self.opts.endpoint_ms))
+                               session_id=None, codec=codec, endpoint_ms=self.opts.endpoint_ms,
+                               vocabulary=self.opts.vocabulary))
 
     async def on_binary(self, data: bytes) -> None:
         if not data:  # Deepgram's older way of saying CloseStream

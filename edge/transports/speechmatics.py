@@ -21,7 +21,7 @@ from typing import Any
 from aiohttp import web
 
 from edge.audio.pcm import MAX_RATE, MIN_RATE
-from edge.core.commands import Start, parse_language, parse_targets
+from edge.core.commands import Start, parse_language, parse_targets, parse_vocabulary
 from edge.core.errors import ErrorCode, ProtocolError
 from edge.core.live import Phase, Started
 from edge.core.services import Services
@@ -207,7 +207,7 @@ class SpeechmaticsSession(SocketSession):
         self.eou_trigger = _silence_trigger(config.get("conversation_config"))
         # The pipeline gets PCM: a file decoded to 16 kHz s16le, mulaw expanded to s16le at the client's rate.
         return Start(rate, encoding, language, None, targets, translate_partials, codec=codec,
-                     endpoint_ms=round(self.eou_trigger * 1000))
+                     endpoint_ms=round(self.eou_trigger * 1000), vocabulary=_vocabulary(config.get("additional_vocab")))
 
     async def _served(self, start: Start) -> Start:
         """Targets no translator serves are dropped now and each gets Speechmatics' `unsupported_translation_pair`
@@ -264,6 +264,20 @@ class SpeechmaticsSession(SocketSession):
                                          "reason": f"{result.language}->{target}: {error}"})
             if target in result.translations:
                 await self.ws.send_json(render_translation(result, target, result.translations[target], span))
+
+
+def _vocabulary(vocab: Any) -> tuple[str, ...]:
+    """`additional_vocab`: strings or `{"content": ..., "sounds_like": [...]}`; the contents are the vocabulary
+    (Whisper takes no pronunciations: `sounds_like` is accepted and not used)."""
+    if vocab is None:
+        return ()
+    if not isinstance(vocab, list):
+        raise SpeechmaticsError("invalid_config", "additional_vocab must be a list")
+    terms = [v.get("content") if isinstance(v, dict) else v for v in vocab]
+    try:
+        return parse_vocabulary(terms, ErrorCode.INVALID_VOCABULARY)
+    except ProtocolError as err:
+        raise SpeechmaticsError("invalid_config", f"additional_vocab: {err.message}") from None
 
 
 def _silence_trigger(conversation: Any) -> float:

@@ -26,6 +26,7 @@ from edge.core.commands import (
     check_endpointing,
     parse_language,
     parse_targets,
+    parse_vocabulary,
 )
 from edge.core.errors import CLOSE_FOR, Close, ErrorCode, ProtocolError
 from schemas import NO_ENDPOINT, ClientResult, Encoding, ResultKind
@@ -108,8 +109,9 @@ def parse_start(obj: dict[str, Any]) -> Start:
     if resume is not None and (not isinstance(token, str) or not 1 <= len(token) <= 64):
         raise ProtocolError(ErrorCode.INVALID_START, "resume_from needs the resume_token from the session's `started`")
     endpoint_ms, max_s = parse_endpointing(obj, ErrorCode.INVALID_START)
+    vocabulary = parse_vocabulary(obj.get("vocabulary", []), ErrorCode.INVALID_VOCABULARY)
     return Start(rate, encoding, language, sid, targets, partials, resume, token if resume is not None else "",
-                 codec, endpoint_ms or 0, max_s or 0.0)
+                 codec, endpoint_ms or 0, max_s or 0.0, vocabulary)
 
 
 def parse_endpointing(obj: dict[str, Any], code: ErrorCode) -> tuple[int | None, float | None]:
@@ -150,17 +152,19 @@ def parse_subscribe(obj: dict[str, Any]) -> Subscribe:
 
 def parse_configure(obj: dict[str, Any]) -> Configure:
     code = ErrorCode.INVALID_CONFIGURE
-    unknown = set(obj) - {"type", "targets", "language", "translate_partials", "endpoint_ms", "max_utterance_s"}
+    unknown = set(obj) - {"type", "targets", "language", "translate_partials", "endpoint_ms", "max_utterance_s",
+                          "vocabulary"}
     if unknown:
         raise ProtocolError(code, "configure takes targets, language, translate_partials, endpoint_ms, "
-                            f"max_utterance_s; not {sorted(unknown)}")
+                            f"max_utterance_s, vocabulary; not {sorted(unknown)}")
     targets = parse_targets(obj["targets"], code) if "targets" in obj else None
     language = parse_language(obj["language"], code) if "language" in obj else None
     partials = obj.get("translate_partials")
     if partials is not None and not isinstance(partials, bool):
         raise ProtocolError(code, "translate_partials must be true or false")
     endpoint_ms, max_s = parse_endpointing(obj, code)
-    return Configure(targets, language, partials, endpoint_ms, max_s)
+    vocabulary = parse_vocabulary(obj["vocabulary"], code) if "vocabulary" in obj else None
+    return Configure(targets, language, partials, endpoint_ms, max_s, vocabulary)
 
 
 def decode_base64(data: Any, max_frame: int) -> bytes:

@@ -73,7 +73,8 @@ class NativeSession(SocketSession):
     async def _configured(self, c: Configure) -> None:
         await self.ws.send_json({"type": "configured", "session_id": self.session_id, "language": c.language,
                                  "targets": list(c.targets or ()), "translate_partials": c.translate_partials,
-                                 **endpointing(c.endpoint_ms or 0, c.max_utterance_s or 0.0)})
+                                 **endpointing(c.endpoint_ms or 0, c.max_utterance_s or 0.0),
+                                 "vocabulary": list(c.vocabulary or ())})
 
     def error_body(self, err: ProtocolError) -> dict[str, Any]:
         return err.to_json()
@@ -83,7 +84,7 @@ class NativeSession(SocketSession):
             "type": "started", "session_id": s.session_id, "sample_rate": s.start.sample_rate,
             "encoding": s.start.wire_encoding, "language": s.start.language, "targets": list(s.targets),
             "translate_partials": s.translate_partials, "resume_token": s.resume_token,
-            **endpointing(s.start.endpoint_ms, s.start.max_utterance_s),
+            **endpointing(s.start.endpoint_ms, s.start.max_utterance_s), "vocabulary": list(s.start.vocabulary),
             **({"resumed": True, "replayed": s.replayed} if s.resumed else {}),
         })
 

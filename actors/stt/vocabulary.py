@@ -1,0 +1,143 @@
+"""A session's vocabulary, spelled as given.
+
+The glossary in Whisper's prompt (`SttRequest.hotwords`) makes the model *prefer* a name, but a small model often
+still writes what it heard: "Plant Chat" for "Plat Chat", "Abby" for "Abbie", "side show" for "Sideshow". So the
+text is corrected too: a run of one to three recognised words that spells nearly the same as a term (letters
+only, case and spaces ignored) or sounds the same (Soundex, for words long enough to have a sound) becomes the
+term. Close means a normalised edit distance of at most 0.25 (one letter in four), or 0.5 when they sound alike:
+tight enough that a vocabulary of words nobody said changes nothing, which `loadtest.vocabulary` measures.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Sequence
+from functools import lru_cache
+
+from rapidfuzz.distance import Levenshtein
+
+from actors.stt.interface import WordTiming
+
+CLOSE = 0.25  # normalised edit distance that always counts as the term
+SOUNDS_CLOSE = 0.5  # ...and when the two sound alike (same Soundex)
+MIN_FUZZY = 4  # shorter terms only match exactly (letters, case and spaces ignored): "Sie" is not "see"
+_LETTERS = re.compile(r"[^\w]|_", re.UNICODE)
+_TRAIL = re.compile(r"[^\w]+$", re.UNICODE)
+_LEAD = re.compile(r"^[^\w]+", re.UNICODE)
+
+
+def key(text: str) -> str:
+    return _LETTERS.sub("", text).casefold()
+
+
+@lru_cache(maxsize=4096)
+def soundex(word: str) -> str:
+    codes = {**dict.fromkeys("bfpv", "1"), **dict.fromkeys("cgjkqsxz", "2"), **dict.fromkeys("dt", "3"), "l": "4",
+             **dict.fromkeys("mn", "5"), "r": "6"}
+    letters = [c for c in word if "a" <= c <= "z"]
+    if not letters:
+        return ""
+    out, last = letters[0], codes.get(letters[0], "")
+    for c in letters[1:]:
+        code = codes.get(c, "")
+        if code and code != last:
+            out += code
+        if c not in "hw":
+            last = code
+    return (out + "000")[:4]
+
+
+@dataclasses.dataclass(frozen=True)
+class Term:
+    text: str  # as the user wrote it
+    key: str
+    words: int
+    sound: str
+
+
+@lru_cache(maxsize=256)
+def terms(vocabulary: tuple[str, ...]) -> tuple[Term, ...]:
+    out = []
+    for t in vocabulary:
+        k = key(t)
+        if k:
+            out.append(Term(t.strip(), k, len(t.split()), soundex(k)))
+    return tuple(out)
+
+
+def _match(span: str, term: Term) -> float | None:
+    """How far the span is from the term (0 = the same letters), or None when it is not that term."""
+    if span == term.key:
+        return 0.0
+    if len(term.key) < MIN_FUZZY or not span:
+        return None
+    distance = Levenshtein.normalized_distance(span, term.key)
+    if distance <= CLOSE or (distance <= SOUNDS_CLOSE and soundex(span) == term.sound):
+        return distance
+    return None
+
+
+def _spans(tokens: Sequence[str], vocab: tuple[Term, ...]) -> list[tuple[int, int, Term]]:
+    """Non-overlapping (start, end, term) over the tokens, closest first."""
+    found: list[tuple[float, int, int, Term]] = []
+    keys = [key(t) for t in tokens]
+    for term in vocab:
+        for n in range(max(1, term.words - 1), term.words + 2):
+            for i in range(len(tokens) - n + 1):
+                span = "".join(keys[i:i + n])
+                d = _match(span, term)
+                if d is not None and " ".join(tokens[i:i + n]) != term.text:
+                    found.append((d, i, i + n, term))
+    taken: list[tuple[int, int, Term]] = []
+    used: set[int] = set()
+    for _, i, j, term in sorted(found, key=lambda f: (f[0], f[1])):
+        if used.isdisjoint(range(i, j)):
+            taken.append((i, j, term))
+            used.update(range(i, j))
+    return sorted(taken, key=lambda s: s[0])
+
+
+def _spelled(first: str, last: str, term: Term) -> str:
+    """The term, keeping the punctuation around the recognised words ("(Plant Chat)," → "(Plat Chat),")."""
+    lead = _LEAD.match(first)
+    trail = _TRAIL.search(last)
+    return f"{lead.group(0) if lead else ''}{term.text}{trail.group(0) if trail else ''}"
+
+
+def correct_text(text: str, vocabulary: tuple[str, ...]) -> str:
+    """A partial's text (no word timings) with the vocabulary's spellings."""
+    vocab = terms(vocabulary)
+    tokens = text.split()
+    if not vocab or not tokens:
+        return text
+    spans = _spans(tokens, vocab)
+    if not spans:
+        return text
+    out: list[str] = []
+    at = 0
+    for i, j, term in spans:
+        out += tokens[at:i]
+        out.append(_spelled(tokens[i], tokens[j - 1], term))
+        at = j
+    return " ".join(out + tokens[at:])
+
+
+def correct_words(words: Sequence[WordTiming], vocabulary: tuple[str, ...]) -> list[WordTiming] | None:
+    """A final's words with the vocabulary's spellings (a corrected run becomes one word spanning it), or None
+    when nothing changed."""
+    vocab = terms(vocabulary)
+    if not vocab or not words:
+        return None
+    spans = _spans([w.word for w in words], vocab)
+    if not spans:
+        return None
+    out: list[WordTiming] = []
+    at = 0
+    for i, j, term in spans:
+        out += words[at:i]
+        run = words[i:j]
+        out.append(WordTiming(_spelled(run[0].word, run[-1].word, term), run[0].start, run[-1].end,
+                              min(w.probability for w in run)))
+        at = j
+    return out + list(words[at:])

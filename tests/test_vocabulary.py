@@ -1,0 +1,76 @@
+"""A session's vocabulary (issue #35): the glossary Whisper reads, the near-misses corrected, and the bounds."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from actors.stt.engine import PROMPT_BUCKETS, SttRequest, WhisperEngine, WhisperOptions
+from actors.stt.interface import WordTiming
+from actors.stt.models import resolve
+from actors.stt.vocabulary import correct_text, correct_words
+from edge.core.commands import MAX_TERM_CHARS, MAX_VOCABULARY, parse_vocabulary
+from edge.core.errors import ErrorCode, ProtocolError
+from loadtest.speech import clips
+
+
+def test_near_misses_take_the_terms_spelling() -> None:
+    vocab = ("Plat Chat", "Sideshow", "Abbie", "Claflin")
+    assert correct_text("We use Plant Chat for that, and the side show was great.", vocab) == \
+        "We use Plat Chat for that, and the Sideshow was great."
+    assert correct_text("Abby said Clafflin came (plat chat).", vocab) == "Abbie said Claflin came (Plat Chat)."
+
+
+@pytest.mark.parametrize("text", [
+    "The time has come for Americans to make important decisions about our future.",
+    "I can't think of an animal that's less chant like than a slaw.",
+    "All nouns alongside the world say for you always begin with a capital letter.",
+    "Abstract art is a chat about plants, shows and sides.",
+])
+def test_words_nobody_meant_stay_as_they_are(text: str) -> None:
+    """Terms that sound nothing like the words said change nothing; nor do short terms that are near many words."""
+    unrelated = ("Kubernetes", "Prometheus", "Grafana", "Sintra", "Claflin", "Abbie", "Plat Chat", "Sie", "Josh")
+    assert correct_text(text, unrelated) == text
+
+
+def test_a_corrected_run_of_words_becomes_one_timed_word() -> None:
+    words = [WordTiming("We", 0.0, 0.2, 0.9), WordTiming("use", 0.2, 0.4, 0.9), WordTiming("Plant", 0.5, 0.8, 0.4),
+             WordTiming("Chat,", 0.8, 1.1, 0.7), WordTiming("daily.", 1.2, 1.6, 0.9)]
+    fixed = correct_words(words, ("Plat Chat",))
+    assert fixed == [words[0], words[1], WordTiming("Plat Chat,", 0.5, 1.1, 0.4), words[4]]
+    assert correct_words(words, ("Grafana",)) is None
+
+
+def test_bounds() -> None:
+    assert parse_vocabulary([" Ana  Lúcia ", "Tolk", "Tolk"], ErrorCode.INVALID_VOCABULARY) == ("Ana Lúcia", "Tolk")
+    assert parse_vocabulary("Tolk", ErrorCode.INVALID_VOCABULARY) == ("Tolk",)
+    for bad in ([f"term{i}" for i in range(MAX_VOCABULARY + 1)], ["x" * (MAX_TERM_CHARS + 1)], [""], [3], {"a": 1}):
+        with pytest.raises(ProtocolError) as err:
+            parse_vocabulary(bad, ErrorCode.INVALID_VOCABULARY)
+        assert err.value.code is ErrorCode.INVALID_VOCABULARY and err.value.message
+
+
+@pytest.fixture(scope="module")
+def tiny() -> WhisperEngine:
+    return WhisperEngine(resolve("tiny.en", "/nonexistent"), WhisperOptions(beam_size=5))
+
+
+def test_the_glossary_leads_the_prompt_and_keeps_sessions_batched(tiny: WhisperEngine) -> None:
+    glossary = tiny.context_tokens("", "Plat Chat, Sideshow")
+    assert glossary and len(glossary) < PROMPT_BUCKETS[1]
+    text = "and so my fellow Americans ask not what your country can do for you " * 8
+    both = tiny.context_tokens(text, "Plat Chat, Sideshow")
+    assert both[: len(glossary)] == glossary and len(both) in PROMPT_BUCKETS  # whole glossary, then the text's tail
+    assert both[len(glossary):] == tiny.context_tokens(text)[-(len(both) - len(glossary)):]
+
+
+def test_whisper_spells_a_name_it_has_read(tiny: WhisperEngine) -> None:
+    """Real speech: tiny.en hears "sloth" as "slaw" unless the session's vocabulary has it."""
+    c = next(c for c in clips("en") if c.name == "en_conversational_multilingual_ipa.wav")
+    pcm, _ = c.pcm16()
+    audio = np.frombuffer(pcm, "<i2").astype(np.float32) / 32768
+    plain, with_vocab, unrelated = tiny.transcribe_batch([
+        SttRequest(audio, "en", True), SttRequest(audio, "en", True, hotwords="Sloth"),
+        SttRequest(audio, "en", True, hotwords="Kubernetes, Grafana")], 30.0, 5)
+    assert "sloth" not in plain.text.lower() and "sloth" in with_vocab.text.lower(), (plain.text, with_vocab.text)
+    assert "sloth" not in unrelated.text.lower()
