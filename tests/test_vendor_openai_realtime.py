@@ -108,7 +108,7 @@ def all_items_done(events: list[Any]) -> Callable[[], bool]:
 async def test_openai_sdk_server_vad(tolk: Running) -> None:
     """The SDK's realtime client, GA dialect, server VAD: speech_started, deltas, speech_stopped, committed and
     completed per utterance, WER ≤ 0.15 over two clips streamed at real-time pace."""
-    cs = [clip("en_jfk"), clip("en_fleurs_003")]
+    cs = [clip("en_jfk"), clip("en_librispeech_2412")]
     events: list[Any] = []
     async with sdk(tolk).realtime.connect(extra_query={"intent": "transcription"}) as conn:
         async def read() -> None:
