@@ -207,6 +207,12 @@ def main(argv: list[str] | None = None) -> int:
     opts = UpOptions(nats_url=args.nats_url, data_dir=Path(args.data_dir), host=args.host, port=args.port,
                      nats_port=args.nats_port, nats_replicas=args.nats_replicas, extra_env=extra,
                      nats_auth=args.nats_auth, ready_timeout_s=args.ready_timeout, nats_sync=args.nats_sync)
+    from actors.runtime.embedded import SYNC_RE
+
+    if not SYNC_RE.fullmatch(args.nats_sync):
+        print(f"tolk up: --nats-sync / TOLK_NATS_SYNC must be `always` or a duration like 120s, not "
+              f"{args.nats_sync!r}", file=sys.stderr)
+        return 2
     try:
         supervisor = Supervisor(opts)
     except SettingsError as exc:
