@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import nats.js.errors
@@ -26,7 +27,7 @@ needs_fuse = pytest.mark.skipif(not os.path.exists("/dev/fuse") or not shutil.wh
 
 
 @pytest.fixture
-def mount(tmp_path: Path) -> object:
+def mount(tmp_path: Path) -> Iterator[Mount]:
     m = Mount(tmp_path / "backing", tmp_path / "mnt")
     m.start()
     yield m
