@@ -155,13 +155,14 @@ class ActorSampler:
 
 
 async def run_level(url: str, n: int, cs: list[Clip], seconds: float, sampler: ActorSampler | None,
-                    targets: list[str] | None = None, continuous: bool = False, data: Path | None = None) -> Row:
+                    targets: list[str] | None = None, continuous: bool = False, data: Path | None = None,
+                    start_fields: dict[str, Any] | None = None) -> Row:
     streams = [mic_stream(cs, i * 3, seconds, continuous) for i in range(n)]
 
     async def one(i: int) -> SessionRun:
         await asyncio.sleep(i * 0.37)  # staggered like real users, not in lockstep
         pcm, _ = streams[i]
-        return await stream_pcm(url, pcm, 16000, pace=1.0, timeout=120, targets=targets)
+        return await stream_pcm(url, pcm, 16000, pace=1.0, timeout=120, targets=targets, start_fields=start_fields)
 
     if sampler:
         sampler.start()
@@ -351,7 +352,7 @@ def render(rows: list[Row], args: argparse.Namespace, machine: str) -> str:
         f"≈{args.seconds:.0f} s of real "
         "speech at real-time pace" + (f", translated into {', '.join(args.targets)}" if args.targets else ""),
         "- latency is client-side: audio leaving the client → text arriving (final: from the end of speech, so it "
-        "includes the 500 ms endpoint silence)",
+        f"includes the {endpoint_of(args)} endpoint silence)",
         "",
         "| sessions | WER | first partial p50 / p95 (s) | final p50 / p95 (s) | finals | errors |",
         "|---:|---:|---:|---:|---:|---:|",
@@ -370,9 +371,24 @@ def render(rows: list[Row], args: argparse.Namespace, machine: str) -> str:
               f"**{max(held) if held else 'none'}**", ""]
     if any(r.stt for r in rows):
         lines += [*render_stt(rows), ""]
-    if any(r.mode == "continuous" for r in rows):
+    if any(r.mode == "continuous" for r in rows) or session_fields(args):
         lines += [*render_endpoints(rows), ""]
     return "\n".join(lines)
+
+
+def session_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """The per-session endpointing `--endpoint-ms` / `--max-utterance-s` put in every `start`."""
+    out: dict[str, Any] = {}
+    if args.endpoint_ms is not None:
+        out["endpoint_ms"] = False if str(args.endpoint_ms).lower() == "false" else int(args.endpoint_ms)
+    if args.max_utterance_s is not None:
+        out["max_utterance_s"] = args.max_utterance_s
+    return out
+
+
+def endpoint_of(args: argparse.Namespace) -> str:
+    endpoint = session_fields(args).get("endpoint_ms")
+    return "500 ms (the server's)" if endpoint is None else "no" if endpoint is False else f"session's {endpoint} ms"
 
 
 async def main_async(args: argparse.Namespace) -> int:
@@ -394,7 +410,7 @@ async def main_async(args: argparse.Namespace) -> int:
             for continuous in modes:
                 sampler = ActorSampler(proc.pid) if proc else None
                 row = await run_level(url, n, cs, args.seconds, sampler, args.targets, continuous,
-                                      Path(tmp.name) if tmp else None)
+                                      Path(tmp.name) if tmp else None, session_fields(args))
                 print(f"sessions={n} {row.mode}: WER {row.wer:.3f}, final p50/p95 {row.final_p50:.2f}/"
                       f"{row.final_p95:.2f} s, first partial p50/p95 {row.first_partial_p50:.2f}/"
                       f"{row.first_partial_p95:.2f} s, by endpoint "
@@ -423,6 +439,9 @@ def main() -> int:
     p.add_argument("--continuous", action="store_true",
                    help="run each level paused and then with pauses over 150 ms squeezed out; latency per endpoint")
     p.add_argument("--only-continuous", action="store_true", help="only the squeezed pass")
+    p.add_argument("--endpoint-ms", default=None,
+                   help="every session's `endpoint_ms` (ms, or false: no silence endpoint); default: the server's")
+    p.add_argument("--max-utterance-s", type=float, default=None, help="every session's `max_utterance_s`")
     return asyncio.run(main_async(p.parse_args()))
 
 

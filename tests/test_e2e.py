@@ -392,3 +392,32 @@ async def test_a_sessions_vocabulary_spells_its_names(tolk: Running) -> None:
         error = await ws.receive_json(timeout=10)
         assert error["code"] == "invalid_vocabulary", error
         assert (await ws.receive()).type is aiohttp.WSMsgType.CLOSE and ws.close_code == 1008
+
+
+async def test_a_sessions_endpoint_ms(tolk: Running) -> None:
+    """#35: `endpoint_ms` per session on the same speech: 300 ms ends more, shorter utterances than 1500 ms; `false`
+    ends none at a pause (only `max_utterance_s` and stop); `configure` changes it for the next utterance; out of
+    the bounds: invalid_start, 1008."""
+    c = next(c for c in clips("en") if c.name.startswith("en_jfk"))
+    pcm, rate = c.pcm16()
+    short, long, never = await asyncio.gather(
+        stream_pcm(tolk.ws, pcm, rate, pace=2.0, start_fields={"endpoint_ms": 300}),
+        stream_pcm(tolk.ws, pcm, rate, pace=2.0, start_fields={"endpoint_ms": 1500},
+                   configure=[(1.0, {"endpoint_ms": 1200, "max_utterance_s": 20})]),
+        stream_pcm(tolk.ws, pcm, rate, pace=2.0, start_fields={"endpoint_ms": False, "max_utterance_s": 4}))
+    for run in (short, long, never):
+        check_ordering(run)
+        assert corpus_wer([(c.reference, run.text())]) < 0.2, run.text()
+    assert short.started["endpoint_ms"] == 300 and never.started["endpoint_ms"] is False
+    assert never.started["max_utterance_s"] == 4
+    assert long.configured and long.configured[0][1]["endpoint_ms"] == 1200
+    assert long.configured[0][1]["max_utterance_s"] == 20
+    assert len(short.finals) > len(long.finals), ([f["end"] for f in short.finals], [f["end"] for f in long.finals])
+    assert "silence" in {f["endpoint"] for f in short.finals} <= {"silence", "stop"}
+    assert {f["endpoint"] for f in never.finals} <= {"max_duration", "stop"} and len(never.finals) >= 2
+    for bad in ({"endpoint_ms": 50}, {"endpoint_ms": "300"}, {"max_utterance_s": 60}):
+        async with aiohttp.ClientSession() as http, http.ws_connect(tolk.ws) as ws:
+            await ws.send_json({"type": "start", "sample_rate": 16000, **bad})
+            error = await ws.receive_json(timeout=10)
+            assert error["code"] == "invalid_start", error
+            assert (await ws.receive()).type is aiohttp.WSMsgType.CLOSE and ws.close_code == 1008

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 import numpy as np
@@ -216,3 +217,39 @@ async def test_keyterm_and_keywords_are_the_sessions_vocabulary(tolk: Running) -
         async with http.get(f"{tolk.http}/v1/listen?encoding=linear16&sample_rate=16000&{query}") as resp:
             body = await resp.json()
             assert resp.status == 400 and "keyterm" in body["err_msg"], body
+
+
+async def test_endpointing_per_session(tolk: Running) -> None:
+    """#35: `endpointing=300` ends JFK's phrases at their pauses (speech_final); `endpointing=false` ends none
+    (one final, at CloseStream); `utterance_end_ms=1000` sends UtteranceEnd only where 1 s without words
+    followed the last final word (the VAD's onset of the next words, not Whisper's word times, which stretch back
+    into the pre-roll); outside 100-5000 ms: Deepgram's 400 at the handshake."""
+    api = deepgram_client(tolk.http)
+    c = clip("en_jfk")
+    pcm, rate = c.pcm16()
+    audio = pcm + bytes(rate * 2 * 2)  # and 2 s of silence: the last words get their UtteranceEnd
+
+    async def run(**params: Any) -> list[Any]:
+        async with api.listen.v1.connect(model="nova-3", encoding="linear16", sample_rate=rate, language="en",
+                                         **params) as conn:
+            await conn.send_media(audio)
+            await conn.send_close_stream()
+            return [m async for m in conn]
+
+    short, patient, never = await asyncio.gather(
+        run(endpointing=300, utterance_end_ms=1000, interim_results="true"),
+        run(endpointing=300, utterance_end_ms=2000), run(endpointing="false"))
+    finals = [m for m in short if m.type == "Results" and m.is_final]
+    assert len(finals) >= 3 and all(m.speech_final for m in finals[:-1]), [(m.start, m.speech_final) for m in finals]
+    assert len([m for m in never if m.type == "Results" and m.is_final]) == 1
+    # JFK pauses 1.1 s after "Americans" and under a second after the later phrases; then the 2 s of silence.
+    for got, n in ((short, 2), (patient, 1)):
+        ends = [i for i, m in enumerate(got) if m.type == "UtteranceEnd"]
+        assert len(ends) >= n and ends[-1] == len(got) - 2, [m.type for m in got]  # the last words, then Metadata
+        assert n > 1 or len(ends) == 1, [got[i].last_word_end for i in ends]
+    async with aiohttp.ClientSession() as http:
+        for bad in ("50", "9000", "soon"):
+            async with http.get(f"{tolk.http}/v1/listen?encoding=linear16&sample_rate=16000&endpointing={bad}") \
+                    as resp:
+                body = await resp.json()
+                assert resp.status == 400 and "endpointing" in body["err_msg"], body

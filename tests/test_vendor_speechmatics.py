@@ -3,6 +3,7 @@ and API key only: real models, real speech, translation into Portuguese; and its
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import Iterator
@@ -285,3 +286,36 @@ async def test_additional_vocab(stack: Running) -> None:
     messages, code = await exchange(stack, [start(transcription_config=too_many)])
     assert messages[-1]["message"] == "Error" and messages[-1]["type"] == "invalid_config", messages
     assert code == 1003
+
+
+async def test_end_of_utterance_silence_trigger(stack: Running) -> None:
+    """#35: `conversation_config.end_of_utterance_silence_trigger` is the session's endpoint: each utterance its
+    pause ended has its AddTranscript then EndOfUtterance; a shorter trigger ends more of them; without it no
+    EndOfUtterance; outside 0.1-2 s: invalid_config."""
+    pcm, _ = jfk().pcm16()
+    eos = json.dumps({"message": "EndOfStream", "last_seq_no": 1})
+
+    async def run(conversation: dict[str, Any] | None) -> list[dict[str, Any]]:
+        config: dict[str, Any] = {"language": "en"}
+        if conversation is not None:
+            config["conversation_config"] = conversation
+        messages, code = await exchange(stack, [start(transcription_config=config), pcm, eos])
+        assert code == 1000 and messages[-1]["message"] == "EndOfTranscript", messages[-3:]
+        return messages
+
+    quick, slow, plain = await asyncio.gather(run({"end_of_utterance_silence_trigger": 0.3}),
+                                              run({"end_of_utterance_silence_trigger": 1.5}), run(None))
+    kinds = [m["message"] for m in quick]
+    eous = [i for i, k in enumerate(kinds) if k == "EndOfUtterance"]
+    assert len(eous) >= 2, kinds
+    for i in eous:  # right after its final, with that final's span
+        assert kinds[i - 1] == "AddTranscript", kinds
+        assert quick[i]["metadata"]["end_time"] == quick[i - 1]["metadata"]["end_time"]
+    finals = [[m for m in ms if m["message"] == "AddTranscript"] for ms in (quick, slow)]
+    assert len(finals[0]) > len(finals[1]), [len(f) for f in finals]
+    assert "EndOfUtterance" not in [m["message"] for m in plain]
+    for bad in (3.0, 0.05, "0.5"):
+        config = {"language": "en", "conversation_config": {"end_of_utterance_silence_trigger": bad}}
+        messages, code = await exchange(stack, [start(transcription_config=config)])
+        assert messages[-1]["message"] == "Error" and messages[-1]["type"] == "invalid_config", messages
+        assert code == 1003

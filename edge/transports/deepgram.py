@@ -15,6 +15,7 @@ import datetime
 import json
 import logging
 import re
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -182,8 +183,10 @@ class DeepgramSession(SocketSession):
         self.created = _now_iso()
         self.pcm: PcmDecoder | None = None  # raw audio (`encoding`): mixed down here
         self.sample_rate = opts.sample_rate
-        # utterance_end_ms: the last final's last word (stream seconds, utterance id) while its UtteranceEnd waits.
+        # utterance_end_ms: the last final's last word (stream seconds, utterance id) while its UtteranceEnd waits,
+        # and when that final arrived (monotonic).
         self.word_end: tuple[float, int] | None = None
+        self.word_end_at = 0.0
 
     async def opened(self) -> None:
         # Raw audio and Opus: the session starts now; no `encoding`: at the first frame (a WAV, Ogg Opus or WebM
@@ -227,6 +230,7 @@ class DeepgramSession(SocketSession):
         except ValueError:
             kind = None
         if kind == "KeepAlive":
+            await self._utterance_end()
             return
         if kind == "Finalize":
             if self.phase is Phase.STREAMING:  # before any audio there is nothing to finalize
@@ -282,15 +286,18 @@ class DeepgramSession(SocketSession):
         await self.ws.send_json(out)
         if final and result.text.strip() and self.opts.utterance_end_ms:
             self.word_end = (result.words[-1].end if result.words else result.end, result.utterance_id)
+            self.word_end_at = time.monotonic()
             await self._utterance_end()
 
     async def _utterance_end(self, lag: float = UTTERANCE_END_LAG_S) -> None:
-        """UtteranceEnd once utterance_end_ms of audio after the last final word has arrived, and `lag` more: the
-        time the first result of speech that resumed in that gap takes to get here (which would cancel it)."""
+        """UtteranceEnd once utterance_end_ms of audio after the last final word has arrived, and `lag` more, and
+        `lag` has passed since that final: the time the first result of speech that resumed in the gap takes to
+        get here (it decides instead, by where that speech starts). Checked as audio, KeepAlive and results come."""
         if self.word_end is None or not self.sample_rate:
             return
         received = self.live.published / 2 / self.sample_rate
-        if received >= self.word_end[0] + self.opts.utterance_end_ms / 1000 + lag:
+        if received >= self.word_end[0] + self.opts.utterance_end_ms / 1000 + lag \
+                and time.monotonic() - self.word_end_at >= lag:
             await self._send_utterance_end()
 
     async def _send_utterance_end(self) -> None:
