@@ -5,8 +5,9 @@ vocabulary of words nobody says change anything?
 
 Three passes over the dev clips through a real `tolk up` (2x real time, 3 sessions at once):
 1. no vocabulary: each clip's *missed words* are the reference words of 4+ letters the finals got wrong or left
-   out (where the reference marks names with capitals, only capitalised ones) — the names and rare words a user
-   would put in a vocabulary, found without looking at which they are;
+   out that are rare in the clip's language (Zipf frequency under 4.5 in `wordfreq`: "Sintra", "Josh", "sloth",
+   "thereunder", not "could") and, where the reference marks names with capitals, capitalised — the names and
+   rare words a user would put in a vocabulary, found without looking at which they are;
 2. each clip with its own missed words as `vocabulary`: recall = share of their occurrences now in the finals
    (goal ≥ 85 %);
 3. each clip with every *other* clip's missed words (an unrelated vocabulary): WER against pass 1 (goal ≤ +0.01).
@@ -25,6 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import jiwer
+from wordfreq import zipf_frequency
 
 from loadtest.client import stream_pcm
 from loadtest.mic import command, machine, save_report, start_tolk
@@ -33,6 +35,7 @@ from loadtest.wer import corpus_wer, normalise
 
 GROUPS = {"en": ["en"], "multi": ["de", "fr", "es", "pt"]}
 MAX_TERMS = 100  # the server's bound per session
+RARE_ZIPF = 4.5  # under this a word is rare enough to be worth naming (wordfreq: "think" 6.1, "Josh" 4.35)
 
 
 @dataclass
@@ -49,7 +52,7 @@ class Row:
 
 
 def missed_words(reference: str, hypothesis: str, language: str) -> list[str]:
-    """Reference words (as written there) of 4+ letters the hypothesis got wrong or left out."""
+    """Rare reference words (as written there) of 4+ letters the hypothesis got wrong or left out."""
     ref, hyp = normalise(reference, language), normalise(hypothesis, language)
     if not ref:
         return []
@@ -61,7 +64,8 @@ def missed_words(reference: str, hypothesis: str, language: str) -> list[str]:
         if chunk.type in ("substitute", "delete"):
             for w in out.references[0][chunk.ref_start_idx:chunk.ref_end_idx]:
                 term = written.get(w, w)
-                if len(w) >= 4 and (not cased or term[:1].isupper()) and term not in missed:
+                rare = zipf_frequency(w, language) < RARE_ZIPF
+                if len(w) >= 4 and rare and (not cased or term[:1].isupper()) and term not in missed:
                     missed.append(term)
     return missed
 
@@ -101,7 +105,7 @@ async def run_group(url: str, group: str) -> Row:
     cs = [c for lang in GROUPS[group] for c in clips(lang)]
     lang = "en" if group == "en" else "xx"  # normalise: Whisper's English normaliser, or the basic one
     base = await transcribe(url, cs, {})
-    terms = {c.name: missed_words(c.reference, base[c.name], lang) for c in cs}
+    terms = {c.name: missed_words(c.reference, base[c.name], c.language) for c in cs}
     own = await transcribe(url, cs, terms)
     others = {c.name: [t for d in cs if d.name != c.name for t in terms[d.name]
                        if t.lower() not in c.reference.lower()] for c in cs}

@@ -14,11 +14,28 @@ from edge.core.errors import ErrorCode, ProtocolError
 from loadtest.speech import clips
 
 
-def test_near_misses_take_the_terms_spelling() -> None:
+def words(text: str, unsure: tuple[str, ...] = ()) -> list[WordTiming]:
+    """Timed words as a final has them; those in `unsure` came out improbable."""
+    return [WordTiming(w, i * 0.3, i * 0.3 + 0.25, 0.3 if w.strip(".,()").lower() in unsure else 0.95)
+            for i, w in enumerate(text.split())]
+
+
+def spoken(ws: list[WordTiming] | None) -> str | None:
+    return None if ws is None else " ".join(w.word for w in ws)
+
+
+def test_near_misses_the_model_was_unsure_of_take_the_terms_spelling() -> None:
     vocab = ("Plat Chat", "Sideshow", "Abbie", "Claflin")
-    assert correct_text("We use Plant Chat for that, and the side show was great.", vocab) == \
+    said = "We use Plant Chat for that, and the side show was great."
+    assert spoken(correct_words(words(said, ("plant",)), vocab)) == \
         "We use Plat Chat for that, and the Sideshow was great."
-    assert correct_text("Abby said Clafflin came (plat chat).", vocab) == "Abbie said Claflin came (Plat Chat)."
+    assert spoken(correct_words(words("Abby said Clafflin came (plat chat).", ("abby", "clafflin")), vocab)) == \
+        "Abbie said Claflin came (Plat Chat)."
+    # Heard with confidence: a word that was said, left alone (only the exact letters are respelled).
+    assert spoken(correct_words(words(said), vocab)) == "We use Plant Chat for that, and the Sideshow was great."
+    assert correct_words(words("He had vanished behind the curtain."), ("Chad", "finished")) is None
+    # Partials have no probabilities: exact letters only; their final corrects the rest.
+    assert correct_text(said, vocab) == "We use Plant Chat for that, and the Sideshow was great."
 
 
 @pytest.mark.parametrize("text", [
@@ -28,17 +45,20 @@ def test_near_misses_take_the_terms_spelling() -> None:
     "Abstract art is a chat about plants, shows and sides.",
 ])
 def test_words_nobody_meant_stay_as_they_are(text: str) -> None:
-    """Terms that sound nothing like the words said change nothing; nor do short terms that are near many words."""
+    """Terms that sound nothing like the words said change nothing, even where the model was unsure of every
+    word; nor do short terms near many words."""
     unrelated = ("Kubernetes", "Prometheus", "Grafana", "Sintra", "Claflin", "Abbie", "Plat Chat", "Sie", "Josh")
     assert correct_text(text, unrelated) == text
+    unsure = tuple(w.strip(".,'").lower() for w in text.split())
+    assert correct_words(words(text, unsure), unrelated) is None
 
 
 def test_a_corrected_run_of_words_becomes_one_timed_word() -> None:
-    words = [WordTiming("We", 0.0, 0.2, 0.9), WordTiming("use", 0.2, 0.4, 0.9), WordTiming("Plant", 0.5, 0.8, 0.4),
-             WordTiming("Chat,", 0.8, 1.1, 0.7), WordTiming("daily.", 1.2, 1.6, 0.9)]
-    fixed = correct_words(words, ("Plat Chat",))
-    assert fixed == [words[0], words[1], WordTiming("Plat Chat,", 0.5, 1.1, 0.4), words[4]]
-    assert correct_words(words, ("Grafana",)) is None
+    ws = [WordTiming("We", 0.0, 0.2, 0.9), WordTiming("use", 0.2, 0.4, 0.9), WordTiming("Plant", 0.5, 0.8, 0.4),
+          WordTiming("Chat,", 0.8, 1.1, 0.7), WordTiming("daily.", 1.2, 1.6, 0.9)]
+    fixed = correct_words(ws, ("Plat Chat",))
+    assert fixed == [ws[0], ws[1], WordTiming("Plat Chat,", 0.5, 1.1, 0.4), ws[4]]
+    assert correct_words(ws, ("Grafana",)) is None
 
 
 def test_bounds() -> None:

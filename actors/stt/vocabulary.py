@@ -2,10 +2,13 @@
 
 The glossary in Whisper's prompt (`SttRequest.hotwords`) makes the model *prefer* a name, but a small model often
 still writes what it heard: "Plant Chat" for "Plat Chat", "Abby" for "Abbie", "side show" for "Sideshow". So the
-text is corrected too: a run of one to three recognised words that spells nearly the same as a term (letters
-only, case and spaces ignored) or sounds the same (Soundex, for words long enough to have a sound) becomes the
-term. Close means a normalised edit distance of at most 0.25 (one letter in four), or 0.5 when they sound alike:
-tight enough that a vocabulary of words nobody said changes nothing, which `loadtest.vocabulary` measures.
+text is corrected too. A run of one to three recognised words with the term's letters (case, spaces and
+punctuation aside) always becomes the term. One that spells *nearly* the same (a normalised edit distance of at
+most 0.25, one letter in four; 0.5 when they also sound alike by Soundex) becomes it only where the model was
+unsure of one of those words (probability under 0.6): a misheard name comes out unsure, a word said and heard
+("had", never "Chad") does not. Partials carry no word probabilities, so they get exact matches only; their final
+gets the rest. `loadtest.vocabulary` measures both sides: recall of the terms, and that a vocabulary of words nobody
+said changes nothing.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from actors.stt.interface import WordTiming
 CLOSE = 0.25  # normalised edit distance that always counts as the term
 SOUNDS_CLOSE = 0.5  # ...and when the two sound alike (same Soundex)
 MIN_FUZZY = 4  # shorter terms only match exactly (letters, case and spaces ignored): "Sie" is not "see"
+UNSURE = 0.6  # a near miss is corrected only where one of its words came out less probable than this
 _LETTERS = re.compile(r"[^\w]|_", re.UNICODE)
 _TRAIL = re.compile(r"[^\w]+$", re.UNICODE)
 _LEAD = re.compile(r"^[^\w]+", re.UNICODE)
@@ -66,11 +70,11 @@ def terms(vocabulary: tuple[str, ...]) -> tuple[Term, ...]:
     return tuple(out)
 
 
-def _match(span: str, term: Term) -> float | None:
+def _match(span: str, term: Term, fuzzy: bool) -> float | None:
     """How far the span is from the term (0 = the same letters), or None when it is not that term."""
     if span == term.key:
         return 0.0
-    if len(term.key) < MIN_FUZZY or not span:
+    if not fuzzy or len(term.key) < MIN_FUZZY or not span:
         return None
     distance = Levenshtein.normalized_distance(span, term.key)
     if distance <= CLOSE or (distance <= SOUNDS_CLOSE and soundex(span) == term.sound):
@@ -78,15 +82,16 @@ def _match(span: str, term: Term) -> float | None:
     return None
 
 
-def _spans(tokens: Sequence[str], vocab: tuple[Term, ...]) -> list[tuple[int, int, Term]]:
-    """Non-overlapping (start, end, term) over the tokens, closest first."""
+def _spans(tokens: Sequence[str], vocab: tuple[Term, ...], unsure: Sequence[bool] | None = None
+           ) -> list[tuple[int, int, Term]]:
+    """Non-overlapping (start, end, term) over the tokens, closest first; near misses only over `unsure` words."""
     found: list[tuple[float, int, int, Term]] = []
     keys = [key(t) for t in tokens]
     for term in vocab:
         for n in range(max(1, term.words - 1), term.words + 2):
             for i in range(len(tokens) - n + 1):
                 span = "".join(keys[i:i + n])
-                d = _match(span, term)
+                d = _match(span, term, unsure is not None and any(unsure[i:i + n]))
                 if d is not None and " ".join(tokens[i:i + n]) != term.text:
                     found.append((d, i, i + n, term))
     taken: list[tuple[int, int, Term]] = []
@@ -106,7 +111,7 @@ def _spelled(first: str, last: str, term: Term) -> str:
 
 
 def correct_text(text: str, vocabulary: tuple[str, ...]) -> str:
-    """A partial's text (no word timings) with the vocabulary's spellings."""
+    """A partial's text (no word probabilities) with the vocabulary's exact spellings."""
     vocab = terms(vocabulary)
     tokens = text.split()
     if not vocab or not tokens:
@@ -129,7 +134,7 @@ def correct_words(words: Sequence[WordTiming], vocabulary: tuple[str, ...]) -> l
     vocab = terms(vocabulary)
     if not vocab or not words:
         return None
-    spans = _spans([w.word for w in words], vocab)
+    spans = _spans([w.word for w in words], vocab, [w.probability < UNSURE for w in words])
     if not spans:
         return None
     out: list[WordTiming] = []

@@ -37,6 +37,7 @@ class Start:
     # Names and terms to spell as given (native `vocabulary`, Deepgram `keyterm`, Speechmatics `additional_vocab`):
     # a glossary in Whisper's prompt, and the text's near-misses corrected (actors/stt/vocabulary.py).
     vocabulary: tuple[str, ...] = ()
+    prompt: str = ""  # Whisper's initial prompt for the first finals (OpenAI `prompt`), before the session has text
 
     @property
     def wire_encoding(self) -> str:

@@ -268,7 +268,7 @@ class LiveSession:
                                              encoding=self.start.encoding, language=self.start.language, end=end,
                                              flush=flush, endpoint_ms=self.start.endpoint_ms,
                                              max_utterance_s=self.start.max_utterance_s,
-                                             vocabulary=self.start.vocabulary)
+                                             vocabulary=self.start.vocabulary, prompt=self.start.prompt)
 
     async def _record(self, status: str) -> bool:
         """Writes this session's KV record, unless a newer connection resumed it. False when it was not written."""

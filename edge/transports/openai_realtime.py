@@ -56,6 +56,7 @@ VAD_TYPES = ("server_vad", "semantic_vad")
 DEFAULT_VAD: dict[str, Any] = {"type": "server_vad", "threshold": 0.5, "prefix_padding_ms": 300,
                                "silence_duration_ms": 500}
 MIN_COMMIT_MS = 100  # OpenAI refuses to commit less than this
+MAX_PROMPT_CHARS = 1000  # Whisper reads at most 224 prompt tokens; the text so far takes over after the first final
 CLIENT_EVENTS = ("session.update", "transcription_session.update", "input_audio_buffer.append",
                  "input_audio_buffer.commit", "input_audio_buffer.clear")
 _TRAILING = re.compile(r"[\s.,!?;:…。，、？！]+$")
@@ -351,7 +352,7 @@ class RealtimeSession(SocketSession):
         cfg = self.config
         self.pcm = PcmDecoder(FORMATS[cfg.format][3], 1)
         await self.begin(Start(sample_rate=cfg.rate, encoding=Encoding.PCM_S16LE, language=cfg.language or "auto",
-                               session_id=None))
+                               session_id=None, prompt=cfg.prompt[:MAX_PROMPT_CHARS]))
 
     async def _commit(self, event_id: str | None) -> None:
         ms = self.uncommitted / 2 / self.config.rate * 1000
