@@ -334,3 +334,53 @@ async def test_bad_input_and_the_session_goes_on(tolk: Running) -> None:
     wer = corpus_wer([(c.reference, text)])
     print(f"\nG.711 µ-law at 8 kHz after the errors: WER {wer:.3f}: {text!r}")
     assert wer <= 0.2
+
+
+@e2e
+async def test_silence_duration_ms_is_the_sessions_endpoint(tolk: Running) -> None:
+    """#35: server_vad's `silence_duration_ms` ends items at JFK's pauses at 300 ms and not at 1500 ms; outside
+    100-5000 ms: `invalid_value` on that param, the session keeps its settings."""
+    url = tolk.http.replace("http", "ws", 1) + "/v1/realtime?intent=transcription"
+    audio = resampled(clip("en_jfk")).tobytes()
+
+    async def run(silence_ms: int) -> list[dict[str, Any]]:
+        events: list[dict[str, Any]] = []
+        async with aiohttp.ClientSession() as http, http.ws_connect(url) as ws:
+            await ws.receive(timeout=10)  # session.created
+            await ws.send_json({"type": "session.update", "session": {"type": "transcription", "audio": {"input": {
+                "transcription": {"language": "en"},
+                "turn_detection": {"type": "server_vad", "silence_duration_ms": silence_ms}}}}})
+            assert json.loads((await ws.receive(timeout=10)).data)["type"] == "session.updated"
+
+            async def read() -> None:
+                async for msg in ws:
+                    events.append(json.loads(msg.data))
+
+            reader = asyncio.create_task(read())
+
+            async def append(data: str) -> None:
+                await ws.send_json({"type": "input_audio_buffer.append", "audio": data})
+
+            await paced(append, audio, RATE * 2, pace=4.0)
+
+            def done() -> bool:
+                completed = {e["item_id"] for e in events
+                             if e["type"] == "conversation.item.input_audio_transcription.completed"}
+                opened = {e["item_id"] for e in events if e["type"] in (
+                    "input_audio_buffer.speech_started", "conversation.item.input_audio_transcription.delta")}
+                return bool(completed) and opened <= completed
+
+            await settle(append, done, quiet_s=1.0)
+            reader.cancel()
+        assert not [e for e in events if e["type"] == "error"], events
+        return [e for e in events if e["type"] == "conversation.item.input_audio_transcription.completed"
+                and e["transcript"]]
+
+    short, long = await asyncio.gather(run(300), run(1500))
+    assert len(short) > len(long) >= 1, ([e["transcript"] for e in short], [e["transcript"] for e in long])
+    async with aiohttp.ClientSession() as http, http.ws_connect(url) as ws:
+        await ws.receive(timeout=10)
+        await ws.send_json({"type": "session.update", "event_id": "evt_1", "session": {
+            "type": "transcription", "audio": {"input": {"turn_detection": {"type": "server_vad",
+                                                                            "silence_duration_ms": 50}}}}})
+        await expect_error(ws, "invalid_value", "session.audio.input.turn_detection.silence_duration_ms", "evt_1")

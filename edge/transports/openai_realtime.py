@@ -41,7 +41,7 @@ from edge.http import auth
 from edge.http.auth import TokenError
 from edge.transports import socket
 from edge.transports.socket import SocketSession
-from schemas import ClientResult, Encoding, Endpoint, ResultKind
+from schemas import ENDPOINT_MS_RANGE, ClientResult, Encoding, Endpoint, ResultKind
 from schemas.languages import WHISPER_LANGUAGES
 
 log = logging.getLogger("tolk.edge.openai_realtime")
@@ -107,6 +107,16 @@ class Config:
     def vad(self) -> bool:
         return self.turn_detection is not None
 
+    @property
+    def endpoint_ms(self) -> int:
+        """The session's endpoint: server_vad's `silence_duration_ms` (OpenAI's default, 500: the server's own,
+        TOLK_ENDPOINT_MS); `semantic_vad` or manual commits: the server's."""
+        td = self.turn_detection
+        if td is None or td.get("type", "server_vad") != "server_vad":
+            return 0
+        ms = td.get("silence_duration_ms", DEFAULT_VAD["silence_duration_ms"])
+        return 0 if ms == DEFAULT_VAD["silence_duration_ms"] else int(ms)
+
     def update(self, session: Any, event_id: str | None) -> Config:
         """This config with `session` (either dialect) applied; a bad field refuses the whole update."""
 
@@ -170,6 +180,11 @@ class Config:
                     value = td.get(key)
                     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
                         raise bad(f"Invalid '{key}': expected a non-negative integer.", f"{param}.{key}")
+                silence_ms = td.get("silence_duration_ms")
+                lo, hi = ENDPOINT_MS_RANGE
+                if silence_ms is not None and not lo <= silence_ms <= hi:
+                    raise bad(f"Invalid 'silence_duration_ms': {silence_ms}. This server ends an utterance after "
+                              f"{lo}-{hi} ms of silence.", f"{param}.silence_duration_ms")
                 td = {**DEFAULT_VAD, **td} if td.get("type", "server_vad") == "server_vad" else dict(td)
             changes["turn_detection"] = td
         if has_nr:
@@ -311,11 +326,13 @@ class RealtimeSession(SocketSession):
 
                 await self.live.configure(Configure(targets=None, language=new.language or "auto",
                                                     translate_partials=None), confirmed)
-        if new.turn_detection != self.config.turn_detection and new.turn_detection is not None:
-            td = new.turn_detection
-            if td.get("silence_duration_ms") != DEFAULT_VAD["silence_duration_ms"]:
-                log.info("%s: silence_duration_ms %s stored, not honoured (Tolk's endpointing applies)",
-                         self.session_id or self.oa_session, td.get("silence_duration_ms"))
+            if new.endpoint_ms != self.config.endpoint_ms and self.phase is Phase.STREAMING:
+                async def reconfigured(_: Configure) -> None:
+                    return None
+
+                # From the next utterance (0: back to the server's endpoint).
+                await self.live.configure(Configure(targets=None, language=None, translate_partials=None,
+                                                    endpoint_ms=new.endpoint_ms), reconfigured)
         self.config = new
         self.beta = kind.startswith("transcription_session")  # the dialect of the client's own events from now on
         await self._send("transcription_session.updated" if self.beta else "session.updated", session=self._session())
@@ -352,7 +369,7 @@ class RealtimeSession(SocketSession):
         cfg = self.config
         self.pcm = PcmDecoder(FORMATS[cfg.format][3], 1)
         await self.begin(Start(sample_rate=cfg.rate, encoding=Encoding.PCM_S16LE, language=cfg.language or "auto",
-                               session_id=None, prompt=cfg.prompt[:MAX_PROMPT_CHARS]))
+                               session_id=None, prompt=cfg.prompt[:MAX_PROMPT_CHARS], endpoint_ms=cfg.endpoint_ms))
 
     async def _commit(self, event_id: str | None) -> None:
         ms = self.uncommitted / 2 / self.config.rate * 1000
