@@ -9,9 +9,20 @@ import pytest
 from actors.runtime.partition import owned_partitions, partition_for, valid_session_id
 from actors.runtime.settings import SettingsError, load
 from actors.stt.finals import EarlyDecodes, PromptContext, early_key
-from actors.stt.guards import collapse_repeats, compression_ratio, reject_reason
+from actors.stt.guards import collapse_repeats, compression_ratio, reject_reason, repeated_head
 from loadtest.wer import Counts, corpus_wer, counts, normalise
 from schemas import Segment, SegmentKind
+
+
+def test_a_final_does_not_start_with_what_the_last_one_said() -> None:
+    """Seen streaming the radio address under load: the second final began with the whole first one again."""
+    before = "Good morning. This Tuesday is election day."
+    said = "Good morning. This Tuesday is election day. After months of spirited debate".split()
+    assert repeated_head(said, before) == 7
+    assert repeated_head("election day. After months".split(), before) == 0  # 2 words: a phrase said again
+    assert repeated_head("This Tuesday is election day, and".split(), "so " + before) == 5
+    assert repeated_head("After months of debate".split(), before) == 0
+    assert repeated_head("Good morning.".split(), "") == 0
 
 
 def test_collapse_repeats() -> None:

@@ -26,6 +26,7 @@ from actors.runtime.executor import BoundedExecutor
 from actors.stt import vocabulary
 from actors.stt.engine import WhisperEngine, WhisperOptions
 from actors.stt.finals import EarlyDecodes, LeftContexts, PromptContext, early_key
+from actors.stt.guards import repeated_head
 from actors.stt.interface import SpeechToText, SttRequest, SttResult
 from actors.stt.langlock import LanguageLock
 from actors.stt.models import resolve
@@ -64,6 +65,8 @@ POOL_INFO = Gauge("tolk_stt_pool_info", "The STT pool this process serves (TOLK_
 
 UNSUPPORTED = Counter("tolk_stt_unsupported_words", "Words of finals dropped as unsupported by the audio: outside "
                       "the VAD's speech and in quiet audio (actors/stt/support.py).", ["pool"])
+REPEATED = Counter("tolk_stt_repeated_words", "Words dropped from the head of finals because the session's previous "
+                   "finals had just said them (Whisper copying its prompt or re-reading its left context).", ["pool"])
 UNSPACED = frozenset({"zh", "ja", "th", "lo", "my", "yue", "km", "bo"})  # words are not joined by spaces
 
 STREAM = "TOLK_SEGMENTS"
@@ -563,6 +566,8 @@ class SttActor(Actor):
             r = self._supported(seg, r)
         if seg.vocabulary:
             r = self._spelled(seg, r)
+        if final and r.words:
+            r = self._not_again(seg, r)
         if final:
             self._early.drop_utterance(seg.session_id, seg.utterance_id)
             self.context.add(seg.session_id, r.language, r.text)
@@ -597,6 +602,18 @@ class SttActor(Actor):
                  dropped)
         joiner = "" if r.language in UNSPACED else " "
         return dataclasses.replace(r, text=joiner.join(w.word for w in kept), words=kept)
+
+    def _not_again(self, seg: Segment, r: SttResult) -> SttResult:
+        """`r` less a leading phrase the session's previous finals already said (guards.repeated_head)."""
+        k = repeated_head([w.word for w in r.words], self.context.prompt(seg.session_id, r.language))
+        if not k:
+            return r
+        REPEATED.labels(self.pool.name).inc(k)
+        log.info("%s/%d: dropped a phrase the previous final said: %r", seg.session_id, seg.utterance_id,
+                 " ".join(w.word for w in r.words[:k]))
+        words = r.words[k:]
+        joiner = "" if r.language in UNSPACED else " "
+        return dataclasses.replace(r, text=joiner.join(w.word for w in words), words=words)
 
     def _spelled(self, seg: Segment, r: SttResult) -> SttResult:
         """`r` with the session's vocabulary spelled as given (actors/stt/vocabulary.py)."""

@@ -3,11 +3,28 @@
 from __future__ import annotations
 
 import zlib
+from collections.abc import Sequence
 
 
 def compression_ratio(text: str) -> float:
     raw = text.encode()
     return len(raw) / max(1, len(zlib.compress(raw)))
+
+
+def repeated_head(words: Sequence[str], before: str, min_run: int = 4, lookback: int = 40) -> int:
+    """How many leading words of a final repeat, in order, a run of at least `min_run` of the session's last
+    `lookback` words already published: Whisper copying its prompt, or reading a left context again, starts a
+    final with a phrase the previous one ended with ("Good morning. This Tuesday is election day. Good morning.
+    This Tuesday is election day. After months..."). 0 when it does not."""
+    def norm(w: str) -> str:
+        return w.strip(".,;:!?¿¡\"'«»()-").lower()
+
+    prev = [norm(w) for w in before.split()][-lookback:]
+    head = [norm(w) for w in words]
+    for k in range(min(len(head), len(prev)), min_run - 1, -1):
+        if any(prev[i:i + k] == head[:k] for i in range(len(prev) - k + 1)):
+            return k
+    return 0
 
 
 def collapse_repeats(text: str, max_repeats: int = 2, max_n: int = 6) -> str:
