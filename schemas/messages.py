@@ -161,6 +161,14 @@ class Transcript(_Msg, frozen=True):
     # it could not serve (unsupported pair, engine failure). Every requested target is in one of them.
     translations: dict[str, str] = {}
     translation_errors: dict[str, str] = {}
+    # Set by STT on finals whose stream wants a translation served through Whisper (a multilingual model's own
+    # translate task, a second decode of the final's audio): the speech read out in English ("" = none). The
+    # translator passes it on as `en` (engine `whisper`) or pivots from it (de→en→pt) instead of the text.
+    speech_translation: str = ""
+    # Set by the translator, for targets in `translations`: the engine that made each (`whisper`, `fast`; a
+    # pivot names both hops, `whisper+fast`), and target → bridge language for the pivoted ones.
+    translation_engines: dict[str, str] = {}
+    translation_pivots: dict[str, str] = {}
 
 
 class ClientResult(_Msg, frozen=True):
@@ -183,6 +191,8 @@ class ClientResult(_Msg, frozen=True):
     translation_errors: dict[str, str] = {}
     stream_id: str = ""
     published_at: float = 0.0  # fan-out's wall clock when it sent this (delivery-lag metrics)
+    translation_engines: dict[str, str] = {}
+    translation_pivots: dict[str, str] = {}
 
 
 class SessionRecord(_Msg, frozen=True):
@@ -276,4 +286,5 @@ def client_result(t: Transcript, text: str, stable: str) -> ClientResult:
         text=text, stable_text=stable, language=t.language, start=t.start, end=t.end,
         words=t.words, speech_end_wall=t.speech_end_wall, speech_start=t.speech_start, endpoint=t.endpoint,
         translations=t.translations, translation_errors=t.translation_errors, stream_id=t.stream_id,
+        translation_engines=t.translation_engines, translation_pivots=t.translation_pivots,
     )

@@ -48,6 +48,25 @@ class TranslationCatalog(msgspec.Struct, frozen=True, kw_only=True):
     pivot: str = ""
 
 
+SPEECH_ENGINE = "whisper"  # Whisper's own translate task, run by STT on a final's audio (X→en)
+# chrF against FLORES references of Whisper's translate task on the corpus' FLEURS clips (one call per clip, beam
+# 5, 30 s window: `python -m loadtest.translate --quality`), by STT model and source language. A pair is routed to
+# whichever engine has the higher measured chrF; unmeasured ones keep the text engines' order.
+SPEECH_QUALITY: dict[str, dict[str, float]] = {"base": {"de": 47.3, "fr": 40.9, "es": 45.0, "pt": 52.9}}
+
+
+def speech_wanted(catalogs: Iterable[TranslationCatalog], source: str, targets: Iterable[str]) -> bool:
+    """Whether some target of a `source` final is served through Whisper's translate task (`whisper`, or a pivot
+    whose first hop it is): STT then decodes the final's audio a second time for it."""
+    src = base(source)
+    wanted = {base(t) for t in targets} - {src}
+    if not wanted or src in ("", "auto", "en"):
+        return False
+    return any(p.available and p.source == src and p.target in wanted and
+               (p.engine == SPEECH_ENGINE or p.engine.startswith(SPEECH_ENGINE + "+"))
+               for c in catalogs for p in c.pairs)
+
+
 def base(code: str) -> str:
     """`pt-BR` / `PT_br` → `pt`: translators key pairs by base language (as actors/translator does)."""
     return code.strip().replace("_", "-").split("-", 1)[0].lower()

@@ -18,8 +18,8 @@ import msgspec
 import numpy as np
 from prometheus_client import Counter, Gauge, Histogram
 
-from actors.runtime import memory, metrics, pools, settings
-from actors.runtime.actor import Actor, RuntimeSettings
+from actors.runtime import listeners, memory, metrics, pools, settings
+from actors.runtime.actor import Actor, RuntimeSettings, heartbeats
 from actors.runtime.bus import Bus
 from actors.runtime.consumer import Delivery, PullLoop
 from actors.runtime.executor import BoundedExecutor
@@ -31,7 +31,8 @@ from actors.stt.interface import SpeechToText, SttRequest, SttResult
 from actors.stt.langlock import LanguageLock
 from actors.stt.models import resolve
 from actors.stt.support import supported
-from schemas import Endpoint, ResultKind, Segment, SegmentKind, Transcript, Word
+from schemas import Endpoint, ResultKind, Segment, SegmentKind, Transcript, TranslationCatalog, Word, stream_of
+from schemas.translation import speech_wanted
 
 log = logging.getLogger("tolk.stt")
 
@@ -67,6 +68,10 @@ UNSUPPORTED = Counter("tolk_stt_unsupported_words", "Words of finals dropped as 
                       "the VAD's speech and in quiet audio (actors/stt/support.py).", ["pool"])
 REPEATED = Counter("tolk_stt_repeated_words", "Words dropped from the head of finals because the session's previous "
                    "finals had just said them (Whisper copying its prompt or re-reading its left context).", ["pool"])
+SPEECH_TRANSLATIONS = Counter("tolk_stt_speech_translations", "Finals also translated into English by Whisper's "
+                              "translate task (a second decode of their audio), by STT pool.", ["pool"])
+SPEECH_TRANSLATION_SECONDS = Counter("tolk_stt_speech_translation_seconds", "Seconds of final-lane model calls spent "
+                                     "on Whisper's translate task, by STT pool.", ["pool"])
 UNSPACED = frozenset({"zh", "ja", "th", "lo", "my", "yue", "km", "bo"})  # words are not joined by spaces
 
 STREAM = "TOLK_SEGMENTS"
@@ -133,6 +138,12 @@ class SttSettings:
     lang_lock_after: int = 2
     lang_reopen_pause_s: float = 10.0
     in_progress_s: float = 5.0  # held segments are marked in progress this often (keep it under the ack wait)
+    # A multilingual model also translates finals into English itself (Whisper's translate task: a second decode of
+    # the final's audio in the finals lane), for streams whose listeners want a target the translators route
+    # through it (engine `whisper`: X→en, or a pivot X→en→pt). Read every speech_translate_poll_s from their
+    # heartbeats. false: this pool announces no speech translation.
+    speech_translate: bool = True
+    speech_translate_poll_s: float = 5.0
 
 
 def transcript_subject(seg: Segment) -> str:
@@ -175,6 +186,8 @@ class SttActor(Actor):
         self.trimmer = memory.Trimmer()
         self._stats: dict[str, float] = dict.fromkeys(("batches", "items", "busy_s", "audio_s", "stale"), 0.0)
         self._stats_at = time.monotonic()
+        self.listeners = listeners.ListenerView()  # whose targets want Whisper's English (speech_translate)
+        self._catalogs: list[TranslationCatalog] = []
         self._loops = {
             "final": PullLoop(bus.js, STREAM, pools.durable("final", self.pool.name), Segment, self._enqueue_final,
                               batch=cfg.batch_size),
@@ -184,7 +197,34 @@ class SttActor(Actor):
 
     def info(self) -> dict[str, str]:
         """In the heartbeat: `tolk status` shows instances, model and languages per pool."""
-        return {"pool": self.pool.name, "model": self.pool.model, "languages": ",".join(self.pool.languages)}
+        info = {"pool": self.pool.name, "model": self.pool.model, "languages": ",".join(self.pool.languages)}
+        if self._translates:
+            info["speech_translation"] = "en"  # Whisper's translate task (actors/translator/speech.py)
+        return info
+
+    @property
+    def _translates(self) -> bool:
+        return self.cfg.speech_translate and self.engine is not None and self.engine.multilingual
+
+    async def _follow_targets(self) -> None:
+        """Which streams want Whisper's English: their listeners' targets (KV `tolk_listeners`, as the translator
+        reads them) and which pairs the translators route through it (their heartbeats)."""
+        kv = await self.bus.kv(listeners.BUCKET)
+        watch = asyncio.create_task(self.listeners.watch(kv), name="stt.listeners")
+        try:
+            while True:
+                try:
+                    self._catalogs = [b.translation for b in await heartbeats(self.bus)
+                                      if b.actor == "translator" and b.ready and b.translation is not None]
+                except Exception as exc:
+                    log.warning("reading translator heartbeats failed: %s", exc)
+                await asyncio.sleep(max(0.5, self.cfg.speech_translate_poll_s))
+        finally:
+            watch.cancel()
+            await asyncio.gather(watch, return_exceptions=True)
+
+    def _wants_english(self, seg: Segment, language: str) -> bool:
+        return self._translates and speech_wanted(self._catalogs, language, self.listeners.targets(stream_of(seg)))
 
     async def start(self) -> None:
         # In a thread: a first-use download can take minutes, and the loop must keep /healthz and NATS alive.
@@ -249,6 +289,8 @@ class SttActor(Actor):
             asyncio.create_task(self._partial_lane(), name="stt.partials"),
         ]
         fetchers.append(asyncio.create_task(self._keep_alive(), name="stt.in-progress"))
+        if self._translates:
+            fetchers.append(asyncio.create_task(self._follow_targets(), name="stt.targets"))
         try:
             await asyncio.gather(*lanes)
         finally:
@@ -541,6 +583,8 @@ class SttActor(Actor):
             return
         finally:
             self._inflight = [d for d in self._inflight if d not in batch]
+        if lane is self.final_lane:
+            results = await self._speech_translate(batch, requests, results, window_s, beam_size)
         for d, req, r in zip(batch, requests, results, strict=True):
             if req.context is not None:
                 LEFT_CONTEXT.labels(self.pool.name, "read" if r.context_s > 0 else "dropped").inc()
@@ -552,6 +596,33 @@ class SttActor(Actor):
                     await d.raw.ack()
             else:
                 await self._deliver(d, r)
+
+    async def _speech_translate(self, batch: list[Delivery[Segment]], requests: list[SttRequest],
+                                results: list[SttResult], window_s: float, beam_size: int) -> list[SttResult]:
+        """Finals whose stream wants Whisper's English get it: one more batched call in the finals lane (the
+        translate task over each final's own audio, at the final's quality). A failure leaves them without."""
+        assert self.engine is not None
+        todo = [i for i, (d, r) in enumerate(zip(batch, results, strict=True))
+                if d.msg.kind is SegmentKind.FINAL and r.text and self._wants_english(d.msg, r.language)]
+        if not todo:
+            return results
+        began = time.monotonic()
+        try:
+            texts = await self.final_lane.run(self.engine.translate_batch,
+                                              [SttRequest(requests[i].audio, results[i].language) for i in todo],
+                                              window_s, beam_size)
+        except Exception:
+            log.exception("speech translation of %d final(s) failed; they go out without it", len(todo))
+            metrics.count_error("speech_translation_failed")
+            return results
+        took = time.monotonic() - began
+        self._final_calls.append((time.monotonic(), took))
+        SPEECH_TRANSLATIONS.labels(self.pool.name).inc(len(todo))
+        SPEECH_TRANSLATION_SECONDS.labels(self.pool.name).inc(took)
+        out = list(results)
+        for i, text in zip(todo, texts, strict=True):
+            out[i] = dataclasses.replace(out[i], translation=text)
+        return out
 
     async def _deliver(self, d: Delivery[Segment], r: SttResult, ack: bool = True) -> None:
         seg = d.msg
@@ -587,7 +658,7 @@ class SttActor(Actor):
             text=r.text, language=r.language, start=seg.start, end=seg.end, words=words,
             speech_end_wall=seg.speech_end_wall, no_speech_prob=r.no_speech_prob, avg_logprob=r.avg_logprob,
             speech_start=seg.speech_start, endpoint=seg.endpoint, language_prob=r.language_prob,
-            stream_id=seg.stream_id,
+            stream_id=seg.stream_id, speech_translation=r.translation if final else "",
         ))
 
     def _supported(self, seg: Segment, r: SttResult) -> SttResult:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,19 +77,19 @@ class WhisperEngine:
         self._tokenizers: dict[str, Any] = {}
         log.info("whisper %s on %s/%s (multilingual=%s)", model_dir, self.device, compute, self.multilingual)
 
-    def _tokenizer(self, language: str) -> Any:
+    def _tokenizer(self, language: str, task: str = "transcribe") -> Any:
         from faster_whisper.tokenizer import Tokenizer
 
         key = language if self.multilingual else "en"
-        tok = self._tokenizers.get(key)
+        tok = self._tokenizers.get(f"{task}:{key}")
         if tok is None:
             tok = Tokenizer(
                 self.model.hf_tokenizer,
                 self.multilingual,
-                task="transcribe",
+                task=task,
                 language=key if self.multilingual else None,
             )
-            self._tokenizers[key] = tok
+            self._tokenizers[f"{task}:{key}"] = tok
         return tok
 
     def supports(self, language: str) -> bool:
@@ -287,6 +288,44 @@ class WhisperEngine:
                                      context_s=req.context.seconds if req.context is not None else 0.0))
         self._add_words(requests, results, tokens_out, prefixes, tokenizers, encoded, frames)
         return results
+
+    def translate_batch(self, requests: list[SttRequest], window_s: float = 30.0,
+                        beam_size: int | None = None) -> list[str]:
+        """Whisper's own translate task: each request's speech, in its (known) language, read out in English, in
+        one encoder + one `generate` call for the batch (a second decode of a final's audio; no prompt, no left
+        context, no word timings). "" where the model is English-only, the language is English or unknown, or a
+        guard rejects the output (silence, a loop)."""
+        from faster_whisper.audio import pad_or_trim
+
+        out = [""] * len(requests)
+        todo = [i for i, r in enumerate(requests)
+                if self.multilingual and r.language not in ("", "auto", "en") and len(r.audio)]
+        if not todo:
+            return out
+        mels = [self._mel(requests[i].audio) for i in todo]
+        frames = [min(N_FRAMES, m.shape[-1]) for m in mels]
+        encoded = self.model.encode(np.stack([pad_or_trim(m, self.window_frames(max(frames), window_s))
+                                              for m in mels]))
+        tokenizers = [self._tokenizer(requests[i].language, "translate") for i in todo]
+        prompts = [[*tok.sot_sequence, tok.no_timestamps] for tok in tokenizers]
+        longest = max(len(requests[i].audio) for i in todo) / SAMPLE_RATE
+        # English runs a little longer in tokens than the speech it translates: 1.5x the transcription's budget
+        budget = int(longest * self.opts.tokens_per_second * 1.5) + 16
+        outputs = self.model.model.generate(
+            encoded, prompts, beam_size=beam_size or self.opts.beam_size, patience=1.0, length_penalty=1.0,
+            max_length=min(self.model.max_length, len(prompts[0]) + budget), return_scores=True,
+            return_no_speech_prob=True, suppress_blank=True, suppress_tokens=[-1],
+        )
+        for i, res, tok in zip(todo, outputs, tokenizers, strict=True):
+            tokens = [t for t in res.sequences_ids[0] if t < tok.eot]
+            n = len(tokens)
+            avg_logprob = (res.scores[0] * n) / (n + 1) if n else -10.0
+            text = collapse_repeats(tok.decode(tokens).strip())
+            # only a loop is refused: the transcription already judged speech there, and a translation's
+            # confidence runs lower than a transcript's
+            reason = reject_reason(text, 0.0, avg_logprob, 1.0, -math.inf, self.opts.compression_threshold)
+            out[i] = "" if reason else text
+        return out
 
     def _languages(self, requests: list[SttRequest], encoded: object) -> tuple[list[str], list[float]]:
         if not self.multilingual:

@@ -98,6 +98,8 @@ class SttResult:
     # Seconds of left context the decode read (0: none offered, no room for it in the window, or redone
     # without it because it read the context again or looped).
     context_s: float = 0.0
+    # Whisper's translate task on the same audio (finals whose stream wants it): the speech in English, else "".
+    translation: str = ""
 
 
 class SpeechToText(Protocol):
@@ -108,5 +110,8 @@ class SpeechToText(Protocol):
 
     def transcribe_batch(self, requests: list[SttRequest], window_s: float = 30.0,
                          beam_size: int | None = None) -> list[SttResult]: ...
+
+    def translate_batch(self, requests: list[SttRequest], window_s: float = 30.0,
+                        beam_size: int | None = None) -> list[str]: ...
 
     def encode_seconds(self, window_s: float) -> float: ...

@@ -26,7 +26,7 @@ import msgspec
 from prometheus_client import Counter, Histogram
 
 from actors.runtime import listeners, metrics, settings
-from actors.runtime.actor import Actor, RuntimeSettings
+from actors.runtime.actor import Actor, RuntimeSettings, heartbeats
 from actors.runtime.bus import Bus
 from actors.runtime.consumer import Delivery, PullLoop
 from actors.runtime.text import stable_prefix
@@ -35,12 +35,14 @@ from actors.translator.engine import (
     Engine,
     ErrorKind,
     Router,
+    Step,
     TranslationError,
     Unavailable,
     catalog,
     normalize,
 )
 from actors.translator.service import TranslationService
+from actors.translator.speech import SpeechEngine, better
 from schemas import ResultKind, Transcript, TranslationCatalog, stream_of
 
 log = logging.getLogger("tolk.translator")
@@ -75,6 +77,9 @@ class TranslatorSettings:
     mt_download: bool = True  # let EasyNMT/Hugging Face download models; false = HF_HUB_OFFLINE
     mt_max_inflight: int = 512  # transcripts being translated at once (backpressure on the consumer)
     mt_retry_s: float = 60.0  # an engine (or model hub) that is not there is looked for again this often
+    # How often the STT heartbeats are read for pools that translate speech into English themselves (Whisper's
+    # translate task, engine `whisper`): pairs they serve are announced within this long of the pool's start.
+    mt_speech_poll_s: float = 5.0
 
 
 MAX_WANTED = 64  # unserved pairs remembered (and announced, with why) after a final asked for them
@@ -145,6 +150,7 @@ class TranslatorActor(Actor):
         self._partials: OrderedDict[str, tuple[int, str, str, float]] = OrderedDict()
         self._published = 0
         self._wanted: OrderedDict[tuple[str, str], None] = OrderedDict()  # pairs asked for that nothing served
+        self.speech = SpeechEngine()  # Whisper's translate task, run by STT pools that announce it
 
     async def start(self) -> None:
         engines = self._engines if self._engines is not None else await asyncio.to_thread(build_engines, self.cfg)
@@ -165,7 +171,19 @@ class TranslatorActor(Actor):
     def translation(self) -> TranslationCatalog:
         """What this instance's engines serve now (announced in its heartbeat, read by the edge)."""
         engines = self.service.engines() if self.service is not None else []
-        return catalog(engines, self.service.router.pivot if self.service else "", set(self._wanted))
+        return catalog(engines, self.service.router.pivot if self.service else "", set(self._wanted), self.speech)
+
+    async def _follow_speech(self) -> None:
+        """Every `mt_speech_poll_s`: which STT pools translate speech into English (their heartbeats); a change is
+        announced at once."""
+        while True:
+            try:
+                if self.speech.update(await heartbeats(self.bus)):
+                    log.info("speech translation (whisper) from: %s", ", ".join(self.speech.languages()) or "none")
+                    self.announce_now.set()
+            except Exception as exc:
+                log.warning("reading STT heartbeats failed: %s", exc)
+            await asyncio.sleep(max(0.5, self.cfg.mt_speech_poll_s))
 
     async def _look_again(self) -> None:
         """Every `mt_retry_s`: engines that were not there are built again, hubs asked again, weights rescanned;
@@ -211,6 +229,7 @@ class TranslatorActor(Actor):
     async def run(self) -> None:
         stats = asyncio.create_task(self._log_stats(), name="translator.stats")
         look = asyncio.create_task(self._look_again(), name="translator.retry")
+        follow = asyncio.create_task(self._follow_speech(), name="translator.speech")
         try:
             await self.loop.run()
             if self._tasks:  # drain: finish what was taken before returning
@@ -218,9 +237,11 @@ class TranslatorActor(Actor):
         finally:
             stats.cancel()
             look.cancel()
+            follow.cancel()
             if self._watch is not None:
                 self._watch.cancel()
-            await asyncio.gather(stats, look, *([self._watch] if self._watch else []), return_exceptions=True)
+            await asyncio.gather(stats, look, follow, *([self._watch] if self._watch else []),
+                                 return_exceptions=True)
             if self.service is not None:
                 await self.service.close()
             for engine in self.service.engines() if self.service else []:
@@ -268,8 +289,9 @@ class TranslatorActor(Actor):
         targets = self.view.targets(stream_of(t))
         if not targets or not t.text.strip():
             return t
-        translations, errors = await self.translate_all(t.text, t.language, targets)
-        return _with(t, translations, errors)
+        translations, errors, engines, pivots = await self.translate_all(t.text, t.language, targets,
+                                                                         t.speech_translation)
+        return _with(t, translations, errors, engines, pivots)
 
     async def _partial(self, t: Transcript) -> Transcript:
         targets = self.view.targets(stream_of(t), partial=True)
@@ -287,20 +309,70 @@ class TranslatorActor(Actor):
         if not stable or stable == translated or now - at < self.cfg.mt_partial_interval_s:
             return t
         self._partials[t.session_id] = (t.utterance_id, t.text, stable, now)
-        translations, errors = await self.translate_all(stable, t.language, targets)
-        return _with(t, translations, errors)
+        translations, errors, engines, pivots = await self.translate_all(stable, t.language, targets, partial=True)
+        return _with(t, translations, errors, engines, pivots)
 
-    async def translate_all(self, text: str, language: str, targets: tuple[str, ...]) -> tuple[dict[str, str],
-                                                                                                 dict[str, str]]:
+    def _plan(self, src: str, tgt: str) -> tuple[str, tuple[Step, ...] | None]:
+        """How src→tgt is served: ("speech", None) Whisper's English as is, ("pivot", en→tgt) from Whisper's
+        English, or ("text", route) the text engines (route None: none serves it)."""
+        assert self.service is not None
+        router = self.service.router
+        route = router.route(src, tgt)
+        if src == tgt or not self.speech.serves(src):
+            return "text", route
+        quality = self.speech.quality(src)
+        if tgt == "en":
+            if route is None or better(quality, _quality(route[0]) if len(route) == 1 else None):
+                return "speech", None
+            return "text", route
+        if route is not None and (len(route) == 1 or route[0].tgt != "en"):
+            return "text", route
+        onward = router.route("en", tgt)
+        if onward is None or len(onward) != 1:
+            return "text", route
+        if route is None or better(quality, _quality(route[0])):
+            return "pivot", onward
+        return "text", route
+
+    async def _one(self, text: str, src: str, tgt: str, speech: str) -> tuple[str, str, str]:
+        """(translation, engine, pivot) of one target; raises TranslationError."""
+        assert self.service is not None
+        how, route = self._plan(src, tgt)
+        if how != "text" and not speech.strip():
+            # STT sent no English (it did not know yet that this stream wants it, or a guard blanked it): the
+            # text engines serve the pair if they can at all
+            how, route = "text", self.service.router.route(src, tgt)
+            if route is None:
+                raise TranslationError(ErrorKind.ENGINE_FAILED, f"no speech translation came with this {src} final")
+        if how == "speech":
+            return speech, self.speech.name, ""
+        if how == "pivot":
+            assert route is not None
+            out = await self.service.translate(speech, "en", tgt)
+            return out, f"{self.speech.name}+{route[0].engine.name}", "en"
+        out = await self.service.translate(text, src, tgt)
+        names = "+".join(dict.fromkeys(s.engine.name for s in route)) if route else ""
+        return out, names, (self.service.router.pivot if route is not None and len(route) > 1 else "")
+
+    async def translate_all(self, text: str, language: str, targets: tuple[str, ...], speech: str = "",
+                            partial: bool = False) -> tuple[dict[str, str], dict[str, str], dict[str, str],
+                                                            dict[str, str]]:
+        """(translations, errors, engines, pivots) per target. `speech`: STT's English of the final's audio.
+        A partial has none: targets only Whisper serves are left out of it, without an error."""
         assert self.service is not None
         src = normalize(language) if language else ""
         translations: dict[str, str] = {}
         errors: dict[str, str] = {}
+        engines: dict[str, str] = {}
+        pivots: dict[str, str] = {}
         if not src:
             TRANSLATION_ERRORS.labels(ErrorKind.UNKNOWN_SOURCE.value).inc(len(targets))
-            return {}, dict.fromkeys(targets, ErrorKind.UNKNOWN_SOURCE.value)
-        tasks = [asyncio.ensure_future(self.service.translate(text, src, normalize(tgt))) for tgt in targets]
-        await asyncio.wait(tasks, timeout=self.cfg.mt_timeout_s)
+            return {}, dict.fromkeys(targets, ErrorKind.UNKNOWN_SOURCE.value), {}, {}
+        if partial:
+            targets = tuple(t for t in targets if self._plan(src, normalize(t))[0] == "text")
+        tasks = [asyncio.ensure_future(self._one(text, src, normalize(tgt), speech)) for tgt in targets]
+        if tasks:
+            await asyncio.wait(tasks, timeout=self.cfg.mt_timeout_s)
         for tgt, task in zip(targets, tasks, strict=True):
             if not task.done():
                 # Late (a model still loading, an overloaded engine): this result goes out without it;
@@ -310,7 +382,11 @@ class TranslatorActor(Actor):
                 continue
             exc = asyncio.CancelledError() if task.cancelled() else task.exception()
             if exc is None:
-                translations[tgt] = task.result()
+                translations[tgt], engine, pivot = task.result()
+                if engine:
+                    engines[tgt] = engine
+                if pivot:
+                    pivots[tgt] = pivot
             elif isinstance(exc, TranslationError):
                 errors[tgt] = exc.kind.value
             else:
@@ -322,7 +398,7 @@ class TranslatorActor(Actor):
             TRANSLATION_ERRORS.labels(code).inc()
             if code == ErrorKind.UNSUPPORTED_PAIR.value:
                 self._want(src, normalize(tgt))
-        return translations, errors
+        return translations, errors, engines, pivots
 
     def _want(self, src: str, tgt: str) -> None:
         """A pair asked for that nothing serves: announced (with why) so `GET /v1/languages` shows it."""
@@ -344,13 +420,22 @@ class TranslatorActor(Actor):
                      s.engine_calls, s.sentences, s.failures, s.per_pair)
 
 
-def _consume(task: asyncio.Future[str]) -> None:
+def _consume(task: asyncio.Future[tuple[str, str, str]]) -> None:
     if not task.cancelled():
         task.exception()
 
 
-def _with(t: Transcript, translations: dict[str, str], errors: dict[str, str]) -> Transcript:
-    return msgspec.structs.replace(t, translations=translations, translation_errors=errors)
+def _quality(step: Step) -> float | None:
+    """A text engine's measured chrF for a step's pair, where it says (its `describe`)."""
+    if not isinstance(step.engine, Described):
+        return None
+    return next((p.quality for p in step.engine.describe()[1] if (p.source, p.target) == (step.src, step.tgt)), None)
+
+
+def _with(t: Transcript, translations: dict[str, str], errors: dict[str, str], engines: dict[str, str],
+          pivots: dict[str, str]) -> Transcript:
+    return msgspec.structs.replace(t, translations=translations, translation_errors=errors,
+                                   translation_engines=engines, translation_pivots=pivots)
 
 
 async def create(bus: Bus, runtime: RuntimeSettings) -> Actor:

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from actors.translator.speech import better
 from schemas import TranslationCatalog, TranslationEngine, TranslationPair
 
 _CODE = re.compile(r"^[a-z]{2,3}$")
@@ -119,12 +120,18 @@ def _reason(exc: BaseException) -> str:
     return f"{exc.__class__.__name__}: {text[0][:200]}" if text else exc.__class__.__name__
 
 
-def catalog(engines: list[Engine], pivot: str, wanted: set[tuple[str, str]] | None = None) -> TranslationCatalog:
+def catalog(engines: list[Engine], pivot: str, wanted: set[tuple[str, str]] | None = None,
+            speech: Described | None = None) -> TranslationCatalog:
     """What these engines serve, in routing order: each direct pair once (by the first engine that serves it, as
-    the router picks), the two-hop pairs through `pivot`, and `wanted` pairs no engine serves, with why."""
+    the router picks), the two-hop pairs through `pivot`, and `wanted` pairs no engine serves, with why.
+    `speech` (Whisper's translate task, actors/translator/speech.py) takes a pair where its measured quality is the
+    higher, or no text engine serves it."""
     states: list[TranslationEngine] = []
     direct: dict[tuple[str, str], TranslationPair] = {}
-    for engine in engines:
+    described: list[Engine | Described] = [*engines]
+    if speech is not None and speech.describe()[0].available:
+        described.append(speech)
+    for engine in described:
         if isinstance(engine, Described):
             state, pairs = engine.describe()
         else:
@@ -132,7 +139,8 @@ def catalog(engines: list[Engine], pivot: str, wanted: set[tuple[str, str]] | No
         states.append(state)
         for p in pairs:
             held = direct.get((p.source, p.target))
-            if held is None or (p.available and not held.available):
+            if held is None or (p.available and not held.available) or (
+                    engine is speech and p.available and better(p.quality, held.quality)):
                 direct[(p.source, p.target)] = p
     served = {k: p for k, p in direct.items() if p.available}
     bridged: list[TranslationPair] = []

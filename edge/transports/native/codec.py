@@ -207,4 +207,10 @@ def render_result(r: ClientResult, now: float | None = None, targets: tuple[str,
         errors = {t: r.translation_errors[t] for t in targets if t in r.translation_errors}
         if errors:
             out["translation_errors"] = errors
+        engines = {t: r.translation_engines[t] for t in targets if t in r.translation_engines}
+        if engines:
+            out["translation_engines"] = engines
+        pivots = {t: r.translation_pivots[t] for t in targets if t in r.translation_pivots}
+        if pivots:
+            out["translation_pivots"] = pivots
     return out
