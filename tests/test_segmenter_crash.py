@@ -33,7 +33,6 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 CLIP = "en_librispeech_2412-153948-0000.wav"  # two utterances: 0.0-7.65 s and 7.84-11.14 s
 CHUNK = 320  # 20 ms: the held-chunk count of a real microphone
-SID = "crash-1"
 
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
@@ -64,21 +63,29 @@ async def consumed(b: Bus, durable: str, timeout: float = 30) -> None:
     raise AssertionError(f"{durable} did not catch up: {info}")
 
 
-async def test_killed_mid_utterance_keeps_the_utterance(bus: tuple[Bus, str], tmp_path: Path) -> None:
+@pytest.mark.parametrize(("endpoint_ms", "cuts", "sessions", "resumes"), [
+    (0, 2, 2, 1),  # the server's endpoint: the second kill comes after the first final's checkpoint
+    (1500, 1, 3, 0),  # the session's (#35): one utterance, so both kills replay it from its first chunk
+])
+async def test_killed_mid_utterance_keeps_the_utterance(bus: tuple[Bus, str], tmp_path: Path, endpoint_ms: int,
+                                                       cuts: int, sessions: int, resumes: int) -> None:
+    """The session's endpointing travels on every chunk: a replay cuts where the uninterrupted session did."""
     b, url = bus
+    sid = f"crash-{endpoint_ms}"
     clip = next(c for c in clips("en") if c.name == CLIP)
     pcm, rate = clip.pcm16()
     assert rate == 16000
     audio = decode_pcm(pcm, Encoding.PCM_S16LE)
-    p = partition_for(SID, topology.load().partitions)
+    p = partition_for(sid, topology.load().partitions)
     durable = f"segmenter-p{p}"
     log = tmp_path / "segmenter.log"
 
     # What one uninterrupted segmenter cuts (the same VAD, pure): the finals a crash must not change.
     seg = UtteranceSegmenter(DualVad(WebRtcStream(2), SileroModel().stream(0.5), Vote.AND))
+    seg.endpointing(endpoint_ms)
     reference = [c for i in range(0, len(audio), CHUNK) for c in seg.push(audio[i:i + CHUNK], 0.0) if c.final]
     reference += [c for c in seg.flush(0.0) if c.final]
-    assert len(reference) == 2
+    assert len(reference) == cuts
 
     proc = segmenter(url, log)
     # SIGKILL inside the first utterance (no checkpoint yet), SIGTERM inside the second (after one).
@@ -88,9 +95,9 @@ async def test_killed_mid_utterance_keeps_the_utterance(bus: tuple[Bus, str], tm
         t0 = time.monotonic()
         for i in range(n):
             data = pcm[i * 2 * CHUNK:(i + 1) * 2 * CHUNK]
-            await b.publish_audio(AudioChunk(session_id=SID, chunk_seq=i + 1, sample_rate=16000,
+            await b.publish_audio(AudioChunk(session_id=sid, chunk_seq=i + 1, sample_rate=16000,
                                              encoding=Encoding.PCM_S16LE, language="en", data=data,
-                                             received_at=time.time(), end=i == n - 1), p)
+                                             received_at=time.time(), end=i == n - 1, endpoint_ms=endpoint_ms), p)
             if i in kills:
                 await consumed(b, durable)
                 proc.send_signal(kills[i])
@@ -103,7 +110,7 @@ async def test_killed_mid_utterance_keeps_the_utterance(bus: tuple[Bus, str], tm
                                              stream="TOLK_SEGMENTS")
         finals: list[Segment] = []
         deadline = time.monotonic() + 90
-        while len(finals) < 2 and time.monotonic() < deadline:
+        while len(finals) < cuts and time.monotonic() < deadline:
             try:
                 for m in await sub.fetch(10, timeout=1):
                     seg = decode(m.data, Segment)
@@ -112,7 +119,7 @@ async def test_killed_mid_utterance_keeps_the_utterance(bus: tuple[Bus, str], tm
                     await m.ack()
             except TimeoutError:
                 pass
-        ends = await b.js.subscribe(f"tolk.transcript.{p}.{SID}", ordered_consumer=True)
+        ends = await b.js.subscribe(f"tolk.transcript.{p}.{sid}", ordered_consumer=True)
         markers = [decode((await ends.next_msg(timeout=30)).data, Transcript)]
         try:
             while True:
@@ -126,15 +133,16 @@ async def test_killed_mid_utterance_keeps_the_utterance(bus: tuple[Bus, str], tm
 
     text = log.read_text()
     # No checkpoint before the first final: the second segmenter replays the session from its first chunk.
-    assert text.count("new session") == 2 and text.count("resuming after final 1") == 1, text[-3000:]
+    assert text.count("new session") == sessions and text.count("resuming after final 1") == resumes, text[-3000:]
     assert "Traceback" not in text, text[-3000:]
     # Each final once, numbered as without the crashes, covering the same audio.
-    assert [f.final_index for f in finals] == [1, 2], [(f.final_index, f.seq, f.start, f.end) for f in finals]
+    assert [f.final_index for f in finals] == list(range(1, cuts + 1)), [(f.final_index, f.seq, f.start, f.end)
+                                                                         for f in finals]
     for f, ref in zip(finals, reference, strict=True):
         assert abs(f.start - ref.start) < 0.25 and abs(f.end - ref.end) < 0.25, (f.start, f.end, ref.start, ref.end)
     assert len(markers) == 1, markers
     end = markers[0]
-    assert end.kind is ResultKind.END and end.final_index == 3
+    assert end.kind is ResultKind.END and end.final_index == cuts + 1
     seqs = [f.seq for f in finals] + [end.seq]
     assert seqs == sorted(seqs)
     # The words survive: the replayed finals transcribe like the uninterrupted cuts do.
