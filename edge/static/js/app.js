@@ -29,7 +29,29 @@ function languagePicker(select, { auto = true, value = "en" } = {}) {
   select.value = value;
 }
 
-function targetPicker(fieldset, onChange) {
+// Which translation pairs this server serves (GET /v1/languages), so a picker offers only those it can keep.
+// Unknown (no translator announced yet, or the route failed): everything is offered and the server refuses.
+const languages = {
+  pairs: null,
+  async load() {
+    try {
+      const body = await (await api.fetch("/v1/languages")).json();
+      this.pairs = body.any_pair ? null : body.pairs.filter((p) => p.available);
+    } catch {
+      this.pairs = null;
+    }
+    for (const refresh of this.listeners) refresh();
+  },
+  listeners: [],
+  /** Why `target` cannot be had from `source` here, or "" when it can (`auto`: from any language). */
+  why(source, target) {
+    if (!this.pairs || target === source) return "";
+    const ok = this.pairs.some((p) => p.target === target && (source === "auto" || p.source === source));
+    return ok ? "" : `No translation into ${languageName(target)}${source === "auto" ? "" : ` from ${languageName(source)}`} on this server`;
+  },
+};
+
+function targetPicker(fieldset, onChange, source = () => "auto") {
   for (const code of TARGETS) {
     const box = el("input");
     box.type = "checkbox";
@@ -43,6 +65,14 @@ function targetPicker(fieldset, onChange) {
   selected.set = (codes) => {
     for (const b of fieldset.querySelectorAll("input")) b.checked = codes.includes(b.value);
   };
+  selected.refresh = () => {  // an unserved target is not offered (and says why); one already picked stays
+    for (const b of fieldset.querySelectorAll("input")) {
+      const why = languages.why(source(), b.value);
+      b.disabled = Boolean(why) && !b.checked;
+      b.parentElement.title = why;
+    }
+  };
+  languages.listeners.push(selected.refresh);
   return selected;
 }
 
@@ -92,15 +122,16 @@ function micMode() {
   const say = status("mic-status");
   const language = $("mic-language");
   languagePicker(language, { value: "en" });
-  const targets = targetPicker($("mic-targets"), () => session?.configure(settings()));
+  const targets = targetPicker($("mic-targets"), () => session?.configure(settings()), () => language.value);
   const settings = () => ({ language: language.value, targets: targets() });
-  language.addEventListener("change", () => session?.configure(settings()));
+  language.addEventListener("change", () => { targets.refresh(); session?.configure(settings()); });
   let session = null;
   const startBtn = $("mic-start"), stopBtn = $("mic-stop");
   startBtn.addEventListener("click", async () => {
     startBtn.disabled = true;
     view.clear();
-    session = new MicSession({ view, onStatus: say, onEnd: () => { startBtn.disabled = false; stopBtn.disabled = true; } });
+    session = new MicSession({ view, onStatus: say, onEnd: () => { startBtn.disabled = false; stopBtn.disabled = true; },
+                               onTargets: (t) => { targets.set(t); targets.refresh(); } });
     window.tolk.mic = session;
     try {
       await session.start(settings());
@@ -162,7 +193,8 @@ function fileMode() {
   const say = status("file-status");
   const language = $("file-language");
   languagePicker(language, { value: "auto" });
-  const targets = targetPicker($("file-targets"), () => {});
+  const targets = targetPicker($("file-targets"), () => {}, () => language.value);
+  language.addEventListener("change", () => targets.refresh());
   const downloads = $("file-downloads"), subtitle = $("file-subtitle-language");
   let job = null;
   $("file-form").addEventListener("submit", async (e) => {
@@ -199,4 +231,6 @@ function fileMode() {
 window.tolk = { api };
 preferences();
 window.tolk.views = { mic: micMode(), channel: channelMode(), file: fileMode() };
+window.tolk.languages = languages;
+languages.load();
 tabs();

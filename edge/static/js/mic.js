@@ -24,10 +24,12 @@ const GIVE_UP = new Set(["session_resumed", "invalid_start", "unsupported_langua
   "too_many_sessions", "session_too_long", "unauthorized", "invalid_token", "token_expired"]);
 
 export class MicSession {
-  constructor({ view, onStatus, onEnd }) {
+  constructor({ view, onStatus, onEnd, onTargets }) {
     this.view = view;
     this.onStatus = onStatus;
     this.onEnd = onEnd;
+    this.onTargets = onTargets;  // the targets the session really has (a refused `configure` keeps the old ones)
+    this.targets = [];
     this.ws = null;
     this.sessionId = "";
     this.resumeToken = "";
@@ -130,6 +132,7 @@ export class MicSession {
         this.attempt = 0;
         this.sessionId = m.session_id;
         this.resumeToken = m.resume_token;
+        this.targets = m.targets;
         if (m.resumed) this.onStatus(`Reconnected: ${m.replayed} missed caption(s) recovered.`);
         else this.onStatus("Listening… speak now.");
         // Targets or language changed while the connection was down: the resumed session gets them now.
@@ -146,6 +149,8 @@ export class MicSession {
         this.view.show(m);
         break;
       case "configured":
+        this.targets = m.targets;
+        this.onTargets?.(m.targets);
         this.view.setTargets(m.targets);
         this.onStatus(`Now: ${m.language}${m.targets.length ? " → " + m.targets.join(", ") : ""}.`);
         break;
@@ -156,6 +161,10 @@ export class MicSession {
       case "error":
         this.lastError = m;
         this.onStatus(`${m.message} (${m.code})`, { error: true });
+        if (m.code === "unsupported_pair" || m.code === "invalid_configure") {
+          this.settings = { ...this.settings, targets: this.targets };  // refused: the session kept its targets
+          this.onTargets?.(this.targets);
+        }
         break;
     }
   }
