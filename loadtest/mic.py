@@ -383,6 +383,8 @@ def session_fields(args: argparse.Namespace) -> dict[str, Any]:
         out["endpoint_ms"] = False if str(args.endpoint_ms).lower() == "false" else int(args.endpoint_ms)
     if args.max_utterance_s is not None:
         out["max_utterance_s"] = args.max_utterance_s
+    if args.language != "en":
+        out["language"] = args.language
     return out
 
 
@@ -393,7 +395,7 @@ def endpoint_of(args: argparse.Namespace) -> str:
 
 async def main_async(args: argparse.Namespace) -> int:
     wanted = args.clips
-    cs = [c for c in clips("en") if not wanted or any(c.name.startswith(p) for p in wanted)]
+    cs = [c for c in clips(args.language) if not wanted or any(c.name.startswith(p) for p in wanted)]
     if not cs:
         raise SystemExit("no clips match")
     proc = None
@@ -401,7 +403,7 @@ async def main_async(args: argparse.Namespace) -> int:
     url = args.url
     if url is None:
         tmp = tempfile.TemporaryDirectory(prefix="tolk-bench-")
-        proc, url = start_tolk(Path(tmp.name), {})
+        proc, url = start_tolk(Path(tmp.name), {"TOLK_MODEL": args.model} if args.model else {})
     rows = []
     try:
         modes = [False] if not (args.continuous or args.only_continuous) else \
@@ -435,6 +437,8 @@ def main() -> int:
     p.add_argument("--clips", nargs="*", default=[], help="clip name prefixes (default: every English clip)")
     p.add_argument("--url", default=None, help="benchmark a running edge instead of starting `tolk up`")
     p.add_argument("--targets", nargs="*", default=[], help="translate every session into these languages")
+    p.add_argument("--language", default="en", help="the corpus clips' language, and every session's `language`")
+    p.add_argument("--model", default="", help="TOLK_MODEL of the stack started (e.g. base for --language de)")
     p.add_argument("--name", default="mic", help="report name: loadtest/reports/<name>-latest.md")
     p.add_argument("--continuous", action="store_true",
                    help="run each level paused and then with pauses over 150 ms squeezed out; latency per endpoint")

@@ -1,6 +1,7 @@
 """Translation benchmark: engine throughput, and the latency the translator adds to a final.
 
     python -m loadtest.translate [--engines fast,opus] [--device auto] [--sessions 1 8 32] [--skip-actor]
+    python -m loadtest.translate --quality [--model base] [--languages de fr es pt]
 
 1. Engines: the corpus' sentences (human transcripts and reference translations of ../shared/data/speech)
    in batches of 1, 8, 16 and 32 → sentences/s and per-batch latency p50/p95, per engine and pair.
@@ -10,6 +11,10 @@
 2. Actor: a real nats-server and the real translator actor; N sessions each publish a final every
    2.5 s, with and without a listener asking for Portuguese; the difference of publish→result latency
    is what translation adds. Printed and saved under loadtest/reports/.
+
+`--quality` instead scores speech translation (issue #36): chrF against the FLORES references of the corpus'
+FLEURS clips, per pair, of Whisper's translate task offline (each whole clip in one call) and of the `en`
+translations the same clips get streamed through `tolk up` with that model, by the engine that served them.
 """
 
 from __future__ import annotations
@@ -180,6 +185,103 @@ async def bench_actor(session_counts: list[int], seconds: float) -> list[ActorRo
     return rows
 
 
+QUALITY_LANGUAGES = ("de", "fr", "es", "pt")
+
+
+def en_references() -> dict[str, str]:
+    with open(speech_dir() / "translations.tsv", newline="", encoding="utf-8") as fh:
+        return {r["file"]: r["reference_translation"] for r in csv.DictReader(fh, delimiter="\t")
+                if r["tgt_lang"] == "en"}
+
+
+def quality_offline(model: str, languages: tuple[str, ...]) -> dict[str, tuple[float, float, int]]:
+    """language → (chrF of Whisper's translate task, chrF of the transcript as control, clips): one call per clip."""
+    from sacrebleu.metrics.chrf import CHRF
+
+    from actors.stt.actor import SttSettings
+    from actors.stt.engine import WhisperEngine, WhisperOptions
+    from actors.stt.interface import SttRequest
+    from actors.stt.models import resolve
+
+    engine = WhisperEngine(resolve(model, SttSettings().model_cache), WhisperOptions(beam_size=5))
+    refs, out = en_references(), {}
+    for lang in languages:
+        chosen = [c for c in clips(lang) if c.name in refs]
+        requests = [SttRequest(np.frombuffer(c.pcm16()[0], "<i2").astype(np.float32) / 32768.0, lang) for c in chosen]
+        english = [engine.translate_batch([r], 30.0, 5)[0] for r in requests]
+        texts = [engine.transcribe_batch([r], 30.0, 5)[0].text for r in requests]
+        gold = [[refs[c.name] for c in chosen]]
+        out[lang] = (CHRF().corpus_score(english, gold).score, CHRF().corpus_score(texts, gold).score, len(chosen))
+        print(f"  offline {lang}→en: chrF {out[lang][0]:.1f} (transcripts {out[lang][1]:.1f})", flush=True)
+    return out
+
+
+async def quality_streaming(model: str, languages: tuple[str, ...]) -> dict[str, tuple[str, float, int]]:
+    """language → (engine, chrF, clips) of the `en` translations of the clips streamed through `tolk up` (real time
+    ×2, `language` given, target en): whichever engine the translator routes the pair to."""
+    import aiohttp
+    from sacrebleu.metrics.chrf import CHRF
+
+    from loadtest.client import stream_pcm
+    from loadtest.mic import start_tolk
+
+    refs, out = en_references(), {}
+    with tempfile.TemporaryDirectory(prefix="tolk-quality-") as tmp:
+        proc, url = start_tolk(Path(tmp), {"TOLK_MODEL": model, "TOLK_MT_DOWNLOAD": "0"})
+        http = url.replace("ws://", "http://").removesuffix("/v1/listen")
+        try:
+            async with aiohttp.ClientSession() as session:
+                for _ in range(120):  # the translator lists whisper once it read STT's heartbeat
+                    async with session.get(f"{http}/v1/languages") as resp:
+                        body = await resp.json()
+                    if any(p["engine"] == "whisper" for p in body["pairs"]):
+                        break
+                    await asyncio.sleep(1.0)
+            await asyncio.sleep(6.0)  # ... and STT has read the translator's catalog back
+            for lang in languages:
+                chosen = [c for c in clips(lang) if c.name in refs]
+                hyps, engines = [], set()
+                for c in chosen:
+                    pcm, rate = c.pcm16()
+                    run = await stream_pcm(url, pcm, rate, pace=2.0, language=lang, targets=["en"], timeout=240)
+                    finals = [r for r in run.finals if r["text"]]
+                    hyps.append(" ".join(r.get("translations", {}).get("en", "") for r in finals))
+                    engines |= {r.get("translation_engines", {}).get("en", "?") for r in finals}
+                score = CHRF().corpus_score(hyps, [[refs[c.name] for c in chosen]]).score
+                out[lang] = ("+".join(sorted(engines)), score, len(chosen))
+                print(f"  streaming {lang}→en ({out[lang][0]}): chrF {score:.1f}", flush=True)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=90)
+    return out
+
+
+def quality(args: argparse.Namespace) -> None:
+    languages = tuple(args.languages)
+    print(f"offline, Whisper {args.model} translate task:", flush=True)
+    offline = quality_offline(args.model, languages)
+    print("streaming through tolk up:", flush=True)
+    streaming = asyncio.run(quality_streaming(args.model, languages))
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    lines = [f"# Speech translation quality ({stamp}, {os.cpu_count()} CPUs, model {args.model})", "",
+             "`python -m loadtest.translate " + " ".join(sys.argv[1:]) + "`", "",
+             "chrF (sacrebleu) against the FLORES references of the corpus' FLEURS clips. Offline: Whisper's translate",
+             "task on each whole clip (beam 5, 30 s window); streaming: the clips through `tolk up` at 2x real time,",
+             "target en, by the engine the translator routed the pair to. Goal: streaming ≥ 0.95 × offline.", "",
+             "| pair | clips | offline whisper | transcript (control) | streaming engine | streaming | ratio |",
+             "|---|---:|---:|---:|---|---:|---:|"]
+    for lang in languages:
+        off, control, n = offline[lang]
+        engine, live, _ = streaming[lang]
+        lines.append(f"| {lang}→en | {n} | {off:.1f} | {control:.1f} | {engine} | {live:.1f} | {live / off:.2f} |")
+    report = "\n".join(lines) + "\n"
+    print("\n" + report)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"translate-quality-{stamp}.md").write_text(report)
+    (out / "translate-quality-latest.md").write_text(report)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--engines", default="fast,opus")
@@ -190,7 +292,14 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=20.0, help="seconds per actor run")
     p.add_argument("--skip-actor", action="store_true")
     p.add_argument("--out", default=str(REPORTS))
+    p.add_argument("--quality", action="store_true",
+                   help="speech translation: chrF of Whisper's translate task offline vs streamed, per pair and engine")
+    p.add_argument("--model", default="base", help="--quality: the multilingual STT model")
+    p.add_argument("--languages", nargs="+", default=list(QUALITY_LANGUAGES), help="--quality: source languages")
     args = p.parse_args()
+    if args.quality:
+        quality(args)
+        return
 
     device = args.device
     if device == "auto":
