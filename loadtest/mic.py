@@ -393,6 +393,30 @@ def endpoint_of(args: argparse.Namespace) -> str:
     return "500 ms (the server's)" if endpoint is None else "no" if endpoint is False else f"session's {endpoint} ms"
 
 
+async def wait_served(url: str, language: str, targets: list[str], timeout: float = 90.0) -> None:
+    """Until GET /v1/languages serves every target from `language` (a stack just up: the translator lists Whisper's
+    pairs once it has read STT's heartbeat, and STT reads the catalog back within TOLK_SPEECH_TRANSLATE_POLL_S)."""
+    import aiohttp
+
+    from schemas import TranslationCatalog, TranslationPair
+    from schemas.translation import unserved
+
+    http = url.replace("ws://", "http://").replace("wss://", "https://").removesuffix("/v1/listen")
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            async with session.get(f"{http}/v1/languages") as resp:
+                body = await resp.json() if resp.status == 200 else {"pairs": []}
+            pairs = tuple(TranslationPair(**{k: p[k] for k in ("source", "target", "engine", "available", "pivot")})
+                          for p in body.get("pairs", []))
+            catalogs = [TranslationCatalog(pairs=pairs)] if pairs else []
+            if catalogs and all(unserved(catalogs, language, t) is None for t in targets):
+                await asyncio.sleep(6.0)
+                return
+            await asyncio.sleep(1.0)
+    print(f"warning: {language}→{targets} not served after {timeout:.0f} s", file=sys.stderr)
+
+
 async def main_async(args: argparse.Namespace) -> int:
     wanted = args.clips
     cs = [c for c in clips(args.language) if not wanted or any(c.name.startswith(p) for p in wanted)]
@@ -406,6 +430,8 @@ async def main_async(args: argparse.Namespace) -> int:
         proc, url = start_tolk(Path(tmp.name), {"TOLK_MODEL": args.model} if args.model else {})
     rows = []
     try:
+        if args.targets:
+            await wait_served(url, args.language, args.targets)
         modes = [False] if not (args.continuous or args.only_continuous) else \
             [True] if args.only_continuous else [False, True]
         for n in args.sessions:
