@@ -583,8 +583,20 @@ class SttActor(Actor):
             return
         finally:
             self._inflight = [d for d in self._inflight if d not in batch]
-        if lane is self.final_lane:
-            results = await self._speech_translate(batch, requests, results, window_s, beam_size)
+        todo = self._translating(batch, results) if lane is self.final_lane else []
+        # Sessions with nothing to translate (and first partials) go out before the second decode; a session with a
+        # final to translate keeps its items together, in order.
+        waiting = {batch[i].msg.session_id for i in todo}
+        first = [i for i, d in enumerate(batch) if d.msg.session_id not in waiting]
+        await self._settle([batch[i] for i in first], [requests[i] for i in first], [results[i] for i in first])
+        if todo:
+            results = await self._speech_translate(todo, requests, results, window_s, beam_size)
+            rest = [i for i, d in enumerate(batch) if d.msg.session_id in waiting]
+            await self._settle([batch[i] for i in rest], [requests[i] for i in rest], [results[i] for i in rest])
+
+    async def _settle(self, batch: list[Delivery[Segment]], requests: list[SttRequest],
+                      results: list[SttResult]) -> None:
+        """Decoded items out: speculative ones kept for their finals, the rest published."""
         for d, req, r in zip(batch, requests, results, strict=True):
             if req.context is not None:
                 LEFT_CONTEXT.labels(self.pool.name, "read" if r.context_s > 0 else "dropped").inc()
@@ -597,15 +609,16 @@ class SttActor(Actor):
             else:
                 await self._deliver(d, r)
 
-    async def _speech_translate(self, batch: list[Delivery[Segment]], requests: list[SttRequest],
-                                results: list[SttResult], window_s: float, beam_size: int) -> list[SttResult]:
+    def _translating(self, batch: list[Delivery[Segment]], results: list[SttResult]) -> list[int]:
+        """The finals (early decodes included) whose stream wants Whisper's English."""
+        return [i for i, (d, r) in enumerate(zip(batch, results, strict=True))
+                if d.msg.kind is SegmentKind.FINAL and r.text and self._wants_english(d.msg, r.language)]
+
+    async def _speech_translate(self, todo: list[int], requests: list[SttRequest], results: list[SttResult],
+                                window_s: float, beam_size: int) -> list[SttResult]:
         """Finals whose stream wants Whisper's English get it: one more batched call in the finals lane (the
         translate task over each final's own audio, at the final's quality). A failure leaves them without."""
         assert self.engine is not None
-        todo = [i for i, (d, r) in enumerate(zip(batch, results, strict=True))
-                if d.msg.kind is SegmentKind.FINAL and r.text and self._wants_english(d.msg, r.language)]
-        if not todo:
-            return results
         began = time.monotonic()
         try:
             texts = await self.final_lane.run(self.engine.translate_batch,
