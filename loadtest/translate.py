@@ -247,6 +247,10 @@ async def quality_streaming(model: str, languages: tuple[str, ...]) -> dict[str,
                     finals = [r for r in run.finals if r["text"]]
                     hyps.append(" ".join(r.get("translations", {}).get("en", "") for r in finals))
                     engines |= {r.get("translation_engines", {}).get("en", "?") for r in finals}
+                    for r in finals:
+                        if "en" not in r.get("translations", {}):
+                            print(f"  {c.name}: a final without en ({r.get('translation_errors')}): {r['text']!r}",
+                                  flush=True)
                 score = CHRF().corpus_score(hyps, [[refs[c.name] for c in chosen]]).score
                 out[lang] = ("+".join(sorted(engines)), score, len(chosen))
                 print(f"  streaming {lang}→en ({out[lang][0]}): chrF {score:.1f}", flush=True)

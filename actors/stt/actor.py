@@ -611,8 +611,15 @@ class SttActor(Actor):
 
     def _translating(self, batch: list[Delivery[Segment]], results: list[SttResult]) -> list[int]:
         """The finals (early decodes included) whose stream wants Whisper's English."""
-        return [i for i, (d, r) in enumerate(zip(batch, results, strict=True))
+        todo = [i for i, (d, r) in enumerate(zip(batch, results, strict=True))
                 if d.msg.kind is SegmentKind.FINAL and r.text and self._wants_english(d.msg, r.language)]
+        if log.isEnabledFor(logging.DEBUG):
+            for d, r in zip(batch, results, strict=True):
+                if d.msg.kind is SegmentKind.FINAL and r.text:
+                    log.debug("%s/%d (%s, speculative=%s): targets %s, translated: %s", d.msg.session_id,
+                              d.msg.utterance_id, r.language, d.msg.speculative,
+                              self.listeners.targets(stream_of(d.msg)), self._wants_english(d.msg, r.language))
+        return todo
 
     async def _speech_translate(self, todo: list[int], requests: list[SttRequest], results: list[SttResult],
                                 window_s: float, beam_size: int) -> list[SttResult]:
@@ -635,6 +642,10 @@ class SttActor(Actor):
         out = list(results)
         for i, text in zip(todo, texts, strict=True):
             out[i] = dataclasses.replace(out[i], translation=text)
+            if not text:
+                log.info("speech translation of a %s final came out empty (%.1f s of audio)", results[i].language,
+                         len(requests[i].audio) / 16000)
+        log.debug("speech translation of %d final(s) in %.2f s", len(todo), took)
         return out
 
     async def _deliver(self, d: Delivery[Segment], r: SttResult, ack: bool = True) -> None:
