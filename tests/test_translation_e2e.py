@@ -89,8 +89,8 @@ async def test_bad_configure_is_reported_and_the_session_goes_on(tolk: Running) 
         assert err["type"] == "error" and err["code"] == "unsupported_pair" and "'xx'" in err["message"], err
         await ws.send_json({"type": "set_langs", "targets": ["pt-BR"], "translate_partials": True})
         ack = await ws.receive_json(timeout=10)
-        assert ack == {"type": "configured", "session_id": ack["session_id"], "language": "auto",
-                       "targets": ["pt-BR"], "translate_partials": True}
+        assert {k: ack.get(k) for k in ("type", "language", "targets", "translate_partials")} == {
+            "type": "configured", "language": "auto", "targets": ["pt-BR"], "translate_partials": True}, ack
         await ws.send_json({"type": "stop"})
         assert (await ws.receive_json(timeout=30))["type"] == "done"
 
