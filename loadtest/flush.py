@@ -17,16 +17,13 @@ import argparse
 import asyncio
 import json
 import random
-import signal
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import aiohttp
 
-from loadtest.mic import command, machine, mic_stream, pct, save_report, start_tolk
+from loadtest.mic import command, edge_url, machine, mic_stream, pct, save_report
 from loadtest.speech import clips
 from loadtest.wer import corpus_wer
 
@@ -137,24 +134,13 @@ def render(levels: list[Level], args: argparse.Namespace) -> str:
 
 
 async def main_async(args: argparse.Namespace) -> int:
-    proc = tmp = None
-    url = args.url
-    if url is None:
-        tmp = tempfile.TemporaryDirectory(prefix="tolk-flush-")
-        proc, url = start_tolk(Path(tmp.name), {})
     levels = []
-    try:
+    with edge_url(args.url, "tolk-flush-") as url:
         for n in args.sessions:
             level = await run_level(url, n, args.seconds, args.every, args.continuous)
             print(f"sessions={n}: {level.answered}/{level.flushes} answered, p50/p95 {level.p50:.2f}/{level.p95:.2f} s,"
                   f" WER {level.wer:.3f}", flush=True)
             levels.append(level)
-    finally:
-        if proc:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=90)
-        if tmp:
-            tmp.cleanup()
     save_report(args.name, render(levels, args), [asdict(v) for v in levels])
     worst = max((v.p95 for v in levels), default=float("nan"))
     print(f"flush p95={worst:.2f}s unanswered={sum(v.flushes - v.answered for v in levels)}")

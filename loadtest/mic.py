@@ -30,6 +30,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -247,6 +248,22 @@ def start_tolk(data: Path, env: dict[str, str]) -> tuple[subprocess.Popen[bytes]
         time.sleep(0.5)
     proc.kill()
     raise SystemExit(f"tolk up did not become ready; see {data / 'tolk-up.log'}")
+
+
+@contextlib.contextmanager
+def edge_url(url: str | None, prefix: str) -> Iterator[str]:
+    """`url` when a running edge is benchmarked, else a `tolk up` of the benchmark's own for as long as it runs
+    (stopped with SIGTERM, its data removed)."""
+    if url is not None:
+        yield url
+        return
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        proc, ws = start_tolk(Path(tmp), {})
+        try:
+            yield ws
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=90)
 
 
 def stt_scrapes(data: Path) -> list[tuple[dict[str, Any], str]]:

@@ -18,18 +18,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import jiwer
 from wordfreq import zipf_frequency
 
 from loadtest.client import stream_pcm
-from loadtest.mic import command, machine, save_report, start_tolk
+from loadtest.mic import command, edge_url, machine, save_report
 from loadtest.speech import Clip, clips
 from loadtest.wer import corpus_wer, normalise
 
@@ -141,22 +138,11 @@ def render(rows: list[Row]) -> str:
 
 
 async def main_async(args: argparse.Namespace) -> int:
-    proc = tmp = None
-    url = args.url
-    if url is None:
-        tmp = tempfile.TemporaryDirectory(prefix="tolk-vocab-")
-        proc, url = start_tolk(Path(tmp.name), {})
     rows = []
-    try:
+    with edge_url(args.url, "tolk-vocab-") as url:
         for group in args.groups:
             rows.append(await run_group(url, group))
             print(render(rows[-1:]), flush=True)
-    finally:
-        if proc:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=90)
-        if tmp:
-            tmp.cleanup()
     save_report(args.name, render(rows), [asdict(r) for r in rows])
     found = sum(r.recall_with * r.occurrences for r in rows) / max(1, sum(r.occurrences for r in rows))
     delta = max(r.wer_unrelated - r.wer for r in rows)
