@@ -27,7 +27,7 @@ from actors.stt import vocabulary
 from actors.stt.engine import WhisperEngine, WhisperOptions
 from actors.stt.finals import EarlyDecodes, LeftContexts, PromptContext, early_key
 from actors.stt.guards import repeated_head
-from actors.stt.interface import SpeechToText, SttRequest, SttResult
+from actors.stt.interface import SpeechToText, SttRequest, SttResult, WordTiming
 from actors.stt.langlock import LanguageLock
 from actors.stt.models import resolve
 from actors.stt.support import supported
@@ -144,6 +144,12 @@ class SttSettings:
     # heartbeats. false: this pool announces no speech translation.
     speech_translate: bool = True
     speech_translate_poll_s: float = 5.0
+
+
+def _with_words(r: SttResult, words: list[WordTiming]) -> SttResult:
+    """`r` with these words (some dropped or respelled), its text made of them."""
+    joiner = "" if r.language in UNSPACED else " "
+    return dataclasses.replace(r, text=joiner.join(w.word for w in words), words=words)
 
 
 def transcript_subject(seg: Segment) -> str:
@@ -511,10 +517,10 @@ class SttActor(Actor):
             if done == -1 or (done is not None and done >= d.msg.seq):
                 stale.append(d)
                 continue
-            pick = for_final if key in final_keys else newest
             if key in final_keys and done is not None:
                 stale.append(d)  # a partial was shown: the final supersedes this one
                 continue
+            pick = for_final if key in final_keys else newest
             prev = pick.get(key)
             if prev is not None:
                 if prev.msg.seq > d.msg.seq:
@@ -695,8 +701,7 @@ class SttActor(Actor):
         dropped = " ".join(w.word for w in r.words if w not in kept)
         log.info("%s/%d: dropped words outside the speech, in quiet audio: %r", seg.session_id, seg.utterance_id,
                  dropped)
-        joiner = "" if r.language in UNSPACED else " "
-        return dataclasses.replace(r, text=joiner.join(w.word for w in kept), words=kept)
+        return _with_words(r, kept)
 
     def _not_again(self, seg: Segment, r: SttResult) -> SttResult:
         """`r` less a leading phrase the session's previous finals already said (guards.repeated_head)."""
@@ -706,9 +711,7 @@ class SttActor(Actor):
         REPEATED.labels(self.pool.name).inc(k)
         log.info("%s/%d: dropped a phrase the previous final said: %r", seg.session_id, seg.utterance_id,
                  " ".join(w.word for w in r.words[:k]))
-        words = r.words[k:]
-        joiner = "" if r.language in UNSPACED else " "
-        return dataclasses.replace(r, text=joiner.join(w.word for w in words), words=words)
+        return _with_words(r, r.words[k:])
 
     def _spelled(self, seg: Segment, r: SttResult) -> SttResult:
         """`r` with the session's vocabulary spelled as given (actors/stt/vocabulary.py)."""
@@ -716,10 +719,7 @@ class SttActor(Actor):
             text = vocabulary.correct_text(r.text, seg.vocabulary)
             return r if text == r.text else dataclasses.replace(r, text=text)
         words = vocabulary.correct_words(r.words, seg.vocabulary)
-        if words is None:
-            return r
-        joiner = "" if r.language in UNSPACED else " "
-        return dataclasses.replace(r, text=joiner.join(w.word for w in words), words=words)
+        return r if words is None else _with_words(r, words)
 
     def _account(self, items: int, busy: float, audio: float) -> None:
         """Throughput in the log every 30 s: batches, sizes, real-time factor, stale skips."""

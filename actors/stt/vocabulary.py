@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import lru_cache
+from typing import TypeVar
 
 from rapidfuzz.distance import Levenshtein
 
 from actors.stt.interface import WordTiming
+
+T = TypeVar("T")
 
 CLOSE = 0.25  # normalised edit distance that always counts as the term
 SOUNDS_CLOSE = 0.5  # ...and when the two sound alike (same Soundex)
@@ -119,13 +122,7 @@ def correct_text(text: str, vocabulary: tuple[str, ...]) -> str:
     spans = _spans(tokens, vocab)
     if not spans:
         return text
-    out: list[str] = []
-    at = 0
-    for i, j, term in spans:
-        out += tokens[at:i]
-        out.append(_spelled(tokens[i], tokens[j - 1], term))
-        at = j
-    return " ".join(out + tokens[at:])
+    return " ".join(_replaced(tokens, spans, lambda run, term: _spelled(run[0], run[-1], term)))
 
 
 def correct_words(words: Sequence[WordTiming], vocabulary: tuple[str, ...]) -> list[WordTiming] | None:
@@ -137,12 +134,17 @@ def correct_words(words: Sequence[WordTiming], vocabulary: tuple[str, ...]) -> l
     spans = _spans([w.word for w in words], vocab, [w.probability < UNSURE for w in words])
     if not spans:
         return None
-    out: list[WordTiming] = []
+    return _replaced(words, spans, lambda run, term: WordTiming(
+        _spelled(run[0].word, run[-1].word, term), run[0].start, run[-1].end, min(w.probability for w in run)))
+
+
+def _replaced(items: Sequence[T], spans: list[tuple[int, int, Term]], make: Callable[[Sequence[T], Term], T]
+              ) -> list[T]:
+    """`items` with each span's run replaced by what `make` makes of it and its term."""
+    out: list[T] = []
     at = 0
     for i, j, term in spans:
-        out += words[at:i]
-        run = words[i:j]
-        out.append(WordTiming(_spelled(run[0].word, run[-1].word, term), run[0].start, run[-1].end,
-                              min(w.probability for w in run)))
+        out += items[at:i]
+        out.append(make(items[i:j], term))
         at = j
-    return out + list(words[at:])
+    return out + list(items[at:])
