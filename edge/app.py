@@ -50,7 +50,7 @@ class Edge(Actor):
             *openai.routes(s),  # OpenAI's audio API: /v1/audio/transcriptions, /v1/audio/translations
             *openai_realtime.routes(s),  # OpenAI Realtime transcription sessions: /v1/realtime (WebSocket)
             *deepgram.routes(s),  # Deepgram's pre-recorded POST /v1/listen
-            *speechmatics.routes(s),  # Speechmatics realtime: /v2, /v2/<language>
+            *speechmatics.routes(s),  # Speechmatics realtime and voice agents: /v2/agent, /v2, /v2/<language>
         ])
         page.install(self.app)
 

@@ -344,7 +344,7 @@ def render_translation(r: ClientResult, language: str, text: str, span: tuple[fl
 
 
 def routes(services: Services) -> list[web.RouteDef]:
-    """The `/v2[/<language>]` WebSocket."""
+    """The `/v2[/<language>]` WebSocket (after agent.py's `/v2/agent`)."""
 
     async def realtime(request: web.Request) -> web.StreamResponse:
         ws = socket.accept(services)
