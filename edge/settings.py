@@ -28,6 +28,9 @@ class EdgeSettings:
     tls_key: str = ""  # its PEM private key file
     max_sessions: int = 0  # microphone sessions on this edge at once (0: no limit); more get `overloaded` (1013)
     max_sessions_per_token: int = 0  # microphone sessions at once per API token on this edge (0: no limit)
+    # A new session is refused while one more session at its STT pool's measured cost per session, on top of the
+    # pool's final-lane busy or of this edge's live sessions' cost, would pass this per replica (0: never).
+    admit_final_busy: float = 0.8
     shed_backlog: int = 100  # finals waiting for the session's STT pool (stt-final-<pool> lag): refuse above this
     max_session_s: float = 14400.0  # a session's longest life, resumes included (0: no limit)
     resume_grace_s: float = 30.0  # a dropped client's session waits this long for a resume before it is ended

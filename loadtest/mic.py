@@ -67,6 +67,7 @@ class Row:
     by_endpoint: dict[str, list[float]] | None = None  # final latencies (s) per endpoint type
     stt: dict[str, float] | None = None  # STT counters over the level, summed over pools (stt_totals)
     first_partials: list[float] | None = None  # first-partial latencies (s), for the CDF (loadtest.plots)
+    refused: int = 0  # sessions refused `overloaded` at start (admission: --admit-final-busy); not in the rest
 
 
 def command(module: str) -> str:
@@ -175,6 +176,10 @@ async def run_level(url: str, n: int, cs: list[Clip], seconds: float, sampler: A
     cpu, rss = await sampler.stop() if sampler else ({}, {})
     stt1 = await asyncio.to_thread(stt_totals, data) if data else {}
     stt = {k: round(v - stt0.get(k, 0.0), 2) for k, v in stt1.items()} | {"wall_s": round(wall, 1)} if data else None
+    refused = [i for i, r in enumerate(runs) if any(e.get("code") == "overloaded" for e in r.errors)]
+    kept = [i for i in range(n) if i not in refused]
+    runs = [runs[i] for i in kept]
+    streams = [streams[i] for i in kept]
     finals = [x for r in runs for x in r.final_latencies()]
     firsts = [x for r in runs for x in r.first_partial_latencies()]
     by_endpoint: dict[str, list[float]] = {}
@@ -184,13 +189,14 @@ async def run_level(url: str, n: int, cs: list[Clip], seconds: float, sampler: A
     return Row(
         sessions=n,
         audio_s=round(sum(len(s[0]) / 32000 for s in streams), 1),
-        wer=round(corpus_wer([(ref, r.text()) for (_, ref), r in zip(streams, runs, strict=True)]), 4),
+        wer=round(corpus_wer([(ref, r.text()) for (_, ref), r in zip(streams, runs, strict=True)]), 4)
+        if runs else float("nan"),
         first_partial_p50=round(pct(firsts, 50), 3), first_partial_p95=round(pct(firsts, 95), 3),
         final_p50=round(pct(finals, 50), 3), final_p95=round(pct(finals, 95), 3),
         finals=len(finals), errors=sum(len(r.errors) + (not r.done) for r in runs),
         cpu=cpu, rss_mib=rss, load=(round(load0, 1), round(os.getloadavg()[0], 1)),
         mode="continuous" if continuous else "paused", by_endpoint=by_endpoint, stt=stt,
-        first_partials=[round(x, 3) for x in firsts],
+        first_partials=[round(x, 3) for x in firsts], refused=len(refused),
     )
 
 
@@ -231,7 +237,10 @@ def render_endpoints(rows: list[Row]) -> list[str]:
 
 
 def start_tolk(data: Path, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
+    """A `tolk up` for a benchmark. Admission by measured capacity is off unless `env` sets it: a benchmark
+    measures every session it starts (loadtest.mic --admit-final-busy measures admission itself)."""
     port = free_port()
+    env = {"TOLK_ADMIT_FINAL_BUSY": "0", **env}
     log = open(data / "tolk-up.log", "wb")
     proc = subprocess.Popen(
         [str(Path(sys.executable).parent / "tolk"), "up", "--data-dir", str(data), "--port", str(port)],
@@ -371,12 +380,12 @@ def render(rows: list[Row], args: argparse.Namespace, machine: str) -> str:
         "- latency is client-side: audio leaving the client → text arriving (final: from the end of speech, so it "
         f"includes the {endpoint_of(args)} endpoint silence)",
         "",
-        "| sessions | WER | first partial p50 / p95 (s) | final p50 / p95 (s) | finals | errors |",
-        "|---:|---:|---:|---:|---:|---:|",
+        "| sessions | refused | WER | first partial p50 / p95 (s) | final p50 / p95 (s) | finals | errors |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        lines.append(f"| {r.sessions}{' (continuous)' if r.mode == 'continuous' else ''} | {r.wer:.3f} | "
-                     f"{r.first_partial_p50:.2f} / {r.first_partial_p95:.2f} | "
+        lines.append(f"| {r.sessions}{' (continuous)' if r.mode == 'continuous' else ''} | {r.refused} | "
+                     f"{r.wer:.3f} | {r.first_partial_p50:.2f} / {r.first_partial_p95:.2f} | "
                      f"{r.final_p50:.2f} / {r.final_p95:.2f} | {r.finals} | {r.errors} |")
     lines += ["", "CPU (% of one core) and peak RSS (MiB) per process:", "",
               "| sessions | " + " | ".join(actors) + " |", "|---:|" + "---:|" * len(actors)]
@@ -444,7 +453,10 @@ async def main_async(args: argparse.Namespace) -> int:
     url = args.url
     if url is None:
         tmp = tempfile.TemporaryDirectory(prefix="tolk-bench-")
-        proc, url = start_tolk(Path(tmp.name), {"TOLK_MODEL": args.model} if args.model else {})
+        env = {"TOLK_MODEL": args.model} if args.model else {}
+        if args.admit_final_busy is not None:
+            env["TOLK_ADMIT_FINAL_BUSY"] = str(args.admit_final_busy)
+        proc, url = start_tolk(Path(tmp.name), env)
     rows = []
     try:
         if args.targets:
@@ -489,6 +501,9 @@ def main() -> int:
     p.add_argument("--endpoint-ms", default=None,
                    help="every session's `endpoint_ms` (ms, or false: no silence endpoint); default: the server's")
     p.add_argument("--max-utterance-s", type=float, default=None, help="every session's `max_utterance_s`")
+    p.add_argument("--admit-final-busy", type=float, default=None,
+                   help="admission by measured capacity (TOLK_ADMIT_FINAL_BUSY) in the stack started; default off, "
+                   "so every session is measured; refused sessions are counted, not measured")
     return asyncio.run(main_async(p.parse_args()))
 
 

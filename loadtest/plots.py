@@ -134,8 +134,9 @@ def wer_bars(bars: Mapping[str, tuple[float, float | None]], path: Path, title: 
 
 
 def load_curve(series: Mapping[str, Sequence[tuple[int, float, float]]], path: Path, title: str,
-               ceiling: float | None = None) -> Path:
-    """p50 (solid) and p95 (dashed) latency against concurrent sessions: {label: [(sessions, p50, p95)]}.
+               ceiling: float | None = None, cpu: Sequence[tuple[int, float]] = ()) -> Path:
+    """p50 (solid) and p95 (dashed) latency against concurrent sessions: {label: [(sessions, p50, p95)]}; with
+    `cpu` [(sessions, % of one core)], the STT processes' CPU on a second axis (grey, dotted).
 
     Points above `ceiling` are drawn at it, marked with their value (one stalled level must not flatten the rest).
     """
@@ -157,7 +158,16 @@ def load_curve(series: Mapping[str, Sequence[tuple[int, float, float]]], path: P
     ax.set_ylim(bottom=0)
     ax.grid(True, alpha=0.3)
     ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=7, ncol=2)
+    handles, labels = ax.get_legend_handles_labels()
+    if cpu:
+        twin = ax.twinx()
+        pts = sorted(cpu)
+        line, = twin.plot([p[0] for p in pts], [p[1] for p in pts], ":", marker="s", color="grey",
+                          label="STT CPU (% of one core)")
+        twin.set_ylabel("STT CPU (% of one core)", fontsize=8)
+        twin.set_ylim(bottom=0)
+        handles, labels = [*handles, line], [*labels, line.get_label()]
+    ax.legend(handles, labels, fontsize=7, ncol=2)
     return _save(fig, path)
 
 
@@ -184,9 +194,10 @@ def mic_plots(name: str, rows: Sequence[Any], out: Path = REPORTS) -> list[Path]
         paused = [r for r in rows if r.mode == "paused"]
         if len({r.sessions for r in paused}) < 2:
             return None
+        cpu = [(r.sessions, sum(v for k, v in r.cpu.items() if k.startswith("stt"))) for r in paused if r.cpu]
         return load_curve({"finals": [(r.sessions, r.final_p50, r.final_p95) for r in paused],
                            "first partials": [(r.sessions, r.first_partial_p50, r.first_partial_p95) for r in paused]},
-                          out / f"{name}-load.png", f"{name}: latency against load")
+                          out / f"{name}-load.png", f"{name}: latency against load", cpu=cpu)
 
     for what, draw in (("latency CDF", cdf), ("load curve", load)):
         if path := safely(f"{name} {what}", draw):

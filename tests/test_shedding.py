@@ -13,9 +13,10 @@ import pytest
 import pytest_asyncio
 
 from actors.runtime import pools, topology
+from actors.runtime.actor import HEARTBEAT_BUCKET
 from actors.runtime.bus import Bus
 from actors.runtime.partition import partition_for
-from schemas import AudioChunk, ClientResult, ResultKind, Segment, SegmentKind, decode, encode
+from schemas import ActorHeartbeat, AudioChunk, ClientResult, ResultKind, Segment, SegmentKind, decode, encode
 from tests.conftest import edge_server
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -99,3 +100,48 @@ async def test_session_length_limit_flushes_then_closes_1008(bus: Bus) -> None:
     finally:
         await sub.unsubscribe()
         await bus.js.purge_stream("TOLK_AUDIO", subject=subject)
+
+
+async def test_measured_capacity_refuses_the_session_that_would_overload_the_pool(bus: Bus) -> None:
+    """#38: admission from the STT pool's measured capacity (what its replicas announce in their heartbeats:
+    actors/stt/load.py), not a fixed count. At 0.25 of the lane per session and a 0.8 limit, three sessions fit and
+    the fourth is refused `overloaded` (1013) up front; once one leaves, a new one fits again; a pool busy with
+    other edges' sessions refuses even the first."""
+    kv = await bus.kv(HEARTBEAT_BUCKET)
+    pool = pools.load().route("en")
+    key = "stt.capacity-test"
+
+    async def announce(busy: float, cost: float) -> None:
+        beat = ActorHeartbeat(actor="stt", instance="capacity-test", pid=1, started_at=0.0, ready=True,
+                              info={"pool": pool.name, "model": pool.model, "languages": "en",
+                                    "final_busy": f"{busy:.3f}", "final_sessions": "2", "session_cost": f"{cost:.4f}"})
+        await kv.put(key, encode(beat))
+        await asyncio.sleep(2.1)  # the edge re-reads heartbeats at most every 2 s
+
+    await announce(0.1, 0.25)
+    try:
+        async with edge_server(bus, admit_final_busy=0.8, shed_backlog=0) as url, aiohttp.ClientSession() as http:
+            ws_url = url.replace("http", "ws", 1) + "/v1/listen"
+            admitted = []
+            for i in range(3):
+                ws = await http.ws_connect(ws_url)
+                assert (await first_reply(ws, {**START, "session_id": f"cap-{i}"}))["type"] == "started"
+                admitted.append(ws)
+            async with http.ws_connect(ws_url) as extra:
+                err = await first_reply(extra, START)
+                assert err["code"] == "overloaded" and "measured capacity" in err["message"], err
+                await extra.receive()
+                assert extra.close_code == 1013
+            await admitted.pop().close()
+            await asyncio.sleep(0.3)
+            async with http.ws_connect(ws_url) as again:
+                assert (await first_reply(again, {**START, "session_id": "cap-again"}))["type"] == "started"
+            for ws in admitted:
+                await ws.close()
+            await asyncio.sleep(0.3)
+            await announce(0.9, 0.25)  # the pool is busy with sessions this edge does not hold
+            async with http.ws_connect(ws_url) as busy:
+                err = await first_reply(busy, START)
+                assert err["code"] == "overloaded" and "90% busy" in err["message"], err
+    finally:
+        await kv.delete(key)

@@ -29,6 +29,7 @@ from actors.stt.finals import EarlyDecodes, LeftContexts, PromptContext, early_k
 from actors.stt.guards import repeated_head
 from actors.stt.interface import SpeechToText, SttRequest, SttResult, WordTiming
 from actors.stt.langlock import LanguageLock
+from actors.stt.load import FinalLoad, partial_pause
 from actors.stt.models import resolve
 from actors.stt.support import supported
 from schemas import Endpoint, ResultKind, Segment, SegmentKind, Transcript, TranslationCatalog, Word, stream_of
@@ -74,6 +75,8 @@ SPEECH_TRANSLATION_SECONDS = Counter("tolk_stt_speech_translation_seconds", "Sec
                                      "on Whisper's translate task, by STT pool.", ["pool"])
 UNSPACED = frozenset({"zh", "ja", "th", "lo", "my", "yue", "km", "bo"})  # words are not joined by spaces
 
+PARTIAL_YIELD = Counter("tolk_stt_partial_yield_seconds", "Seconds the partial lane paused for the final lane's load "
+                        "(partials thinned so finals keep their pace), by STT pool.", ["pool"])
 STREAM = "TOLK_SEGMENTS"
 LOAD_WINDOW_S = 10.0  # the final lane's load is judged over this much recent time
 
@@ -138,6 +141,11 @@ class SttSettings:
     lang_lock_after: int = 2
     lang_reopen_pause_s: float = 10.0
     in_progress_s: float = 5.0  # held segments are marked in progress this often (keep it under the ack wait)
+    # Partials yield to finals as the final lane fills (actors/stt/load.py): above partial_thin_above busy, the
+    # partial lane pauses after each call, up to partial_yield_max times the call at busy 1, except for an
+    # utterance that shows nothing yet. 0: never.
+    partial_thin_above: float = 0.5
+    partial_yield_max: float = 3.0
     # A multilingual model also translates finals into English itself (Whisper's translate task: a second decode of
     # the final's audio in the finals lane), for streams whose listeners want a target the translators route
     # through it (engine `whisper`: X→en, or a pivot X→en→pt). Read every speech_translate_poll_s from their
@@ -187,7 +195,7 @@ class SttActor(Actor):
         self.context = PromptContext()
         self.left = LeftContexts(self.cfg.left_context_s)
         self._full_window = True  # False once start() finds the full window too dear here
-        self._final_calls: deque[tuple[float, float]] = deque()  # (ended, seconds) of final-lane calls, 10 s
+        self.load = FinalLoad()  # the final lane's measured load: tiers, partial thinning, the edge's admission
         self._early: EarlyDecodes[tuple[SttResult, int]] = EarlyDecodes()  # (result, speculative seq)
         self.trimmer = memory.Trimmer()
         self._stats: dict[str, float] = dict.fromkeys(("batches", "items", "busy_s", "audio_s", "stale"), 0.0)
@@ -203,7 +211,8 @@ class SttActor(Actor):
 
     def info(self) -> dict[str, str]:
         """In the heartbeat: `tolk status` shows instances, model and languages per pool."""
-        info = {"pool": self.pool.name, "model": self.pool.model, "languages": ",".join(self.pool.languages)}
+        info = {"pool": self.pool.name, "model": self.pool.model, "languages": ",".join(self.pool.languages),
+                **self.load.announce()}
         if self._translates:
             info["speech_translation"] = "en"  # Whisper's translate task (actors/translator/speech.py)
         return info
@@ -433,10 +442,7 @@ class SttActor(Actor):
         """(encoder window, beam, left context) for the next finals call, by how loaded the final lane is."""
         if waiting >= self.cfg.busy_batch:
             return self.cfg.busy_window_s, self.cfg.busy_beam_size, False
-        now = time.monotonic()
-        while self._final_calls and self._final_calls[0][0] < now - LOAD_WINDOW_S:
-            self._final_calls.popleft()
-        busy = sum(min(took, end - (now - LOAD_WINDOW_S)) for end, took in self._final_calls) / LOAD_WINDOW_S
+        busy = self.load.busy(LOAD_WINDOW_S)
         full = self._full_window and busy < self.cfg.full_window_below
         window = self.cfg.final_window_s if full else self.cfg.loaded_window_s
         return window, self.cfg.beam_size, busy < self.cfg.left_context_below
@@ -474,10 +480,28 @@ class SttActor(Actor):
         while True:
             batch = await self._fresh_partials() if self._partials else []
             if batch:
+                began = time.monotonic()
                 await self._transcribe(self.partial_lane, batch, self.cfg.partial_window_s)
                 await self._made_space()
+                await self._yield_to_finals(time.monotonic() - began)
             elif not await self._idle(self._wake_partial, False):  # what is queued waits for its final
                 return
+
+    async def _yield_to_finals(self, took: float) -> None:
+        """Partials thinned by the final lane's load: the pause after a partial call (actors/stt/load.py), cut
+        short by a partial of an utterance that shows nothing yet, so first partials keep their pace."""
+        pause = partial_pause(took, self.load.busy(LOAD_WINDOW_S), self.cfg.partial_thin_above,
+                              self.cfg.partial_yield_max)
+        if pause <= 0:
+            return
+        PARTIAL_YIELD.labels(self.pool.name).inc(pause)
+        deadline = time.monotonic() + pause
+        while (left := deadline - time.monotonic()) > 0 and not self._stopping:
+            if any((d.msg.session_id, d.msg.utterance_id) not in self._progress for d in self._partials):
+                return
+            self._wake_partial.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake_partial.wait(), left)
 
     async def _made_space(self) -> None:
         async with self._space:
@@ -571,7 +595,7 @@ class SttActor(Actor):
             results = await lane.run(self.engine.transcribe_batch, requests, window_s, beam_size)
             busy, audio = time.monotonic() - began, sum(len(r.audio) for r in requests) / 16000
             if lane is self.final_lane:  # early decodes too: a final arriving meanwhile waits for them
-                self._final_calls.append((time.monotonic(), busy))
+                self.load.record(busy, {d.msg.session_id for d in batch})
                 FINAL_TIERS.labels(self.pool.name, self._tier(window_s, beam_size)).inc(
                     sum(d.msg.kind is SegmentKind.FINAL for d in batch))
             self._account(len(batch), busy, audio)
@@ -642,7 +666,7 @@ class SttActor(Actor):
             metrics.count_error("speech_translation_failed")
             return results
         took = time.monotonic() - began
-        self._final_calls.append((time.monotonic(), took))
+        self.load.record(took, ())
         SPEECH_TRANSLATIONS.labels(self.pool.name).inc(len(todo))
         SPEECH_TRANSLATION_SECONDS.labels(self.pool.name).inc(took)
         out = list(results)

@@ -109,7 +109,7 @@ class LiveSession:
         if not resuming:
             # A target no translator serves is refused now, not held and sent back untranslated with every final.
             await s.translations.check(start.language, start.targets)
-            await s.admission.admit(self.token, start.language)
+            await s.admission.admit(self.token, start.language, sid)
         # Claimed before anything of this connection is set: a refused start leaves the session untouched.
         epoch = await self._attach(sid, start)
         self.start, self.session_id, self.epoch = start, sid, epoch
