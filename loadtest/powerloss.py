@@ -12,7 +12,9 @@ resume and replay serve) and every session record in tolk_sessions. A final miss
 twice (two results for one utterance) is duplicated. The next round streams on the restarted system.
 
 `--sync` picks JetStream's sync_interval (TOLK_NATS_SYNC): `always` is Tolk's policy; `default` is NATS's own
-default, `2m` (what Tolk ran before the policy). The report is saved under loadtest/reports/; the last line printed is
+default, `2m` (what Tolk ran before the policy). TOLK_NATS_TRANSIENT_STORAGE passes through: with `memory` (the
+default) the audio and segments in flight are lost at every cut by design, so what is checked is the promise:
+finals clients were sent, and session records. The report is saved under loadtest/reports/; the last line printed is
 `acknowledged=N lost=L duplicated=D`. Needs /dev/fuse and fusermount3 (Debian fuse3) and root or fuse rights.
 """
 

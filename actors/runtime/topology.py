@@ -2,6 +2,10 @@
 
 Consumers may be templates: `{p}` expands per partition, `{pool}` per STT pool of `TOLK_STT_POOLS` (read at
 load, actors/runtime/pools.py), so a pool set chosen at deploy time gets its durables from `tolk nats apply`.
+
+Streams marked `transient` (work in flight that no client was promised yet: raw audio, segments) are stored as
+TOLK_NATS_TRANSIENT_STORAGE says, `memory` by default: with `sync_interval: always` their per-frame writes
+would each wait for an fsync (docs/operations.md#durability).
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ import logging
 import os
 import re
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -18,6 +23,7 @@ from nats.js import JetStreamContext, api
 from nats.js.errors import BadRequestError, NotFoundError
 
 from actors.runtime import pools as stt_pools
+from actors.runtime import settings
 from actors.runtime.declarations import nats_file
 
 log = logging.getLogger("tolk.topology")
@@ -36,6 +42,17 @@ class StreamSpec(msgspec.Struct, frozen=True):
     discard: Literal["old", "new"] = "old"
     duplicate_window_s: float = 120
     max_msgs_per_subject: int = -1
+    # Work in flight, deleted on ack, that no client was sent anything from yet: its storage is the operator's
+    # choice (TopologySettings), not `storage`.
+    transient: bool = False
+
+
+@dataclass
+class TopologySettings:
+    """Env: TOLK_NATS_TRANSIENT_STORAGE. `memory`: transient streams never touch the disk (a restarted standalone
+    server drops them, and the exporter re-creates them); `file`: on disk, fsynced per `sync_interval` like the rest."""
+
+    nats_transient_storage: Literal["memory", "file"] = "memory"
 
 
 class ConsumerSpec(msgspec.Struct, frozen=True):
@@ -97,15 +114,19 @@ class Topology(msgspec.Struct, frozen=True):
         raise KeyError(name)
 
 
-def load(path: Path | None = None, pools: stt_pools.Pools | None = None) -> Topology:
-    """The topology file, with the STT pools (`pools`, else TOLK_STT_POOLS / TOLK_MODEL) for `{pool}`."""
+def load(path: Path | None = None, pools: stt_pools.Pools | None = None,
+         transient_storage: Literal["memory", "file"] | None = None) -> Topology:
+    """The topology file, with the STT pools (`pools`, else TOLK_STT_POOLS / TOLK_MODEL) for `{pool}` and the
+    transient streams' storage (`transient_storage`, else TOLK_NATS_TRANSIENT_STORAGE)."""
     path = path or Path(os.environ.get("TOLK_TOPOLOGY", DEFAULT_PATH))
     with open(path, "rb") as fh:
         raw = tomllib.load(fh)
     topo = msgspec.convert(raw, Topology)
     if topo.partitions < 1:
         raise ValueError("partitions must be >= 1")
-    return msgspec.structs.replace(topo, pools=(pools or stt_pools.load()).names)
+    storage = transient_storage or settings.load(TopologySettings).nats_transient_storage
+    streams = [msgspec.structs.replace(s, storage=storage) if s.transient else s for s in topo.streams]
+    return msgspec.structs.replace(topo, streams=streams, pools=(pools or stt_pools.load()).names)
 
 
 def _stream_config(s: StreamSpec, replicas: int) -> api.StreamConfig:
@@ -143,12 +164,16 @@ async def apply(js: JetStreamContext, topo: Topology, replicas: int = 1) -> list
     for s in topo.streams:
         cfg = _stream_config(s, replicas)
         try:
-            await js.stream_info(s.name)
-            await js.update_stream(cfg)
-            report.append(f"stream {s.name}: up to date")
+            info = await js.stream_info(s.name)
         except NotFoundError:
             await js.add_stream(cfg)
             report.append(f"stream {s.name}: created")
+            continue
+        if info.config.storage != cfg.storage:
+            report.append(await _restore_storage(js, s, cfg, info))
+            continue
+        await js.update_stream(cfg)
+        report.append(f"stream {s.name}: up to date")
     report += await _retire(js, topo)
     for c in topo.expanded_consumers():
         await js.add_consumer(c.stream, consumer_config(c))  # server creates or updates
@@ -174,6 +199,46 @@ async def apply(js: JetStreamContext, topo: Topology, replicas: int = 1) -> list
             report.append(f"kv {kv.bucket}: updated ({exc.description})")
     for line in report:
         log.info("%s", line)
+    return report
+
+
+async def _restore_storage(js: JetStreamContext, s: StreamSpec, cfg: api.StreamConfig,
+                           info: api.StreamInfo) -> str:
+    """NATS cannot change a stream's storage in place. A transient stream is re-created once it is empty (its
+    consumers come back with the rest of `apply`); one still holding work, or a promised stream, is left as it
+    is: deleting it would drop audio not yet transcribed, or what clients were promised."""
+    have, want = api.StorageType(info.config.storage).value, s.storage
+    if not s.transient:
+        return (f"stream {s.name}: stored on {have}, declared {want}; left as it is (NATS cannot move a stream: "
+                f"back it up, delete it and apply again)")
+    if info.state.messages:
+        return (f"stream {s.name}: stored on {have}, TOLK_NATS_TRANSIENT_STORAGE says {want}; kept while it "
+                f"holds {info.state.messages} message(s) (apply again once drained)")
+    await js.delete_stream(s.name)
+    await js.add_stream(cfg)
+    return f"stream {s.name}: re-created on {want} (was {have}, empty)"
+
+
+async def restore_transient(js: JetStreamContext, topo: Topology, replicas: int = 1,
+                            present: set[str] | None = None) -> list[str]:
+    """Re-create transient streams that are gone, with their declared durables. A standalone nats-server keeps
+    memory streams only while it runs: after its restart the exporter calls this (the segmenter and STT fetch
+    from the new durables as soon as they exist); an R3 cluster keeps them while a majority of its servers runs.
+    `present`: stream names just listed, to skip the lookups."""
+    report: list[str] = []
+    for s in topo.streams:
+        if not s.transient or (present is not None and s.name in present):
+            continue
+        try:
+            await js.stream_info(s.name)
+            continue
+        except NotFoundError:
+            await js.add_stream(_stream_config(s, replicas))
+        for c in topo.expanded_consumers():
+            if c.stream == s.name:
+                await js.add_consumer(c.stream, consumer_config(c))
+        report.append(f"stream {s.name}: re-created on {s.storage} with its consumers (it was gone)")
+        log.warning("%s", report[-1])
     return report
 
 

@@ -220,6 +220,12 @@ included (sprig's merge/mergeOverwrite skip those, so a pool could not turn off 
        topology Job declares their durables, the exporter reports them. */}}
 - name: TOLK_STT_POOLS
   value: {{ include "tolk.sttPools" . | quote }}
+{{- /* Where the transient streams live, and their replicas: the topology Job creates them so, and the exporter
+       re-creates them so should they be gone (docs/operations.md#durability). */}}
+- name: TOLK_NATS_TRANSIENT_STORAGE
+  value: {{ .Values.nats.transientStorage | quote }}
+- name: TOLK_NATS_REPLICAS
+  value: {{ .Values.nats.jetstreamReplicas | toString | quote }}
 {{- /* The root filesystem is read-only: caches (assembled Whisper base, Hugging Face, Silero) go to /tmp. */}}
 - name: HOME
   value: /tmp
