@@ -9,7 +9,7 @@ import pytest
 from actors.runtime.partition import owned_partitions, partition_for, valid_session_id
 from actors.runtime.settings import SettingsError, load
 from actors.stt.finals import EarlyDecodes, PromptContext, early_key
-from actors.stt.guards import collapse_repeats, compression_ratio, reject_reason, repeated_head
+from actors.stt.guards import collapse_repeats, compression_ratio, looped, reject_reason, repeated_head
 from loadtest.wer import Counts, corpus_wer, counts, normalise
 from schemas import Segment, SegmentKind
 
@@ -23,6 +23,18 @@ def test_a_final_does_not_start_with_what_the_last_one_said() -> None:
     assert repeated_head("This Tuesday is election day, and".split(), "so " + before) == 5
     assert repeated_head("After months of debate".split(), before) == 0
     assert repeated_head("Good morning.".split(), "") == 0
+
+
+def test_a_phrase_looped_on_in_more_words_than_the_speech_holds_is_dropped() -> None:
+    """Seen streaming the radio address with a vocabulary (loadtest.vocabulary): the first final, 2.27 s of audio,
+    came back as the sentence twice and a word of a third."""
+    loop = "Good morning. This Tuesday is election day. Good morning. This Tuesday is election day. Good".split()
+    assert looped(loop, 2.1) == (7, 15)
+    assert looped(loop, 4.0) is None  # 15 words in 4 s of speech: a speaker could have said it twice
+    # said again by a speaker at a speaking pace, or a short phrase twice: kept
+    assert looped("I know what you mean, I know what you mean".split(), 3.0) is None
+    assert looped("thank you so much thank you so much".split(), 2.5) is None
+    assert looped("we will rock you we will rock you and then we go home".split(), 2.0) == (4, 8)
 
 
 def test_collapse_repeats() -> None:

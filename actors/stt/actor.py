@@ -26,7 +26,7 @@ from actors.runtime.executor import BoundedExecutor
 from actors.stt import vocabulary
 from actors.stt.engine import WhisperEngine, WhisperOptions
 from actors.stt.finals import EarlyDecodes, LeftContexts, PromptContext, early_key
-from actors.stt.guards import repeated_head
+from actors.stt.guards import looped, repeated_head
 from actors.stt.interface import SpeechToText, SttRequest, SttResult, WordTiming
 from actors.stt.langlock import LanguageLock
 from actors.stt.load import FinalLoad, partial_pause
@@ -75,6 +75,8 @@ SPEECH_TRANSLATION_SECONDS = Counter("tolk_stt_speech_translation_seconds", "Sec
                                      "on Whisper's translate task, by STT pool.", ["pool"])
 UNSPACED = frozenset({"zh", "ja", "th", "lo", "my", "yue", "km", "bo"})  # words are not joined by spaces
 
+LOOPED = Counter("tolk_stt_looped_words", "Words dropped from finals as a phrase Whisper looped on (said again at "
+                 "once, in more words than the speech could hold), by STT pool.", ["pool"])
 PARTIAL_YIELD = Counter("tolk_stt_partial_yield_seconds", "Seconds the partial lane paused for the final lane's load "
                         "(partials thinned so finals keep their pace), by STT pool.", ["pool"])
 STREAM = "TOLK_SEGMENTS"
@@ -688,7 +690,7 @@ class SttActor(Actor):
             return
         self._mark(seg, final, bool(r.text))
         if final and r.words:
-            r = self._supported(seg, r)
+            r = self._unlooped(seg, self._supported(seg, r))
         if seg.vocabulary:
             r = self._spelled(seg, r)
         if final and r.words:
@@ -726,6 +728,17 @@ class SttActor(Actor):
         log.info("%s/%d: dropped words outside the speech, in quiet audio: %r", seg.session_id, seg.utterance_id,
                  dropped)
         return _with_words(r, kept)
+
+    def _unlooped(self, seg: Segment, r: SttResult) -> SttResult:
+        """`r` less a phrase Whisper looped on, where its speech could not hold so many words (guards.looped)."""
+        loop = looped([w.word for w in r.words], seg.end - max(seg.start, seg.speech_start))
+        if loop is None:
+            return r
+        i, j = loop
+        LOOPED.labels(self.pool.name).inc(j - i)
+        log.info("%s/%d: dropped a looped phrase: %r", seg.session_id, seg.utterance_id,
+                 " ".join(w.word for w in r.words[i:j]))
+        return _with_words(r, r.words[:i] + r.words[j:])
 
     def _not_again(self, seg: Segment, r: SttResult) -> SttResult:
         """`r` less a leading phrase the session's previous finals already said (guards.repeated_head)."""

@@ -27,6 +27,26 @@ def repeated_head(words: Sequence[str], before: str, min_run: int = 4, lookback:
     return 0
 
 
+def looped(words: Sequence[str], speech_s: float, min_run: int = 4, max_rate: float = 5.0) -> tuple[int, int] | None:
+    """The words (start, end) of a final that loop: a phrase of at least `min_run` words said again at once, and
+    whatever follows that goes on repeating it, in a final with more words than its speech could hold (over
+    `max_rate` a second of the VAD's speech span, pauses included: fast speakers stay under 5). Whisper caught in a
+    loop on a short utterance in a long window writes "Good morning. This Tuesday is election day. Good morning. This
+    Tuesday is election day. Good" for 2.3 s of audio; a speaker who repeats herself is not also impossibly fast.
+    None when there is no such loop."""
+    if speech_s <= 0 or len(words) <= max_rate * speech_s:
+        return None
+    norm = [w.strip(".,;:!?¿¡\"'«»()-").lower() for w in words]
+    for i in range(len(norm)):
+        for n in range(min_run, (len(norm) - i) // 2 + 1):
+            if norm[i:i + n] == norm[i + n:i + 2 * n]:
+                end = i + n
+                while end < len(norm) and norm[end] == norm[i + (end - i) % n]:
+                    end += 1
+                return i + n, end
+    return None
+
+
 def collapse_repeats(text: str, max_repeats: int = 2, max_n: int = 6) -> str:
     """Cut a run of the same word n-gram repeated more than `max_repeats` times down to it once."""
     words = text.split()
