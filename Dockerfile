@@ -39,8 +39,11 @@ COPY .wheels/deps /wheels/deps
 RUN python3 -m venv /opt/tolk \
  && /opt/tolk/bin/pip install --no-index --no-cache-dir --disable-pip-version-check /wheels/deps/*.whl
 COPY .wheels/tolk /wheels/tolk
+COPY .wheels/nodeps /wheels/nodeps
+# resemblyzer (the diarizer's GE2E weights) goes in after `pip check`, without its dependencies (see the Makefile).
 RUN /opt/tolk/bin/pip install --no-index --no-deps --no-cache-dir --disable-pip-version-check /wheels/tolk/*.whl \
- && /opt/tolk/bin/pip check
+ && /opt/tolk/bin/pip check \
+ && /opt/tolk/bin/pip install --no-index --no-deps --no-cache-dir --disable-pip-version-check /wheels/nodeps/*.whl
 
 # ----------------------------------------------------------------------------------------------- models
 FROM builder AS models

@@ -9,6 +9,11 @@ DEV    := $(VENV)/.dev-stamp
         image-slim \
         image-cuda compose-env compose-up compose-down
 
+# resemblyzer ships the diarizer's GE2E weights (actors/diarizer/ge2e.py reads only its pretrained.pt). Installed
+# without its dependencies: its metadata pulls webrtcvad's source build, which overwrites webrtcvad-wheels' module
+# (the segmenter's VAD) with one that needs pkg_resources, and librosa/numba, which the diarizer does not use.
+RESEMBLYZER = resemblyzer==0.1.4
+
 # torch first, pinned: its CPU wheel is local here, and anything pulling plain `torch` later would
 # otherwise fetch several GB of CUDA build. A GPU host installs its CUDA torch the same way.
 $(STAMP): pyproject.toml
@@ -16,6 +21,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet -e .
+	$(BIN)/python -m pip install --quiet --no-deps $(RESEMBLYZER)
 	touch $(STAMP)
 
 # The checks' tools, and what the tests exercise (the desktop extra's Qt among them): not for `make run`.
@@ -60,9 +66,10 @@ BUILD    = DOCKER_BUILDKIT=$(BUILDKIT) $(DOCKER) build --build-arg VERSION=$(VER
 COMPOSE ?= $(shell $(DOCKER) compose version >/dev/null 2>&1 && echo "$(DOCKER) compose" || echo "$(BIN)/docker-compose")
 
 wheels: install
-	rm -rf .wheels/deps .wheels/tolk && mkdir -p .wheels/deps .wheels/tolk
+	rm -rf .wheels/deps .wheels/tolk .wheels/nodeps && mkdir -p .wheels/deps .wheels/tolk .wheels/nodeps
 	$(BIN)/python -m pip wheel --quiet --wheel-dir .wheels/deps torch==2.13.0 .
 	mv .wheels/deps/tolk-*.whl .wheels/tolk/
+	$(BIN)/python -m pip download --quiet --no-deps --only-binary=:all: --dest .wheels/nodeps $(RESEMBLYZER)
 
 # debian:bookworm-slim made locally with mmdebstrap when it is not there (no registry needed).
 base-image:

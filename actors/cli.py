@@ -21,6 +21,7 @@ ACTORS = {
     "segmenter": "actors.segmenter.actor",
     "stt": "actors.stt.actor",
     "translator": "actors.translator.actor",
+    "diarizer": "actors.diarizer.actor",
     "fanout": "actors.fanout.actor",
     "ingest": "actors.ingest.actor",
     "exporter": "actors.exporter.actor",

@@ -26,7 +26,7 @@ from actors.runtime.embedded import EmbeddedNats, die_with_parent
 
 log = logging.getLogger("tolk.up")
 
-PIPELINE = ("segmenter", "stt", "translator", "fanout", "ingest", "exporter")
+PIPELINE = ("segmenter", "stt", "translator", "diarizer", "fanout", "ingest", "exporter")
 
 
 @dataclass

@@ -8,6 +8,7 @@ versions it does not know instead of guessing at fields.
 from schemas.codec import DecodeError, decode, encode
 from schemas.messages import (
     ENDPOINT_MS_RANGE,
+    MAX_SPEAKERS_RANGE,
     MAX_UTTERANCE_S_RANGE,
     NO_ENDPOINT,
     SCHEMA_VERSION,
@@ -15,6 +16,7 @@ from schemas.messages import (
     AudioChunk,
     ChannelRecord,
     ClientResult,
+    DiarizerState,
     Encoding,
     Endpoint,
     IngestLease,
@@ -24,6 +26,8 @@ from schemas.messages import (
     SegmenterCheckpoint,
     SegmentKind,
     SessionRecord,
+    SpeakerSpan,
+    SpeakerTurns,
     Transcript,
     Word,
     client_result,
@@ -34,6 +38,7 @@ from schemas.translation import TranslationCatalog, TranslationEngine, Translati
 
 __all__ = [
     "ENDPOINT_MS_RANGE",
+    "MAX_SPEAKERS_RANGE",
     "MAX_UTTERANCE_S_RANGE",
     "NO_ENDPOINT",
     "SCHEMA_VERSION",
@@ -42,6 +47,7 @@ __all__ = [
     "ChannelRecord",
     "ClientResult",
     "DecodeError",
+    "DiarizerState",
     "Encoding",
     "Endpoint",
     "IngestLease",
@@ -51,6 +57,8 @@ __all__ = [
     "SegmentKind",
     "SegmenterCheckpoint",
     "SessionRecord",
+    "SpeakerSpan",
+    "SpeakerTurns",
     "Transcript",
     "TranslationCatalog",
     "TranslationEngine",

@@ -41,6 +41,9 @@ class ResultKind(enum.StrEnum):
     FINAL = "final"
     # Marks the end of a session's results: everything with a lower seq has been published.
     END = "end"
+    # Speaker labels for a final already sent without them (the diarizer was late or away): same utterance_id,
+    # its words with `speaker` set, and `speaker`. Only clients that asked for diarization get these.
+    SPEAKERS = "speakers"
 
 
 def stream_of(msg: AudioChunk | Segment | Transcript | ClientResult) -> str:
@@ -58,6 +61,8 @@ def results_subject(stream_id: str) -> str:
 ENDPOINT_MS_RANGE = (100, 5000)
 MAX_UTTERANCE_S_RANGE = (2.0, 30.0)
 NO_ENDPOINT = -1  # endpoint_ms: silence never ends an utterance (Deepgram `endpointing=false`)
+# Per-session diarization (AudioChunk.max_speakers): 0 = the diarizer's TOLK_DIARIZER_MAX_SPEAKERS.
+MAX_SPEAKERS_RANGE = (1, 32)
 
 
 class _Msg(msgspec.Struct, kw_only=True, frozen=True):
@@ -94,6 +99,10 @@ class AudioChunk(_Msg, frozen=True):
     # segmenter crash re-applies them. The segmenter applies a change from the next utterance.
     endpoint_ms: int = 0
     max_utterance_s: float = 0.0
+    # Speaker labels wanted (native `diarize`, Deepgram `diarize=true`, Speechmatics `diarization: speaker`): the
+    # segmenter sends each final's audio to the diarizer too. `max_speakers` 0: the diarizer's default.
+    diarize: bool = False
+    max_speakers: int = 0
 
 
 class Segment(_Msg, frozen=True):
@@ -124,6 +133,8 @@ class Segment(_Msg, frozen=True):
     speculative: bool = False
     prompt: str = ""  # the session's initial prompt (AudioChunk.prompt), for finals when it has no text yet
     vocabulary: tuple[str, ...] = ()  # the session's vocabulary when this was cut (AudioChunk.vocabulary)
+    diarize: bool = False  # AudioChunk.diarize: fan-out waits (bounded) for this final's speaker labels
+    max_speakers: int = 0
 
 
 class Word(msgspec.Struct, frozen=True):
@@ -131,6 +142,45 @@ class Word(msgspec.Struct, frozen=True):
     start: float
     end: float
     probability: float
+    speaker: str = ""  # "S1", "S2"... in order of appearance (diarized sessions only, set by fan-out)
+    speaker_confidence: float = 0.0
+
+
+class SpeakerSpan(msgspec.Struct, frozen=True):
+    """Who spoke from `start` to `end` (stream seconds) of one utterance."""
+
+    start: float
+    end: float
+    speaker: str  # "S1", "S2"... numbered in order of appearance, stable for the session
+    confidence: float  # cosine similarity of the span's voice to its speaker's (0..1)
+
+
+class SpeakerTurns(_Msg, frozen=True):
+    """The diarizer's labels for one final (``tolk.speakers.<partition>.<session>``), keyed by `utterance_id`."""
+
+    session_id: str
+    utterance_id: int
+    final_index: int
+    partition: int
+    spans: tuple[SpeakerSpan, ...] = ()
+    speakers: int = 0  # speakers heard in the session so far
+    stream_id: str = ""
+    # 0: the first labels of this utterance; 1, 2...: a later decision changed them (a short voice turned out to
+    # be a new speaker, two voices merged). Fan-out sends a revision of a final already out as a SPEAKERS result.
+    revision: int = 0
+
+
+class DiarizerState(_Msg, frozen=True):
+    """KV `tolk_diarizer`, key = session id: a session's voices after its latest final, so labels survive a
+    diarizer restart and a resume. `centroids`: float32 rows (unnormalised sums), one per cluster."""
+
+    session_id: str
+    centroids: bytes = b""
+    weights: tuple[float, ...] = ()  # seconds of speech behind each centroid
+    dim: int = 0
+    last_utterance: int = 0  # the newest utterance counted (a redelivered one is not counted twice)
+    merged: dict[int, int] = {}  # cluster → the cluster it was merged into
+    numbers: dict[int, int] = {}  # cluster → label number (S<n>) of the clusters that are speakers
 
 
 class Transcript(_Msg, frozen=True):
@@ -165,6 +215,7 @@ class Transcript(_Msg, frozen=True):
     # translate task, a second decode of the final's audio): the speech read out in English ("" = none). The
     # translator passes it on as `en` (engine `whisper`) or pivots from it (de→en→pt) instead of the text.
     speech_translation: str = ""
+    diarize: bool = False  # Segment.diarize: fan-out merges SpeakerTurns into the final's words
     # Set by the translator, for targets in `translations`: the engine that made each (`whisper`, `fast`; a
     # pivot names both hops, `whisper+fast`), and target → bridge language for the pivoted ones.
     translation_engines: dict[str, str] = {}
@@ -193,6 +244,10 @@ class ClientResult(_Msg, frozen=True):
     published_at: float = 0.0  # fan-out's wall clock when it sent this (delivery-lag metrics)
     translation_engines: dict[str, str] = {}
     translation_pivots: dict[str, str] = {}
+    # Diarized sessions: the speaker of most of a final's words; `speakers_late`: sent before its labels came (a
+    # SPEAKERS result follows when they do).
+    speaker: str = ""
+    speakers_late: bool = False
 
 
 class SessionRecord(_Msg, frozen=True):

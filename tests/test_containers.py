@@ -135,7 +135,7 @@ class Stack:
             status = self.status()
             en = ready_english_stt(status)
             ready = {a["actor"] for a in status["actors"] if a["ready"]}
-            if ready >= {"edge", "segmenter", "stt", "translator", "fanout", "ingest", "exporter"} \
+            if ready >= {"edge", "segmenter", "stt", "translator", "diarizer", "fanout", "ingest", "exporter"} \
                     and len(en) >= stt_en and all(p["ready"] for p in status["stt_pools"]):
                 return status
             if time.monotonic() > deadline:

@@ -45,8 +45,8 @@ YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 KUBE_VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
 # Kinds without a schema in kubernetes-validate: checked structurally by check_crd() instead.
 CRD_KINDS = {"ScaledObject", "ServiceMonitor", "PrometheusRule"}
-ACTORS = ("edge", "segmenter", "stt", "translator", "fanout", "ingest", "exporter")
-PARTITIONED = ("segmenter", "fanout")
+ACTORS = ("edge", "segmenter", "stt", "translator", "diarizer", "fanout", "ingest", "exporter")
+PARTITIONED = ("segmenter", "diarizer", "fanout")
 WORKLOAD_KINDS = {"Deployment", "StatefulSet"}
 STANDARD_LABELS = (
     "app.kubernetes.io/name",
@@ -297,6 +297,7 @@ def test_every_option_on_validates() -> None:
     assert {d["metadata"]["name"] for d in of_kind(docs, "StatefulSet")} == {
         "speech-nats",
         "speech-segmenter",
+        "speech-diarizer",
         "speech-fanout",
     }
     for pool in ("en", "multi"):  # the stt defaults reach every pool
@@ -721,7 +722,7 @@ def test_nats_config_is_accepted_by_nats_server(value_set: str, tmp_path: Path) 
 
 
 PERMISSIONS = json.loads((CHART / "files" / "nats-permissions.json").read_text())
-ACTOR_USERS = ("edge", "segmenter", "stt", "translator", "fanout", "ingest", "exporter")
+ACTOR_USERS = ("edge", "segmenter", "stt", "translator", "diarizer", "fanout", "ingest", "exporter")
 
 
 def user_passwords() -> dict[str, str]:

@@ -273,7 +273,8 @@ async def test_tolk_up_runs_every_actor_as_its_own_user(tolk: Running) -> None:
         with_env = proc.environ() if proc.is_running() else {}
         if "TOLK_NATS_USER" in with_env:
             seen[proc.cmdline()[-1]] = with_env["TOLK_NATS_USER"]
-    assert seen == {a: a for a in ("edge", "segmenter", "stt", "translator", "fanout", "ingest", "exporter")}
+    actors = ("edge", "segmenter", "stt", "translator", "diarizer", "fanout", "ingest", "exporter")
+    assert seen == {a: a for a in actors}
     c = next(c for c in clips("en") if c.name.startswith("en_jfk"))
     pcm, rate = c.pcm16()
     run = await stream_pcm(tolk.ws, pcm, rate, pace=2.0)

@@ -13,12 +13,13 @@ from nats.js.errors import KeyDeletedError, KeyNotFoundError
 from prometheus_client import Counter, Histogram
 
 from actors.fanout.ordering import SessionOrder
+from actors.fanout.speakers import SpeakerGate
 from actors.runtime import channels, settings, topology
 from actors.runtime.actor import Actor, RuntimeSettings
 from actors.runtime.bus import Bus
 from actors.runtime.consumer import Delivery, PullLoop
 from actors.runtime.partition import owned_partitions
-from schemas import ClientResult, ResultKind, Transcript, results_subject, stream_of
+from schemas import ClientResult, ResultKind, SpeakerTurns, Transcript, results_subject, stream_of
 
 log = logging.getLogger("tolk.fanout")
 
@@ -28,6 +29,8 @@ LATENCY = Histogram("tolk_result_latency_seconds", "End of speech (edge clock) t
                     "clients: the server's whole share of caption latency, by kind.", ["kind"],
                     buckets=(0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0))
 RESULTS = Counter("tolk_results", "Results sent to clients, by kind.", ["kind"])
+SPEAKERS_LATE = Counter("tolk_speakers_late", "Diarized finals sent without their speaker labels (the diarizer "
+                        "was later than TOLK_SPEAKER_WAIT_S); each gets a SPEAKERS correction when they come.")
 
 
 @dataclass
@@ -36,6 +39,9 @@ class FanoutSettings:
     # crashed STT then a crashed translator, each redelivering after its 15 s ack wait.
     gap_timeout_s: float = 45.0
     session_idle_s: float = 600.0
+    # A diarized final waits this long for its speaker labels (the diarizer runs beside STT, usually ahead),
+    # then goes out unlabelled (`speakers_late`), corrected when they come.
+    speaker_wait_s: float = 1.0
 
 
 class FanoutActor(Actor):
@@ -45,9 +51,16 @@ class FanoutActor(Actor):
         super().__init__(bus, runtime)
         self.cfg = cfg
         self.sessions: dict[str, SessionOrder] = {}
+        self.gates: dict[str, SpeakerGate] = {}  # per session: results on their way out, labels merged
+        self.diarized: set[str] = set()
+        self.wake = asyncio.Event()
         partitions = owned_partitions(topo.partitions, runtime.replicas, runtime.replica_index)
         self.loops = [
             PullLoop(bus.js, "TOLK_RESULTS", f"fanout-p{p}", Transcript, self._handle, batch=256, fetch_timeout=1.0)
+            for p in partitions
+        ]
+        self.speaker_loops = [
+            PullLoop(bus.js, "TOLK_SPEAKERS", f"fanout-speakers-p{p}", SpeakerTurns, self._labels, batch=256)
             for p in partitions
         ]
 
@@ -56,23 +69,28 @@ class FanoutActor(Actor):
 
     async def run(self) -> None:
         tasks = [asyncio.create_task(loop.run(), name=f"fanout.{loop.durable}") for loop in self.loops]
+        speakers = [asyncio.create_task(loop.run(), name=f"fanout.{loop.durable}") for loop in self.speaker_loops]
         sweeper = asyncio.create_task(self._sweep(), name="fanout.sweep")
+        timer = asyncio.create_task(self._speaker_timer(), name="fanout.speakers")
         try:
             await asyncio.gather(*tasks)
         finally:
-            sweeper.cancel()
-            for task in tasks:
+            for task in (sweeper, timer, *speakers, *tasks):
                 task.cancel()
-            await asyncio.gather(sweeper, *tasks, return_exceptions=True)
+            await asyncio.gather(sweeper, timer, *speakers, *tasks, return_exceptions=True)
 
     async def drain(self) -> None:
         for loop in self.loops:
             loop.stop()
+        for speakers in self.speaker_loops:
+            speakers.stop()
 
     async def _handle(self, items: list[Delivery[Transcript]]) -> None:
         now = time.monotonic()
         for d in items:
             t = d.msg
+            if t.diarize:
+                self.diarized.add(t.session_id)
             order = self.sessions.get(t.session_id)
             if order is None:
                 next_final = await self._progress(t.session_id)
@@ -102,7 +120,49 @@ class FanoutActor(Actor):
         except Exception as exc:  # the next release writes it again; only a crash right now would repeat finals
             log.warning("%s: fan-out progress not saved: %s", order.session_id, exc)
 
+    async def _labels(self, items: list[Delivery[SpeakerTurns]]) -> None:
+        """A final's speaker labels: merged into it if it is waiting (or still to come), else sent as a correction."""
+        now = time.monotonic()
+        for d in items:
+            t = d.msg
+            self.diarized.add(t.session_id)
+            gate = self.gates.setdefault(t.session_id, SpeakerGate(self.cfg.speaker_wait_s))
+            await self._send(gate.labels(t, now))
+            await d.raw.ack()
+
     async def _deliver(self, order: SessionOrder, results: list[ClientResult]) -> None:
+        sid = order.session_id
+        if sid in self.diarized or sid in self.gates:
+            gate = self.gates.setdefault(sid, SpeakerGate(self.cfg.speaker_wait_s))
+            now = time.monotonic()
+            out: list[ClientResult] = []
+            for r in results:
+                out += gate.offer(r, sid in self.diarized, now)
+            await self._send(out)
+            if gate.next_deadline() is not None:
+                self.wake.set()
+        else:
+            await self._send(results)
+        if order.ended:
+            self.sessions.pop(sid, None)
+
+    async def _speaker_timer(self) -> None:
+        """Releases finals whose labels are past their wait (checked every 50 ms while any is waiting)."""
+        while True:
+            await self.wake.wait()
+            await asyncio.sleep(0.05)
+            now = time.monotonic()
+            waiting = False
+            for gate in list(self.gates.values()):
+                deadline = gate.next_deadline()
+                if deadline is not None and deadline <= now:
+                    await self._send(gate.release(now))
+                    deadline = gate.next_deadline()
+                waiting |= deadline is not None
+            if not waiting:
+                self.wake.clear()
+
+    async def _send(self, results: list[ClientResult]) -> None:
         for r in results:
             now = time.time()
             r = msgspec.structs.replace(r, published_at=now)
@@ -114,10 +174,10 @@ class FanoutActor(Actor):
                 await self.bus.publish(channels.captions_subject(stream), r, msg_id=f"{r.session_id}:c{r.seq}")
             await self.bus.send(results_subject(stream), r)
             RESULTS.labels(r.kind.value).inc()
-            if r.speech_end_wall and r.kind is not ResultKind.END:
+            if r.speakers_late:
+                SPEAKERS_LATE.inc()
+            if r.speech_end_wall and r.kind not in (ResultKind.END, ResultKind.SPEAKERS):
                 LATENCY.labels(r.kind.value).observe(max(0.0, now - r.speech_end_wall))
-        if order.ended:
-            self.sessions.pop(order.session_id, None)
 
     async def _sweep(self) -> None:
         while True:
@@ -130,6 +190,10 @@ class FanoutActor(Actor):
                     await self._deliver(order, released)
                 elif now - order.touched > self.cfg.session_idle_s:
                     self.sessions.pop(order.session_id, None)
+            for sid in [sid for sid, gate in self.gates.items()
+                        if sid not in self.sessions and not gate.queue and now - gate.touched > 60]:
+                del self.gates[sid]  # ended a minute ago (corrections after END reach no one) or idle
+                self.diarized.discard(sid)
 
 
 async def create(bus: Bus, runtime: RuntimeSettings) -> Actor:

@@ -93,6 +93,8 @@ class SessionState:
         self.language = chunk.language
         self.prompt = chunk.prompt
         self.vocabulary = chunk.vocabulary
+        self.diarize = chunk.diarize
+        self.max_speakers = chunk.max_speakers
         self.stream_id = chunk.stream_id
         self.sample_rate = chunk.sample_rate
         self.resampler = Resampler(chunk.sample_rate)
@@ -323,6 +325,7 @@ class SegmenterActor(Actor):
                      self.pools.route(chunk.language).name)
         state.language = chunk.language  # `configure` may change it: applies from the next cut (and its pool)
         state.vocabulary = chunk.vocabulary  # likewise
+        state.diarize, state.max_speakers = chunk.diarize, chunk.max_speakers
         if chunk.sample_rate != state.sample_rate:
             log.error("%s: sample rate changed mid-session; chunk dropped", chunk.session_id)
             await d.raw.term()
@@ -403,6 +406,7 @@ class SegmenterActor(Actor):
             language=state.language, speech_end_wall=cut.speech_end_wall, partition=state.partition,
             speech_start=round(cut.speech_start, 3), endpoint=cut.endpoint, stream_id=state.stream_id,
             speculative=cut.speculative, prompt=state.prompt, vocabulary=state.vocabulary,
+            diarize=state.diarize, max_speakers=state.max_speakers,
         )
         # A final is deduped by its index: one a dead segmenter published before its checkpoint is not re-made.
         msg_id = f"{state.session_id}:f{final_index}" if cut.final else f"{state.session_id}:{state.seq}"
@@ -410,6 +414,8 @@ class SegmenterActor(Actor):
         # cuts; fan-out still releases its finals by final_index, whichever pool transcribed them.
         pool = self.pools.route(state.language).name
         await self.bus.publish(pools.subject(kind.value, pool, state.partition, state.session_id), seg, msg_id=msg_id)
+        if cut.final and state.diarize:  # the diarizer labels it while STT transcribes it
+            await self.bus.publish(f"tolk.diarize.{state.partition}.{state.session_id}", seg, msg_id=msg_id)
         SEGMENTS.labels("speculative" if cut.speculative else kind.value).inc()
 
     async def _upkeep(self) -> None:

@@ -714,7 +714,7 @@ class SttActor(Actor):
             text=r.text, language=r.language, start=seg.start, end=seg.end, words=words,
             speech_end_wall=seg.speech_end_wall, no_speech_prob=r.no_speech_prob, avg_logprob=r.avg_logprob,
             speech_start=seg.speech_start, endpoint=seg.endpoint, language_prob=r.language_prob,
-            stream_id=seg.stream_id, speech_translation=r.translation if final else "",
+            stream_id=seg.stream_id, speech_translation=r.translation if final else "", diarize=seg.diarize,
         ))
 
     def _supported(self, seg: Segment, r: SttResult) -> SttResult:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from edge.core.errors import ErrorCode, ProtocolError
-from schemas import ENDPOINT_MS_RANGE, MAX_UTTERANCE_S_RANGE, NO_ENDPOINT, Encoding
+from schemas import ENDPOINT_MS_RANGE, MAX_SPEAKERS_RANGE, MAX_UTTERANCE_S_RANGE, NO_ENDPOINT, Encoding
 from schemas.languages import WHISPER_LANGUAGES
 
 MAX_TARGETS = 16
@@ -38,6 +38,10 @@ class Start:
     # a glossary in Whisper's prompt, and the text's near-misses corrected (actors/stt/vocabulary.py).
     vocabulary: tuple[str, ...] = ()
     prompt: str = ""  # Whisper's initial prompt for the first finals (OpenAI `prompt`), before the session has text
+    # Speaker labels (native `diarize`, Deepgram `diarize`, Speechmatics `diarization: speaker`; check_diarization):
+    # `max_speakers` 0 = the diarizer's default.
+    diarize: bool = False
+    max_speakers: int = 0
 
     @property
     def wire_encoding(self) -> str:
@@ -115,6 +119,21 @@ def parse_vocabulary(terms: Any, code: ErrorCode) -> tuple[str, ...]:
     if len(out) > MAX_VOCABULARY:
         raise ProtocolError(code, f"at most {MAX_VOCABULARY} vocabulary terms per session, not {len(out)}")
     return out
+
+
+def check_diarization(diarize: Any, max_speakers: Any, code: ErrorCode) -> tuple[bool, int]:
+    """`diarize` (a boolean) and `max_speakers` (None: the server's; else an integer in MAX_SPEAKERS_RANGE, and only
+    with diarize on): every API's speaker settings come through here, so the bounds are the same everywhere."""
+    if not isinstance(diarize, bool):
+        raise ProtocolError(code, "diarize must be true or false")
+    if max_speakers is None:
+        return diarize, 0
+    lo, hi = MAX_SPEAKERS_RANGE
+    if isinstance(max_speakers, bool) or not isinstance(max_speakers, int) or not lo <= max_speakers <= hi:
+        raise ProtocolError(code, f"max_speakers must be an integer {lo}-{hi}")
+    if not diarize:
+        raise ProtocolError(code, "max_speakers needs diarization on")
+    return diarize, max_speakers
 
 
 def check_endpointing(endpoint_ms: int, max_utterance_s: float, code: ErrorCode) -> None:

@@ -27,6 +27,7 @@ class ErrorCode(enum.StrEnum):
     INVALID_SESSION_ID = "invalid_session_id"
     INVALID_TARGETS = "invalid_targets"
     INVALID_VOCABULARY = "invalid_vocabulary"  # too many or too long terms, or not a list of strings
+    INVALID_DIARIZATION = "invalid_diarization"  # `diarize` not a boolean, `max_speakers` out of range
     UNSUPPORTED_PAIR = "unsupported_pair"  # a target no translator serves (from the session's language)
     INVALID_CONFIGURE = "invalid_configure"
     INVALID_SUBSCRIBE = "invalid_subscribe"
@@ -60,6 +61,7 @@ CLOSE_FOR: dict[ErrorCode, Close | None] = {
     ErrorCode.INVALID_SESSION_ID: Close.POLICY,
     ErrorCode.INVALID_TARGETS: Close.POLICY,
     ErrorCode.INVALID_VOCABULARY: Close.POLICY,
+    ErrorCode.INVALID_DIARIZATION: Close.POLICY,
     ErrorCode.UNSUPPORTED_PAIR: Close.UNSUPPORTED_DATA,  # at start; at configure it is reported (keep_open)
     ErrorCode.INVALID_CONFIGURE: None,  # reported; the session goes on with its previous settings
     ErrorCode.INVALID_SUBSCRIBE: None,  # reported; a listener keeps its channel (if any)

@@ -268,7 +268,8 @@ class LiveSession:
                                              encoding=self.start.encoding, language=self.start.language, end=end,
                                              flush=flush, endpoint_ms=self.start.endpoint_ms,
                                              max_utterance_s=self.start.max_utterance_s,
-                                             vocabulary=self.start.vocabulary, prompt=self.start.prompt)
+                                             vocabulary=self.start.vocabulary, prompt=self.start.prompt,
+                                             diarize=self.start.diarize, max_speakers=self.start.max_speakers)
 
     async def _record(self, status: str) -> bool:
         """Writes this session's KV record, unless a newer connection resumed it. False when it was not written."""
@@ -295,6 +296,10 @@ class LiveSession:
         again); after the END, the session is done."""
         while True:
             result = await self.results.get()
+            if result.kind is ResultKind.SPEAKERS:  # a correction of a final already out (same seq)
+                if self.start is not None and self.start.diarize:
+                    return result
+                continue
             if result.seq <= self.last_seq:
                 continue
             self.last_seq = result.seq

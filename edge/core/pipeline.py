@@ -26,14 +26,15 @@ class Pipeline:
 
     async def publish(self, sid: str, seq: int, data: bytes, *, sample_rate: int, encoding: Encoding, language: str,
                       end: bool = False, prompt: str = "", flush: bool = False, endpoint_ms: int = 0,
-                      max_utterance_s: float = 0.0, vocabulary: tuple[str, ...] = ()) -> None:
+                      max_utterance_s: float = 0.0, vocabulary: tuple[str, ...] = (), diarize: bool = False,
+                      max_speakers: int = 0) -> None:
         """One chunk of a session's audio (`end`: the last, empty; `flush`: empty, the open utterance's final is
         wanted now; `endpoint_ms`, `max_utterance_s`: the session's endpointing, 0 the server's): numbered, so a
         redelivery is dropped."""
         await self.bus.publish_audio(AudioChunk(
             session_id=sid, chunk_seq=seq, sample_rate=sample_rate, encoding=encoding, language=language, data=data,
             received_at=time.time(), end=end, prompt=prompt, flush=flush, endpoint_ms=endpoint_ms,
-            max_utterance_s=max_utterance_s, vocabulary=vocabulary,
+            max_utterance_s=max_utterance_s, vocabulary=vocabulary, diarize=diarize, max_speakers=max_speakers,
         ), self.partition(sid))
 
     async def results(self, stream_id: str, deliver: Callable[[ClientResult], Awaitable[None] | None],

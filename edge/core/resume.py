@@ -53,7 +53,8 @@ class Detached:
             # Numbered past anything that connection could have sent: the segmenter flushes and ends it.
             await self.pipeline.publish(sid, (epoch << 32) + (1 << 31), b"", sample_rate=start.sample_rate,
                                         encoding=start.encoding, language=start.language, end=True,
-                                        endpoint_ms=start.endpoint_ms, max_utterance_s=start.max_utterance_s)
+                                        endpoint_ms=start.endpoint_ms, max_utterance_s=start.max_utterance_s,
+                                        diarize=start.diarize, max_speakers=start.max_speakers)
             await self.listeners.remove(sid, "owner")
             log.info("%s: not resumed within %.0f s; ended", sid, self.grace_s)
         except asyncio.CancelledError:

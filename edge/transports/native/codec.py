@@ -23,13 +23,14 @@ from edge.core.commands import (
     Stop,
     Subscribe,
     check_audio,
+    check_diarization,
     check_endpointing,
     parse_language,
     parse_targets,
     parse_vocabulary,
 )
 from edge.core.errors import CLOSE_FOR, Close, ErrorCode, ProtocolError
-from schemas import NO_ENDPOINT, ClientResult, Encoding, ResultKind
+from schemas import NO_ENDPOINT, ClientResult, Encoding, ResultKind, Word
 
 __all__ = ["CLOSE_FOR", "Close", "ErrorCode", "ProtocolError", "Start", "Stop", "check_audio"]
 
@@ -110,8 +111,10 @@ def parse_start(obj: dict[str, Any]) -> Start:
         raise ProtocolError(ErrorCode.INVALID_START, "resume_from needs the resume_token from the session's `started`")
     endpoint_ms, max_s = parse_endpointing(obj, ErrorCode.INVALID_START)
     vocabulary = parse_vocabulary(obj.get("vocabulary", []), ErrorCode.INVALID_VOCABULARY)
+    diarize, max_speakers = check_diarization(obj.get("diarize", False), obj.get("max_speakers"),
+                                              ErrorCode.INVALID_DIARIZATION)
     return Start(rate, encoding, language, sid, targets, partials, resume, token if resume is not None else "",
-                 codec, endpoint_ms or 0, max_s or 0.0, vocabulary)
+                 codec, endpoint_ms or 0, max_s or 0.0, vocabulary, diarize=diarize, max_speakers=max_speakers)
 
 
 def parse_endpointing(obj: dict[str, Any], code: ErrorCode) -> tuple[int | None, float | None]:
@@ -196,12 +199,16 @@ def render_result(r: ClientResult, now: float | None = None, targets: tuple[str,
         "language": r.language,
         "start": r.start,
         "end": r.end,
-        "words": [{"word": w.word, "start": w.start, "end": w.end, "probability": w.probability} for w in r.words],
+        "words": [_word(w, r.speaker != "" or r.speakers_late) for w in r.words],
         "latency_ms": round(latency, 1) if latency is not None else None,
         "speech_start": r.speech_start,
     }
     if r.kind is ResultKind.FINAL:
         out["endpoint"] = r.endpoint.value
+    if r.speaker or r.speakers_late:  # diarized finals (and SPEAKERS corrections): who said it
+        out["speaker"] = r.speaker or None
+        if r.speakers_late:
+            out["speakers_late"] = True
     if targets and (r.kind is ResultKind.FINAL or r.translations or r.translation_errors):
         out["translations"] = {t: r.translations[t] for t in targets if t in r.translations}
         errors = {t: r.translation_errors[t] for t in targets if t in r.translation_errors}
@@ -213,4 +220,12 @@ def render_result(r: ClientResult, now: float | None = None, targets: tuple[str,
         pivots = {t: r.translation_pivots[t] for t in targets if t in r.translation_pivots}
         if pivots:
             out["translation_pivots"] = pivots
+    return out
+
+
+def _word(w: Word, diarized: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {"word": w.word, "start": w.start, "end": w.end, "probability": w.probability}
+    if diarized:
+        out["speaker"] = w.speaker or None
+        out["speaker_confidence"] = w.speaker_confidence
     return out

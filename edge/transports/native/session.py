@@ -85,6 +85,7 @@ class NativeSession(SocketSession):
             "encoding": s.start.wire_encoding, "language": s.start.language, "targets": list(s.targets),
             "translate_partials": s.translate_partials, "resume_token": s.resume_token,
             **endpointing(s.start.endpoint_ms, s.start.max_utterance_s), "vocabulary": list(s.start.vocabulary),
+            **({"diarize": True, "max_speakers": s.start.max_speakers or None} if s.start.diarize else {}),
             **({"resumed": True, "replayed": s.replayed} if s.resumed else {}),
         })
 

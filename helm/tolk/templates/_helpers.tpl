@@ -171,7 +171,7 @@ included (sprig's merge/mergeOverwrite skip those, so a pool could not turn off 
 {{- if and .Values.nats.install (gt (int .Values.nats.jetstreamReplicas) (int .Values.nats.replicas)) }}
 {{- fail (printf "nats.jetstreamReplicas (%d) exceeds nats.replicas (%d): JetStream cannot place that many copies" (int .Values.nats.jetstreamReplicas) (int .Values.nats.replicas)) }}
 {{- end }}
-{{- range $c := list "segmenter" "fanout" }}
+{{- range $c := list "segmenter" "diarizer" "fanout" }}
 {{- $n := int (index $.Values $c "replicas") }}
 {{- if or (lt $n 1) (gt $n (int $.Values.topology.partitions)) }}
 {{- fail (printf "%s.replicas must be 1..%d (topology.partitions): each replica owns the partitions p %% replicas == index" $c (int $.Values.topology.partitions)) }}

@@ -1,0 +1,1 @@
+"""Diarizer actor: online speaker labels per session (issue #34)."""

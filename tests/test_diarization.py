@@ -1,0 +1,149 @@
+"""Speaker labels (issue #34): the real GE2E encoder, online clustering, fan-out's merge, and a real `tolk up`."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from typing import Any
+
+import numpy as np
+import psutil
+import pytest
+
+from actors.diarizer.clusters import SessionVoices, label_utterance
+from actors.diarizer.ge2e import Ge2eEncoder
+from actors.fanout.speakers import SpeakerGate
+from edge.core.commands import check_diarization
+from edge.core.errors import ErrorCode, ProtocolError
+from loadtest.client import SessionRun, stream_pcm
+from loadtest.conversation import Conversation, build, score
+from loadtest.faults import actor_process
+from schemas import ClientResult, ResultKind, SpeakerSpan, SpeakerTurns, Word
+from tests.conftest import Running
+
+THRESHOLD = 0.7  # DiarizerSettings().threshold at the default sensitivity
+
+
+@pytest.fixture(scope="module")
+def encoder() -> Ge2eEncoder:
+    return Ge2eEncoder()
+
+
+@pytest.fixture(scope="module")
+def two_voices() -> Conversation:
+    return build(2, (3.0, 6.0), 36.0, seed=3, gap_s=(0.6, 1.0))
+
+
+def test_same_voice_is_closer_than_another(encoder: Ge2eEncoder, two_voices: Conversation) -> None:
+    x = np.frombuffer(two_voices.pcm, "<i2").astype(np.float32) / 32768
+    by: dict[str, list[np.ndarray]] = {}
+    for t in two_voices.turns:
+        by.setdefault(t.speaker, []).append(encoder.embed(x[int(t.start * 16000):int(t.end * 16000)]))
+    a, b = by["R1"], by["R2"]
+    same = np.mean([float(a[0] @ e) for e in a[1:]] + [float(b[0] @ e) for e in b[1:]])
+    other = np.mean([float(e @ f) for e in a for f in b])
+    assert same > other + 0.1, (same, other)
+
+
+def test_online_clustering_finds_two_speakers_and_a_change_inside_an_utterance(
+        encoder: Ge2eEncoder, two_voices: Conversation) -> None:
+    x = np.frombuffer(two_voices.pcm, "<i2").astype(np.float32) / 32768
+    voices = SessionVoices(max_speakers=8, threshold=THRESHOLD, merge_threshold=0.75)
+    turns = list(two_voices.turns)
+    # Two turns glued into one utterance (no pause between them): the change inside it must be found.
+    glued = np.concatenate([x[int(turns[0].start * 16000):int(turns[0].end * 16000)],
+                            x[int(turns[1].start * 16000):int(turns[1].end * 16000)]])
+    spans = label_utterance(voices, encoder, glued, 1.5, 0.25, THRESHOLD, 1.0)
+    voices.settle()
+    assert len({voices.label(s.cluster)[0] for s in spans}) == 2, spans
+    cut = turns[0].end - turns[0].start
+    assert any(abs(s.start - cut) < 0.6 for s in spans[1:]), (spans, cut)
+    for t in turns[2:]:
+        label_utterance(voices, encoder, x[int(t.start * 16000):int(t.end * 16000)], 1.5, 0.25, THRESHOLD, 1.0)
+        voices.settle()
+    assert voices.speakers() == 2
+
+
+def _final(utt: int, words: tuple[Word, ...]) -> ClientResult:
+    return ClientResult(session_id="s", utterance_id=utt, seq=utt, kind=ResultKind.FINAL,
+                        text=" ".join(w.word for w in words), words=words)
+
+
+def test_a_final_waits_for_its_labels_and_a_late_one_is_corrected() -> None:
+    gate = SpeakerGate(wait_s=1.0)
+    words = (Word("hello", 0.0, 0.5, 0.9), Word("there", 2.1, 2.5, 0.9))
+    turns = SpeakerTurns(session_id="s", utterance_id=1, final_index=1, partition=0,
+                         spans=(SpeakerSpan(0.0, 2.0, "S1", 0.9), SpeakerSpan(2.0, 3.0, "S2", 0.8)))
+    assert gate.labels(turns, 0.0) == []  # labels first, as usual: kept until the final comes
+    out = gate.offer(_final(1, words), True, 0.1)
+    assert [w.speaker for w in out[0].words] == ["S1", "S2"] and not out[0].speakers_late
+    # No labels within the wait: held (and what follows behind it), then sent flagged, then corrected.
+    assert gate.offer(_final(2, words), True, 1.0) == []
+    end = ClientResult(session_id="s", utterance_id=2, seq=9, kind=ResultKind.END)
+    assert gate.offer(end, True, 1.1) == []
+    late = gate.release(2.1)
+    assert [r.kind for r in late] == [ResultKind.FINAL, ResultKind.END] and late[0].speakers_late
+    assert late[0].speaker == "" and all(w.speaker == "" for w in late[0].words)
+    fix = gate.labels(SpeakerTurns(session_id="s", utterance_id=2, final_index=2, partition=0,
+                                   spans=(SpeakerSpan(0.0, 3.0, "S2", 0.7),)), 2.5)
+    assert [r.kind for r in fix] == [ResultKind.SPEAKERS] and fix[0].speaker == "S2"
+    # A revision of labels already sent that changes them is a correction; one that changes nothing is not.
+    again = SpeakerTurns(session_id="s", utterance_id=1, final_index=1, partition=0, revision=1,
+                         spans=(SpeakerSpan(0.0, 3.0, "S1", 0.9),))
+    fixed = gate.labels(again, 3.0)
+    assert [w.speaker for w in fixed[0].words] == ["S1", "S1"] and fixed[0].kind is ResultKind.SPEAKERS
+    assert gate.labels(again, 3.1) == []
+
+
+@pytest.mark.parametrize("diarize,max_speakers", [("yes", None), (True, 0), (True, 33), (True, 2.5), (False, 2)])
+def test_bad_diarization_settings_are_refused(diarize: Any, max_speakers: Any) -> None:
+    with pytest.raises(ProtocolError) as err:
+        check_diarization(diarize, max_speakers, ErrorCode.INVALID_DIARIZATION)
+    assert err.value.code is ErrorCode.INVALID_DIARIZATION
+
+
+def words_of(run: SessionRun) -> list[dict[str, Any]]:
+    """The final words as a client holding corrections sees them (a SPEAKERS result replaces its final's words)."""
+    by_utt: dict[int, list[dict[str, Any]]] = {}
+    for r in run.results:
+        if r["type"] in ("final", "speakers"):
+            by_utt[r["utterance_id"]] = r["words"]
+    return [w for utt in sorted(by_utt) for w in by_utt[utt]]
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_two_speakers_through_a_real_pipeline(tolk: Running, two_voices: Conversation) -> None:
+    run = await stream_pcm(tolk.ws, two_voices.pcm, 16000, pace=2.0, timeout=180,
+                           start_fields={"diarize": True, "max_speakers": 4})
+    assert run.done and not run.errors, run.errors
+    assert run.started["diarize"] is True and run.started["max_speakers"] == 4
+    finals = [r for r in run.finals if r["text"]]
+    assert len(finals) >= 4
+    assert all(r["speaker"] in ("S1", "S2") or r.get("speakers_late") for r in finals), finals
+    s = score(two_voices, words_of(run))
+    assert s.hyp_speakers == 2 and s.accuracy >= 0.85, s
+    assert finals[0]["speaker"] == "S1"  # numbered in order of appearance
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_bad_input_gets_the_protocols_error(tolk: Running) -> None:
+    run = await stream_pcm(tolk.ws, b"\0" * 3200, 16000, start_fields={"diarize": True, "max_speakers": 40})
+    assert run.errors and run.errors[0]["code"] == "invalid_diarization", run.errors
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_no_final_is_lost_while_the_diarizer_is_down(tolk: Running, two_voices: Conversation) -> None:
+    """SIGKILL the diarizer as a stream starts: every final still comes (unlabelled ones flagged, then corrected
+    once `tolk up` has restarted it and it labels what it was sent)."""
+    proc = actor_process(psutil.Process(tolk.proc.pid), "diarizer")
+    assert proc is not None
+    os.kill(proc.pid, signal.SIGKILL)
+    plain, labelled = await asyncio.gather(
+        stream_pcm(tolk.ws, two_voices.pcm, 16000, pace=2.0, timeout=180),
+        stream_pcm(tolk.ws, two_voices.pcm, 16000, pace=2.0, timeout=180, start_fields={"diarize": True}),
+    )
+    assert plain.done and labelled.done and not labelled.errors
+    got = {round(r["start"], 2) for r in labelled.finals}
+    assert all(round(r["start"], 2) in got for r in plain.finals if r["text"]), "a final went missing"
+    assert all(r.get("speaker") or r.get("speakers_late") for r in labelled.finals if r["text"])
