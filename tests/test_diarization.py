@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 from typing import Any
 
+import aiohttp
 import numpy as np
 import psutil
 import pytest
@@ -147,3 +149,79 @@ async def test_no_final_is_lost_while_the_diarizer_is_down(tolk: Running, two_vo
     got = {round(r["start"], 2) for r in labelled.finals}
     assert all(round(r["start"], 2) in got for r in plain.finals if r["text"]), "a final went missing"
     assert all(r.get("speaker") or r.get("speakers_late") for r in labelled.finals if r["text"])
+
+
+async def _paced(send: Any, pcm: bytes, pace: float = 4.0) -> None:
+    step = 3200  # 100 ms of 16 kHz int16
+    for i in range(0, len(pcm), step):
+        await send(pcm[i:i + step])
+        await asyncio.sleep(0.1 / pace)
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_deepgram_and_speechmatics_shapes(tolk: Running, two_voices: Conversation) -> None:
+    """Deepgram `diarize=true`: words[].speaker 0, 1 and speaker_confidence; Speechmatics `diarization: speaker`:
+    each word's alternatives[].speaker S1, S2. Both streams at once, through the same pipeline."""
+    base = tolk.ws.rsplit("/v1/listen", 1)[0]
+
+    async def deepgram() -> list[dict[str, Any]]:
+        async with aiohttp.ClientSession() as http, http.ws_connect(
+                f"{tolk.ws}?encoding=linear16&sample_rate=16000&diarize=true") as ws:
+            reader = asyncio.create_task(_collect(ws))
+            await _paced(ws.send_bytes, two_voices.pcm)
+            await ws.send_str(json.dumps({"type": "CloseStream"}))
+            got = await reader
+        return [w for m in got if m.get("type") == "Results" and m["is_final"]
+                for w in m["channel"]["alternatives"][0]["words"]]
+
+    async def speechmatics() -> list[dict[str, Any]]:
+        start = {"message": "StartRecognition",
+                 "audio_format": {"type": "raw", "encoding": "pcm_s16le", "sample_rate": 16000},
+                 "transcription_config": {"language": "en", "diarization": "speaker",
+                                          "speaker_diarization_config": {"max_speakers": 3}}}
+        async with aiohttp.ClientSession() as http, http.ws_connect(f"{base}/v2") as ws:
+            await ws.send_str(json.dumps(start))
+            reader = asyncio.create_task(_collect(ws, until="EndOfTranscript"))
+            await _paced(ws.send_bytes, two_voices.pcm)
+            await ws.send_str(json.dumps({"message": "EndOfStream", "last_seq_no": len(two_voices.pcm) // 3200 + 1}))
+            got = await reader
+        return [r for m in got if m.get("message") == "AddTranscript" for r in m["results"] if r["type"] == "word"]
+
+    dg, sm = await asyncio.gather(deepgram(), speechmatics())
+    assert dg and {w["speaker"] for w in dg} <= {0, 1} and all(0 <= w["speaker_confidence"] <= 1 for w in dg), dg
+    s = score(two_voices, [{"start": w["start"], "end": w["end"], "speaker": f"S{w['speaker'] + 1}"} for w in dg])
+    assert s.hyp_speakers == 2 and s.accuracy >= 0.8, s
+    speakers = {r["alternatives"][0]["speaker"] for r in sm}
+    assert speakers <= {"S1", "S2", "UU"} and {"S1", "S2"} <= speakers, speakers
+    s = score(two_voices, [{"start": r["start_time"], "end": r["end_time"], "speaker": r["alternatives"][0]["speaker"]}
+                           for r in sm if r["alternatives"][0]["speaker"] != "UU"])
+    assert s.accuracy >= 0.8, s
+
+
+async def _collect(ws: aiohttp.ClientWebSocketResponse, until: str = "") -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    async for msg in ws:
+        if msg.type == aiohttp.WSMsgType.TEXT:
+            out.append(json.loads(msg.data))
+            if until and out[-1].get("message") == until:
+                break
+    return out
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_vendor_bad_diarization_settings(tolk: Running) -> None:
+    base = tolk.ws.rsplit("/v1/listen", 1)[0]
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{tolk.http}/v1/listen?encoding=linear16&sample_rate=16000&diarize=maybe") as resp:
+            body = await resp.json()
+            assert resp.status == 400 and "diarize" in body["err_msg"], body
+        for config in ({"diarization": "channel"}, {"diarization": "speaker",
+                                                    "speaker_diarization_config": {"max_speakers": 50}}):
+            async with http.ws_connect(f"{base}/v2") as ws:
+                await ws.send_str(json.dumps({
+                    "message": "StartRecognition",
+                    "audio_format": {"type": "raw", "encoding": "pcm_s16le", "sample_rate": 16000},
+                    "transcription_config": {"language": "en", **config}}))
+                got = await _collect(ws)
+            assert got[-1]["message"] == "Error" and got[-1]["type"] == "invalid_config", got
+            assert ws.close_code == 1003

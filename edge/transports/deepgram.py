@@ -32,7 +32,7 @@ from edge.http.auth import TokenError
 from edge.http.formats import Cue, monotonic
 from edge.transports import socket, upload
 from edge.transports.socket import SocketSession
-from schemas import ENDPOINT_MS_RANGE, NO_ENDPOINT, ClientResult, Encoding, Endpoint, ResultKind
+from schemas import ENDPOINT_MS_RANGE, NO_ENDPOINT, ClientResult, Encoding, Endpoint, ResultKind, Word
 from schemas.languages import WHISPER_LANGUAGES
 
 log = logging.getLogger("tolk.edge.deepgram")
@@ -77,6 +77,7 @@ class Options:
     model: str = ""
     endpoint_ms: int = 0  # `endpointing` (0: the server's; NO_ENDPOINT: `false`)
     vocabulary: tuple[str, ...] = ()  # `keyterm` and `keywords` (their `:boost` dropped: Whisper has no weights)
+    diarize: bool = False  # `diarize=true`: words[].speaker (0-based) and speaker_confidence
 
     @classmethod
     def parse(cls, q: Any) -> Options:
@@ -119,7 +120,7 @@ class Options:
         if end_ms < 0:
             raise _bad("utterance_end_ms must be positive")
         return cls(language, encoding, rate, channels, flag("interim_results"), end_ms, q.get("model", ""),
-                   _endpointing(q.get("endpointing")), _vocabulary(q))
+                   _endpointing(q.get("endpointing")), _vocabulary(q), flag("diarize"))
 
 
 def _vocabulary(q: Any) -> tuple[str, ...]:
@@ -154,8 +155,20 @@ def _now_iso() -> str:
 
 def _word(w: dict[str, Any]) -> dict[str, Any]:
     punctuated = str(w["word"]).strip()
-    return {"word": re.sub(r"[^\w'-]+", "", punctuated).lower() or punctuated, "start": w["start"], "end": w["end"],
-            "confidence": round(float(w["probability"]), 4), "punctuated_word": punctuated}
+    out = {"word": re.sub(r"[^\w'-]+", "", punctuated).lower() or punctuated, "start": w["start"], "end": w["end"],
+           "confidence": round(float(w["probability"]), 4), "punctuated_word": punctuated}
+    if w.get("speaker"):  # diarize=true: Deepgram numbers speakers from 0 (Tolk's S1 is 0)
+        out["speaker"] = int(str(w["speaker"]).lstrip("S")) - 1
+        out["speaker_confidence"] = round(float(w.get("speaker_confidence", 0.0)), 4)
+    return out
+
+
+def word_dict(w: Word) -> dict[str, Any]:
+    """A Tolk word as _word reads it (the speaker's fields only on diarized sessions' words)."""
+    out: dict[str, Any] = {"word": w.word, "start": w.start, "end": w.end, "probability": w.probability}
+    if w.speaker:
+        out["speaker"], out["speaker_confidence"] = w.speaker, w.speaker_confidence
+    return out
 
 
 def _alternative(text: str, words: list[dict[str, Any]]) -> dict[str, Any]:
@@ -197,13 +210,13 @@ class DeepgramSession(SocketSession):
             self.pcm = PcmDecoder(self.opts.encoding, self.opts.channels)
             await self.begin(Start(sample_rate=self.opts.sample_rate, encoding=Encoding.PCM_S16LE,
                                    language=self.opts.language, session_id=None, endpoint_ms=self.opts.endpoint_ms,
-                                   vocabulary=self.opts.vocabulary))
+                                   vocabulary=self.opts.vocabulary, diarize=self.opts.diarize))
 
     async def _open(self, codec: str) -> None:
         self.sample_rate = 16000
         await self.begin(Start(sample_rate=16000, encoding=Encoding.PCM_S16LE, language=self.opts.language,
                                session_id=None, codec=codec, endpoint_ms=self.opts.endpoint_ms,
-                               vocabulary=self.opts.vocabulary))
+                               vocabulary=self.opts.vocabulary, diarize=self.opts.diarize))
 
     async def on_binary(self, data: bytes) -> None:
         if not data:  # Deepgram's older way of saying CloseStream
@@ -260,6 +273,8 @@ class DeepgramSession(SocketSession):
         return  # Deepgram has no "started": results simply begin
 
     async def send_result(self, result: ClientResult, targets: tuple[str, ...]) -> None:
+        if result.kind is ResultKind.SPEAKERS:
+            return  # Deepgram has no message that relabels words already sent
         if result.kind is ResultKind.END:
             await self._utterance_end(lag=0.0)  # the stream ended: nothing can follow the last word any more
             await self._metadata()
@@ -272,7 +287,7 @@ class DeepgramSession(SocketSession):
         final = result.kind is ResultKind.FINAL
         if not final and not self.opts.interim_results:
             return
-        words = [{"word": w.word, "start": w.start, "end": w.end, "probability": w.probability} for w in result.words]
+        words = [word_dict(w) for w in result.words]
         out: dict[str, Any] = {
             "type": "Results", "channel_index": [0, 1], "duration": round(max(result.end - result.start, 0.0), 3),
             "start": result.start, "is_final": final,

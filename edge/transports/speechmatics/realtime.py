@@ -21,7 +21,7 @@ from typing import Any
 from aiohttp import web
 
 from edge.audio.pcm import MAX_RATE, MIN_RATE
-from edge.core.commands import Start, parse_language, parse_targets, parse_vocabulary
+from edge.core.commands import Start, check_diarization, parse_language, parse_targets, parse_vocabulary
 from edge.core.errors import ErrorCode, ProtocolError
 from edge.core.live import Phase, Started
 from edge.core.services import Services
@@ -33,7 +33,7 @@ from schemas import ENDPOINT_MS_RANGE, ClientResult, Encoding, Endpoint, ResultK
 log = logging.getLogger("tolk.edge.speechmatics")
 
 FORMAT = "2.9"
-SPEAKER = "UU"  # Speechmatics' "unknown speaker": Tolk does no diarization
+SPEAKER = "UU"  # Speechmatics' "unknown speaker": without `diarization: "speaker"` (or a final sent before its labels)
 RAW_ENCODINGS = {"pcm_s16le": Encoding.PCM_S16LE, "pcm_f32le": Encoding.PCM_F32LE, "mulaw": Encoding.PCM_S16LE}
 MIN_DELAY, MAX_DELAY = 0.7, 4.0  # Speechmatics' documented range for max_delay
 MAX_TRIGGER = 2.0  # ...and for end_of_utterance_silence_trigger (0 is off); Tolk's own floor is ENDPOINT_MS_RANGE's
@@ -54,6 +54,7 @@ FROM_TOLK: dict[ErrorCode, str] = {
     ErrorCode.UNSUPPORTED_LANGUAGE: "invalid_model",
     ErrorCode.INVALID_TARGETS: "invalid_config",
     ErrorCode.INVALID_CONFIGURE: "invalid_config",
+    ErrorCode.INVALID_DIARIZATION: "invalid_config",
     ErrorCode.SESSION_IN_USE: "protocol_error",
     ErrorCode.AUDIO_BEFORE_START: "protocol_error",
     ErrorCode.OVERLOADED: "quota_exceeded",
@@ -206,8 +207,10 @@ class SpeechmaticsSession(SocketSession):
         self._session_options(config)
         self.eou_trigger = _silence_trigger(config.get("conversation_config"))
         # The pipeline gets PCM: a file decoded to 16 kHz s16le, mulaw expanded to s16le at the client's rate.
+        diarize, max_speakers = _diarization(config)
         return Start(rate, encoding, language, None, targets, translate_partials, codec=codec,
-                     endpoint_ms=round(self.eou_trigger * 1000), vocabulary=_vocabulary(config.get("additional_vocab")))
+                     endpoint_ms=round(self.eou_trigger * 1000), vocabulary=_vocabulary(config.get("additional_vocab")),
+                     diarize=diarize, max_speakers=max_speakers)
 
     async def _served(self, start: Start) -> Start:
         """Targets no translator serves are dropped now and each gets Speechmatics' `unsupported_translation_pair`
@@ -246,6 +249,8 @@ class SpeechmaticsSession(SocketSession):
         if result.kind is ResultKind.END:
             await self.ws.send_json({"message": "EndOfTranscript"})
             return
+        if result.kind is ResultKind.SPEAKERS:
+            return  # Speechmatics has no message that relabels words already sent
         final = result.kind is ResultKind.FINAL
         results = _results(result)
         span = _span(result, results)
@@ -264,6 +269,22 @@ class SpeechmaticsSession(SocketSession):
                                          "reason": f"{result.language}->{target}: {error}"})
             if target in result.translations:
                 await self.ws.send_json(render_translation(result, target, result.translations[target], span))
+
+
+def _diarization(config: dict[str, Any]) -> tuple[bool, int]:
+    """`diarization: "speaker"` (or "none") and `speaker_diarization_config.max_speakers`; Speechmatics' channel
+    diarization (one speaker per audio channel) is not served."""
+    mode = config.get("diarization", "none")
+    if mode not in ("none", "speaker"):
+        raise SpeechmaticsError("invalid_config", f"diarization {mode!r}: use \"speaker\" or \"none\" (channel "
+                                "diarization is not supported: send one channel)")
+    sd = config.get("speaker_diarization_config", {})
+    if not isinstance(sd, dict):
+        raise SpeechmaticsError("invalid_config", "speaker_diarization_config must be an object")
+    try:
+        return check_diarization(mode == "speaker", sd.get("max_speakers"), ErrorCode.INVALID_DIARIZATION)
+    except ProtocolError as err:
+        raise SpeechmaticsError("invalid_config", f"speaker_diarization_config: {err.message}") from None
 
 
 def _vocabulary(vocab: Any) -> tuple[str, ...]:
@@ -298,14 +319,14 @@ def _silence_trigger(conversation: Any) -> float:
 
 def _results(r: ClientResult) -> list[dict[str, Any]]:
     """Speechmatics' results: words with their timings and confidence, punctuation as its own entries."""
-    words = [(w.word, w.start, w.end, w.probability) for w in r.words]
+    words = [(w.word, w.start, w.end, w.probability, w.speaker or SPEAKER) for w in r.words]
     if not words and r.text.strip():  # partials carry no word timings: spread the words over the utterance
         tokens = r.text.split()
         t0, t1 = r.speech_start or r.start, r.end
         step = (t1 - t0) / len(tokens)
-        words = [(tok, t0 + i * step, t0 + (i + 1) * step, 1.0) for i, tok in enumerate(tokens)]
+        words = [(tok, t0 + i * step, t0 + (i + 1) * step, 1.0, SPEAKER) for i, tok in enumerate(tokens)]
     out: list[dict[str, Any]] = []
-    for word, start, end, probability in words:
+    for word, start, end, probability, speaker in words:
         token = word.strip()
         if not token:
             continue
@@ -315,11 +336,11 @@ def _results(r: ClientResult) -> list[dict[str, Any]]:
         if core:
             out.append({"type": "word", "start_time": start, "end_time": end, "alternatives": [
                 {"content": core, "confidence": round(float(probability), 3), "language": r.language,
-                 "speaker": SPEAKER}]})
+                 "speaker": speaker}]})
         for mark in punct[:1]:
             out.append({"type": "punctuation", "start_time": end, "end_time": end, "attaches_to": "previous",
                         "is_eos": mark in ".?!。？！", "alternatives": [
-                            {"content": punct, "confidence": 1.0, "language": r.language, "speaker": SPEAKER}]})
+                            {"content": punct, "confidence": 1.0, "language": r.language, "speaker": speaker}]})
     return out
 
 
@@ -339,7 +360,7 @@ def render_translation(r: ClientResult, language: str, text: str, span: tuple[fl
     start, end = span
     return {"message": "AddTranslation" if r.kind is ResultKind.FINAL else "AddPartialTranslation",
             "format": FORMAT, "language": language,
-            "results": [{"content": text, "start_time": start, "end_time": end, "speaker": SPEAKER}]
+            "results": [{"content": text, "start_time": start, "end_time": end, "speaker": r.speaker or SPEAKER}]
             if text.strip() else []}
 
 
