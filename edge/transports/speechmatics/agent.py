@@ -87,6 +87,8 @@ class AgentSession(SpeechmaticsSession):
                 await self._turn_over(result.end)
             await self.ws.send_json({"message": "EndOfTranscript"})
             return
+        if result.kind is ResultKind.SPEAKERS:
+            return  # the agent protocol, like the realtime one, has no message that relabels a segment already sent
         final = result.kind is ResultKind.FINAL
         text = result.text.strip()
         results = speechmatics._results(result)
