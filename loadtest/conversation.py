@@ -131,3 +131,13 @@ def score(conv: Conversation, words: list[dict[str, Any]]) -> Score:
     mapping = {h: max(v, key=lambda k: v[k]) for h, v in votes.items()}
     right = sum(1 for h, r in pairs if h and mapping.get(h) == r)
     return Score(len(pairs), right, len(mapping), len(conv.speakers), sum(1 for h, _ in pairs if not h), mapping)
+
+
+def final_words(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A native session's final words as a client that applies corrections holds them: a `speakers` result
+    replaces its utterance's words."""
+    by_utt: dict[int, list[dict[str, Any]]] = {}
+    for r in results:
+        if r["type"] in ("final", "speakers"):
+            by_utt[r["utterance_id"]] = r["words"]
+    return [w for utt in sorted(by_utt) for w in by_utt[utt]]

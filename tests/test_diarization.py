@@ -3,21 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import signal
+import subprocess
+import sys
+import wave
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import numpy as np
 import psutil
 import pytest
+import webvtt
 
 from actors.diarizer.clusters import SessionVoices, label_utterance
 from actors.diarizer.ge2e import Ge2eEncoder
 from actors.fanout.speakers import SpeakerGate
 from edge.core.commands import check_diarization
 from edge.core.errors import ErrorCode, ProtocolError
+from edge.transports.native.codec import parse_configure, parse_subscribe
 from loadtest.client import SessionRun, stream_pcm
 from loadtest.conversation import Conversation, build, score
 from loadtest.faults import actor_process
@@ -128,10 +135,29 @@ async def test_two_speakers_through_a_real_pipeline(tolk: Running, two_voices: C
     assert finals[0]["speaker"] == "S1"  # numbered in order of appearance
 
 
+def test_configure_and_subscribe_check_diarization() -> None:
+    c = parse_configure({"type": "configure", "max_speakers": 3})
+    assert c.diarize is None and c.max_speakers == 3  # checked against the session's diarize by the session
+    assert parse_configure({"type": "configure", "diarize": False}).diarize is False
+    for bad in ({"diarize": "on"}, {"max_speakers": 0}, {"diarize": False, "max_speakers": 2}):
+        with pytest.raises(ProtocolError) as err:
+            parse_configure({"type": "configure", **bad})
+        assert err.value.code is ErrorCode.INVALID_CONFIGURE
+    with pytest.raises(ProtocolError) as err:
+        parse_subscribe({"type": "subscribe", "channel": "news", "diarize": True})
+    assert err.value.code is ErrorCode.INVALID_DIARIZATION
+
+
 @pytest.mark.asyncio(loop_scope="session")
 async def test_bad_input_gets_the_protocols_error(tolk: Running) -> None:
     run = await stream_pcm(tolk.ws, b"\0" * 3200, 16000, start_fields={"diarize": True, "max_speakers": 40})
     assert run.errors and run.errors[0]["code"] == "invalid_diarization", run.errors
+    async with aiohttp.ClientSession() as http, http.ws_connect(tolk.ws) as ws:  # a channel listener
+        await ws.send_json({"type": "subscribe", "channel": "news", "diarize": True})
+        got = await ws.receive_json(timeout=10)
+    assert got["type"] == "error" and got["code"] == "invalid_diarization", got
+    run = await stream_pcm(tolk.ws, b"\0" * 32000, 16000, configure=[(0.5, {"max_speakers": 2})])
+    assert run.errors and run.errors[0]["code"] == "invalid_configure" and run.done, run.errors
 
 
 @pytest.mark.asyncio(loop_scope="session")
@@ -225,3 +251,58 @@ async def test_vendor_bad_diarization_settings(tolk: Running) -> None:
                 got = await _collect(ws)
             assert got[-1]["message"] == "Error" and got[-1]["type"] == "invalid_config", got
             assert ws.close_code == 1003
+
+
+def _wav(pcm: bytes) -> bytes:
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes(pcm)
+    return out.getvalue()
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_uploads_openai_diarized_json_srt_and_vtt(tolk: Running, two_voices: Conversation) -> None:
+    """OpenAI `response_format=diarized_json`: segments with `speaker`; Tolk's upload with `diarize`: SRT speaker
+    prefixes and WebVTT voice tags."""
+    wav = _wav(two_voices.pcm)
+
+    async with aiohttp.ClientSession() as http:
+        form = aiohttp.FormData()
+        form.add_field("file", wav, filename="talk.wav", content_type="audio/wav")
+        form.add_field("model", "whisper-1")
+        form.add_field("response_format", "diarized_json")
+        async with http.post(f"{tolk.http}/v1/audio/transcriptions", data=form) as resp:
+            assert resp.status == 200, await resp.text()
+            body = await resp.json()
+        segments = body["segments"]
+        assert {s["speaker"] for s in segments} == {"S1", "S2"}, segments
+        s = score(two_voices, [{"start": seg["start"], "end": seg["end"], "speaker": seg["speaker"]}
+                               for seg in segments for _ in seg["text"].split()])
+        assert s.accuracy >= 0.8, s
+        texts = {}
+        for fmt in ("srt", "vtt"):
+            form = aiohttp.FormData()
+            form.add_field("file", wav, filename="talk.wav", content_type="audio/wav")
+            form.add_field("response_format", fmt)
+            form.add_field("diarize", "true")
+            async with http.post(f"{tolk.http}/v1/transcriptions", data=form) as resp:
+                assert resp.status == 200, await resp.text()
+                texts[fmt] = await resp.text()
+    assert "\nS1: " in texts["srt"] and "\nS2: " in texts["srt"], texts["srt"]
+    assert "<v S1>" in texts["vtt"] and "<v S2>" in texts["vtt"], texts["vtt"]
+    vtt = webvtt.from_buffer(io.StringIO(texts["vtt"]))
+    assert {c.voice for c in vtt} == {"S1", "S2"}
+
+
+def test_tolk_listen_prints_who_speaks(tolk: Running, two_voices: Conversation, tmp_path: Path) -> None:
+    path = tmp_path / "talk.wav"
+    path.write_bytes(_wav(two_voices.pcm))
+    out = subprocess.run([str(Path(sys.executable).parent / "tolk"), "listen", "--url", tolk.http, "--file",
+                          str(path), "--language", "en", "--pace", "4", "--diarize"],
+                         capture_output=True, text=True, timeout=180, check=False)
+    assert out.returncode == 0, out.stderr
+    finals = [line for line in out.stdout.splitlines() if not line.startswith(("… ", "  "))]
+    assert {line.split("]")[0] + "]" for line in finals} >= {"[S1]", "[S2]"}, out.stdout

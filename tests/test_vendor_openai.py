@@ -113,7 +113,7 @@ async def test_errors_in_openai_shape(tolk: Running) -> None:
     jfk = next(c for c in clips("en") if c.name.startswith("en_jfk"))
     cases = [
         (dict(model="", file=upload(jfk)), 400, "model"),
-        (dict(model="whisper-1", file=upload(jfk), response_format="diarized_json"), 400, "response_format"),
+        (dict(model="whisper-1", file=upload(jfk), response_format="yaml"), 400, "response_format"),
         (dict(model="whisper-1", file=upload(jfk), language="klingon"), 400, "language"),
         (dict(model="whisper-1", file=upload(jfk), temperature=3.0), 400, "temperature"),
         (dict(model="whisper-1", file=("notes.txt", b"this is not audio at all" * 10)), 400, "file"),

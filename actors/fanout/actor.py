@@ -29,6 +29,9 @@ LATENCY = Histogram("tolk_result_latency_seconds", "End of speech (edge clock) t
                     "clients: the server's whole share of caption latency, by kind.", ["kind"],
                     buckets=(0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0))
 RESULTS = Counter("tolk_results", "Results sent to clients, by kind.", ["kind"])
+SPEAKER_WAIT = Histogram("tolk_speaker_wait_seconds", "How long a diarized final was held for its speaker labels "
+                         "(0 when they came first): what diarization adds to a final's latency.",
+                         buckets=(0.0, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0))
 SPEAKERS_LATE = Counter("tolk_speakers_late", "Diarized finals sent without their speaker labels (the diarizer "
                         "was later than TOLK_SPEAKER_WAIT_S); each gets a SPEAKERS correction when they come.")
 
@@ -127,7 +130,7 @@ class FanoutActor(Actor):
             t = d.msg
             self.diarized.add(t.session_id)
             gate = self.gates.setdefault(t.session_id, SpeakerGate(self.cfg.speaker_wait_s))
-            await self._send(gate.labels(t, now))
+            await self._send(gate.labels(t, now), gate)
             await d.raw.ack()
 
     async def _deliver(self, order: SessionOrder, results: list[ClientResult]) -> None:
@@ -138,7 +141,7 @@ class FanoutActor(Actor):
             out: list[ClientResult] = []
             for r in results:
                 out += gate.offer(r, sid in self.diarized, now)
-            await self._send(out)
+            await self._send(out, gate)
             if gate.next_deadline() is not None:
                 self.wake.set()
         else:
@@ -156,13 +159,17 @@ class FanoutActor(Actor):
             for gate in list(self.gates.values()):
                 deadline = gate.next_deadline()
                 if deadline is not None and deadline <= now:
-                    await self._send(gate.release(now))
+                    await self._send(gate.release(now), gate)
                     deadline = gate.next_deadline()
                 waiting |= deadline is not None
             if not waiting:
                 self.wake.clear()
 
-    async def _send(self, results: list[ClientResult]) -> None:
+    async def _send(self, results: list[ClientResult], gate: SpeakerGate | None = None) -> None:
+        if gate is not None:
+            for waited in gate.waited:
+                SPEAKER_WAIT.observe(waited)
+            gate.waited.clear()
         for r in results:
             now = time.time()
             r = msgspec.structs.replace(r, published_at=now)

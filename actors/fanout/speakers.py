@@ -53,6 +53,7 @@ class _Waiting:
     result: ClientResult
     deadline: float
     wants: bool  # a diarized final: held for its labels
+    since: float
 
 
 @dataclass
@@ -64,6 +65,7 @@ class SpeakerGate:
     queue: deque[_Waiting] = field(default_factory=deque)
     sent: dict[int, ClientResult] = field(default_factory=dict)  # utterance → diarized final as sent (the newest)
     touched: float = 0.0
+    waited: list[float] = field(default_factory=list)  # how long each diarized final was held (drained by fan-out)
 
     @staticmethod
     def wants(r: ClientResult, diarize: bool) -> bool:
@@ -71,7 +73,7 @@ class SpeakerGate:
 
     def offer(self, r: ClientResult, diarize: bool, now: float) -> list[ClientResult]:
         self.touched = now
-        self.queue.append(_Waiting(r, now + self.wait_s, self.wants(r, diarize)))
+        self.queue.append(_Waiting(r, now + self.wait_s, self.wants(r, diarize), now))
         return self.release(now)
 
     def labels(self, t: SpeakerTurns, now: float) -> list[ClientResult]:
@@ -110,6 +112,7 @@ class SpeakerGate:
                 else:
                     r = msgspec.structs.replace(r, speakers_late=True)
                 self._sent(r)
+                self.waited.append(now - head.since)
             self.queue.popleft()
             out.append(r)
         if len(self.turns) > 256:  # labels of finals that never came (blank text): keep the newest

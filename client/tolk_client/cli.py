@@ -16,7 +16,7 @@ from typing import TextIO
 from tolk_client import audio
 from tolk_client.channel import ChannelListener
 from tolk_client.live import LiveSession
-from tolk_client.results import AudioFrame, Result, TolkError
+from tolk_client.results import AudioFrame, Kind, Result, TolkError
 from tolk_client.srt import SrtWriter
 
 
@@ -35,6 +35,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     src.add_argument("--device", help="input device index or name (see `tolk devices`); default: the default input")
     src.add_argument("--system-audio", action="store_true", help="what this computer plays (the output's monitor)")
     listen.add_argument("--pace", type=float, default=1.0, help="with --file: × real time (0: as fast as possible)")
+    listen.add_argument("--diarize", action="store_true", help="label who speaks (S1, S2...) before each final")
     sub.add_parser("devices", help="input devices, system-audio monitors included")
     try:
         from tolk_client.desktop.app import add_parser
@@ -54,6 +55,10 @@ class Screen:
         self.partial = False
 
     def show(self, r: Result) -> None:
+        if r.kind is Kind.SPEAKERS:  # the labels of a final already printed, corrected
+            self.out.write(f"  (speaker of \"{r.text[:40]}\": {r.speaker})\n")
+            self.out.flush()
+            return
         if not r.is_final:
             if self.tty:
                 self.out.write(f"\r\x1b[K\x1b[2m{r.text}\x1b[0m")
@@ -64,8 +69,9 @@ class Screen:
             if self.partial:
                 self.out.write("\r\x1b[K")
                 self.partial = False
+            who = f"[{r.speaker or '?'}] " if r.speaker or r.speakers_late else ""
             if r.text or r.replay:
-                self.out.write(f"{'(earlier) ' if r.replay else ''}{r.text}\n")
+                self.out.write(f"{'(earlier) ' if r.replay else ''}{who}{r.text}\n")
             for lang, text in r.translations.items():
                 self.out.write(f"  [{lang}] {text}\n")
         self.out.flush()
@@ -73,7 +79,8 @@ class Screen:
 
 async def _live(args: argparse.Namespace, targets: list[str], chunks: AsyncIterator[bytes], screen: Screen,
                 srt: SrtWriter | None) -> int:
-    async with LiveSession(args.url, language=args.language, targets=targets, token=args.token) as s:
+    async with LiveSession(args.url, language=args.language, targets=targets, token=args.token,
+                           diarize=getattr(args, "diarize", False)) as s:
         async def pump() -> None:
             try:
                 async for chunk in chunks:

@@ -44,12 +44,15 @@ class LiveSession:
     def __init__(self, url: str, *, language: str = "auto", targets: Sequence[str] = (), sample_rate: int = 16000,
                  encoding: str = "pcm_s16le", session_id: str | None = None, translate_partials: bool = False,
                  token: str | None = None, reconnect: bool = True, resume_within_s: float = 30.0,
-                 buffer_s: float = 30.0, on_state: Callable[[str], None] | None = None) -> None:
+                 buffer_s: float = 30.0, on_state: Callable[[str], None] | None = None, diarize: bool = False,
+                 max_speakers: int | None = None) -> None:
         self.url = _net.ws_url(url)
         self.token = token
         self.settings: dict[str, Any] = {"sample_rate": sample_rate, "encoding": encoding, "language": language}
         if targets:
             self.settings |= {"targets": list(targets), "translate_partials": translate_partials}
+        if diarize:  # speaker labels; `speakers` results (Kind.SPEAKERS) correct a final's labels
+            self.settings |= {"diarize": True, **({"max_speakers": max_speakers} if max_speakers else {})}
         self.session_id = session_id or ""
         self.resume_token = ""
         self.last_seq = 0
@@ -216,6 +219,8 @@ class LiveSession:
                 if r.seq > self.last_seq:  # a replayed one already seen is dropped
                     self.last_seq = r.seq
                     await self._results.put(r)
+            elif kind == "speakers":  # a correction of a final already delivered: same seq
+                await self._results.put(Result.from_json(data))
             elif kind == "done":
                 self.done = True
                 return None

@@ -16,6 +16,7 @@ class Kind(enum.StrEnum):
 
     PARTIAL = "partial"
     FINAL = "final"
+    SPEAKERS = "speakers"  # a final's speaker labels corrected (same utterance_id and seq): replace its labels
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,7 @@ class Word:
     start: float
     end: float
     probability: float = 0.0
+    speaker: str = ""  # diarized sessions: "S1", "S2"...
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,8 @@ class Result:
     latency_ms: float = 0.0
     replay: bool = False  # a channel's history, sent on subscribe
     channel: str = ""
+    speaker: str = ""  # diarized sessions: who said (most of) it; "" until known (`speakers_late`)
+    speakers_late: bool = False
 
     @property
     def is_final(self) -> bool:
@@ -57,12 +61,13 @@ class Result:
             seq=int(d["seq"]), text=str(d.get("text", "")), stable_text=str(d.get("stable_text", "")),
             language=str(d.get("language") or ""), start=float(d.get("start", 0.0)), end=float(d.get("end", 0.0)),
             speech_start=float(d.get("speech_start") or d.get("start", 0.0)),
-            words=tuple(Word(str(w["word"]), float(w["start"]), float(w["end"]), float(w.get("probability", 0.0)))
-                        for w in d.get("words") or ()),
+            words=tuple(Word(str(w["word"]), float(w["start"]), float(w["end"]), float(w.get("probability", 0.0)),
+                             str(w.get("speaker") or "")) for w in d.get("words") or ()),
             translations=dict(d.get("translations") or {}),
             translation_errors=dict(d.get("translation_errors") or {}),
             endpoint=str(d.get("endpoint") or ""), latency_ms=float(d.get("latency_ms") or 0.0),
             replay=bool(d.get("replay", False)), channel=str(d.get("channel") or ""),
+            speaker=str(d.get("speaker") or ""), speakers_late=bool(d.get("speakers_late", False)),
         )
 
 

@@ -59,6 +59,8 @@ class Configure:
     endpoint_ms: int | None = None  # as Start's (checked by check_endpointing); from the next utterance
     max_utterance_s: float | None = None
     vocabulary: tuple[str, ...] | None = None  # from the next utterance
+    diarize: bool | None = None  # speaker labels on / off, from the next utterance
+    max_speakers: int | None = None  # 0: the server's
 
 
 @dataclass(frozen=True)

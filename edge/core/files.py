@@ -126,17 +126,21 @@ class FileJobs:
             remove(upload.path)
 
     async def transcribe(self, path: str, language: str, targets: tuple[str, ...] = (), prompt: str = "",
-                         owner: str = "") -> tuple[list[Cue], str]:
-        """Every final of the file as cues, and the language they came in (the detected one for `auto`)."""
-        cues, lang = [], language
-        async for r in self.run(path, language, targets, prompt, owner):
+                         owner: str = "", diarize: bool = False) -> tuple[list[Cue], str]:
+        """Every final of the file as cues, and the language they came in (the detected one for `auto`). With
+        `diarize`, a `speakers` correction replaces its final's labels."""
+        cues: dict[int, Cue] = {}
+        lang = language
+        async for r in self.run(path, language, targets, prompt, owner, diarize):
             if r.kind is ResultKind.FINAL and r.text:
-                cues.append(Cue.of(r))
+                cues[r.utterance_id] = Cue.of(r)
                 lang = r.language or lang
-        return cues, lang
+            elif r.kind is ResultKind.SPEAKERS and r.utterance_id in cues:
+                cues[r.utterance_id] = Cue.of(r)
+        return list(cues.values()), lang
 
     async def run(self, path: str, language: str, targets: tuple[str, ...], prompt: str = "",
-                  owner: str = "") -> AsyncIterator[ClientResult]:
+                  owner: str = "", diarize: bool = False) -> AsyncIterator[ClientResult]:
         """`owner`: the uploader's identity (edge/http/auth.py), recorded so that only it can export the transcript."""
         sid = f"file-{uuid.uuid4().hex}"
         self.metrics.sessions_started.labels("file").inc()
@@ -149,7 +153,7 @@ class FileJobs:
         sub = await self.pipeline.results(sid, results.put_nowait)
         if targets:
             await self.listeners.put(sid, "owner", targets, False)
-        feeder = asyncio.create_task(self._feed(path, sid, language, prompt), name=f"edge.file.{sid}")
+        feeder = asyncio.create_task(self._feed(path, sid, language, prompt, diarize), name=f"edge.file.{sid}")
         try:
             while True:
                 try:
@@ -170,7 +174,7 @@ class FileJobs:
             if targets:
                 await self.listeners.remove(sid, "owner")
 
-    async def _feed(self, path: str, sid: str, language: str, prompt: str = "") -> None:
+    async def _feed(self, path: str, sid: str, language: str, prompt: str = "", diarize: bool = False) -> None:
         """Decode on a thread, publish 1 s chunks, at most `file_pace` × real time ahead of the wall clock."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[SourceChunk | None] = asyncio.Queue(maxsize=16)
@@ -202,7 +206,7 @@ class FileJobs:
                         await asyncio.sleep(ahead)
                 await self.pipeline.publish(sid, seq, chunk.pcm if chunk else b"", sample_rate=16000,
                                             encoding=Encoding.PCM_S16LE, language=language, end=chunk is None,
-                                            prompt=prompt)
+                                            prompt=prompt, diarize=diarize)
                 if chunk is None:
                     return
         finally:

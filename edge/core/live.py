@@ -249,11 +249,18 @@ class LiveSession:
                 max_utterance_s=self.start.max_utterance_s if c.max_utterance_s is None else c.max_utterance_s)
         if c.vocabulary is not None:
             self.start = dataclasses.replace(self.start, vocabulary=c.vocabulary)
+        if c.diarize is not None or c.max_speakers is not None:
+            diarize = self.start.diarize if c.diarize is None else c.diarize
+            if c.max_speakers and not diarize:
+                raise ProtocolError(ErrorCode.INVALID_CONFIGURE, "max_speakers needs diarization on")
+            self.start = dataclasses.replace(self.start, diarize=diarize, max_speakers=(
+                self.start.max_speakers if c.max_speakers is None else c.max_speakers) if diarize else 0)
         targets = self.targets if c.targets is None else c.targets
         partials = self.translate_partials if c.translate_partials is None else c.translate_partials
         await self.services.listeners.put(self.session_id, "owner", targets, partials)
         await confirm(Configure(targets, self.start.language, partials, self.start.endpoint_ms,
-                                self.start.max_utterance_s, self.start.vocabulary))
+                                self.start.max_utterance_s, self.start.vocabulary, self.start.diarize,
+                                self.start.max_speakers))
         self.targets, self.translate_partials = targets, partials
 
     async def announce(self) -> None:

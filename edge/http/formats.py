@@ -8,7 +8,8 @@ from typing import Any
 
 from schemas import ClientResult, Transcript
 
-FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
+FORMATS = ("json", "text", "srt", "vtt", "verbose_json", "diarized_json")
+DIARIZED = "diarized_json"  # OpenAI's speaker-labelled segments: asking for it turns diarization on
 
 
 @dataclass(frozen=True)
@@ -18,12 +19,37 @@ class Cue:
     text: str
     words: list[dict[str, Any]] = field(default_factory=list)
     translations: dict[str, str] = field(default_factory=dict)
+    speaker: str = ""  # diarized: who said (most of) it
 
     @classmethod
     def of(cls, r: ClientResult | Transcript) -> Cue:
         """A final as a cue: from its first voiced moment (`speech_start`) to its end."""
-        words = [{"word": w.word, "start": w.start, "end": w.end, "probability": w.probability} for w in r.words]
-        return cls(r.speech_start or r.start, r.end, r.text, words, dict(r.translations))
+        words = [{"word": w.word, "start": w.start, "end": w.end, "probability": w.probability,
+                  **({"speaker": w.speaker} if w.speaker else {})} for w in r.words]
+        return cls(r.speech_start or r.start, r.end, r.text, words, dict(r.translations),
+                   r.speaker if isinstance(r, ClientResult) else "")
+
+
+def by_speaker(cues: Sequence[Cue]) -> list[Cue]:
+    """Cues whose words change speaker split at each change (text from the words), each with its speaker; others
+    as they are."""
+    out: list[Cue] = []
+    for c in cues:
+        runs: list[list[dict[str, Any]]] = []
+        for w in c.words:
+            if runs and runs[-1][0].get("speaker") == w.get("speaker"):
+                runs[-1].append(w)
+            else:
+                runs.append([w])
+        if len(runs) <= 1:
+            out.append(c)
+            continue
+        for k, run in enumerate(runs):
+            start = c.start if k == 0 else float(run[0]["start"])
+            end = c.end if k == len(runs) - 1 else float(runs[k + 1][0]["start"])
+            out.append(Cue(start, end, " ".join(str(w["word"]).strip() for w in run), run, {},
+                           str(run[0].get("speaker") or c.speaker)))
+    return out
 
 
 def monotonic(cues: Sequence[Cue]) -> list[Cue]:
@@ -33,7 +59,7 @@ def monotonic(cues: Sequence[Cue]) -> list[Cue]:
     for c in sorted((c for c in cues if c.text.strip()), key=lambda c: (c.start, c.end)):
         start = max(c.start, last_end)
         end = max(c.end, start + 0.001)
-        out.append(Cue(round(start, 3), round(end, 3), c.text.strip(), c.words, c.translations))
+        out.append(Cue(round(start, 3), round(end, 3), c.text.strip(), c.words, c.translations, c.speaker))
         last_end = end
     return out
 
@@ -65,11 +91,11 @@ def captions(cues: Sequence[Cue], translation: str | None = None) -> list[Cue]:
     """Cues a player can show: at most two lines of ~42 characters each. A longer cue is split into several,
     timed from its words where they are known (the source text), else in proportion to their characters."""
     out: list[Cue] = []
-    for c in monotonic(cues):
+    for c in monotonic(by_speaker(cues) if not translation else cues):
         text = c.translations.get(translation, c.text) if translation else c.text
         rows = lines(text)
         if len(rows) <= CUE_LINES:
-            out.append(Cue(c.start, c.end, "\n".join(rows)))
+            out.append(Cue(c.start, c.end, "\n".join(rows), speaker=c.speaker))
             continue
         parts = [rows[i:i + CUE_LINES] for i in range(0, len(rows), CUE_LINES)]
         counts = [sum(len(r.split()) for r in part) for part in parts]
@@ -85,7 +111,7 @@ def captions(cues: Sequence[Cue], translation: str | None = None) -> list[Cue]:
             else:
                 end = c.start + (c.end - c.start) * min(1.0, done / total)
             end = min(c.end - 0.001 * (len(parts) - 1 - k), max(end, start + 0.001))
-            out.append(Cue(round(start, 3), round(end, 3), "\n".join(part)))
+            out.append(Cue(round(start, 3), round(end, 3), "\n".join(part), speaker=c.speaker))
             start = end
     return out
 
@@ -94,6 +120,8 @@ def srt(cues: Sequence[Cue], translation: str | None = None) -> str:
     blocks = []
     for i, c in enumerate(captions(cues, translation), 1):
         text = c.text.replace("-->", "->")  # SRT has no escapes: a timing arrow in the text would start a cue
+        if c.speaker:  # the usual speaker prefix (SRT has no voice markup)
+            text = f"{c.speaker}: {text}"
         blocks.append(f"{i}\n{_clock(c.start, ',')} --> {_clock(c.end, ',')}\n{text}\n")
     return "\n".join(blocks)
 
@@ -106,7 +134,10 @@ def _vtt_text(text: str) -> str:
 def vtt(cues: Sequence[Cue], translation: str | None = None) -> str:
     blocks = ["WEBVTT\n"]
     for c in captions(cues, translation):
-        blocks.append(f"{_clock(c.start, '.')} --> {_clock(c.end, '.')}\n{_vtt_text(c.text)}\n")
+        body = _vtt_text(c.text)
+        if c.speaker:  # WebVTT's voice span: players show (and style) who speaks
+            body = f"<v {c.speaker}>{body}</v>"
+        blocks.append(f"{_clock(c.start, '.')} --> {_clock(c.end, '.')}\n{body}\n")
     return "\n".join(blocks)
 
 
@@ -124,11 +155,19 @@ def render(cues: Sequence[Cue], fmt: str, language: str = "", duration: float = 
         return vtt(ordered, translation), "text/vtt; charset=utf-8"
     if fmt == "text":
         return text(ordered) + "\n", "text/plain; charset=utf-8"
+    if fmt == DIARIZED:
+        return {
+            "task": "transcribe", "duration": round(duration, 3), "text": text(ordered),
+            "segments": [{"type": "transcript.text.segment", "id": f"seg_{i}", "start": c.start, "end": c.end,
+                          "text": c.text, "speaker": c.speaker or None}
+                         for i, c in enumerate(monotonic(by_speaker(ordered)))],
+        }, "application/json"
     if fmt == "verbose_json":
         return {
             "task": "transcribe", "language": language, "duration": round(duration, 3), "text": text(ordered),
             "segments": [{"id": i, "start": c.start, "end": c.end, "text": c.text, "words": c.words,
-                          **({"translations": c.translations} if c.translations else {})}
+                          **({"translations": c.translations} if c.translations else {}),
+                          **({"speaker": c.speaker} if c.speaker else {})}
                          for i, c in enumerate(ordered)],
         }, "application/json"
     return {"text": text(ordered)}, "application/json"

@@ -358,7 +358,8 @@ async def prerecorded(services: Services, request: web.Request) -> web.StreamRes
     async with services.files.upload() as up:
         await upload.body(request, up)
         duration = await up.duration()
-        cues, language = await services.files.transcribe(up.path, opts.language, owner=request.get(auth.TOKEN, ""))
+        cues, language = await services.files.transcribe(up.path, opts.language, owner=request.get(auth.TOKEN, ""),
+                                                         diarize=opts.diarize)
     return web.json_response(response(services, str(uuid.uuid4()), cues, language, duration,
                                       utterances=request.query.get("utterances", "").lower() in _TRUE))
 

@@ -18,7 +18,7 @@ from edge.core.errors import ApiError
 from edge.core.services import Services
 from edge.http import auth
 from edge.http.auth import TokenError
-from edge.http.formats import FORMATS, Cue, monotonic, render
+from edge.http.formats import DIARIZED, FORMATS, Cue, monotonic, render
 from edge.http.sse import EventStream, event
 from edge.transports import upload
 from schemas import ResultKind
@@ -147,7 +147,7 @@ async def handle(services: Services, request: web.Request, task: str) -> web.Str
         if opts.stream:
             return await _stream(services, request, up.path, opts, targets, task)
         cues, language = await files.transcribe(up.path, opts.language, targets, opts.prompt,
-                                                request.get(auth.TOKEN, ""))
+                                                request.get(auth.TOKEN, ""), diarize=opts.fmt == DIARIZED)
         if task == "translate":
             cues = _english(cues, language)
         if opts.fmt == "verbose_json":

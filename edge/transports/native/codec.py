@@ -136,6 +136,9 @@ def parse_endpointing(obj: dict[str, Any], code: ErrorCode) -> tuple[int | None,
 
 def parse_subscribe(obj: dict[str, Any]) -> Subscribe:
     code = ErrorCode.INVALID_SUBSCRIBE
+    if "diarize" in obj or "max_speakers" in obj:
+        raise ProtocolError(ErrorCode.INVALID_DIARIZATION, "a channel's listeners get its captions as they are: "
+                            "speaker labels are asked for by whoever streams the audio (start's diarize)")
     channel = obj.get("channel")
     if not isinstance(channel, str) or not re.match(r"^[a-z0-9_-]{1,32}$", channel):
         raise ProtocolError(code, '"channel" must be a channel name (see GET /v1/channels)')
@@ -156,10 +159,10 @@ def parse_subscribe(obj: dict[str, Any]) -> Subscribe:
 def parse_configure(obj: dict[str, Any]) -> Configure:
     code = ErrorCode.INVALID_CONFIGURE
     unknown = set(obj) - {"type", "targets", "language", "translate_partials", "endpoint_ms", "max_utterance_s",
-                          "vocabulary"}
+                          "vocabulary", "diarize", "max_speakers"}
     if unknown:
         raise ProtocolError(code, "configure takes targets, language, translate_partials, endpoint_ms, "
-                            f"max_utterance_s, vocabulary; not {sorted(unknown)}")
+                            f"max_utterance_s, vocabulary, diarize, max_speakers; not {sorted(unknown)}")
     targets = parse_targets(obj["targets"], code) if "targets" in obj else None
     language = parse_language(obj["language"], code) if "language" in obj else None
     partials = obj.get("translate_partials")
@@ -167,7 +170,12 @@ def parse_configure(obj: dict[str, Any]) -> Configure:
         raise ProtocolError(code, "translate_partials must be true or false")
     endpoint_ms, max_s = parse_endpointing(obj, code)
     vocabulary = parse_vocabulary(obj["vocabulary"], code) if "vocabulary" in obj else None
-    return Configure(targets, language, partials, endpoint_ms, max_s, vocabulary)
+    diarize = max_speakers = None
+    if "diarize" in obj or "max_speakers" in obj:  # max_speakers alone: checked against the session's diarize
+        diarize, max_speakers = check_diarization(obj.get("diarize", True), obj.get("max_speakers"), code)
+        diarize = obj.get("diarize")
+    return Configure(targets, language, partials, endpoint_ms, max_s, vocabulary, diarize,
+                     max_speakers if "max_speakers" in obj else None)
 
 
 def decode_base64(data: Any, max_frame: int) -> bytes:

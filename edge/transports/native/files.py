@@ -17,7 +17,7 @@ from edge.core.errors import ApiError, Close, ErrorCode, ProtocolError
 from edge.core.files import FileJobs
 from edge.core.services import Services
 from edge.http import auth
-from edge.http.formats import FORMATS, Cue, render
+from edge.http.formats import DIARIZED, FORMATS, Cue, render
 from edge.http.sse import EventStream, event
 from edge.transports import socket, upload
 from edge.transports.native.codec import render_result
@@ -27,7 +27,7 @@ _SESSION = re.compile(r"^[A-Za-z0-9_=-]{1,80}$")
 WS_CLOSE = {413: Close.TOO_BIG, 415: Close.UNSUPPORTED_DATA, 503: Close.TRY_AGAIN}  # an upload's HTTP status
 
 
-def _options(fields: dict[str, str]) -> tuple[str, str, bool, tuple[str, ...]]:
+def _options(fields: dict[str, str]) -> tuple[str, str, bool, tuple[str, ...], bool]:
     fmt = fields.get("response_format", "json")
     if fmt not in FORMATS:
         raise ApiError(400, "invalid_request", f"response_format must be one of {', '.join(FORMATS)}")
@@ -38,7 +38,8 @@ def _options(fields: dict[str, str]) -> tuple[str, str, bool, tuple[str, ...]]:
     except ProtocolError as err:
         raise ApiError(400, err.code.value, err.message) from None
     stream = fields.get("stream", "false").lower() in ("true", "1", "yes")
-    return fmt, language, stream, targets
+    diarize = fields.get("diarize", "false").lower() in ("true", "1", "yes") or fmt == DIARIZED
+    return fmt, language, stream, targets, diarize
 
 
 def _body(body: dict[str, object] | str, ctype: str) -> web.Response:
@@ -60,12 +61,13 @@ class FileRoutes:
     async def upload(self, request: web.Request) -> web.StreamResponse:
         async with self.files.upload() as up:
             fields = await upload.multipart(request, up)
-            fmt, language, stream, targets = _options(fields)
+            fmt, language, stream, targets, diarize = _options(fields)
             await self._served(language, targets)
             duration = await up.duration()
             if stream:
                 return await self._sse(request, up.path, language, targets, fmt, duration)
-            cues, lang = await self.files.transcribe(up.path, language, targets, owner=request.get(auth.TOKEN, ""))
+            cues, lang = await self.files.transcribe(up.path, language, targets, owner=request.get(auth.TOKEN, ""),
+                                                     diarize=diarize)
             return _body(*render(cues, fmt, lang, duration))
 
     async def _served(self, language: str, targets: tuple[str, ...]) -> None:

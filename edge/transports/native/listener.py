@@ -123,6 +123,10 @@ class ChannelListener:
             match message:
                 case Subscribe():
                     await self._subscribe(message)
+                case Configure(diarize=diarize, max_speakers=speakers) if diarize is not None or speakers is not None:
+                    await self.fail(ProtocolError(ErrorCode.INVALID_DIARIZATION, "a channel's listeners get its "
+                                                  "captions as they are: speaker labels are asked for by whoever "
+                                                  "streams the audio (start's diarize)"))
                 case Configure(targets=targets, translate_partials=partials):
                     await self._configure(targets, partials)
                 case Stop():

@@ -74,7 +74,8 @@ class NativeSession(SocketSession):
         await self.ws.send_json({"type": "configured", "session_id": self.session_id, "language": c.language,
                                  "targets": list(c.targets or ()), "translate_partials": c.translate_partials,
                                  **endpointing(c.endpoint_ms or 0, c.max_utterance_s or 0.0),
-                                 "vocabulary": list(c.vocabulary or ())})
+                                 "vocabulary": list(c.vocabulary or ()),
+                                 **({"diarize": True, "max_speakers": c.max_speakers or None} if c.diarize else {})})
 
     def error_body(self, err: ProtocolError) -> dict[str, Any]:
         return err.to_json()

@@ -1,0 +1,207 @@
+"""Speaker labels benchmark (issue #34): are words given to the right speaker, and what does it cost?
+
+    python -m loadtest.diarization [--seconds 60] [--pace 1.0]
+
+Six conversations made from the corpus' clips of different people (loadtest/conversation.py): 2, 3 and 4 speakers,
+each with long turns (3-15 s) and with short back-and-forth (1-3 s), streamed at once at `--pace` x real time
+into a `tolk up` of its own, twice: without diarization, then with `diarize: true`.
+
+- **Accuracy**: each hypothesis label is mapped to the reference speaker its words overlap most; % of words
+  whose label maps to the speaker of the turn they fall in (goal: >= 90 %), speakers found vs present, and the
+  diarization error rate (pyannote.metrics, 0.25 s collar) of the finals' labelled words, corrections applied.
+- **Cost**: the diarizer's CPU seconds per second of audio it labelled; what it adds to a final's latency: fan-out's
+  own hold time per diarized final (tolk_speaker_wait_seconds) and the client-measured final latency with vs
+  without diarization at six sessions (goal: p50 <= +0.1 s, p95 <= +0.3 s).
+
+Printed and saved under loadtest/reports/ (diarization-<stamp>.md, -latest.md, raw data as JSON).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from loadtest.client import SessionRun, stream_pcm
+from loadtest.conversation import Conversation, build, final_words, score
+from loadtest.mic import command, machine, pct, save_report, start_tolk
+
+SCENARIOS = [(2, "long"), (3, "long"), (4, "long"), (2, "short"), (3, "short"), (4, "short")]
+TURNS = {"long": (3.0, 15.0), "short": (1.0, 3.0)}
+GOAL_WORDS = 0.90
+GOAL_ADDED_P50, GOAL_ADDED_P95 = 0.1, 0.3
+
+
+@dataclass
+class Scenario:
+    speakers: int
+    turns: str
+    seconds: float
+    words: int
+    right: float  # share of words given to the right speaker
+    unlabelled: int
+    found: int
+    der: float
+    corrections: int
+    late: int
+
+
+def der(conv: Conversation, words: list[dict[str, Any]]) -> float:
+    """pyannote.metrics' diarization error rate of the labelled words (a run of one speaker's words is one
+    segment), against the reference turns, with a 0.25 s collar."""
+    from pyannote.core import Annotation, Segment
+    from pyannote.metrics.diarization import DiarizationErrorRate
+
+    ref = Annotation()
+    for i, t in enumerate(conv.turns):
+        ref[Segment(t.start, t.end), i] = t.speaker
+    hyp = Annotation()
+    run: list[dict[str, Any]] = []
+    for w in [*words, {"speaker": None, "start": 0.0, "end": 0.0}]:
+        if run and (w["speaker"] != run[-1]["speaker"] or w["start"] - run[-1]["end"] > 1.0):
+            if run[-1]["speaker"]:
+                hyp[Segment(run[0]["start"], run[-1]["end"]), len(hyp)] = run[-1]["speaker"]
+            run = []
+        run.append(w)
+    metric = DiarizationErrorRate(collar=0.25, skip_overlap=True)
+    return float(metric(ref, hyp, uem=Segment(0.0, conv.seconds)))
+
+
+def diarizer_cpu(root: psutil.Process) -> float:
+    for p in root.children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if "actor diarizer" in " ".join(p.cmdline()):
+                t = p.cpu_times()
+                return float(t.user + t.system)
+    return 0.0
+
+
+def metric(data: Path, actor: str, name: str) -> dict[str, float]:
+    """`name`'s samples (bucket / sum / count lines) from `actor`'s /metrics, found with `tolk status --json`."""
+    out = subprocess.run([str(Path(sys.executable).parent / "tolk"), "status", "--json", "--data-dir", str(data)],
+                         capture_output=True, text=True, timeout=60, check=False)
+    samples: dict[str, float] = {}
+    for a in json.loads(out.stdout or "{}").get("actors", []):
+        if a["actor"] != actor or not a["metrics_port"]:
+            continue
+        with contextlib.suppress(OSError), urllib.request.urlopen(
+                f"http://127.0.0.1:{a['metrics_port']}/metrics", timeout=5) as resp:
+            for line in resp.read().decode().splitlines():
+                if line.startswith(name):
+                    key, value = line.rsplit(" ", 1)
+                    samples[key] = samples.get(key, 0.0) + float(value)
+    return samples
+
+
+def hold_quantiles(samples: dict[str, float]) -> tuple[float, float, float]:
+    """p50 and p95 upper bounds (bucket edges) and the mean of tolk_speaker_wait_seconds."""
+    buckets = sorted((float(k.split('le="')[1].split('"')[0]), v) for k, v in samples.items()
+                     if "_bucket" in k and 'le="+Inf"' not in k)
+    count = next((v for k, v in samples.items() if k.endswith("_count")), 0.0)
+    total = next((v for k, v in samples.items() if k.endswith("_sum")), 0.0)
+    if not count:
+        return float("nan"), float("nan"), float("nan")
+    p50 = next((le for le, v in buckets if v >= 0.5 * count), float("inf"))
+    p95 = next((le for le, v in buckets if v >= 0.95 * count), float("inf"))
+    return p50, p95, total / count
+
+
+async def stream_all(ws: str, convs: list[Conversation], pace: float, diarize: bool) -> list[SessionRun]:
+    fields = {"diarize": True} if diarize else {}
+    return list(await asyncio.gather(*(stream_pcm(ws, c.pcm, 16000, pace=pace, timeout=600, start_fields=fields)
+                                       for c in convs)))
+
+
+def render(rows: list[Scenario], lat: dict[str, list[float]], hold: tuple[float, float, float], cpu_per_s: float,
+           args: argparse.Namespace) -> str:
+    words = sum(r.words for r in rows)
+    right = sum(r.right * r.words for r in rows) / words if words else 0.0
+    base50, base95 = pct(lat["off"], 50), pct(lat["off"], 95)
+    on50, on95 = pct(lat["on"], 50), pct(lat["on"], 95)
+    lines = [
+        "# Tolk speaker labels (diarization)",
+        "",
+        f"- command: `{command('loadtest.diarization')}`",
+        f"- machine: {machine()}",
+        f"- {len(rows)} conversations of {args.seconds:.0f} s at once, {args.pace:g}x real time, from the corpus' "
+        "clips of different people (loadtest/conversation.py); engine GE2E (resemblyzer's weights), defaults",
+        "",
+        "| speakers | turns | words | right speaker | unlabelled | speakers found | DER | corrections | late |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+        *(f"| {r.speakers} | {r.turns} | {r.words} | {100 * r.right:.1f} % | {r.unlabelled} | {r.found} | "
+          f"{100 * r.der:.1f} % | {r.corrections} | {r.late} |" for r in rows),
+        "",
+        f"- words to the right speaker, all conversations: **{100 * right:.1f} %** (goal >= {100 * GOAL_WORDS:.0f} %)",
+        f"- diarizer CPU: **{cpu_per_s:.3f} CPU-seconds per second of audio** labelled",
+        f"- fan-out's hold per diarized final (tolk_speaker_wait_seconds): p50 <= {hold[0]:g} s, p95 <= {hold[1]:g} s "
+        f"(bucket bounds), mean {hold[2]:.3f} s",
+        f"- final latency at {len(rows)} sessions (client clock, silence finals): without diarization p50 "
+        f"{base50:.2f} s / p95 {base95:.2f} s ({len(lat['off'])} finals), with it p50 {on50:.2f} s / p95 {on95:.2f} s "
+        f"({len(lat['on'])} finals): **added p50 {on50 - base50:+.2f} s, p95 {on95 - base95:+.2f} s** (goal "
+        f"<= +{GOAL_ADDED_P50} s / +{GOAL_ADDED_P95} s; the two runs are sequential on a shared machine, so this "
+        "difference carries its load's noise; fan-out's hold above is the direct measure)",
+        "",
+        f"diarization words={100 * right:.1f}% cpu_per_audio_s={cpu_per_s:.3f} hold_mean={hold[2]:.3f}s",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+async def main_async(args: argparse.Namespace) -> int:
+    convs = [build(n, TURNS[kind], args.seconds, seed=10 + i) for i, (n, kind) in enumerate(SCENARIOS)]
+    with tempfile.TemporaryDirectory(prefix="tolk-diar-") as tmp:
+        data = Path(tmp)
+        proc, ws = start_tolk(data, {})
+        try:
+            root = psutil.Process(proc.pid)
+            off = await stream_all(ws, convs, args.pace, diarize=False)
+            cpu0 = diarizer_cpu(root)
+            on = await stream_all(ws, convs, args.pace, diarize=True)
+            await asyncio.sleep(2.0)
+            cpu = diarizer_cpu(root) - cpu0
+            audio = sum(v for k, v in metric(data, "diarizer", "tolk_diarizer_audio_seconds").items()
+                        if k.endswith("_total"))
+            hold = hold_quantiles(metric(data, "fanout", "tolk_speaker_wait_seconds"))
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=120)
+    rows = []
+    for (n, kind), conv, run in zip(SCENARIOS, convs, on, strict=True):
+        words = final_words(run.results)
+        s = score(conv, words)
+        rows.append(Scenario(n, kind, round(conv.seconds, 1), s.words, s.accuracy, s.unlabelled, s.hyp_speakers,
+                             der(conv, words), sum(1 for r in run.results if r["type"] == "speakers"),
+                             sum(1 for r in run.finals if r.get("speakers_late"))))
+        if run.errors:
+            print(f"errors ({n} speakers, {kind}): {run.errors}", file=sys.stderr)
+    lat = {"off": [x for r in off for x in r.final_latencies()], "on": [x for r in on for x in r.final_latencies()]}
+    report = render(rows, lat, hold, cpu / audio if audio else float("nan"), args)
+    save_report("diarization", report, {"rows": [asdict(r) for r in rows], "latencies": lat, "hold": hold,
+                                        "diarizer_cpu_s": cpu, "audio_s": audio})
+    return 0
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seconds", type=float, default=60.0, help="length of each conversation")
+    p.add_argument("--pace", type=float, default=1.0, help="x real time")
+    args = p.parse_args()
+    started = time.monotonic()
+    code = asyncio.run(main_async(args))
+    print(f"took {time.monotonic() - started:.0f} s", file=sys.stderr)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
