@@ -403,7 +403,7 @@ def render(rows: list[Row], args: argparse.Namespace, machine: str) -> str:
 
 
 def session_fields(args: argparse.Namespace) -> dict[str, Any]:
-    """The per-session endpointing `--endpoint-ms` / `--max-utterance-s` put in every `start`."""
+    """The per-session endpointing `--endpoint-ms` / `--max-utterance-s` (and `--diarize`) put in every `start`."""
     out: dict[str, Any] = {}
     if args.endpoint_ms is not None:
         out["endpoint_ms"] = False if str(args.endpoint_ms).lower() == "false" else int(args.endpoint_ms)
@@ -411,6 +411,8 @@ def session_fields(args: argparse.Namespace) -> dict[str, Any]:
         out["max_utterance_s"] = args.max_utterance_s
     if args.language != "en":
         out["language"] = args.language
+    if getattr(args, "diarize", False):
+        out["diarize"] = True
     return out
 
 
@@ -501,6 +503,7 @@ def main() -> int:
     p.add_argument("--endpoint-ms", default=None,
                    help="every session's `endpoint_ms` (ms, or false: no silence endpoint); default: the server's")
     p.add_argument("--max-utterance-s", type=float, default=None, help="every session's `max_utterance_s`")
+    p.add_argument("--diarize", action="store_true", help="speaker labels on every session (issue #34's cost)")
     p.add_argument("--admit-final-busy", type=float, default=None,
                    help="admission by measured capacity (TOLK_ADMIT_FINAL_BUSY) in the stack started; default off, "
                    "so every session is measured; refused sessions are counted, not measured")

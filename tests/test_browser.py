@@ -168,6 +168,18 @@ async def test_microphone_transcribes_and_translates_live(browser: Browser, stac
     assert not page.errors, page.errors  # type: ignore[attr-defined]
 
 
+async def test_microphone_shows_who_speaks(browser: Browser, stack: Running) -> None:
+    """"Who's speaking" (#34): the start asks for `diarize`; every final shows its speaker (one voice: S1)."""
+    page = await open_page(browser, stack.http + "/?audio=pcm")
+    await page.check("#mic-diarize")
+    await page.click("#mic-start")
+    await speak_and_stop(page, jfk().seconds)
+    finals = await page_finals(page, "mic")
+    tags = await page.eval_on_selector_all("#mic-captions li .speaker", "els => els.map(e => e.textContent)")
+    assert finals and tags == ["S1"] * len(finals), (tags, finals)
+    assert not page.errors, page.errors  # type: ignore[attr-defined]
+
+
 async def test_reconnect_resumes_and_no_final_is_missing(browser: Browser, stack: Running, proxy: Proxy) -> None:
     page = await open_page(browser, proxy.url + "/")
     await page.click("#mic-start")

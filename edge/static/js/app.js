@@ -123,7 +123,7 @@ function micMode() {
   const language = $("mic-language");
   languagePicker(language, { value: "en" });
   const targets = targetPicker($("mic-targets"), () => session?.configure(settings()), () => language.value);
-  const settings = () => ({ language: language.value, targets: targets() });
+  const settings = () => ({ language: language.value, targets: targets(), diarize: $("mic-diarize").checked });
   language.addEventListener("change", () => { targets.refresh(); session?.configure(settings()); });
   let session = null;
   const startBtn = $("mic-start"), stopBtn = $("mic-stop");

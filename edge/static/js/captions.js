@@ -66,13 +66,23 @@ export class CaptionView {
     if (!r.text) return;  // "it was not speech": clears the partial
     const li = el("li", meta.replay ? "replay" : "");
     li.dataset.seq = String(r.seq);
+    li.dataset.utterance = String(r.utterance_id);
     li.append(...this.cells(r.text, r.translations || {}, r.translation_errors || {}, r.language));
+    if (r.speaker || r.speakers_late) li.firstElementChild.prepend(el("span", "speaker", r.speaker || "?"));
     this.log.append(li);
     this.finals.push({ key: `${r.session_id}:${r.seq}`, seq: r.seq, session_id: r.session_id, text: r.text,
                        translations: r.translations || {}, errors: r.translation_errors || {},
                        start: r.start, end: r.end, language: r.language, ...meta });
     while (this.log.children.length > 500) this.log.firstElementChild.remove();  // a long session stays light
     this.scroll();
+  }
+
+  /** A `speakers` result: the final of that utterance was labelled (again); its speaker shown anew. */
+  relabel(r) {
+    const li = this.log.querySelector(`li[data-utterance="${r.utterance_id}"]`);
+    const tag = li?.querySelector(".speaker");
+    if (tag) tag.textContent = r.speaker || "?";
+    else if (li) li.firstElementChild.prepend(el("span", "speaker", r.speaker || "?"));
   }
 
   cells(text, translations, errors, language) {

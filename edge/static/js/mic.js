@@ -117,6 +117,7 @@ export class MicSession {
       const encoding = this.codec ? this.codec.encoding : "pcm_s16le";
       const start = { type: "start", sample_rate: RATE, encoding, language: this.settings.language,
                       targets: this.settings.targets };
+      if (this.settings.diarize) start.diarize = true;  // speaker labels (S1, S2...) on finals
       if (this.sessionId) Object.assign(start, { session_id: this.sessionId, resume_token: this.resumeToken,
                                                  resume_from: this.lastSeq });
       ws.send(JSON.stringify(start));
@@ -141,6 +142,9 @@ export class MicSession {
         }
         this.flush();
         if (this.stopping) this.ws.send(JSON.stringify({ type: "stop" }));
+        break;
+      case "speakers":  // a final's speaker labels corrected (same seq as the final)
+        this.view.relabel(m);
         break;
       case "partial":
       case "final":
