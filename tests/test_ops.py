@@ -27,7 +27,7 @@ pytestmark = pytest.mark.e2e
 on_loop = pytest.mark.asyncio(loop_scope="session")
 
 TOLK = str(Path(sys.executable).parent / "tolk")
-PIPELINE = ("segmenter", "stt", "translator", "fanout", "ingest", "exporter")
+PIPELINE = ("segmenter", "stt", "translator", "diarizer", "fanout", "ingest", "exporter")
 
 
 def data_dir(tolk: Running) -> str:
