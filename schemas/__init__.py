@@ -33,6 +33,7 @@ from schemas.messages import (
     client_result,
     results_subject,
     stream_of,
+    with_speakers,
 )
 from schemas.translation import TranslationCatalog, TranslationEngine, TranslationPair
 
@@ -69,4 +70,5 @@ __all__ = [
     "encode",
     "results_subject",
     "stream_of",
+    "with_speakers",
 ]

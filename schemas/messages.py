@@ -343,3 +343,34 @@ def client_result(t: Transcript, text: str, stable: str) -> ClientResult:
         translations=t.translations, translation_errors=t.translation_errors, stream_id=t.stream_id,
         translation_engines=t.translation_engines, translation_pivots=t.translation_pivots,
     )
+
+
+def _speaker_at(spans: tuple[SpeakerSpan, ...], start: float, end: float) -> SpeakerSpan | None:
+    """The span overlapping [start, end] most (the nearest one for a word outside every span)."""
+    if not spans:
+        return None
+    best, span = max(((min(end, s.end) - max(start, s.start), s) for s in spans), key=lambda o: o[0])
+    if best > 0:
+        return span
+    mid = (start + end) / 2
+    inside = [s for s in spans if s.start <= mid <= s.end]
+    return inside[0] if inside else min(spans, key=lambda s: min(abs(mid - s.start), abs(mid - s.end)))
+
+
+def with_speakers(r: ClientResult, turns: SpeakerTurns) -> ClientResult:
+    """`r` with each word's speaker (the span it overlaps most), and the speaker of most of its words' time as the
+    result's. Fan-out merges live labels with it; the edge, stored ones (exports, a resume's replay)."""
+    words: list[Word] = []
+    talk: dict[str, float] = {}
+    for w in r.words:
+        span = _speaker_at(turns.spans, w.start, w.end)
+        if span is None:
+            words.append(w)
+            continue
+        words.append(msgspec.structs.replace(w, speaker=span.speaker, speaker_confidence=span.confidence))
+        talk[span.speaker] = talk.get(span.speaker, 0.0) + max(w.end - w.start, 0.01)
+    if not talk:  # no words (or none timed): the utterance's own majority
+        for s in turns.spans:
+            talk[s.speaker] = talk.get(s.speaker, 0.0) + s.end - s.start
+    speaker = max(talk, key=lambda k: talk[k]) if talk else ""
+    return msgspec.structs.replace(r, words=tuple(words), speaker=speaker, speakers_late=False)

@@ -133,6 +133,14 @@ async def test_two_speakers_through_a_real_pipeline(tolk: Running, two_voices: C
     s = score(two_voices, words_of(run))
     assert s.hyp_speakers == 2 and s.accuracy >= 0.85, s
     assert finals[0]["speaker"] == "S1"  # numbered in order of appearance
+    # The export of the finished session carries the same speakers (stored labels merged into stored finals).
+    async with aiohttp.ClientSession() as http, http.get(
+            f"{tolk.http}/v1/sessions/{run.session_id}/transcript?format=verbose_json") as resp:
+        segments = (await resp.json())["segments"]
+    exported = [w.get("speaker") for seg in segments for w in seg["words"]]
+    live = [w["speaker"] for w in words_of(run)]
+    assert len(exported) == len(live) and set(exported) == {"S1", "S2"}, segments
+    assert sum(a == b for a, b in zip(exported, live, strict=True)) >= 0.95 * len(live), (exported, live)
 
 
 def test_configure_and_subscribe_check_diarization() -> None:

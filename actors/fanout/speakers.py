@@ -15,37 +15,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from schemas import ClientResult, ResultKind, SpeakerSpan, SpeakerTurns, Word
-
-
-def _speaker_at(spans: tuple[SpeakerSpan, ...], start: float, end: float) -> SpeakerSpan | None:
-    """The span overlapping [start, end] most (the nearest one for a word outside every span)."""
-    if not spans:
-        return None
-    overlap = [(min(end, s.end) - max(start, s.start), s) for s in spans]
-    best, span = max(overlap, key=lambda o: o[0])
-    if best > 0 or (end <= start and spans[0].start <= start <= spans[-1].end):
-        return span
-    mid = (start + end) / 2
-    return min(spans, key=lambda s: min(abs(mid - s.start), abs(mid - s.end)))
-
-
-def labelled(r: ClientResult, turns: SpeakerTurns) -> ClientResult:
-    """`r` with each word's speaker, and the speaker of most of its words' time as the result's."""
-    words: list[Word] = []
-    talk: dict[str, float] = {}
-    for w in r.words:
-        span = _speaker_at(turns.spans, w.start, w.end)
-        if span is None:
-            words.append(w)
-            continue
-        words.append(msgspec.structs.replace(w, speaker=span.speaker, speaker_confidence=span.confidence))
-        talk[span.speaker] = talk.get(span.speaker, 0.0) + max(w.end - w.start, 0.01)
-    if not talk:  # no words (or none timed): the utterance's own majority
-        for s in turns.spans:
-            talk[s.speaker] = talk.get(s.speaker, 0.0) + s.end - s.start
-    speaker = max(talk, key=lambda k: talk[k]) if talk else ""
-    return msgspec.structs.replace(r, words=tuple(words), speaker=speaker, speakers_late=False)
+from schemas import ClientResult, ResultKind, SpeakerTurns, with_speakers
 
 
 @dataclass
@@ -81,7 +51,7 @@ class SpeakerGate:
         self.touched = now
         sent = self.sent.get(t.utterance_id)
         if sent is not None:
-            fixed = labelled(sent, t)
+            fixed = with_speakers(sent, t)
             if not sent.speakers_late and fixed.words == sent.words and fixed.speaker == sent.speaker:
                 return self.release(now)  # a revision that changes nothing this client saw
             self._sent(fixed)
@@ -106,7 +76,7 @@ class SpeakerGate:
             if head.wants:
                 t = self.turns.pop(r.utterance_id, None)
                 if t is not None:
-                    r = labelled(r, t)
+                    r = with_speakers(r, t)
                 elif now < head.deadline:
                     break
                 else:

@@ -30,7 +30,7 @@ from edge.core.pipeline import Pipeline
 from edge.core.records import Listeners, Sessions
 from edge.http.formats import Cue
 from edge.settings import EdgeSettings
-from schemas import ClientResult, Encoding, ResultKind, SessionRecord, Transcript
+from schemas import ClientResult, Encoding, ResultKind, SessionRecord, client_result
 
 log = logging.getLogger("tolk.edge.files")
 
@@ -217,12 +217,17 @@ class FileJobs:
             await thread
 
     # ------------------------------------------------------------------ finished sessions
-    async def finals(self, sid: str, who: str) -> list[Transcript]:
+    async def finals(self, sid: str, who: str) -> list[ClientResult]:
         """A finished session's finals, for its owner only; anyone else is told what a missing one tells (ids may
-        be guessable). With authentication off every caller is "" and so is every owner."""
+        be guessable). With authentication off every caller is "" and so is every owner. A diarized session's
+        carry their speakers."""
         if not await self._owns(sid, who):
             return []
-        return replay.finals(await replay.stored(self.pipeline.bus, sid))
+        stored = replay.finals(await replay.stored(self.pipeline.bus, sid))
+        finals = [client_result(t, t.text, t.text) for t in stored]
+        if any(t.diarize for t in stored):
+            finals = replay.labelled(finals, await replay.speakers(self.pipeline.bus, sid))
+        return finals
 
     async def _owns(self, sid: str, who: str) -> bool:
         if sid.startswith("ch="):

@@ -129,6 +129,8 @@ class LiveSession:
         s.metrics.sessions_started.labels("resume" if resuming else "mic").inc()
         resume_from = start.resume_from
         missed = [] if resume_from is None else replay.missed(await replay.stored(s.bus, sid), resume_from)
+        if missed and start.diarize:  # replayed finals with their speakers, as they went out live
+            missed = replay.labelled(missed, await replay.speakers(s.bus, sid))
         await send_started(Started(sid, start, self.targets, self.translate_partials, self.resume_key, resuming,
                                    len(missed)))
         if resume_from is not None:

@@ -13,7 +13,16 @@ import msgspec
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from actors.runtime.bus import Bus
-from schemas import ClientResult, DecodeError, ResultKind, Transcript, client_result, decode
+from schemas import (
+    ClientResult,
+    DecodeError,
+    ResultKind,
+    SpeakerTurns,
+    Transcript,
+    client_result,
+    decode,
+    with_speakers,
+)
 
 T = TypeVar("T", bound=msgspec.Struct)
 
@@ -96,6 +105,21 @@ class SharedReads(Generic[T]):
 async def stored(bus: Bus, session_id: str) -> list[Transcript]:
     """Every transcript of the session, in stream order."""
     return await read_all(bus, f"tolk.result.*.{session_id}", "TOLK_RESULTS", Transcript)
+
+
+async def speakers(bus: Bus, session_id: str) -> dict[int, SpeakerTurns]:
+    """A diarized session's stored speaker labels (TOLK_SPEAKERS, kept 1 h): the newest revision per utterance."""
+    out: dict[int, SpeakerTurns] = {}
+    for t in await read_all(bus, f"tolk.speakers.*.{session_id}", "TOLK_SPEAKERS", SpeakerTurns):
+        if t.utterance_id not in out or out[t.utterance_id].revision <= t.revision:
+            out[t.utterance_id] = t
+    return out
+
+
+def labelled(results: list[ClientResult], turns: dict[int, SpeakerTurns]) -> list[ClientResult]:
+    """Finals with their stored speaker labels, as fan-out sent them live (corrections applied)."""
+    return [with_speakers(r, turns[r.utterance_id])
+            if r.kind is ResultKind.FINAL and r.utterance_id in turns else r for r in results]
 
 
 def finals(transcripts: list[Transcript]) -> list[Transcript]:
