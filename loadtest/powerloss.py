@@ -2,6 +2,7 @@
 
     python -m loadtest.powerloss [--quick] [--crashes 8] [--sessions 3] [--sync always|120s|default]
     python -m loadtest.powerloss --ack-cost 3000   # what an fsync per write costs on this disk, no harness
+    python -m loadtest.powerloss --write-mix 30    # the pipeline's writes per stream, per durability policy
 
 `tolk up` runs with its JetStream store on loadtest/lazyfs.py, a FUSE file system that keeps every write in
 memory until it is fsynced, as a page cache does. Real speech streams through the edge as sessions; at a random
@@ -33,6 +34,7 @@ import tempfile
 import time
 import urllib.request
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -293,6 +295,89 @@ async def ack_cost(n: int) -> int:
     return 0
 
 
+async def _publish_every(js: nats.js.JetStreamContext, took: list[float], period: float, subject: str,
+                         size: Callable[[int], int], t_end: float) -> None:
+    """One publisher's writes, awaited one at a time (as an actor's are), from a random phase until `t_end`."""
+    i = 0
+    due = time.monotonic() + random.uniform(0, period)
+    while due < t_end:
+        await asyncio.sleep(max(0.0, due - time.monotonic()))
+        t = time.perf_counter()
+        await js.publish(subject, bytes(size(i)))
+        took.append(time.perf_counter() - t)
+        i, due = i + 1, due + period
+
+
+MIX_POLICIES = (("`always`, audio and segments on file", "always", "file"),
+                ("`always`, audio and segments in memory (Tolk's policy)", "always", "memory"),
+                ("`2m` everywhere", "2m", "file"))
+
+
+async def write_mix(seconds: float, sessions: int) -> int:
+    """Which streams' writes cost what: the pipeline's JetStream writes for `sessions` microphones (100 ms audio
+    chunks, a partial segment every 0.7 s carrying its utterance so far, a final segment, transcripts and results
+    for each, a checkpoint a second), published concurrently as the actors do, on the declared topology, per
+    policy; publish → ack per stream. No STT, so the box's CPU load matters far less than in loadtest.mic."""
+    import numpy as np
+
+    from actors.runtime import topology
+
+    kinds = ("audio", "partial segment", "final segment", "transcript", "result", "checkpoint (KV)")
+    lines = ["| policy | " + " | ".join(f"{k} p50 / p99 (ms)" for k in kinds) + " | writes/s |",
+             "|---|" + "---:|" * (len(kinds) + 1)]
+    for label, sync, storage in MIX_POLICIES:
+        took: dict[str, list[float]] = {k: [] for k in kinds}
+        with tempfile.TemporaryDirectory(prefix="tolk-writemix-") as tmp:
+            port = free_port()
+            conf = Path(tmp) / "nats.conf"
+            conf.write_text(f'jetstream {{\n  sync_interval: "{sync}"\n  max_memory_store: 1GB\n}}\n')
+            proc = await asyncio.create_subprocess_exec(
+                str(Path(sys.executable).parent / "nats-server"), "-c", str(conf), "-js", "-sd", tmp,
+                "-a", "127.0.0.1", "-p", str(port), stderr=subprocess.DEVNULL)
+            try:
+                for _ in range(100):
+                    with contextlib.suppress(OSError):
+                        _, w = await asyncio.open_connection("127.0.0.1", port)
+                        w.close()
+                        break
+                    await asyncio.sleep(0.1)
+                nc = await nats.connect(f"nats://127.0.0.1:{port}")
+                js = nc.jetstream()
+                topo = topology.load(transient_storage="memory" if storage == "memory" else "file")
+                await topology.apply(js, topo)
+                pool = topo.pools[0]
+                t_end = time.monotonic() + seconds
+
+                specs: list[tuple[str, float, str, Callable[[int], int]]] = []
+                for n in range(sessions):
+                    sid, p = f"mix{n}", n % topo.partitions
+                    specs += [
+                        ("audio", 0.1, f"tolk.audio.{p}.{sid}", lambda i: 3200),
+                        ("partial segment", 0.7, f"tolk.segment.partial.{pool}.{p}.{sid}",
+                         lambda i: 32000 * (1 + i % 7)),  # 1 to 7 s of 16 kHz int16: the utterance so far
+                        ("final segment", 5.0, f"tolk.segment.final.{pool}.{p}.{sid}", lambda i: 160000),
+                        ("transcript", 0.6, f"tolk.transcript.{p}.{sid}", lambda i: 400),
+                        ("result", 0.6, f"tolk.result.{p}.{sid}", lambda i: 500),
+                        ("checkpoint (KV)", 1.0, f"$KV.tolk_segmenter.{sid}", lambda i: 120),
+                    ]
+                tasks = [_publish_every(js, took[k], period, subj, size, t_end) for k, period, subj, size in specs]
+                await asyncio.gather(*tasks)
+                await nc.close()
+            finally:
+                proc.terminate()
+                await proc.wait()
+        cells = [f"{np.percentile(took[k], 50) * 1000:.2f} / {np.percentile(took[k], 99) * 1000:.1f}" for k in kinds]
+        rate = sum(len(v) for v in took.values()) / seconds
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {rate:.0f} |")
+        print(lines[-1], flush=True)
+    report = "\n".join(["# JetStream writes of the pipeline, per durability policy", "",
+                         f"- command: `{command('loadtest.powerloss')}`", f"- machine: {machine()}",
+                         f"- {sessions} microphone sessions' writes for {seconds:.0f} s, each stream's publishes "
+                         "awaited one at a time per session, as the actors do; no STT", "", *lines])
+    save_report("powerloss-writemix", report + "\n", {"lines": lines})
+    return 0
+
+
 def render(args: argparse.Namespace, rounds: list[Round], acknowledged: int, last: Round) -> str:
     sync = "`2m` (NATS's default)" if args.sync == "default" else f"`{args.sync}`"
     lines = [
@@ -328,9 +413,14 @@ def main() -> int:
     p.add_argument("--name", default=None, help="report name (default: powerloss-<sync>)")
     p.add_argument("--ack-cost", type=int, default=0, metavar="N",
                    help="instead: N single publishes on the real disk per sync_interval (the policy's raw cost)")
+    p.add_argument("--write-mix", type=float, default=0, metavar="SECONDS",
+                   help="instead: the pipeline's writes for --sessions (6 if not given) microphones this long, per "
+                        "durability policy, publish → ack per stream (which streams' fsyncs cost what)")
     args = p.parse_args()
     if args.ack_cost:
         return asyncio.run(ack_cost(args.ack_cost))
+    if args.write_mix:
+        return asyncio.run(write_mix(args.write_mix, 6 if "--sessions" not in sys.argv else args.sessions))
     if args.quick:
         args.crashes, args.sessions = min(args.crashes, 3), min(args.sessions, 2)
     args.name = args.name or f"powerloss-{args.sync}"
