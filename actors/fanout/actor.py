@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass
 
 import msgspec
+from nats.aio.msg import Msg
 from nats.js.errors import KeyDeletedError, KeyNotFoundError
 from prometheus_client import Counter, Histogram
 
@@ -56,6 +57,9 @@ class FanoutActor(Actor):
         self.sessions: dict[str, SessionOrder] = {}
         self.gates: dict[str, SpeakerGate] = {}  # per session: results on their way out, labels merged
         self.diarized: set[str] = set()
+        # Per session: results whose output waits in its gate. Acked, and progress stored, once it is out, so a
+        # fan-out that dies while a final waits for its labels gets it redelivered instead of losing it.
+        self.unacked: dict[str, list[Msg]] = {}
         self.wake = asyncio.Event()
         partitions = owned_partitions(topo.partitions, runtime.replicas, runtime.replica_index)
         self.loops = [
@@ -102,9 +106,27 @@ class FanoutActor(Actor):
                          f", resuming at final {next_final}" if next_final > 1 else "")
             released = order.next_final
             await self._deliver(order, order.offer(t, now))
-            if order.next_final != released:  # stored before the ack: a restarted fan-out continues from here
-                await self._save_progress(order)
+            gate = self.gates.get(t.session_id)
+            if gate is not None and gate.queue:  # a final waits for its labels: settled when it is out
+                self.unacked.setdefault(t.session_id, []).append(d.raw)
+                continue
+            if order.next_final != released or t.session_id in self.unacked:
+                await self._save_progress(order)  # stored before the ack: a restarted fan-out continues from here
+            await self._ack_held(t.session_id)
             await d.raw.ack()
+
+    async def _ack_held(self, sid: str) -> None:
+        for raw in self.unacked.pop(sid, []):
+            await raw.ack()
+
+    async def _gate_released(self, sid: str, gate: SpeakerGate) -> None:
+        """What waited in `gate` went out (labels came, or the wait ended): its inputs are settled now."""
+        if gate.queue or sid not in self.unacked:
+            return
+        order = self.sessions.get(sid)
+        if order is not None:
+            await self._save_progress(order)
+        await self._ack_held(sid)
 
     async def _progress(self, sid: str) -> int:
         """Where a previous fan-out process left this session: finals below it were delivered (and acked)."""
@@ -131,6 +153,7 @@ class FanoutActor(Actor):
             self.diarized.add(t.session_id)
             gate = self.gates.setdefault(t.session_id, SpeakerGate(self.cfg.speaker_wait_s))
             await self._send(gate.labels(t, now), gate)
+            await self._gate_released(t.session_id, gate)
             await d.raw.ack()
 
     async def _deliver(self, order: SessionOrder, results: list[ClientResult]) -> None:
@@ -142,6 +165,7 @@ class FanoutActor(Actor):
             for r in results:
                 out += gate.offer(r, sid in self.diarized, now)
             await self._send(out, gate)
+            await self._gate_released(sid, gate)
             if gate.next_deadline() is not None:
                 self.wake.set()
         else:
@@ -156,10 +180,11 @@ class FanoutActor(Actor):
             await asyncio.sleep(0.05)
             now = time.monotonic()
             waiting = False
-            for gate in list(self.gates.values()):
+            for sid, gate in list(self.gates.items()):
                 deadline = gate.next_deadline()
                 if deadline is not None and deadline <= now:
                     await self._send(gate.release(now), gate)
+                    await self._gate_released(sid, gate)
                     deadline = gate.next_deadline()
                 waiting |= deadline is not None
             if not waiting:
