@@ -19,6 +19,7 @@ import psutil
 import pytest
 import webvtt
 
+from actors.diarizer.actor import DiarizerSettings, SessionLabels
 from actors.diarizer.clusters import SessionVoices, label_utterance
 from actors.diarizer.ge2e import Ge2eEncoder
 from actors.fanout.speakers import SpeakerGate
@@ -28,7 +29,7 @@ from edge.transports.native.codec import parse_configure, parse_subscribe
 from loadtest.client import SessionRun, stream_pcm
 from loadtest.conversation import Conversation, build, score
 from loadtest.faults import actor_process, stored_finals
-from schemas import ClientResult, ResultKind, SpeakerSpan, SpeakerTurns, Word
+from schemas import ClientResult, ResultKind, Segment, SegmentKind, SpeakerSpan, SpeakerTurns, Word
 from tests.conftest import Running
 
 THRESHOLD = 0.7  # DiarizerSettings().threshold at the default sensitivity
@@ -317,3 +318,29 @@ def test_tolk_listen_prints_who_speaks(tolk: Running, two_voices: Conversation, 
     assert out.returncode == 0, out.stderr
     finals = [line for line in out.stdout.splitlines() if not line.startswith(("… ", "  "))]
     assert {line.split("]")[0] + "]" for line in finals} >= {"[S1]", "[S2]"}, out.stdout
+
+
+def test_a_later_decision_is_republished_as_a_revision(encoder: Ge2eEncoder, two_voices: Conversation) -> None:
+    """A new voice's first short utterance is labelled as the closest speaker until that voice has said enough
+    to be a speaker of its own; then the diarizer republishes the earlier utterance's labels (revision 1)."""
+    x = np.frombuffer(two_voices.pcm, "<i2")
+    a = next(t for t in two_voices.turns if t.speaker == "R1")
+    b = [t for t in two_voices.turns if t.speaker == "R2"]
+    session = SessionLabels(SessionVoices(max_speakers=8, threshold=THRESHOLD, merge_threshold=0.75), 0)
+    cfg = DiarizerSettings()
+
+    def seg(utt: int, start: float, end: float) -> Segment:
+        audio = x[int(start * 16000):int(end * 16000)].tobytes()
+        return Segment(session_id="s", utterance_id=utt, seq=utt, final_index=utt, kind=SegmentKind.FINAL,
+                       audio=audio, start=start, end=end, language="en", speech_end_wall=0.0, partition=0,
+                       diarize=True)
+
+    first = session.label(encoder, seg(1, a.start, a.end), cfg)
+    assert [t.spans[0].speaker for t in first] == ["S1"]
+    short = seg(2, b[0].start, min(b[0].end, b[0].start + 2.0))  # under the 4 s a voice needs
+    second = session.label(encoder, short, cfg)
+    assert len(second) == 1 and second[0].speakers == 1  # given to S1 for now
+    rest = session.label(encoder, seg(3, b[1].start, b[1].end), cfg)
+    revised = [t for t in rest if t.utterance_id == 2]
+    assert rest[0].spans[0].speaker == "S2" and rest[0].revision == 0
+    assert revised and revised[0].revision == 1 and {s.speaker for s in revised[0].spans} == {"S2"}, rest

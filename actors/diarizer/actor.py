@@ -81,7 +81,7 @@ class _Labelled:
 HISTORY = 32  # utterances whose labels may still be corrected
 
 
-class _Session:
+class SessionLabels:
     def __init__(self, voices: SessionVoices, last_utterance: int) -> None:
         self.voices = voices
         self.last_utterance = last_utterance
@@ -125,7 +125,7 @@ class DiarizerActor(Actor):
         self.cfg = cfg
         self.encoder: SpeakerEncoder | None = None
         self.executor = BoundedExecutor(cfg.diarizer_workers, 4, "diarizer")
-        self.sessions: dict[str, _Session] = {}
+        self.sessions: dict[str, SessionLabels] = {}
         partitions = owned_partitions(topo.partitions, runtime.replicas, runtime.replica_index)
         self.loops = [PullLoop(bus.js, "TOLK_DIARIZE", f"diarizer-p{p}", Segment, self._handle, batch=16)
                       for p in partitions]
@@ -189,7 +189,7 @@ class DiarizerActor(Actor):
                              merge_threshold=self.cfg.diarizer_merge_threshold,
                              establish_s=self.cfg.diarizer_establish_s)
 
-    async def _session(self, seg: Segment) -> _Session:
+    async def _session(self, seg: Segment) -> SessionLabels:
         session = self.sessions.get(seg.session_id)
         if session is None:
             session = self.sessions[seg.session_id] = await self._restore(seg)
@@ -197,15 +197,15 @@ class DiarizerActor(Actor):
         session.touched = time.monotonic()
         return session
 
-    async def _restore(self, seg: Segment) -> _Session:
+    async def _restore(self, seg: Segment) -> SessionLabels:
         voices = self._voices(seg)
         try:
             entry = await (await self.bus.kv(STATE_BUCKET)).get(seg.session_id)
         except (KeyNotFoundError, KeyDeletedError):
-            return _Session(voices, 0)
+            return SessionLabels(voices, 0)
         except Exception as exc:  # KV away: labels start afresh (logged: they may renumber)
             log.warning("%s: diarizer state unknown, starting afresh: %s", seg.session_id, exc)
-            return _Session(voices, 0)
+            return SessionLabels(voices, 0)
         state = decode(entry.value or b"", DiarizerState)
         if state.dim:
             rows = np.frombuffer(state.centroids, "<f4").reshape(-1, state.dim)
@@ -213,9 +213,9 @@ class DiarizerActor(Actor):
             voices.weights = list(state.weights)
             voices.merged, voices.numbers = dict(state.merged), dict(state.numbers)
         log.info("%s: %d speaker(s) restored", seg.session_id, len(voices.sums))
-        return _Session(voices, state.last_utterance)
+        return SessionLabels(voices, state.last_utterance)
 
-    async def _save(self, sid: str, session: _Session) -> None:
+    async def _save(self, sid: str, session: SessionLabels) -> None:
         v = session.voices
         dim = len(v.sums[0]) if v.sums else 0
         state = DiarizerState(session_id=sid, dim=dim, weights=tuple(v.weights), last_utterance=session.last_utterance,
