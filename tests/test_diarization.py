@@ -281,28 +281,26 @@ async def test_uploads_openai_diarized_json_srt_and_vtt(tolk: Running, two_voice
     prefixes and WebVTT voice tags."""
     wav = _wav(two_voices.pcm)
 
-    async with aiohttp.ClientSession() as http:
+    async def post(http: aiohttp.ClientSession, path: str, **fields: str) -> str:
         form = aiohttp.FormData()
         form.add_field("file", wav, filename="talk.wav", content_type="audio/wav")
-        form.add_field("model", "whisper-1")
-        form.add_field("response_format", "diarized_json")
-        async with http.post(f"{tolk.http}/v1/audio/transcriptions", data=form) as resp:
+        for k, v in fields.items():
+            form.add_field(k, v)
+        async with http.post(f"{tolk.http}{path}", data=form) as resp:
             assert resp.status == 200, await resp.text()
-            body = await resp.json()
-        segments = body["segments"]
-        assert {s["speaker"] for s in segments} == {"S1", "S2"}, segments
-        s = score(two_voices, [{"start": seg["start"], "end": seg["end"], "speaker": seg["speaker"]}
-                               for seg in segments for _ in seg["text"].split()])
-        assert s.accuracy >= 0.8, s
-        texts = {}
-        for fmt in ("srt", "vtt"):
-            form = aiohttp.FormData()
-            form.add_field("file", wav, filename="talk.wav", content_type="audio/wav")
-            form.add_field("response_format", fmt)
-            form.add_field("diarize", "true")
-            async with http.post(f"{tolk.http}/v1/transcriptions", data=form) as resp:
-                assert resp.status == 200, await resp.text()
-                texts[fmt] = await resp.text()
+            return await resp.text()
+
+    async with aiohttp.ClientSession() as http:  # the three at once: the pipeline batches them
+        openai, srt, vtt = await asyncio.gather(
+            post(http, "/v1/audio/transcriptions", model="whisper-1", response_format="diarized_json"),
+            post(http, "/v1/transcriptions", response_format="srt", diarize="true"),
+            post(http, "/v1/transcriptions", response_format="vtt", diarize="true"))
+    segments = json.loads(openai)["segments"]
+    assert {s["speaker"] for s in segments} == {"S1", "S2"}, segments
+    s = score(two_voices, [{"start": seg["start"], "end": seg["end"], "speaker": seg["speaker"]}
+                           for seg in segments for _ in seg["text"].split()])
+    assert s.accuracy >= 0.8, s
+    texts = {"srt": srt, "vtt": vtt}
     assert "\nS1: " in texts["srt"] and "\nS2: " in texts["srt"], texts["srt"]
     assert "<v S1>" in texts["vtt"] and "<v S2>" in texts["vtt"], texts["vtt"]
     vtt = webvtt.from_buffer(io.StringIO(texts["vtt"]))
