@@ -34,7 +34,7 @@ import tempfile
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -251,6 +251,34 @@ async def run(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextlib.asynccontextmanager
+async def bare_jetstream(sync: str, extra_conf: str = "") -> AsyncIterator[nats.js.JetStreamContext]:
+    """A bare nats-server with JetStream (`sync_interval` `sync`, more of its `jetstream {}` block in `extra_conf`)
+    in a temporary store, and a connection to it, for as long as the block runs."""
+    with tempfile.TemporaryDirectory(prefix="tolk-bare-nats-") as tmp:
+        port = free_port()
+        conf = Path(tmp) / "nats.conf"
+        conf.write_text(f'jetstream {{\n  sync_interval: "{sync}"\n{extra_conf}}}\n')
+        proc = await asyncio.create_subprocess_exec(
+            str(Path(sys.executable).parent / "nats-server"), "-c", str(conf), "-js", "-sd", tmp,
+            "-a", "127.0.0.1", "-p", str(port), stderr=subprocess.DEVNULL)
+        try:
+            for _ in range(100):
+                with contextlib.suppress(OSError):
+                    _, w = await asyncio.open_connection("127.0.0.1", port)
+                    w.close()
+                    break
+                await asyncio.sleep(0.1)
+            nc = await nats.connect(f"nats://127.0.0.1:{port}")
+            try:
+                yield nc.jetstream()
+            finally:
+                await nc.close()
+        finally:
+            proc.terminate()
+            await proc.wait()
+
+
 async def ack_cost(n: int) -> int:
     """What an fsync per write costs on this disk, without the pipeline's noise: n publishes of one 100 ms audio
     chunk (3,200 bytes) to a file stream, one at a time, on a real nats-server, per sync_interval."""
@@ -259,34 +287,15 @@ async def ack_cost(n: int) -> int:
     lines = ["| sync_interval | publish → ack p50 / p99 (ms) | acknowledged writes/s, one at a time |",
              "|---|---:|---:|"]
     for sync in ("2m", "always"):
-        with tempfile.TemporaryDirectory(prefix="tolk-ackcost-") as tmp:
-            port = free_port()
-            conf = Path(tmp) / "nats.conf"
-            conf.write_text(f'jetstream {{\n  sync_interval: "{sync}"\n}}\n')
-            proc = await asyncio.create_subprocess_exec(
-                str(Path(sys.executable).parent / "nats-server"), "-c", str(conf), "-js", "-sd", tmp,
-                "-a", "127.0.0.1", "-p", str(port), stderr=subprocess.DEVNULL)
-            try:
-                for _ in range(100):
-                    with contextlib.suppress(OSError):
-                        _, w = await asyncio.open_connection("127.0.0.1", port)
-                        w.close()
-                        break
-                    await asyncio.sleep(0.1)
-                nc = await nats.connect(f"nats://127.0.0.1:{port}")
-                js = nc.jetstream()
-                await js.add_stream(name="A", subjects=["a.>"], storage="file")
-                chunk, took = bytes(3200), []
-                t_all = time.perf_counter()
-                for i in range(n):
-                    t = time.perf_counter()
-                    await js.publish(f"a.{i % 8}", chunk)
-                    took.append(time.perf_counter() - t)
-                rate = n / (time.perf_counter() - t_all)
-                await nc.close()
-            finally:
-                proc.terminate()
-                await proc.wait()
+        async with bare_jetstream(sync) as js:
+            await js.add_stream(name="A", subjects=["a.>"], storage="file")
+            chunk, took = bytes(3200), []
+            t_all = time.perf_counter()
+            for i in range(n):
+                t = time.perf_counter()
+                await js.publish(f"a.{i % 8}", chunk)
+                took.append(time.perf_counter() - t)
+            rate = n / (time.perf_counter() - t_all)
         p50, p99 = (float(np.percentile(took, q)) * 1000 for q in (50, 99))
         lines.append(f"| `{sync}` | {p50:.2f} / {p99:.2f} | {rate:.0f} |")
     report = "\n".join(["# JetStream acknowledgement cost per sync_interval", "",
@@ -327,45 +336,26 @@ async def write_mix(seconds: float, sessions: int) -> int:
              "|---|" + "---:|" * (len(kinds) + 1)]
     for label, sync, storage in MIX_POLICIES:
         took: dict[str, list[float]] = {k: [] for k in kinds}
-        with tempfile.TemporaryDirectory(prefix="tolk-writemix-") as tmp:
-            port = free_port()
-            conf = Path(tmp) / "nats.conf"
-            conf.write_text(f'jetstream {{\n  sync_interval: "{sync}"\n  max_memory_store: 1GB\n}}\n')
-            proc = await asyncio.create_subprocess_exec(
-                str(Path(sys.executable).parent / "nats-server"), "-c", str(conf), "-js", "-sd", tmp,
-                "-a", "127.0.0.1", "-p", str(port), stderr=subprocess.DEVNULL)
-            try:
-                for _ in range(100):
-                    with contextlib.suppress(OSError):
-                        _, w = await asyncio.open_connection("127.0.0.1", port)
-                        w.close()
-                        break
-                    await asyncio.sleep(0.1)
-                nc = await nats.connect(f"nats://127.0.0.1:{port}")
-                js = nc.jetstream()
-                topo = topology.load(transient_storage="memory" if storage == "memory" else "file")
-                await topology.apply(js, topo)
-                pool = topo.pools[0]
-                t_end = time.monotonic() + seconds
+        async with bare_jetstream(sync, "  max_memory_store: 1GB\n") as js:
+            topo = topology.load(transient_storage="memory" if storage == "memory" else "file")
+            await topology.apply(js, topo)
+            pool = topo.pools[0]
+            t_end = time.monotonic() + seconds
 
-                specs: list[tuple[str, float, str, Callable[[int], int]]] = []
-                for n in range(sessions):
-                    sid, p = f"mix{n}", n % topo.partitions
-                    specs += [
-                        ("audio", 0.1, f"tolk.audio.{p}.{sid}", lambda i: 3200),
-                        ("partial segment", 0.7, f"tolk.segment.partial.{pool}.{p}.{sid}",
-                         lambda i: 32000 * (1 + i % 7)),  # 1 to 7 s of 16 kHz int16: the utterance so far
-                        ("final segment", 5.0, f"tolk.segment.final.{pool}.{p}.{sid}", lambda i: 160000),
-                        ("transcript", 0.6, f"tolk.transcript.{p}.{sid}", lambda i: 400),
-                        ("result", 0.6, f"tolk.result.{p}.{sid}", lambda i: 500),
-                        ("checkpoint (KV)", 1.0, f"$KV.tolk_segmenter.{sid}", lambda i: 120),
-                    ]
-                tasks = [_publish_every(js, took[k], period, subj, size, t_end) for k, period, subj, size in specs]
-                await asyncio.gather(*tasks)
-                await nc.close()
-            finally:
-                proc.terminate()
-                await proc.wait()
+            specs: list[tuple[str, float, str, Callable[[int], int]]] = []
+            for n in range(sessions):
+                sid, p = f"mix{n}", n % topo.partitions
+                specs += [
+                    ("audio", 0.1, f"tolk.audio.{p}.{sid}", lambda i: 3200),
+                    ("partial segment", 0.7, f"tolk.segment.partial.{pool}.{p}.{sid}",
+                     lambda i: 32000 * (1 + i % 7)),  # 1 to 7 s of 16 kHz int16: the utterance so far
+                    ("final segment", 5.0, f"tolk.segment.final.{pool}.{p}.{sid}", lambda i: 160000),
+                    ("transcript", 0.6, f"tolk.transcript.{p}.{sid}", lambda i: 400),
+                    ("result", 0.6, f"tolk.result.{p}.{sid}", lambda i: 500),
+                    ("checkpoint (KV)", 1.0, f"$KV.tolk_segmenter.{sid}", lambda i: 120),
+                ]
+            tasks = [_publish_every(js, took[k], period, subj, size, t_end) for k, period, subj, size in specs]
+            await asyncio.gather(*tasks)
         cells = [f"{np.percentile(took[k], 50) * 1000:.2f} / {np.percentile(took[k], 99) * 1000:.1f}" for k in kinds]
         rate = sum(len(v) for v in took.values()) / seconds
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {rate:.0f} |")
