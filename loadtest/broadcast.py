@@ -128,6 +128,9 @@ async def serve_radio(port: int, mp3: bytes) -> Any:
 
 
 def start_tolk(data: Path, port: int, env: dict[str, str], cpus: str = "") -> subprocess.Popen[bytes]:
+    """A `tolk up` for a benchmark, admission by measured capacity off unless `env` sets it (as loadtest.mic's):
+    the soak, storm and faults runs count on every session they start being served."""
+    env = {"TOLK_ADMIT_FINAL_BUSY": "0", **env}
     log = open(data / "tolk-up.log", "wb")  # lives as long as the process
     proc = subprocess.Popen(
         [*(["taskset", "-c", cpus] if cpus else []),

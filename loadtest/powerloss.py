@@ -87,7 +87,7 @@ class Tolk:
         t0 = time.monotonic()
         self.mount.start()
         self.port, self.nats_port = free_port(), free_port()
-        env = {k: v for k, v in os.environ.items() if k != "TOLK_NATS_SYNC"}
+        env = {"TOLK_ADMIT_FINAL_BUSY": "0", **{k: v for k, v in os.environ.items() if k != "TOLK_NATS_SYNC"}}
         args = [str(Path(sys.executable).parent / "tolk"), "up", "--data-dir", str(self.data), "--port",
                 str(self.port), "--nats-port", str(self.nats_port), "--no-nats-auth"]
         args += ["--nats-sync", "2m" if self.sync == "default" else self.sync]

@@ -20,7 +20,8 @@ async def test_up_with_external_nats(nats_url: str, tmp_path: Path) -> None:
     try:
         names = [" ".join(p.cmdline()) for p in run.descendants()]
         assert not any("nats-server" in n for n in names), names
-        assert sum("actors.cli actor" in n for n in names) == 7  # the pipeline, the exporter, the edge
+        # the pipeline (segmenter, stt, translator, diarizer, fanout, ingest), the exporter, the edge
+        assert sum("actors.cli actor" in n for n in names) == 8
         c = next(c for c in clips("en") if c.name.startswith("en_jfk"))
         pcm, rate = c.pcm16()
         result = await stream_pcm(run.ws, pcm, rate, pace=2.0)
