@@ -1,7 +1,7 @@
 """Load shedding for new microphone sessions: refusing one is better than every session falling behind.
 
 Three limits, cheapest first: a fixed count per token and per edge (where an operator sets one); the STT pool's
-measured capacity — each STT replica announces in its heartbeat how busy its final lane was over the last 30 s
+measured capacity — each STT replica announces in its heartbeat how busy its final lane was over the last 10 s
 and what one session costs it (actors/stt/load.py), and a new session is admitted only while one more session at
 that cost, on top of the pool's busy or of what this edge's live sessions cost (whichever is more), stays under
 `admit_final_busy` per replica; and, as the last resort once finals already queue, the pool's backlog. A resume is
