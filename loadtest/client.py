@@ -89,8 +89,11 @@ async def stream_pcm(
     translate_partials: bool = False,
     configure: list[tuple[float, dict[str, Any]]] | None = None,
     start_fields: dict[str, Any] | None = None,
+    channels: int = 1,
 ) -> SessionRun:
     """Stream `pcm` at `pace` × real time, send stop, collect results until `done` and close.
+
+    `channels` > 1: `pcm` holds that many channels interleaved, sent as one multichannel session.
 
     `configure`: (stream second, message) pairs sent as `{"type": "configure", ...}` mid-stream;
     `start_fields`: more of the `start` message (`vocabulary`, `endpoint_ms`, ...).
@@ -98,11 +101,13 @@ async def stream_pcm(
     import base64
 
     run = SessionRun(pace=pace)
-    width = 2 if encoding == "pcm_s16le" else 4
+    width = (2 if encoding == "pcm_s16le" else 4) * channels  # bytes per frame of every channel
     step = int(sample_rate * chunk_ms / 1000) * width
     start: dict[str, Any] = {"type": "start", "sample_rate": sample_rate, "encoding": encoding, "language": language}
     if session_id:
         start["session_id"] = session_id
+    if channels > 1:
+        start["channels"] = channels
     if targets:
         start["targets"] = targets
         start["translate_partials"] = translate_partials

@@ -95,6 +95,27 @@ def build(n_speakers: int, turn_s: tuple[float, float], seconds: float, seed: in
     return Conversation(pcm, tuple(turns), tuple(sorted({tr.speaker for tr in turns})))
 
 
+def interleave(*tracks: bytes) -> bytes:
+    """int16 mono tracks -> one stream of them interleaved (track i is channel i), each padded with silence to the
+    longest: what a multichannel recorder writes."""
+    arrays = [np.frombuffer(t, "<i2") for t in tracks]
+    out = np.zeros((max(len(a) for a in arrays), len(arrays)), "<i2")
+    for i, a in enumerate(arrays):
+        out[:len(a), i] = a
+    return out.tobytes()
+
+
+def call_tracks(conv: Conversation) -> list[bytes]:
+    """`conv` as a call recording: one track per speaker (in `conv.speakers` order) holding their turns, silent
+    while the others talk."""
+    x = np.frombuffer(conv.pcm, "<i2")
+    tracks = [np.zeros_like(x) for _ in conv.speakers]
+    for t in conv.turns:
+        a, b = int(t.start * RATE), int(t.end * RATE)
+        tracks[conv.speakers.index(t.speaker)][a:b] = x[a:b]
+    return [t.tobytes() for t in tracks]
+
+
 def reference_at(conv: Conversation, start: float, end: float) -> str | None:
     """The reference speaker whose turn overlaps [start, end] most (None: in a pause)."""
     best, who = 0.0, None

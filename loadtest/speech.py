@@ -64,8 +64,9 @@ def clips(language: str | None = None) -> list[Clip]:
 
 
 def encode_audio(samples: np.ndarray, rate: int, fmt: str, codec: str, bitrate: int | None = None,
-                 target: str | io.BytesIO | None = None, **options: str) -> bytes:
-    """Compress int16 mono `samples` with PyAV into container `fmt` (as a radio encoder or a phone would).
+                 target: str | io.BytesIO | None = None, channels: int = 1, **options: str) -> bytes:
+    """Compress int16 mono `samples` (or stereo: `channels` 2, interleaved) with PyAV into container `fmt` (as a
+    radio encoder or a phone would).
 
     Written to `target` (a path) when given, else returned as bytes.
     """
@@ -76,8 +77,9 @@ def encode_audio(samples: np.ndarray, rate: int, fmt: str, codec: str, bitrate: 
         stream = out.add_stream(codec, rate=48000 if codec == "libopus" else rate)
         if bitrate:
             stream.bit_rate = bitrate
-        stream.layout = "mono"  # type: ignore[union-attr]
-        frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
+        layout = "stereo" if channels == 2 else "mono"
+        stream.layout = layout  # type: ignore[union-attr]
+        frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout=layout)
         frame.sample_rate = rate
         for packet in [*stream.encode(frame), *stream.encode(None)]:  # type: ignore[union-attr]
             out.mux(packet)

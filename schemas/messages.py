@@ -248,6 +248,9 @@ class ClientResult(_Msg, frozen=True):
     # SPEAKERS result follows when they do).
     speaker: str = ""
     speakers_late: bool = False
+    # Multichannel sessions: the audio channel (0-based) this result is of. Each channel runs as its own stream
+    # through the pipeline; the edge sets this when it merges them (fan-out never does).
+    channel: int = 0
 
 
 class SessionRecord(_Msg, frozen=True):

@@ -45,26 +45,39 @@ def _opus_head(channels: int = 1) -> bytes:
     return b"OpusHead" + struct.pack("<BBHIhB", 1, channels, 0, 48000, 0, 0)
 
 
-class _Pcm16k:
-    """Frames of any rate/layout/format → s16le mono 16 kHz bytes."""
+# FFmpeg's layout for a channel count (interleaved WAV samples are handed to the resampler as these).
+LAYOUTS = {1: "mono", 2: "stereo", 3: "2.1", 4: "quad", 5: "5.0", 6: "5.1", 7: "6.1", 8: "7.1"}
 
-    def __init__(self) -> None:
-        self.resampler = av.AudioResampler(format="s16", layout="mono", rate=RATE)
+
+class _Pcm16k:
+    """Frames of any rate/layout/format → s16le 16 kHz bytes: mono (the channels mixed down), or, for a
+    multichannel session (`channels` > 1), exactly that many channels interleaved in the stream's own order."""
+
+    def __init__(self, channels: int = 1) -> None:
+        self.channels = channels
+        self.resampler: av.AudioResampler | None = None
+        if channels == 1:
+            self.resampler = av.AudioResampler(format="s16", layout="mono", rate=RATE)
 
     def frames(self, frames: list[av.AudioFrame]) -> bytes:
         out = bytearray()
         for frame in frames:
+            if self.resampler is None:  # multichannel: the stream's layout kept, once it is known to fit
+                found = len(frame.layout.channels)
+                if found != self.channels:
+                    raise AudioFormatError(f"the audio has {found} channel(s), the session said {self.channels}")
+                self.resampler = av.AudioResampler(format="s16", layout=frame.layout, rate=RATE)
             for f in self.resampler.resample(frame):
                 out += f.to_ndarray().reshape(-1).astype("<i2", copy=False).tobytes()
         return bytes(out)
 
-    def samples(self, samples: np.ndarray, rate: int) -> bytes:
-        """int16 mono samples at `rate`."""
+    def samples(self, samples: np.ndarray, rate: int, channels: int = 1) -> bytes:
+        """int16 samples at `rate`, `channels` interleaved."""
         if len(samples) == 0:
             return b""
-        if rate == RATE:
+        if rate == RATE and channels == self.channels:
             return samples.astype("<i2", copy=False).tobytes()
-        frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
+        frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout=LAYOUTS[channels])
         frame.sample_rate = rate
         return self.frames([frame])
 
@@ -72,15 +85,17 @@ class _Pcm16k:
 class _Opus:
     """Opus packets → PCM, through FFmpeg's decoder."""
 
-    def __init__(self, head: bytes) -> None:
+    def __init__(self, head: bytes, channels: int = 1) -> None:
         if len(head) < 19 or not head.startswith(b"OpusHead"):
             raise AudioFormatError("not an Opus stream (no OpusHead)")
-        channels = head[9]
-        if not 1 <= channels <= 8:
-            raise AudioFormatError(f"Opus stream with {channels} channels")
+        found = head[9]
+        if not 1 <= found <= 8:
+            raise AudioFormatError(f"Opus stream with {found} channels")
+        if channels > 1 and channels != found:
+            raise AudioFormatError(f"the Opus stream has {found} channel(s), the session said {channels}")
         self.ctx = av.CodecContext.create("opus", "r")
         self.ctx.extradata = bytes(head)
-        self.pcm = _Pcm16k()  # (FFmpeg's decoder drops the OpusHead's pre-skip itself)
+        self.pcm = _Pcm16k(channels)  # (FFmpeg's decoder drops the OpusHead's pre-skip itself)
         self.bad = 0
 
     def packet(self, data: bytes) -> bytes:
@@ -99,9 +114,11 @@ class _Opus:
 
 
 class StreamDecoder:
-    """feed(bytes) → PCM (s16le mono 16 kHz) decoded so far; never holds more than its bounds."""
+    """feed(bytes) → PCM (s16le 16 kHz: mono, or `channels` interleaved) decoded so far; never holds more than its
+    bounds."""
 
     name = ""
+    channels = 1  # > 1: a multichannel session's, which keeps them (and refuses audio with another count)
 
     def feed(self, data: bytes) -> bytes:
         raise NotImplementedError
@@ -124,7 +141,8 @@ class OggOpusDecoder(StreamDecoder):
 
     name = "ogg_opus"
 
-    def __init__(self) -> None:
+    def __init__(self, channels: int = 1) -> None:
+        self.channels = channels
         self.buf = bytearray()
         self.serial: int | None = None
         self.packet = bytearray()  # a packet continued across pages
@@ -171,7 +189,7 @@ class OggOpusDecoder(StreamDecoder):
         if self.opus is None:
             if not data.startswith(b"OpusHead"):
                 raise AudioFormatError("the Ogg stream is not Opus (ogg_opus needs an OpusHead first)")
-            self.opus = _Opus(data)
+            self.opus = _Opus(data, self.channels)
             return b""
         if self.headers == 0:  # OpusTags
             self.headers = 1
@@ -212,7 +230,8 @@ class WebmOpusDecoder(StreamDecoder):
 
     name = "webm_opus"
 
-    def __init__(self) -> None:
+    def __init__(self, channels: int = 1) -> None:
+        self.channels = channels
         self.buf = bytearray()
         self.skip = 0  # bytes of an uninteresting element still to skip
         self.started = False
@@ -273,7 +292,7 @@ class WebmOpusDecoder(StreamDecoder):
             return
         if entry.get(_CODEC_ID, b"").rstrip(b"\0") == b"A_OPUS":
             self.track = int.from_bytes(entry[_TRACK_NUMBER], "big")
-            self.opus = _Opus(entry.get(_CODEC_PRIVATE) or _opus_head(1))
+            self.opus = _Opus(entry.get(_CODEC_PRIVATE) or _opus_head(1), self.channels)
 
     def _element(self, eid: int, payload: bytes) -> bytes:
         if eid in (_TRACK_NUMBER, _CODEC_ID, _CODEC_PRIVATE, _TRACK_TYPE):
@@ -311,12 +330,13 @@ class WavDecoder(StreamDecoder):
 
     name = "wav"
 
-    def __init__(self) -> None:
+    def __init__(self, channels: int = 1) -> None:
+        self.channels = channels
         self.buf = bytearray()
         self.fmt: tuple[int, int, int, int] | None = None  # (format tag, channels, rate, bits)
         self.data_left: int | None = None
         self.skip = 0
-        self.pcm = _Pcm16k()
+        self.pcm = _Pcm16k(channels)
 
     def feed(self, data: bytes) -> bytes:
         self.buf += data
@@ -344,8 +364,10 @@ class WavDecoder(StreamDecoder):
             ints = (b[:, 2].astype(np.int8).astype(np.int16) << 8) | b[:, 1]
         else:
             ints = (np.frombuffer(raw, "<i4") >> 16).astype(np.int16)
-        ints = mixdown(ints, channels)
-        return self.pcm.samples(np.ascontiguousarray(ints, dtype=np.int16), rate)
+        if self.channels == 1:
+            ints = mixdown(ints, channels)
+            channels = 1
+        return self.pcm.samples(np.ascontiguousarray(ints, dtype=np.int16), rate, channels)
 
     def _header(self) -> bool:
         if len(self.buf) < 12:
@@ -370,6 +392,11 @@ class WavDecoder(StreamDecoder):
                 if (tag, bits) not in {(1, 8), (1, 16), (1, 24), (1, 32), (3, 32), (3, 64)} or not channels \
                         or not 8000 <= rate <= 192000:
                     raise AudioFormatError(f"unsupported WAV format (tag {tag}, {bits} bits, {rate} Hz)")
+                if self.channels > 1 and channels != self.channels:
+                    raise AudioFormatError(f"the WAV file has {channels} channel(s), the session said "
+                                           f"{self.channels}")
+                if channels > len(LAYOUTS) and self.channels > 1:
+                    raise AudioFormatError(f"WAV with {channels} channels")
                 self.fmt = (tag, channels, rate, bits)
             pos += 8 + size + (size & 1)
         return False
@@ -380,7 +407,8 @@ class SniffingDecoder(StreamDecoder):
 
     name = "file"
 
-    def __init__(self) -> None:
+    def __init__(self, channels: int = 1) -> None:
+        self.channels = channels
         self.inner: StreamDecoder | None = None
         self.head = bytearray()
 
@@ -391,28 +419,30 @@ class SniffingDecoder(StreamDecoder):
                 return b""
             magic = bytes(self.head[:4])
             if magic == b"RIFF":
-                self.inner = WavDecoder()
+                self.inner = WavDecoder(self.channels)
             elif magic == b"OggS":
-                self.inner = OggOpusDecoder()
+                self.inner = OggOpusDecoder(self.channels)
             elif magic == b"\x1a\x45\xdf\xa3":
-                self.inner = WebmOpusDecoder()
+                self.inner = WebmOpusDecoder(self.channels)
             else:
                 raise UnsupportedAudio("audio files must be WAV, Ogg Opus or WebM Opus")
             data, self.head = bytes(self.head), bytearray()
         return self.inner.feed(data)
 
 
-def decoder_for(encoding: str) -> StreamDecoder:
-    """The decoder of a compressed encoding name (`COMPRESSED`, `mulaw`, `file`)."""
+def decoder_for(encoding: str, channels: int = 1) -> StreamDecoder:
+    """The decoder of a compressed encoding name (`COMPRESSED`, `mulaw`, `file`); `channels` > 1: a multichannel
+    session's, whose output keeps that many channels interleaved (µ-law samples are expanded one by one, so
+    interleaved stays interleaved; raw Opus packets are one channel's)."""
     match encoding:
         case "ogg_opus":
-            return OggOpusDecoder()
+            return OggOpusDecoder(channels)
         case "webm_opus":
-            return WebmOpusDecoder()
+            return WebmOpusDecoder(channels)
         case "opus":
             return RawOpusDecoder()
         case "mulaw":
             return MulawDecoder()
         case "file":
-            return SniffingDecoder()
+            return SniffingDecoder(channels)
     raise ValueError(encoding)

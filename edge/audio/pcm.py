@@ -37,11 +37,19 @@ def mixdown(samples: np.ndarray, channels: int) -> np.ndarray:
     return mixed
 
 
-class PcmDecoder:
-    """Bytes in `encoding` with `channels` interleaved → int16 little-endian mono; keeps a partial sample."""
+def split_channels(data: bytes, width: int, channels: int) -> list[bytes]:
+    """Interleaved frames (`channels` samples of `width` bytes each, whole frames only) -> one byte string per
+    channel, the samples as they were: multichannel sessions run a pipeline per channel."""
+    frames = np.frombuffer(data, np.uint8).reshape(-1, channels, width)
+    return [frames[:, c, :].tobytes() for c in range(channels)]
 
-    def __init__(self, encoding: str, channels: int) -> None:
-        self.encoding, self.channels = encoding, channels
+
+class PcmDecoder:
+    """Bytes in `encoding` with `channels` interleaved → int16 little-endian mono (`keep`: the channels kept,
+    interleaved, for a multichannel session); keeps a partial sample."""
+
+    def __init__(self, encoding: str, channels: int, keep: bool = False) -> None:
+        self.encoding, self.channels, self.keep = encoding, channels, keep
         self.frame = _WIDTH[encoding] * channels
         self._rest = b""
         self.samples = 0  # per channel, so far
@@ -59,6 +67,7 @@ class PcmDecoder:
             pcm = (np.frombuffer(raw, "<i4") >> 16).astype(np.int16)
         else:
             pcm = _TABLES[self.encoding][np.frombuffer(raw, np.uint8)]
-        pcm = mixdown(pcm, self.channels)
-        self.samples += len(pcm)
+        if not self.keep:
+            pcm = mixdown(pcm, self.channels)
+        self.samples += len(pcm) // (self.channels if self.keep else 1)
         return pcm.astype("<i2").tobytes()

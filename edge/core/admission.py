@@ -32,9 +32,11 @@ class Admission:
         self.pools = pools.load()  # a new session is shed on the backlog of the pool its language goes to
         self._backlog: dict[str, tuple[float, int]] = {}
         self._loads: tuple[float, list[dict[str, str]]] = (-BEATS_TTL_S, [])
-        self._admitted: dict[str, dict[str, float]] = {}  # pool → session → when admitted (until registered)
+        # pool → session → (when admitted, its channels), until registered
+        self._admitted: dict[str, dict[str, tuple[float, int]]] = {}
 
-    async def admit(self, token: str = "", language: str = "auto", session_id: str = "") -> None:
+    async def admit(self, token: str = "", language: str = "auto", session_id: str = "", channels: int = 1) -> None:
+        """`channels`: a multichannel session runs that many pipelines, and costs that many sessions' capacity."""
         per_token = self.cfg.max_sessions_per_token
         if token and per_token and self.registry.per_token(token) >= per_token:
             raise ProtocolError(ErrorCode.TOO_MANY_SESSIONS, f"this API token already has {per_token} sessions "
@@ -42,13 +44,13 @@ class Admission:
         if self.cfg.max_sessions and len(self.registry.sessions) >= self.cfg.max_sessions:
             raise ProtocolError(ErrorCode.OVERLOADED, f"this server is at its limit of {self.cfg.max_sessions} "
                                 "sessions; try again shortly")
-        await self.within_capacity(language, session_id)
+        await self.within_capacity(language, session_id, channels)
         backlog = await self.stt_backlog(language)
         if self.cfg.shed_backlog and backlog > self.cfg.shed_backlog:
             raise ProtocolError(ErrorCode.OVERLOADED, f"speech recognition is {backlog} utterances behind; try "
                                 "again shortly")
 
-    async def within_capacity(self, language: str = "auto", session_id: str = "") -> None:
+    async def within_capacity(self, language: str = "auto", session_id: str = "", channels: int = 1) -> None:
         """Refuses a session the pool's measured capacity cannot hold: one more session at the measured cost, on
         top of the larger of the pool's busy (every edge's sessions, once they speak) and what this edge's live
         sessions cost (a burst of starts shows no busy until they speak). With no cost measured yet (a fresh
@@ -64,24 +66,26 @@ class Admission:
         costs = [c for i in loads if (c := _number(i, "session_cost")) > 0]
         cost = sum(costs) / len(costs) if costs else 0.0
         live = self._live(pool)
-        projected = max(busy, cost * len(live)) + cost
+        projected = max(busy, cost * sum(live.values())) + cost * channels
         if projected > limit * len(loads):
             log.info("refused a %s session: pool %s projected %.2f busy (measured %.2f, %d live here at %.3f each) "
                      "over %.2f", language, pool, projected, busy, len(live), cost, limit * len(loads))
             raise ProtocolError(ErrorCode.OVERLOADED, "speech recognition for this language is at its measured "
                                 f"capacity ({busy / len(loads):.0%} busy); try again shortly")
         if session_id:
-            self._admitted.setdefault(pool, {})[session_id] = time.monotonic()
+            self._admitted.setdefault(pool, {})[session_id] = (time.monotonic(), channels)
 
-    def _live(self, pool: str) -> set[str]:
-        """This edge's sessions on `pool`: registered, or admitted moments ago and registering now."""
+    def _live(self, pool: str) -> dict[str, int]:
+        """This edge's sessions on `pool` and the pipelines each runs: registered, or admitted moments ago and
+        registering now."""
         now = time.monotonic()
         admitted = self._admitted.setdefault(pool, {})
-        for sid in [sid for sid, at in admitted.items() if at < now - REGISTERING_S or sid in self.registry.sessions]:
+        for sid in [sid for sid, (at, _) in admitted.items()
+                    if at < now - REGISTERING_S or sid in self.registry.sessions]:
             del admitted[sid]  # registered now (the registry counts it while it lives), or never registered
-        live = {sid for sid, s in self.registry.sessions.items()
+        live = {sid: s.channels for sid, s in self.registry.sessions.items()
                 if self.pools.route(s.language or "auto").name == pool}
-        return live | set(admitted)
+        return {**{sid: n for sid, (_, n) in admitted.items()}, **live}
 
     async def _stt_loads(self) -> list[dict[str, str]]:
         """What each ready STT replica announced about its load (cached BEATS_TTL_S; none if NATS cannot say)."""

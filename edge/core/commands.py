@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from edge.audio.pcm import MAX_CHANNELS
 from edge.core.errors import ErrorCode, ProtocolError
 from schemas import ENDPOINT_MS_RANGE, MAX_SPEAKERS_RANGE, MAX_UTTERANCE_S_RANGE, NO_ENDPOINT, Encoding
 from schemas.languages import WHISPER_LANGUAGES
@@ -42,6 +43,10 @@ class Start:
     # `max_speakers` 0 = the diarizer's default.
     diarize: bool = False
     max_speakers: int = 0
+    # Multichannel (native `channels`, Deepgram `multichannel=true&channels=N`, Speechmatics channel diarization):
+    # N > 1 runs one pipeline per channel and tags every result with its channel (check_channels). Raw audio then
+    # comes interleaved, N samples per frame; 1 mixes whatever the client sends down to one channel.
+    channels: int = 1
 
     @property
     def wire_encoding(self) -> str:
@@ -138,6 +143,14 @@ def check_diarization(diarize: Any, max_speakers: Any, code: ErrorCode) -> tuple
     return diarize, max_speakers
 
 
+def check_channels(channels: Any, code: ErrorCode) -> int:
+    """A multichannel session's channel count, 1-MAX_CHANNELS: every API's comes through here."""
+    if isinstance(channels, bool) or not isinstance(channels, int) or not 1 <= channels <= MAX_CHANNELS:
+        raise ProtocolError(code, f"channels must be an integer 1-{MAX_CHANNELS} (the audio's interleaved channels, "
+                            "each transcribed on its own)")
+    return channels
+
+
 def check_endpointing(endpoint_ms: int, max_utterance_s: float, code: ErrorCode) -> None:
     """Refuses endpointing outside the documented bounds (schemas.ENDPOINT_MS_RANGE, MAX_UTTERANCE_S_RANGE); 0 is
     the server's default. Transports convert their API's units and report `code` in their own shape."""
@@ -149,11 +162,13 @@ def check_endpointing(endpoint_ms: int, max_utterance_s: float, code: ErrorCode)
         raise ProtocolError(code, f"max_utterance_s must be {lo_s:g}-{hi_s:g} (seconds)")
 
 
-def check_audio(data: bytes, encoding: Encoding, max_frame: int) -> None:
+def check_audio(data: bytes, encoding: Encoding, max_frame: int, channels: int = 1) -> None:
+    """Raw PCM frames hold whole samples: of every channel, for interleaved multichannel audio."""
     if len(data) > max_frame:
         raise ProtocolError(ErrorCode.FRAME_TOO_LARGE, f"audio frame of {len(data)} bytes exceeds {max_frame}")
-    width = encoding.sample_width
+    width = encoding.sample_width * channels
     if len(data) % width:
+        what = f"{channels} interleaved channels of {encoding.value}" if channels > 1 else encoding.value
         raise ProtocolError(
-            ErrorCode.INVALID_FRAME, f"{encoding.value} frames must be a multiple of {width} bytes, got {len(data)}"
+            ErrorCode.INVALID_FRAME, f"{what} frames must be a multiple of {width} bytes, got {len(data)}"
         )

@@ -24,6 +24,7 @@ class ErrorCode(enum.StrEnum):
     UNSUPPORTED_ENCODING = "unsupported_encoding"
     UNSUPPORTED_SAMPLE_RATE = "unsupported_sample_rate"
     UNSUPPORTED_LANGUAGE = "unsupported_language"
+    UNSUPPORTED_CHANNELS = "unsupported_channels"  # `channels` not an integer 1-8, or it cannot go with the rest
     INVALID_SESSION_ID = "invalid_session_id"
     INVALID_TARGETS = "invalid_targets"
     INVALID_VOCABULARY = "invalid_vocabulary"  # too many or too long terms, or not a list of strings
@@ -58,6 +59,7 @@ CLOSE_FOR: dict[ErrorCode, Close | None] = {
     ErrorCode.UNSUPPORTED_ENCODING: Close.UNSUPPORTED_DATA,
     ErrorCode.UNSUPPORTED_SAMPLE_RATE: Close.UNSUPPORTED_DATA,
     ErrorCode.UNSUPPORTED_LANGUAGE: Close.UNSUPPORTED_DATA,
+    ErrorCode.UNSUPPORTED_CHANNELS: Close.UNSUPPORTED_DATA,
     ErrorCode.INVALID_SESSION_ID: Close.POLICY,
     ErrorCode.INVALID_TARGETS: Close.POLICY,
     ErrorCode.INVALID_VOCABULARY: Close.POLICY,

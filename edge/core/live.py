@@ -5,6 +5,12 @@ Every streaming API (Tolk's, Deepgram's, Speechmatics') drives one of these from
 `next_result()` in order, each once. Audio goes to JetStream; this session's results arrive on core NATS from
 fan-out. The session knows nothing of the wire: what the client must be told goes through `kill`, which the
 transport renders.
+
+A multichannel session (`start.channels` > 1) is one session to the client and N streams to the pipeline: each
+`Lane` is one channel's stream, `<session>=c<i>` (a name no client can pick), with its own segmenter state, STT
+prompt, translation, fan-out order and results subscription; the interleaved audio is split here and the lanes'
+results are merged into the one queue, each tagged with its channel. A one-channel session has one lane under its
+own id, so nothing downstream changes for it.
 """
 
 from __future__ import annotations
@@ -21,9 +27,11 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+import msgspec
 from nats.aio.subscription import Subscription
 
 from edge.audio.decoders import AudioFormatError, StreamDecoder, UnsupportedAudio, decoder_for
+from edge.audio.pcm import split_channels
 from edge.core import replay
 from edge.core.commands import Configure, Start, check_audio
 from edge.core.errors import Close, ErrorCode, ProtocolError
@@ -55,6 +63,27 @@ class Started:
 Tell = Callable[[ProtocolError], Awaitable[None]]
 
 
+def lane_stream(session_id: str, channel: int) -> str:
+    """The pipeline's stream of one channel of a multichannel session (`=` is outside clients' session ids)."""
+    return f"{session_id}=c{channel}"
+
+
+@dataclass
+class Lane:
+    """One channel's stream through the pipeline: its own chunk numbering, results subscription, seq order and
+    END."""
+
+    channel: int
+    stream: str  # the pipeline's session id: the session's own with one channel, else lane_stream()
+    chunk_seq: int = 0
+    published: int = 0  # bytes of PCM handed to the pipeline
+    last_seq: int = 0  # highest seq handed out: results never repeat or go back
+    ended: bool = False  # its END was published (the client closed this channel, or the whole session)
+    done: bool = False  # its END came back: every result of this channel is out
+    decoder: StreamDecoder | None = None  # per-channel compressed audio (Speechmatics' AddChannelAudio of files)
+    sub: Subscription | None = None
+
+
 class LiveSession:
     def __init__(self, services: Services, token: str, tell: Tell, resumable: bool = True) -> None:
         self.services = services
@@ -65,14 +94,12 @@ class LiveSession:
         self.phase = Phase.AWAIT_START
         self.start: Start | None = None
         self.session_id = ""
-        self.chunk_seq = 0
-        self.published = 0  # bytes of PCM handed to the pipeline
+        self.lanes: list[Lane] = []  # one per channel (begin)
         self.targets: tuple[str, ...] = ()
         self.translate_partials = False
         self.results: asyncio.Queue[ClientResult] = asyncio.Queue(maxsize=self.limits.result_queue)
         self.done = asyncio.Event()
         self.epoch = 0
-        self.last_seq = 0  # highest seq handed out: results never repeat or go back
         self.resume_key = ""
         self.created_at = 0.0  # the session's, kept in KV: a resume does not restart the length limit
         self.closing: tuple[int, bytes] = (Close.NORMAL, b"done")  # how the connection closes after the END
@@ -83,11 +110,20 @@ class LiveSession:
         self.detach = False
         self.superseded = False
         self.decoder: StreamDecoder | None = None  # compressed audio (start.codec): decoded here, per connection
-        self._sub: Subscription | None = None
 
     @property
     def language(self) -> str | None:
         return self.start.language if self.start is not None else None
+
+    @property
+    def channels(self) -> int:
+        """Pipelines this session runs (what admission counts it as)."""
+        return self.start.channels if self.start is not None else 1
+
+    @property
+    def published(self) -> int:
+        """Bytes of PCM handed to the pipeline, per channel (the furthest channel's)."""
+        return max((lane.published for lane in self.lanes), default=0)
 
     async def kill(self, err: ProtocolError) -> None:
         if err.code is ErrorCode.SHUTTING_DOWN:
@@ -109,12 +145,18 @@ class LiveSession:
         if not resuming:
             # A target no translator serves is refused now, not held and sent back untranslated with every final.
             await s.translations.check(start.language, start.targets)
-            await s.admission.admit(self.token, start.language, sid)
+            await s.admission.admit(self.token, start.language, sid, start.channels)
+        elif start.channels > 1:  # a multichannel session is not resumable: its connection was its life
+            raise ProtocolError(ErrorCode.UNSUPPORTED_CHANNELS, "multichannel sessions cannot be resumed; start a "
+                                "new one")
         # Claimed before anything of this connection is set: a refused start leaves the session untouched.
         epoch = await self._attach(sid, start)
         self.start, self.session_id, self.epoch = start, sid, epoch
-        self.decoder = decoder_for(start.codec) if start.codec else None
-        self.chunk_seq = epoch << 32
+        self.decoder = decoder_for(start.codec, start.channels) if start.codec else None
+        self.lanes = [Lane(0, sid, chunk_seq=epoch << 32)] if start.channels == 1 else \
+            [Lane(c, lane_stream(sid, c), chunk_seq=epoch << 32) for c in range(start.channels)]
+        if start.channels > 1:
+            self.resumable = False
         if isinstance(current, LiveSession):  # the old connection is half-dead (the client came back): retire it
             current.superseded = True
             await current.kill(ProtocolError(ErrorCode.SESSION_RESUMED, "this session was resumed on a new "
@@ -122,7 +164,9 @@ class LiveSession:
         s.registry.register(self)
         self._holding = [] if resuming else None
         # Subscribe before any audio is published (or anything replayed), so no result can be missed.
-        self._sub = await s.pipeline.results(sid, self._on_result, pending=self.limits.result_queue * 4)
+        for lane in self.lanes:
+            lane.sub = await s.pipeline.results(lane.stream, self._receiver(lane),
+                                                pending=self.limits.result_queue * 4)
         self.targets, self.translate_partials = start.targets, start.translate_partials
         await self.announce()  # before any audio: the translator must know the targets by the first final
         self.phase = Phase.STREAMING
@@ -173,7 +217,7 @@ class LiveSession:
         """Replayed results first, then what arrived live meanwhile. `next_result` drops any seq at or below the
         last one handed out, so a live result that was also replayed, or is older, never goes out twice or
         backwards."""
-        self.last_seq = after_seq
+        self.lanes[0].last_seq = after_seq
         held, self._holding = self._holding or [], None
         for r in [*missed, *held]:
             await self.results.put(r)
@@ -186,30 +230,67 @@ class LiveSession:
         if self.phase is Phase.AWAIT_START or self.start is None:
             raise ProtocolError(ErrorCode.AUDIO_BEFORE_START, 'send {"type":"start"} before audio')
         if self.decoder is None:
-            check_audio(data, self.start.encoding, self.limits.max_frame_bytes)
+            check_audio(data, self.start.encoding, self.limits.max_frame_bytes, self.start.channels)
         elif len(data) > self.limits.max_frame_bytes:
             raise ProtocolError(ErrorCode.FRAME_TOO_LARGE, f"audio frame of {len(data)} bytes exceeds "
                                 f"{self.limits.max_frame_bytes}")
         if self.phase is not Phase.STREAMING or not data:
             return  # audio after stop is ignored: the stream is already being flushed
+        width = self.start.encoding.sample_width
         if self.decoder is not None:
-            try:  # a large frame (minutes of Opus) decodes off the event loop, so other sessions do not wait
-                data = await asyncio.to_thread(self.decoder.feed, data) if len(data) > 16384 \
-                    else self.decoder.feed(data)
-            except UnsupportedAudio as exc:
-                raise ProtocolError(ErrorCode.UNSUPPORTED_ENCODING, str(exc)) from None
-            except AudioFormatError as exc:
-                raise ProtocolError(ErrorCode.INVALID_AUDIO, f"{self.start.wire_encoding}: {exc}") from None
-            except Exception as exc:  # whatever a damaged stream makes the parser or FFmpeg raise: this session's
-                raise ProtocolError(ErrorCode.INVALID_AUDIO, f"{self.start.wire_encoding}: undecodable audio "
-                                    f"({exc.__class__.__name__})") from None
+            data = await self._decode(self.decoder, data)
+            width = 2  # decoders hand out s16le
             if not data:
                 return
+        if not await self._within_limit():
+            return
+        if len(self.lanes) == 1:
+            await self._publish(self.lanes[0], data, end=False)
+            return
+        for lane, part in zip(self.lanes, split_channels(data, width, len(self.lanes)), strict=True):
+            if not lane.ended:
+                await self._publish(lane, part, end=False)
+
+    async def push_channel(self, channel: int, data: bytes) -> None:
+        """One channel's audio on its own (Speechmatics' AddChannelAudio): that channel's samples only, in the
+        session's encoding (or its own stream of the session's compressed kind, decoded here)."""
+        if self.phase is Phase.AWAIT_START or self.start is None:
+            raise ProtocolError(ErrorCode.AUDIO_BEFORE_START, 'send {"type":"start"} before audio')
+        lane = self.lanes[channel]
+        if not self.start.codec:
+            check_audio(data, self.start.encoding, self.limits.max_frame_bytes)
+        elif len(data) > self.limits.max_frame_bytes:
+            raise ProtocolError(ErrorCode.FRAME_TOO_LARGE, f"audio frame of {len(data)} bytes exceeds "
+                                f"{self.limits.max_frame_bytes}")
+        if self.phase is not Phase.STREAMING or lane.ended or not data:
+            return
+        if self.start.codec:
+            if lane.decoder is None:
+                lane.decoder = decoder_for(self.start.codec)
+            data = await self._decode(lane.decoder, data)
+            if not data:
+                return
+        if await self._within_limit():
+            await self._publish(lane, data, end=False)
+
+    async def _decode(self, decoder: StreamDecoder, data: bytes) -> bytes:
+        assert self.start is not None
+        try:  # a large frame (minutes of Opus) decodes off the event loop, so other sessions do not wait
+            return await asyncio.to_thread(decoder.feed, data) if len(data) > 16384 else decoder.feed(data)
+        except UnsupportedAudio as exc:
+            raise ProtocolError(ErrorCode.UNSUPPORTED_ENCODING, str(exc)) from None
+        except AudioFormatError as exc:
+            raise ProtocolError(ErrorCode.INVALID_AUDIO, f"{self.start.wire_encoding}: {exc}") from None
+        except Exception as exc:  # whatever a damaged stream makes the parser or FFmpeg raise: this session's
+            raise ProtocolError(ErrorCode.INVALID_AUDIO, f"{self.start.wire_encoding}: undecodable audio "
+                                f"({exc.__class__.__name__})") from None
+
+    async def _within_limit(self) -> bool:
         limit = self.limits.max_session_s
         if limit and time.time() - self.created_at > limit:
             await self._too_long(limit)
-            return
-        await self._publish(data, end=False)
+            return False
+        return True
 
     async def _too_long(self, limit: float) -> None:
         """Like `stop`, said first: what was spoken so far still arrives, then the END and a 1008 close."""
@@ -223,8 +304,19 @@ class LiveSession:
         if self.phase is not Phase.STREAMING:
             return
         self.phase = Phase.DRAINING
-        await self._publish(b"", end=True)
+        for lane in self.lanes:
+            if not lane.ended:
+                await self._publish(lane, b"", end=True)
         await self._record("draining")
+
+    async def stop_channel(self, channel: int) -> None:
+        """The end of one channel's audio (Speechmatics' EndOfChannel): it is flushed; the session drains once
+        every channel has ended."""
+        if self.phase is not Phase.STREAMING or self.lanes[channel].ended:
+            return
+        await self._publish(self.lanes[channel], b"", end=True)
+        if all(lane.ended for lane in self.lanes):
+            await self.stop()
 
     async def flush(self) -> None:
         """The open utterance ends now, mid-speech if need be, and its final (endpoint `flush`, empty when nothing
@@ -233,7 +325,9 @@ class LiveSession:
             raise ProtocolError(ErrorCode.INVALID_START, 'send {"type":"start"} before flush')
         if self.phase is not Phase.STREAMING:
             return  # after stop: everything is being flushed already
-        await self._publish(b"", end=False, flush=True)
+        for lane in self.lanes:
+            if not lane.ended:
+                await self._publish(lane, b"", end=False, flush=True)
 
     async def configure(self, c: Configure, confirm: Callable[[Configure], Awaitable[None]]) -> None:
         """Takes effect from the next utterance (one already being transcribed keeps its settings). `confirm` gets
@@ -259,7 +353,8 @@ class LiveSession:
                 self.start.max_speakers if c.max_speakers is None else c.max_speakers) if diarize else 0)
         targets = self.targets if c.targets is None else c.targets
         partials = self.translate_partials if c.translate_partials is None else c.translate_partials
-        await self.services.listeners.put(self.session_id, "owner", targets, partials)
+        for lane in self.lanes:
+            await self.services.listeners.put(lane.stream, "owner", targets, partials)
         await confirm(Configure(targets, self.start.language, partials, self.start.endpoint_ms,
                                 self.start.max_utterance_s, self.start.vocabulary, self.start.diarize,
                                 self.start.max_speakers))
@@ -267,13 +362,15 @@ class LiveSession:
 
     async def announce(self) -> None:
         """(Re)writes this client's listener record: what the translator translates this stream into."""
-        await self.services.listeners.put(self.session_id, "owner", self.targets, self.translate_partials)
+        for lane in self.lanes:
+            await self.services.listeners.put(lane.stream, "owner", self.targets, self.translate_partials)
 
-    async def _publish(self, data: bytes, end: bool, flush: bool = False) -> None:
+    async def _publish(self, lane: Lane, data: bytes, end: bool, flush: bool = False) -> None:
         assert self.start is not None
-        self.chunk_seq += 1
-        self.published += len(data)
-        await self.services.pipeline.publish(self.session_id, self.chunk_seq, data, sample_rate=self.start.sample_rate,
+        lane.chunk_seq += 1
+        lane.published += len(data)
+        lane.ended = lane.ended or end
+        await self.services.pipeline.publish(lane.stream, lane.chunk_seq, data, sample_rate=self.start.sample_rate,
                                              encoding=self.start.encoding, language=self.start.language, end=end,
                                              flush=flush, endpoint_ms=self.start.endpoint_ms,
                                              max_utterance_s=self.start.max_utterance_s,
@@ -292,6 +389,16 @@ class LiveSession:
             return False
 
     # ------------------------------------------------------------------ results
+    def _receiver(self, lane: Lane) -> Callable[[ClientResult], Awaitable[None]]:
+        """A lane's results as the client knows them: under the session's id, tagged with their channel."""
+        if len(self.lanes) == 1:
+            return self._on_result
+
+        async def deliver(result: ClientResult) -> None:
+            await self._on_result(msgspec.structs.replace(result, session_id=self.session_id, channel=lane.channel))
+
+        return deliver
+
     async def _on_result(self, result: ClientResult) -> None:
         if self._holding is not None:
             self._holding.append(result)
@@ -309,13 +416,22 @@ class LiveSession:
                 if self.start is not None and self.start.diarize:
                     return result
                 continue
-            if result.seq <= self.last_seq:
+            lane = self.lanes[result.channel] if result.channel < len(self.lanes) else self.lanes[0]
+            if result.seq <= lane.last_seq:
                 continue
-            self.last_seq = result.seq
+            lane.last_seq = result.seq
             if result.kind is ResultKind.END:
+                lane.done = True
+                if not all(x.done for x in self.lanes):
+                    continue  # the session ends with its last channel
                 self.done.set()
                 self.phase = Phase.CLOSED
             return result
+
+    @property
+    def last_seq(self) -> int:
+        """The highest seq handed out (one channel's; a multichannel session's results number per channel)."""
+        return self.lanes[0].last_seq if self.lanes else 0
 
     def wanted(self, result: ClientResult) -> tuple[str, ...]:
         """The translations this client gets with `result`."""
@@ -335,13 +451,17 @@ class LiveSession:
                     s.detached.end_later(self.session_id, self.epoch, self.start)
             else:  # an error ended it, or resuming is off: tell the pipeline now so it frees the session
                 with contextlib.suppress(Exception):
-                    await self._publish(b"", end=True)
+                    for lane in self.lanes:
+                        if not lane.ended or len(self.lanes) == 1:
+                            await self._publish(lane, b"", end=True)
         self.phase = Phase.CLOSED
-        if self._sub is not None:
-            with contextlib.suppress(Exception):
-                await self._sub.unsubscribe()
+        for lane in self.lanes:
+            if lane.sub is not None:
+                with contextlib.suppress(Exception):
+                    await lane.sub.unsubscribe()
         if self.session_id and not self.superseded:
             s.registry.unregister(self)
             if not detach:
                 await self._record("closed")
-                await s.listeners.remove(self.session_id, "owner")
+                for lane in self.lanes:
+                    await s.listeners.remove(lane.stream, "owner")

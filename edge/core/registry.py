@@ -31,6 +31,11 @@ class Session(Connection, Protocol):
     @property
     def language(self) -> str | None: ...
 
+    @property
+    def channels(self) -> int:
+        """Pipelines it runs: one per audio channel of a multichannel session."""
+        ...
+
 
 class Listener(Connection, Protocol):
     channel: ChannelRecord | None

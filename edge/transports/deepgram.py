@@ -11,6 +11,7 @@ that fetches client-given URLs is an SSRF hazard).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import json
 import logging
@@ -78,6 +79,10 @@ class Options:
     endpoint_ms: int = 0  # `endpointing` (0: the server's; NO_ENDPOINT: `false`)
     vocabulary: tuple[str, ...] = ()  # `keyterm` and `keywords` (their `:boost` dropped: Whisper has no weights)
     diarize: bool = False  # `diarize=true`: words[].speaker (0-based) and speaker_confidence
+    # `multichannel=true`: each of `channels` transcribed on its own, every result with its `channel_index` [i, N]
+    # (else the channels are mixed down to one, as Deepgram does without it).
+    multichannel: bool = False
+    channels_given: bool = False  # `channels` was in the query (containerised audio: else read from the container)
 
     @classmethod
     def parse(cls, q: Any) -> Options:
@@ -97,8 +102,6 @@ class Options:
 
         if q.get("callback"):
             raise _bad("callback is not supported by this server: it makes no outbound requests; read the response")
-        if flag("multichannel"):
-            raise _bad("multichannel is not supported: channels are mixed down to one")
         language = q.get("language", "en")
         if flag("detect_language") or language == "multi":
             language = "auto"
@@ -116,11 +119,13 @@ class Options:
                        "sample_rate is required with encoding")
         if not 1 <= channels <= MAX_CHANNELS:
             raise _bad(f"channels must be 1-{MAX_CHANNELS}")
+        multichannel = flag("multichannel")
         end_ms = number("utterance_end_ms", 0)
         if end_ms < 0:
             raise _bad("utterance_end_ms must be positive")
         return cls(language, encoding, rate, channels, flag("interim_results"), end_ms, q.get("model", ""),
-                   _endpointing(q.get("endpointing")), _vocabulary(q), flag("diarize"))
+                   _endpointing(q.get("endpointing")), _vocabulary(q), flag("diarize"), multichannel,
+                   "channels" in q)
 
 
 def _vocabulary(q: Any) -> tuple[str, ...]:
@@ -194,36 +199,46 @@ class DeepgramSession(SocketSession):
         self.opts = opts
         self.request_id = str(uuid.uuid4())
         self.created = _now_iso()
-        self.pcm: PcmDecoder | None = None  # raw audio (`encoding`): mixed down here
+        self.pcm: PcmDecoder | None = None  # raw audio (`encoding`): mixed down here (or kept: multichannel)
         self.sample_rate = opts.sample_rate
-        # utterance_end_ms: the last final's last word (stream seconds, utterance id) while its UtteranceEnd waits,
-        # and when that final arrived (monotonic).
-        self.word_end: tuple[float, int] | None = None
-        self.word_end_at = 0.0
+        # utterance_end_ms, per channel: the last final's last word (stream seconds, utterance id) while its
+        # UtteranceEnd waits, and when that final arrived (monotonic).
+        self.word_end: dict[int, tuple[float, int]] = {}
+        self.word_end_at: dict[int, float] = {}
 
     async def opened(self) -> None:
         # Raw audio and Opus: the session starts now; no `encoding`: at the first frame (a WAV, Ogg Opus or WebM
         # Opus stream, which the session's decoder sniffs from its first bytes).
         if self.opts.encoding in COMPRESSED:
-            await self._open(COMPRESSED[self.opts.encoding])
+            await self._open(COMPRESSED[self.opts.encoding], self.channels)
         elif self.opts.encoding is not None:
-            self.pcm = PcmDecoder(self.opts.encoding, self.opts.channels)
+            self.pcm = PcmDecoder(self.opts.encoding, self.opts.channels, keep=self.opts.multichannel)
             await self.begin(Start(sample_rate=self.opts.sample_rate, encoding=Encoding.PCM_S16LE,
                                    language=self.opts.language, session_id=None, endpoint_ms=self.opts.endpoint_ms,
-                                   vocabulary=self.opts.vocabulary, diarize=self.opts.diarize))
+                                   vocabulary=self.opts.vocabulary, diarize=self.opts.diarize,
+                                   channels=self.channels))
 
-    async def _open(self, codec: str) -> None:
+    @property
+    def channels(self) -> int:
+        """Pipelines: the audio's channels with multichannel=true, else one (mixed down)."""
+        return self.opts.channels if self.opts.multichannel else 1
+
+    async def _open(self, codec: str, channels: int) -> None:
         self.sample_rate = 16000
         await self.begin(Start(sample_rate=16000, encoding=Encoding.PCM_S16LE, language=self.opts.language,
                                session_id=None, codec=codec, endpoint_ms=self.opts.endpoint_ms,
-                               vocabulary=self.opts.vocabulary, diarize=self.opts.diarize))
+                               vocabulary=self.opts.vocabulary, diarize=self.opts.diarize, channels=channels))
 
     async def on_binary(self, data: bytes) -> None:
         if not data:  # Deepgram's older way of saying CloseStream
             await self._close_stream()
             return
         if self.phase is Phase.AWAIT_START:
-            await self._open("file")
+            channels = self.channels
+            if self.opts.multichannel and not self.opts.channels_given:  # as many as the container says
+                channels = container_channels(data) or 1
+                self.opts = dataclasses.replace(self.opts, channels=channels)
+            await self._open("file", channels)
         if self.pcm is None:
             await self.live.push(data)
         else:
@@ -279,17 +294,20 @@ class DeepgramSession(SocketSession):
             await self._utterance_end(lag=0.0)  # the stream ended: nothing can follow the last word any more
             await self._metadata()
             return
-        if self.word_end is not None and result.text.strip() and result.utterance_id != self.word_end[1]:
+        channel = result.channel
+        word_end = self.word_end.get(channel)
+        if word_end is not None and result.text.strip() and result.utterance_id != word_end[1]:
             # Speech resumed: the earlier words get their UtteranceEnd only if the gap before it was long enough.
-            if (result.speech_start or result.start) >= self.word_end[0] + self.opts.utterance_end_ms / 1000:
-                await self._send_utterance_end()
-            self.word_end = None
+            if (result.speech_start or result.start) >= word_end[0] + self.opts.utterance_end_ms / 1000:
+                await self._send_utterance_end(channel)
+            self.word_end.pop(channel, None)
         final = result.kind is ResultKind.FINAL
         if not final and not self.opts.interim_results:
             return
         words = [word_dict(w) for w in result.words]
         out: dict[str, Any] = {
-            "type": "Results", "channel_index": [0, 1], "duration": round(max(result.end - result.start, 0.0), 3),
+            "type": "Results", "channel_index": [channel, self.channels],
+            "duration": round(max(result.end - result.start, 0.0), 3),
             "start": result.start, "is_final": final,
             "speech_final": final and result.endpoint in (Endpoint.SILENCE, Endpoint.STOP),
             "channel": {"alternatives": [_alternative(result.text, words)]},
@@ -300,33 +318,47 @@ class DeepgramSession(SocketSession):
             out["from_finalize"] = True
         await self.ws.send_json(out)
         if final and result.text.strip() and self.opts.utterance_end_ms:
-            self.word_end = (result.words[-1].end if result.words else result.end, result.utterance_id)
-            self.word_end_at = time.monotonic()
+            self.word_end[channel] = (result.words[-1].end if result.words else result.end, result.utterance_id)
+            self.word_end_at[channel] = time.monotonic()
             await self._utterance_end()
 
     async def _utterance_end(self, lag: float = UTTERANCE_END_LAG_S) -> None:
         """UtteranceEnd once utterance_end_ms of audio after the last final word has arrived, and `lag` more, and
         `lag` has passed since that final: the time the first result of speech that resumed in the gap takes to
-        get here (it decides instead, by where that speech starts). Checked as audio, KeepAlive and results come."""
-        if self.word_end is None or not self.sample_rate:
+        get here (it decides instead, by where that speech starts). Checked as audio, KeepAlive and results come;
+        each channel on its own."""
+        if not self.word_end or not self.sample_rate:
             return
         received = self.live.published / 2 / self.sample_rate
-        if received >= self.word_end[0] + self.opts.utterance_end_ms / 1000 + lag \
-                and time.monotonic() - self.word_end_at >= lag:
-            await self._send_utterance_end()
+        for channel, (end, _) in list(self.word_end.items()):
+            if received >= end + self.opts.utterance_end_ms / 1000 + lag \
+                    and time.monotonic() - self.word_end_at[channel] >= lag:
+                await self._send_utterance_end(channel)
 
-    async def _send_utterance_end(self) -> None:
-        assert self.word_end is not None
-        await self.ws.send_json({"type": "UtteranceEnd", "channel": [0, 1], "last_word_end": self.word_end[0]})
-        self.word_end = None
+    async def _send_utterance_end(self, channel: int) -> None:
+        end, _ = self.word_end.pop(channel)
+        await self.ws.send_json({"type": "UtteranceEnd", "channel": [channel, self.channels], "last_word_end": end})
 
     async def _metadata(self) -> None:
         seconds = self.live.published / 2 / self.sample_rate if self.sample_rate else 0.0
         await self.ws.send_json({
             "type": "Metadata", "transaction_key": "deprecated", "request_id": self.request_id, "sha256": "",
-            "created": self.created, "duration": round(seconds, 3), "channels": self.opts.channels,
+            "created": self.created, "duration": round(seconds, 3), "channels": self.channels if
+            self.opts.multichannel else self.opts.channels,
             "models": [MODEL_UUID], "model_info": {MODEL_UUID: _model_info(self.services, self.opts.language)},
         })
+
+
+def container_channels(head: bytes) -> int | None:
+    """The channel count a WAV's fmt chunk or an Ogg Opus stream's OpusHead declares in the first bytes of a file,
+    where they are (a multichannel stream without `channels`: Deepgram reads it from the container)."""
+    if head[:4] == b"RIFF" and head[8:16] == b"WAVEfmt " and len(head) >= 24:
+        return int.from_bytes(head[22:24], "little") or None
+    if head[:4] == b"OggS" and len(head) >= 27:
+        at = 27 + head[26]
+        if head[at:at + 8] == b"OpusHead" and len(head) > at + 9:
+            return head[at + 9] or None
+    return None
 
 
 def live(services: Services) -> socket.Handler:
@@ -348,6 +380,9 @@ _STATUS = {400: (400, "Bad Request"), 401: (401, "INVALID_AUTH"), 413: (413, "PA
 async def prerecorded(services: Services, request: web.Request) -> web.StreamResponse:
     """`POST /v1/listen` with the audio as the body: the whole transcript in Deepgram's response shape."""
     opts = Options.parse(request.query)
+    if opts.multichannel:
+        raise _bad("multichannel is supported on the live WebSocket (wss://…/v1/listen?multichannel=true); "
+                   "pre-recorded audio is transcribed as one channel: leave multichannel out to have it mixed down")
     if request.content_type == "application/json":
         body = await request.content.read(65536)
         with contextlib.suppress(ValueError):

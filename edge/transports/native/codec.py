@@ -23,6 +23,7 @@ from edge.core.commands import (
     Stop,
     Subscribe,
     check_audio,
+    check_channels,
     check_diarization,
     check_endpointing,
     parse_language,
@@ -113,8 +114,12 @@ def parse_start(obj: dict[str, Any]) -> Start:
     vocabulary = parse_vocabulary(obj.get("vocabulary", []), ErrorCode.INVALID_VOCABULARY)
     diarize, max_speakers = check_diarization(obj.get("diarize", False), obj.get("max_speakers"),
                                               ErrorCode.INVALID_DIARIZATION)
+    channels = check_channels(obj.get("channels", 1), ErrorCode.UNSUPPORTED_CHANNELS)
+    if channels > 1 and resume is not None:
+        raise ProtocolError(ErrorCode.UNSUPPORTED_CHANNELS, "multichannel sessions cannot be resumed; start a new one")
     return Start(rate, encoding, language, sid, targets, partials, resume, token if resume is not None else "",
-                 codec, endpoint_ms or 0, max_s or 0.0, vocabulary, diarize=diarize, max_speakers=max_speakers)
+                 codec, endpoint_ms or 0, max_s or 0.0, vocabulary, diarize=diarize, max_speakers=max_speakers,
+                 channels=channels)
 
 
 def parse_endpointing(obj: dict[str, Any], code: ErrorCode) -> tuple[int | None, float | None]:
@@ -139,6 +144,9 @@ def parse_subscribe(obj: dict[str, Any]) -> Subscribe:
     if "diarize" in obj or "max_speakers" in obj:
         raise ProtocolError(ErrorCode.INVALID_DIARIZATION, "a channel's listeners get its captions as they are: "
                             "speaker labels are asked for by whoever streams the audio (start's diarize)")
+    if "channels" in obj:
+        raise ProtocolError(ErrorCode.INVALID_SUBSCRIBE, "a listener sends no audio: \"channels\" belongs in the "
+                            "start of a session that streams multichannel audio")
     channel = obj.get("channel")
     if not isinstance(channel, str) or not re.match(r"^[a-z0-9_-]{1,32}$", channel):
         raise ProtocolError(code, '"channel" must be a channel name (see GET /v1/channels)')
@@ -192,8 +200,10 @@ def decode_base64(data: Any, max_frame: int) -> bytes:
     return raw
 
 
-def render_result(r: ClientResult, now: float | None = None, targets: tuple[str, ...] = ()) -> dict[str, Any]:
-    """`targets`: what this listener asked for; other listeners' languages are not sent to it."""
+def render_result(r: ClientResult, now: float | None = None, targets: tuple[str, ...] = (),
+                  multichannel: bool = False) -> dict[str, Any]:
+    """`targets`: what this listener asked for; other listeners' languages are not sent to it. `multichannel`:
+    the result and each of its words say their audio channel."""
     if r.kind is ResultKind.END:
         return {"type": "done", "session_id": r.session_id}
     latency = ((now or time.time()) - r.speech_end_wall) * 1000 if r.speech_end_wall else None
@@ -207,12 +217,14 @@ def render_result(r: ClientResult, now: float | None = None, targets: tuple[str,
         "language": r.language,
         "start": r.start,
         "end": r.end,
-        "words": [_word(w, r.speaker != "" or r.speakers_late) for w in r.words],
+        "words": [_word(w, r.speaker != "" or r.speakers_late, r.channel if multichannel else None) for w in r.words],
         "latency_ms": round(latency, 1) if latency is not None else None,
         "speech_start": r.speech_start,
     }
     if r.kind is ResultKind.FINAL:
         out["endpoint"] = r.endpoint.value
+    if multichannel:
+        out["channel"] = r.channel
     if r.speaker or r.speakers_late:  # diarized finals (and SPEAKERS corrections): who said it
         out["speaker"] = r.speaker or None
         if r.speakers_late:
@@ -231,8 +243,10 @@ def render_result(r: ClientResult, now: float | None = None, targets: tuple[str,
     return out
 
 
-def _word(w: Word, diarized: bool) -> dict[str, Any]:
+def _word(w: Word, diarized: bool, channel: int | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {"word": w.word, "start": w.start, "end": w.end, "probability": w.probability}
+    if channel is not None:
+        out["channel"] = channel
     if diarized:
         out["speaker"] = w.speaker or None
         out["speaker_confidence"] = w.speaker_confidence

@@ -87,8 +87,9 @@ class NativeSession(SocketSession):
             "translate_partials": s.translate_partials, "resume_token": s.resume_token,
             **endpointing(s.start.endpoint_ms, s.start.max_utterance_s), "vocabulary": list(s.start.vocabulary),
             **({"diarize": True, "max_speakers": s.start.max_speakers or None} if s.start.diarize else {}),
+            **({"channels": s.start.channels} if s.start.channels > 1 else {}),
             **({"resumed": True, "replayed": s.replayed} if s.resumed else {}),
         })
 
     async def send_result(self, result: ClientResult, targets: tuple[str, ...]) -> None:
-        await self.ws.send_json(render_result(result, targets=targets))
+        await self.ws.send_json(render_result(result, targets=targets, multichannel=self.live.channels > 1))

@@ -78,6 +78,10 @@ class AgentSession(SpeechmaticsSession):
             if model is not None and not isinstance(model, str):
                 raise SpeechmaticsError("invalid_model", "model must be a string")
             self.emit_sentences = sentences
+            if config.get("diarization") in ("channel", "channel_and_speaker") \
+                    or "channel_diarization_labels" in config:
+                raise SpeechmaticsError("invalid_config", "the voice-agent endpoint has speaker diarization only, not "
+                                        "channel diarization (as Speechmatics' Agent STT): use /v2 for channels")
         return super()._parse_start(msg)
 
     # ------------------------------------------------------------------ server messages

@@ -11,6 +11,8 @@ accepted and ignored, and what is refused.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import json
 import logging
@@ -21,7 +23,14 @@ from typing import Any
 from aiohttp import web
 
 from edge.audio.pcm import MAX_RATE, MIN_RATE
-from edge.core.commands import Start, check_diarization, parse_language, parse_targets, parse_vocabulary
+from edge.core.commands import (
+    Start,
+    check_channels,
+    check_diarization,
+    parse_language,
+    parse_targets,
+    parse_vocabulary,
+)
 from edge.core.errors import ErrorCode, ProtocolError
 from edge.core.live import Phase, Started
 from edge.core.services import Services
@@ -55,6 +64,7 @@ FROM_TOLK: dict[ErrorCode, str] = {
     ErrorCode.INVALID_TARGETS: "invalid_config",
     ErrorCode.INVALID_CONFIGURE: "invalid_config",
     ErrorCode.INVALID_DIARIZATION: "invalid_config",
+    ErrorCode.UNSUPPORTED_CHANNELS: "invalid_config",
     ErrorCode.SESSION_IN_USE: "protocol_error",
     ErrorCode.AUDIO_BEFORE_START: "protocol_error",
     ErrorCode.OVERLOADED: "quota_exceeded",
@@ -108,6 +118,11 @@ class SpeechmaticsSession(SocketSession):
         self.warned: set[str] = set()  # translation targets already reported as unsupported
         self.no_targets = False  # a translation_config without target_languages: warned after RecognitionStarted
         self.unserved: dict[str, str] = {}  # target → why no translator serves it: warned after RecognitionStarted
+        # Channel diarization: the labels of `channel_diarization_labels`, channel i's at i (each channel its own
+        # pipeline: edge/core/live.py); `channel_speakers`: mode `channel`, where the label is each word's speaker.
+        self.labels: tuple[str, ...] = ()
+        self.channel_speakers = False
+        self.channel_seq: dict[str, int] = {}  # AddChannelAudio messages received, per channel
 
     # ------------------------------------------------------------------ errors
     def translate(self, err: ProtocolError) -> ProtocolError:
@@ -152,14 +167,56 @@ class SpeechmaticsSession(SocketSession):
             if self.phase is Phase.AWAIT_START:
                 raise SpeechmaticsError("protocol_error", "ForceEndOfUtterance before StartRecognition")
             await self.live.flush()
-        elif kind in ("AddAudio", "AddChannelAudio", "EndOfChannel"):
-            raise SpeechmaticsError("invalid_message", f"{kind}: send audio as binary messages (one channel)")
+        elif kind == "AddChannelAudio":
+            await self._channel_audio(msg)
+        elif kind == "EndOfChannel":
+            channel = self._channel(msg, kind)
+            last = msg.get("last_seq_no")
+            if isinstance(last, bool) or not isinstance(last, int) or last < 0:
+                raise SpeechmaticsError("invalid_message", "EndOfChannel needs last_seq_no (an integer >= 0)")
+            await self.live.stop_channel(channel)
+        elif kind == "AddAudio":
+            raise SpeechmaticsError("invalid_message", "AddAudio: send audio as binary messages")
         else:
             raise SpeechmaticsError("invalid_message", f"unknown message {kind!r}")
+
+    def _channel(self, msg: dict[str, Any], kind: str) -> int:
+        """The channel a channel message names (its index in channel_diarization_labels)."""
+        if not self.labels:
+            raise SpeechmaticsError("invalid_message", f"{kind} needs channel diarization: StartRecognition with "
+                                    "diarization \"channel\" and channel_diarization_labels")
+        if self.phase is Phase.AWAIT_START:
+            raise SpeechmaticsError("protocol_error", f"{kind} before StartRecognition")
+        label = msg.get("channel")
+        if label not in self.labels:
+            raise SpeechmaticsError("invalid_message", f"{kind}: channel {str(label)[:64]!r} is not one of "
+                                    f"channel_diarization_labels {list(self.labels)}")
+        return self.labels.index(label)
+
+    async def _channel_audio(self, msg: dict[str, Any]) -> None:
+        """AddChannelAudio: base64 audio of one channel, acknowledged per channel with ChannelAudioAdded."""
+        channel = self._channel(msg, "AddChannelAudio")
+        data = msg.get("data")
+        limit = self.limits.max_frame_bytes
+        if not isinstance(data, str):
+            raise ProtocolError(ErrorCode.INVALID_BASE64, "AddChannelAudio needs data (base64 audio)")
+        if len(data) > limit * 4 // 3 + 4:
+            raise ProtocolError(ErrorCode.FRAME_TOO_LARGE, f"AddChannelAudio data larger than {limit} bytes")
+        try:
+            audio = base64.b64decode(data, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise ProtocolError(ErrorCode.INVALID_BASE64, f"AddChannelAudio data: malformed base64: {exc}") from None
+        await self.live.push_channel(channel, audio)
+        label = self.labels[channel]
+        self.channel_seq[label] = self.channel_seq.get(label, 0) + 1
+        await self.ws.send_json({"message": "ChannelAudioAdded", "channel": label, "seq_no": self.channel_seq[label]})
 
     async def on_binary(self, data: bytes) -> None:
         if self.phase is Phase.AWAIT_START:
             raise SpeechmaticsError("protocol_error", "AddAudio before StartRecognition")
+        if self.labels:
+            raise SpeechmaticsError("protocol_error", "this session has channel diarization: send each channel's "
+                                    "audio as AddChannelAudio with its label")
         await self.live.push(data)
         self.seq_no += 1
         await self.ws.send_json({"message": "AudioAdded", "seq_no": self.seq_no})
@@ -208,9 +265,11 @@ class SpeechmaticsSession(SocketSession):
         self.eou_trigger = _silence_trigger(config.get("conversation_config"))
         # The pipeline gets PCM: a file decoded to 16 kHz s16le, mulaw expanded to s16le at the client's rate.
         diarize, max_speakers = _diarization(config)
+        self.labels = _channel_labels(config)
+        self.channel_speakers = bool(self.labels) and not diarize
         return Start(rate, encoding, language, None, targets, translate_partials, codec=codec,
                      endpoint_ms=round(self.eou_trigger * 1000), vocabulary=_vocabulary(config.get("additional_vocab")),
-                     diarize=diarize, max_speakers=max_speakers)
+                     diarize=diarize, max_speakers=max_speakers, channels=max(1, len(self.labels)))
 
     async def _served(self, start: Start) -> Start:
         """Targets no translator serves are dropped now and each gets Speechmatics' `unsupported_translation_pair`
@@ -237,6 +296,7 @@ class SpeechmaticsSession(SocketSession):
             "message": "RecognitionStarted", "id": started.session_id, "orchestrator_version": "tolk",
             "language_pack_info": {"adapted": False, "itn": False, "language_description": started.start.language,
                                    "word_delimiter": " ", "writing_direction": "left-to-right"},
+            **({"channels": list(self.labels)} if self.labels else {}),
         })
         for target, why in self.unserved.items():
             self.warned.add(target)
@@ -252,15 +312,19 @@ class SpeechmaticsSession(SocketSession):
         if result.kind is ResultKind.SPEAKERS:
             return  # Speechmatics has no message that relabels words already sent
         final = result.kind is ResultKind.FINAL
-        results = _results(result)
+        label = self.labels[result.channel] if self.labels else None
+        # Channel diarization: for a call, the channel is the speaker (channel_and_speaker: the voices in it).
+        speaker = label if self.channel_speakers else None
+        results = _results(result, label, speaker)
         span = _span(result, results)
         if final or self.enable_partials:
-            await self.ws.send_json(render_transcript(result, results, span))
+            await self.ws.send_json(render_transcript(result, results, span, label))
         # ForceEndOfUtterance is answered as Speechmatics does; so is a final the silence trigger ended.
         eou = result.endpoint is Endpoint.FLUSH or (self.eou_trigger > 0 and result.endpoint is Endpoint.SILENCE)
         if final and eou:
             await self.ws.send_json({"message": "EndOfUtterance", "format": FORMAT,
-                                     "metadata": {"start_time": span[0], "end_time": span[1]}})
+                                     "metadata": {"start_time": span[0], "end_time": span[1]},
+                                     **({"channel": label} if label is not None else {})})
         for target in targets:
             error = result.translation_errors.get(target)
             if error and target not in self.warned:
@@ -268,23 +332,51 @@ class SpeechmaticsSession(SocketSession):
                 await self.ws.send_json({"message": "Warning", "type": "unsupported_translation_pair",
                                          "reason": f"{result.language}->{target}: {error}"})
             if target in result.translations:
-                await self.ws.send_json(render_translation(result, target, result.translations[target], span))
+                await self.ws.send_json(render_translation(result, target, result.translations[target], span, label,
+                                                           speaker))
+
+
+MODES = ("none", "speaker", "channel", "channel_and_speaker")
+MAX_LABEL = 64
 
 
 def _diarization(config: dict[str, Any]) -> tuple[bool, int]:
-    """`diarization: "speaker"` (or "none") and `speaker_diarization_config.max_speakers`; Speechmatics' channel
-    diarization (one speaker per audio channel) is not served."""
+    """`diarization` and `speaker_diarization_config.max_speakers`: speaker labels for "speaker" and
+    "channel_and_speaker" (there, numbered within each channel, as Speechmatics does)."""
     mode = config.get("diarization", "none")
-    if mode not in ("none", "speaker"):
-        raise SpeechmaticsError("invalid_config", f"diarization {mode!r}: use \"speaker\" or \"none\" (channel "
-                                "diarization is not supported: send one channel)")
+    if mode not in MODES:
+        raise SpeechmaticsError("invalid_config", f"diarization {str(mode)[:64]!r}: use one of {', '.join(MODES)}")
     sd = config.get("speaker_diarization_config", {})
     if not isinstance(sd, dict):
         raise SpeechmaticsError("invalid_config", "speaker_diarization_config must be an object")
     try:
-        return check_diarization(mode == "speaker", sd.get("max_speakers"), ErrorCode.INVALID_DIARIZATION)
+        return check_diarization(mode in ("speaker", "channel_and_speaker"), sd.get("max_speakers"),
+                                 ErrorCode.INVALID_DIARIZATION)
     except ProtocolError as err:
         raise SpeechmaticsError("invalid_config", f"speaker_diarization_config: {err.message}") from None
+
+
+def _channel_labels(config: dict[str, Any]) -> tuple[str, ...]:
+    """Channel diarization (`diarization` "channel" or "channel_and_speaker"): `channel_diarization_labels`, one
+    unique label per audio channel, each channel sent with AddChannelAudio; () without it."""
+    channel_mode = config.get("diarization") in ("channel", "channel_and_speaker")
+    labels = config.get("channel_diarization_labels")
+    if not channel_mode:
+        if labels is not None:
+            raise SpeechmaticsError("invalid_config", "channel_diarization_labels needs diarization \"channel\" or "
+                                    "\"channel_and_speaker\"")
+        return ()
+    if not isinstance(labels, list) or not labels or not all(isinstance(x, str) and 0 < len(x) <= MAX_LABEL
+                                                              for x in labels):
+        raise SpeechmaticsError("invalid_config", f"channel diarization needs channel_diarization_labels: a list of "
+                                f"labels (1-{MAX_LABEL} characters), one per channel")
+    if len(set(labels)) != len(labels):
+        raise SpeechmaticsError("invalid_config", "channel_diarization_labels must be unique")
+    try:
+        check_channels(len(labels), ErrorCode.UNSUPPORTED_CHANNELS)
+    except ProtocolError as err:
+        raise SpeechmaticsError("invalid_config", f"channel_diarization_labels: {err.message}") from None
+    return tuple(labels)
 
 
 def _vocabulary(vocab: Any) -> tuple[str, ...]:
@@ -317,16 +409,18 @@ def _silence_trigger(conversation: Any) -> float:
     return float(trigger)
 
 
-def _results(r: ClientResult) -> list[dict[str, Any]]:
-    """Speechmatics' results: words with their timings and confidence, punctuation as its own entries."""
-    words = [(w.word, w.start, w.end, w.probability, w.speaker or SPEAKER) for w in r.words]
+def _results(r: ClientResult, channel: str | None = None, speaker: str | None = None) -> list[dict[str, Any]]:
+    """Speechmatics' results: words with their timings and confidence, punctuation as its own entries; with
+    channel diarization each says its `channel` label, and `speaker` (mode "channel") is every word's speaker."""
+    words = [(w.word, w.start, w.end, w.probability, speaker or w.speaker or SPEAKER) for w in r.words]
     if not words and r.text.strip():  # partials carry no word timings: spread the words over the utterance
         tokens = r.text.split()
         t0, t1 = r.speech_start or r.start, r.end
         step = (t1 - t0) / len(tokens)
-        words = [(tok, t0 + i * step, t0 + (i + 1) * step, 1.0, SPEAKER) for i, tok in enumerate(tokens)]
+        words = [(tok, t0 + i * step, t0 + (i + 1) * step, 1.0, speaker or SPEAKER) for i, tok in enumerate(tokens)]
+    where = {"channel": channel} if channel is not None else {}
     out: list[dict[str, Any]] = []
-    for word, start, end, probability, speaker in words:
+    for word, start, end, probability, who in words:
         token = word.strip()
         if not token:
             continue
@@ -334,13 +428,13 @@ def _results(r: ClientResult) -> list[dict[str, Any]]:
         core, punct = (m.group(1), m.group(2)) if m else (token, "")
         start, end = round(start, 3), round(end, 3)
         if core:
-            out.append({"type": "word", "start_time": start, "end_time": end, "alternatives": [
+            out.append({"type": "word", "start_time": start, "end_time": end, **where, "alternatives": [
                 {"content": core, "confidence": round(float(probability), 3), "language": r.language,
-                 "speaker": speaker}]})
+                 "speaker": who}]})
         for mark in punct[:1]:
-            out.append({"type": "punctuation", "start_time": end, "end_time": end, "attaches_to": "previous",
+            out.append({"type": "punctuation", "start_time": end, "end_time": end, "attaches_to": "previous", **where,
                         "is_eos": mark in ".?!。？！", "alternatives": [
-                            {"content": punct, "confidence": 1.0, "language": r.language, "speaker": speaker}]})
+                            {"content": punct, "confidence": 1.0, "language": r.language, "speaker": who}]})
     return out
 
 
@@ -350,18 +444,21 @@ def _span(r: ClientResult, results: list[dict[str, Any]]) -> tuple[float, float]
     return round(r.speech_start or r.start, 3), round(r.end, 3)
 
 
-def render_transcript(r: ClientResult, results: list[dict[str, Any]], span: tuple[float, float]) -> dict[str, Any]:
+def render_transcript(r: ClientResult, results: list[dict[str, Any]], span: tuple[float, float],
+                      channel: str | None = None) -> dict[str, Any]:
     start, end = span
     return {"message": "AddTranscript" if r.kind is ResultKind.FINAL else "AddPartialTranscript", "format": FORMAT,
+            **({"channel": channel} if channel is not None else {}),
             "metadata": {"start_time": start, "end_time": end, "transcript": r.text.strip()}, "results": results}
 
 
-def render_translation(r: ClientResult, language: str, text: str, span: tuple[float, float]) -> dict[str, Any]:
+def render_translation(r: ClientResult, language: str, text: str, span: tuple[float, float],
+                       channel: str | None = None, speaker: str | None = None) -> dict[str, Any]:
     start, end = span
     return {"message": "AddTranslation" if r.kind is ResultKind.FINAL else "AddPartialTranslation",
-            "format": FORMAT, "language": language,
-            "results": [{"content": text, "start_time": start, "end_time": end, "speaker": r.speaker or SPEAKER}]
-            if text.strip() else []}
+            "format": FORMAT, "language": language, **({"channel": channel} if channel is not None else {}),
+            "results": [{"content": text, "start_time": start, "end_time": end,
+                         "speaker": speaker or r.speaker or SPEAKER}] if text.strip() else []}
 
 
 def routes(services: Services) -> list[web.RouteDef]:

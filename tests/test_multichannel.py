@@ -1,0 +1,260 @@
+"""Multichannel audio (issue #34): one pipeline per channel, every result tagged with its channel, on Tolk's own
+protocol, Deepgram's (`multichannel=true`, the real `deepgram-sdk`) and Speechmatics' (channel diarization, the
+real `speechmatics-rt` multichannel client), against the shared `tolk up` with real models and real speech: two
+different people's clips, one on each channel, speaking over each other."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+from typing import Any
+
+import aiohttp
+import numpy as np
+import pytest
+
+from loadtest.client import SessionRun, stream_pcm
+from loadtest.conversation import interleave
+from loadtest.speech import Clip, clips, encode_audio
+from loadtest.vendors import deepgram_client, stream_deepgram
+from loadtest.wer import corpus_wer
+from tests.conftest import Running
+
+pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.e2e]
+
+WER_BOUND = 0.15
+RATE = 16000
+
+
+def clip(prefix: str) -> Clip:
+    return next(c for c in clips("en") if c.name.startswith(prefix))
+
+
+LEFT, RIGHT = clip("en_jfk"), clip("en_stereo_left_libri")  # two different people
+
+
+def stereo(delay_s: float = 1.0) -> bytes:
+    """JFK on the left; the LibriSpeech reader on the right from `delay_s` in, over him; 1.5 s of quiet after."""
+    left, _ = LEFT.pcm16()
+    right, _ = RIGHT.pcm16()
+    tail = bytes(int(1.5 * RATE) * 2)
+    return interleave(left + tail, bytes(int(delay_s * RATE) * 2) + right + tail)
+
+
+def by_channel(run: SessionRun) -> dict[int, str]:
+    out: dict[int, list[str]] = {}
+    for r in run.finals:
+        if r["text"]:
+            out.setdefault(r["channel"], []).append(r["text"])
+    return {c: " ".join(t) for c, t in out.items()}
+
+
+def check_channels_text(texts: dict[Any, str], left: Any, right: Any) -> None:
+    assert set(texts) == {left, right}, texts
+    for key, c in ((left, LEFT), (right, RIGHT)):
+        wer = corpus_wer([(c.reference, texts[key])])
+        assert wer <= WER_BOUND, (key, wer, texts[key])
+
+
+async def test_native_stereo_pcm_one_pipeline_per_channel(tolk: Running) -> None:
+    """Interleaved s16 stereo: each channel's finals read its own clip (none of the other's words), partials,
+    finals and words say their channel, and the session ends with one `done`."""
+    run = await stream_pcm(tolk.ws, stereo(), RATE, pace=1.5, channels=2, timeout=120)
+    assert not run.errors and run.done, run.errors
+    assert run.started["channels"] == 2
+    check_channels_text(by_channel(run), 0, 1)
+    assert {r["channel"] for r in run.partials} == {0, 1}, "partials come from both channels"
+    for r in run.results:
+        assert all(w["channel"] == r["channel"] for w in r["words"]), r
+    for channel in (0, 1):  # each channel's results in its own seq order
+        seqs = [r["seq"] for r in run.results if r["channel"] == channel]
+        assert seqs == sorted(seqs) and len(seqs) == len(set(seqs))
+
+
+async def test_native_stereo_ogg_opus(tolk: Running) -> None:
+    """A stereo Ogg Opus stream (a recorder's), decoded at the edge with its channels kept."""
+    samples = np.frombuffer(stereo(), "<i2")
+    ogg = encode_audio(samples, RATE, "ogg", "libopus", bitrate=48000, channels=2)
+    run = SessionRun()
+    async with aiohttp.ClientSession() as http, http.ws_connect(tolk.ws) as ws:
+        await ws.send_json({"type": "start", "encoding": "ogg_opus", "language": "en", "channels": 2})
+        assert (await ws.receive_json(timeout=30))["type"] == "started"
+        for i in range(0, len(ogg), 4000):
+            await ws.send_bytes(ogg[i:i + 4000])
+            await asyncio.sleep(0.05)
+        await ws.send_json({"type": "stop"})
+        async for msg in ws:
+            data = json.loads(msg.data)
+            if data["type"] == "done":
+                run.done = True
+            elif data["type"] == "error":
+                run.errors.append(data)
+            else:
+                run.results.append(data)
+    assert run.done and not run.errors, run.errors
+    check_channels_text(by_channel(run), 0, 1)
+
+
+async def _refused(url: str, start: dict[str, Any], then: list[Any] | None = None) -> tuple[dict[str, Any], Any]:
+    async with aiohttp.ClientSession() as http, http.ws_connect(url) as ws:
+        await ws.send_json({"type": "start", "language": "en", **start})
+        first = await ws.receive_json(timeout=30)
+        for frame in then or []:
+            if isinstance(frame, bytes):
+                await ws.send_bytes(frame)
+            else:
+                await ws.send_json(frame)
+        if first["type"] == "started":
+            first = await ws.receive_json(timeout=30)
+        msg = await ws.receive(timeout=30)
+        return first, (msg.type, ws.close_code)
+
+
+async def test_native_bad_multichannel_input_is_refused_clearly(tolk: Running) -> None:
+    for channels in (0, 9, "2", True, 1.5):
+        err, _ = await _refused(tolk.ws, {"channels": channels})
+        assert err["type"] == "error" and err["code"] == "unsupported_channels", (channels, err)
+        assert "1-8" in err["message"]
+    err, _ = await _refused(tolk.ws, {"channels": 2, "session_id": "mc-resume", "resume_from": 3,
+                                      "resume_token": "x"})
+    assert err["code"] == "unsupported_channels" and "resumed" in err["message"], err
+    # Half a stereo frame (6 bytes of s16 stereo): the session ends with invalid_frame, 1007.
+    err, (_, close) = await _refused(tolk.ws, {"channels": 2}, [bytes(6)])
+    assert err["code"] == "invalid_frame" and "2 interleaved channels" in err["message"], err
+    assert close == 1007
+    # A mono Ogg Opus stream where two channels were announced.
+    mono = encode_audio(np.frombuffer(LEFT.pcm16()[0][:32000], "<i2"), RATE, "ogg", "libopus")
+    err, _ = await _refused(tolk.ws, {"channels": 2, "encoding": "ogg_opus"}, [mono])
+    assert err["code"] == "invalid_audio" and "1 channel" in err["message"], err
+    # A listener has no audio: `channels` in its subscribe is reported, and the connection goes on.
+    async with aiohttp.ClientSession() as http, http.ws_connect(tolk.ws) as ws:
+        await ws.send_json({"type": "subscribe", "channel": "nope", "channels": 2})
+        err = await ws.receive_json(timeout=30)
+        assert err["code"] == "invalid_subscribe" and "channels" in err["message"], err
+        assert not ws.closed
+
+
+# ---------------------------------------------------------------------------------------------------- Deepgram
+async def test_deepgram_sdk_multichannel(tolk: Running) -> None:
+    """`multichannel=true&channels=2` with linear16: Results per channel, `channel_index` [i, 2] as Deepgram sends
+    them, each channel's transcript its own clip; Metadata says 2 channels."""
+    api = deepgram_client(tolk.http)
+    run = await stream_deepgram(api, stereo(), RATE * 4, pace=1.5, encoding="linear16", sample_rate=RATE,
+                                channels=2, multichannel="true", language="en", interim_results="true",
+                                utterance_end_ms=1000)
+    kinds = [getattr(m, "type", None) for _, m in run.messages]
+    assert "Error" not in kinds and kinds[-1] == "Metadata", kinds
+    assert run.of("Metadata")[0].channels == 2
+    texts: dict[int, list[str]] = {}
+    for m in run.finals:
+        assert m.channel_index[1] == 2, m.channel_index
+        if m.channel.alternatives[0].transcript:
+            texts.setdefault(m.channel_index[0], []).append(m.channel.alternatives[0].transcript)
+    check_channels_text({c: " ".join(t) for c, t in texts.items()}, 0, 1)
+    interims = {m.channel_index[0] for m in run.of("Results") if not m.is_final}
+    assert interims == {0, 1}
+    assert all(m.channel[1] == 2 for m in run.of("UtteranceEnd")), run.of("UtteranceEnd")
+
+
+async def test_deepgram_multichannel_bad_input(tolk: Running) -> None:
+    """Deepgram's 400 at the handshake (the SDK raises its ApiError; the body is `err_code`, `err_msg`)."""
+    from deepgram.core.api_error import ApiError
+
+    api = deepgram_client(tolk.http)
+    for bad in ({"channels": 9}, {"channels": 0}, {"channels": "two"}):
+        with pytest.raises(ApiError) as err:
+            async with api.listen.v1.connect(model="nova-3", encoding="linear16", sample_rate=RATE, multichannel="true",
+                                             **bad):
+                pass
+        assert err.value.status_code == 400, bad
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{tolk.http}/v1/listen?model=nova-3&multichannel=true&channels=9&encoding=linear16"
+                            "&sample_rate=16000") as resp:
+            body = await resp.json()
+            assert resp.status == 400 and body["err_code"] == "Bad Request" and "channels" in body["err_msg"], body
+
+
+# ---------------------------------------------------------------------------------------------------- Speechmatics
+async def test_speechmatics_channel_diarization_with_its_sdk(tolk: Running) -> None:
+    """The real multichannel client (`speechmatics.rt.AsyncMultiChannelClient`): `AddChannelAudio` per label,
+    `ChannelAudioAdded` acks, `EndOfChannel`; each AddTranscript carries its `channel` label, and its words'
+    speaker is that label (for a call, the channel is the speaker)."""
+    from speechmatics.rt import (
+        AsyncMultiChannelClient,
+        AudioEncoding,
+        AudioFormat,
+        ServerMessageType,
+        TranscriptionConfig,
+    )
+
+    # The two sides of the stereo call (this client stops every channel when its shortest source ends).
+    frames = np.frombuffer(stereo(), "<i2").reshape(-1, 2)
+    left, right = frames[:, 0].tobytes(), frames[:, 1].tobytes()
+    messages: list[dict[str, Any]] = []
+    url = tolk.ws.replace("/v1/listen", "/v2")
+    async with AsyncMultiChannelClient(api_key="unused-here", url=url) as client:
+        for kind in (ServerMessageType.ADD_TRANSCRIPT, ServerMessageType.ADD_PARTIAL_TRANSCRIPT,
+                     ServerMessageType.RECOGNITION_STARTED, ServerMessageType.END_OF_TRANSCRIPT,
+                     ServerMessageType.ERROR, ServerMessageType.WARNING):
+            client.on(kind, messages.append)
+        done = asyncio.Event()
+        client.on(ServerMessageType.END_OF_TRANSCRIPT, lambda _: done.set())
+        config = TranscriptionConfig(language="en", enable_partials=True, diarization="channel",
+                                     channel_diarization_labels=["agent", "customer"])
+        await client.transcribe({"a": io.BytesIO(left), "b": io.BytesIO(right)}, transcription_config=config,
+                                audio_format=AudioFormat(encoding=AudioEncoding.PCM_S16LE, sample_rate=RATE,
+                                                         chunk_size=3200), timeout=120)
+        # This client's transcribe() returns once the audio and EndOfChannel are sent; the results follow.
+        await asyncio.wait_for(done.wait(), 120)
+    kinds = [m["message"] for m in messages]
+    assert "Error" not in kinds, [m for m in messages if m["message"] == "Error"]
+    assert kinds[0] == "RecognitionStarted" and messages[0]["channels"] == ["agent", "customer"], messages[0]
+    assert kinds[-1] == "EndOfTranscript", kinds
+    texts: dict[str, list[str]] = {}
+    for m in messages:
+        if m["message"] in ("AddTranscript", "AddPartialTranscript"):
+            assert m["channel"] in ("agent", "customer"), m
+            for r in m["results"]:
+                assert r["channel"] == m["channel"] and r["alternatives"][0]["speaker"] == m["channel"], r
+            if m["message"] == "AddTranscript" and m["metadata"]["transcript"]:
+                texts.setdefault(m["channel"], []).append(m["metadata"]["transcript"])
+    check_channels_text({c: " ".join(t) for c, t in texts.items()}, "agent", "customer")
+
+
+async def test_speechmatics_channel_errors(tolk: Running) -> None:
+    """Speechmatics' Error shapes: channel diarization without labels, duplicate labels, too many; audio for a
+    channel that does not exist; binary AddAudio in a channel session."""
+    url = tolk.ws.replace("/v1/listen", "/v2")
+    audio = {"type": "raw", "encoding": "pcm_s16le", "sample_rate": RATE}
+
+    async def start(config: dict[str, Any], then: list[Any] | None = None) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        async with aiohttp.ClientSession() as http, http.ws_connect(url) as ws:
+            await ws.send_json({"message": "StartRecognition", "audio_format": audio,
+                                "transcription_config": {"language": "en", **config}})
+            for frame in then or []:
+                await (ws.send_bytes(frame) if isinstance(frame, bytes) else ws.send_json(frame))
+            async for msg in ws:
+                out.append(json.loads(msg.data))
+            out.append({"close": ws.close_code})
+        return out
+
+    for config, why in (({"diarization": "channel"}, "channel_diarization_labels"),
+                        ({"diarization": "channel", "channel_diarization_labels": ["a", "a"]}, "unique"),
+                        ({"diarization": "channel", "channel_diarization_labels": [f"c{i}" for i in range(9)]}, "1-8"),
+                        ({"channel_diarization_labels": ["a", "b"]}, "diarization")):
+        msgs = await start(config)
+        assert msgs[0]["message"] == "Error" and msgs[0]["type"] == "invalid_config", (config, msgs)
+        assert why in msgs[0]["reason"] and msgs[-1]["close"] == 1003, (config, msgs)
+    labels = {"diarization": "channel", "channel_diarization_labels": ["agent", "customer"]}
+    msgs = await start(labels, [{"message": "AddChannelAudio", "channel": "boss",
+                                 "data": base64.b64encode(bytes(3200)).decode()}])
+    assert msgs[0]["message"] == "RecognitionStarted"
+    assert msgs[1]["message"] == "Error" and msgs[1]["type"] == "invalid_message" and "boss" in msgs[1]["reason"]
+    msgs = await start(labels, [bytes(3200)])
+    assert msgs[1]["message"] == "Error" and msgs[1]["type"] == "protocol_error" and "AddChannelAudio" in \
+        msgs[1]["reason"], msgs
+    msgs = await start({}, [{"message": "AddChannelAudio", "channel": "agent", "data": ""}])
+    assert msgs[1]["message"] == "Error" and "channel_diarization_labels" in msgs[1]["reason"], msgs
