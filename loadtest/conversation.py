@@ -59,12 +59,12 @@ def _quiet_cut(x: np.ndarray, at: int, search: int) -> int:
 
 
 def build(n_speakers: int, turn_s: tuple[float, float], seconds: float, seed: int = 0,
-          gap_s: tuple[float, float] = (0.25, 0.7)) -> Conversation:
-    """About `seconds` of `n_speakers` taking turns of `turn_s` seconds (uniform), never one speaker twice in a
-    row, each speaker's audio consumed in order (wrapping round when a clip runs out)."""
+          gap_s: tuple[float, float] = (0.25, 0.7), names: tuple[str, ...] = VOICES) -> Conversation:
+    """About `seconds` of `n_speakers` (the first of `names`) taking turns of `turn_s` seconds (uniform), never one
+    speaker twice in a row, each speaker's audio consumed in order (wrapping round when a clip runs out)."""
     rng = random.Random(seed)
     by_name = {c.name: c for c in clips("en")}
-    voices: list[Clip] = [by_name[n] for n in VOICES[:n_speakers]]
+    voices: list[Clip] = [by_name[n] for n in names[:n_speakers]]
     audio = {c.name: np.frombuffer(c.pcm16()[0], "<i2") for c in voices}
     pos = dict.fromkeys(audio, 0)
     out: list[np.ndarray] = []

@@ -1,6 +1,6 @@
 """Speaker labels benchmark (issue #34): are words given to the right speaker, and what does it cost?
 
-    python -m loadtest.diarization [--seconds 60] [--pace 1.0]
+    python -m loadtest.diarization [--seconds 60] [--pace 1.0] [--sets all|conversations|stereo]
 
 Six conversations made from the corpus' clips of different people (loadtest/conversation.py): 2, 3 and 4 speakers,
 each with long turns (3-15 s) and with short back-and-forth (1-3 s), streamed at once at `--pace` x real time
@@ -12,6 +12,12 @@ into a `tolk up` of its own, twice: without diarization, then with `diarize: tru
 - **Cost**: the diarizer's CPU seconds per second of audio it labelled; what it adds to a final's latency: fan-out's
   own hold time per diarized final (tolk_speaker_wait_seconds) and the client-measured final latency with vs
   without diarization at six sessions (goal: p50 <= +0.1 s, p95 <= +0.3 s).
+
+**The stereo call** (`--sets stereo` alone): the corpus' stereo dev clip (`en_stereo_left_libri`: the left channel
+of faster-whisper's stereo_diarization.wav, a LibriSpeech reader) and another person (JFK) take turns as the two
+sides of a call, streamed twice: its channels mixed to one with `diarize: true` (a diarization set, scored as
+above), and as two channels with `channels: 2` (one pipeline per channel, the channel is the speaker): words whose
+channel is the side of the call their turn was on.
 
 Printed and saved under loadtest/reports/ (diarization-<stamp>.md, -latest.md, raw data as JSON).
 """
@@ -35,13 +41,15 @@ from typing import Any
 import psutil
 
 from loadtest.client import SessionRun, stream_pcm
-from loadtest.conversation import Conversation, build, final_words, score
+from loadtest.conversation import Conversation, build, call_tracks, final_words, interleave, reference_at, score
 from loadtest.mic import command, machine, pct, save_report, start_tolk
 
 SCENARIOS = [(2, "long"), (3, "long"), (4, "long"), (2, "short"), (3, "short"), (4, "short")]
 TURNS = {"long": (3.0, 15.0), "short": (1.0, 3.0)}
 GOAL_WORDS = 0.90
 GOAL_ADDED_P50, GOAL_ADDED_P95 = 0.1, 0.3
+STEREO_VOICES = ("en_stereo_left_libri.wav", "en_jfk_inaugural_1961.wav")  # left, right
+STEREO_TURNS = (1.5, 5.0)
 
 
 @dataclass
@@ -56,6 +64,73 @@ class Scenario:
     der: float
     corrections: int
     late: int
+
+
+@dataclass
+class StereoRow:
+    how: str
+    seconds: float
+    words: int
+    right: float  # share of words given to the right speaker (multichannel: their channel's side of the call)
+    unlabelled: int
+    found: int  # speakers (mixed) or channels with words (multichannel)
+    der: float
+    latency_p50: float
+    latency_p95: float
+
+
+def channel_words(conv: Conversation, run: SessionRun) -> list[dict[str, Any]]:
+    """A multichannel session's final words in time order, each with its channel's side of the call as speaker."""
+    words = [{**w, "speaker": conv.speakers[r["channel"]]} for r in run.finals for w in r["words"]]
+    return sorted(words, key=lambda w: w["start"])
+
+
+def stereo_rows(conv: Conversation, mixed: SessionRun, multi: SessionRun) -> list[StereoRow]:
+    out = []
+    words = final_words(mixed.results)
+    s = score(conv, words)
+    lat = mixed.final_latencies()
+    out.append(StereoRow("mixed to one, diarize", round(conv.seconds, 1), s.words, s.accuracy, s.unlabelled,
+                         s.hyp_speakers, der(conv, words), pct(lat, 50), pct(lat, 95)))
+    words = channel_words(conv, multi)
+    pairs = [(w["speaker"], reference_at(conv, w["start"], w["end"])) for w in words]
+    pairs = [(h, r) for h, r in pairs if r is not None]
+    right = sum(1 for h, r in pairs if h == r) / len(pairs) if pairs else 0.0
+    lat = multi.final_latencies()
+    out.append(StereoRow("2 channels, multichannel", round(conv.seconds, 1), len(pairs), right, 0,
+                         len({r["channel"] for r in multi.finals if r["text"]}), der(conv, words), pct(lat, 50),
+                         pct(lat, 95)))
+    return out
+
+
+async def stream_stereo(ws: str, conv: Conversation, pace: float) -> tuple[SessionRun, SessionRun]:
+    """The call mixed (diarized), then as two channels."""
+    mixed = await stream_pcm(ws, conv.pcm, 16000, pace=pace, timeout=600, start_fields={"diarize": True})
+    multi = await stream_pcm(ws, interleave(*call_tracks(conv)), 16000, pace=pace, timeout=600, channels=2)
+    for run in (mixed, multi):
+        if run.errors:
+            print(f"errors (stereo call): {run.errors}", file=sys.stderr)
+    return mixed, multi
+
+
+def render_stereo(rows: list[StereoRow], args: argparse.Namespace) -> str:
+    return "\n".join([
+        "## The stereo call",
+        "",
+        f"- command: `{command('loadtest.diarization')}`",
+        f"- machine: {machine()}",
+        f"- {STEREO_VOICES[0]} (left) and {STEREO_VOICES[1]} (right) taking turns of {STEREO_TURNS[0]:g}-"
+        f"{STEREO_TURNS[1]:g} s as the two sides of a call, {rows[0].seconds:.0f} s, {args.pace:g}x real time; "
+        "mixed to one channel with `diarize: true`, then as two channels with `channels: 2`",
+        "",
+        "| streamed as | words | right speaker | unlabelled | speakers / channels found | DER | final p50 | "
+        "final p95 |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        *(f"| {r.how} | {r.words} | {100 * r.right:.1f} % | {r.unlabelled} | {r.found} | {100 * r.der:.1f} % | "
+          f"{r.latency_p50:.2f} s | {r.latency_p95:.2f} s |" for r in rows),
+        "",
+        " ".join(f"stereo {r.how.split(',')[0].replace(' ', '_')} words={100 * r.right:.1f}%" for r in rows),
+    ]) + "\n"
 
 
 def der(conv: Conversation, words: list[dict[str, Any]]) -> float:
@@ -160,11 +235,24 @@ def render(rows: list[Scenario], lat: dict[str, list[float]], hold: tuple[float,
 
 async def main_async(args: argparse.Namespace) -> int:
     convs = [build(n, TURNS[kind], args.seconds, seed=10 + i) for i, (n, kind) in enumerate(SCENARIOS)]
+    call = build(2, STEREO_TURNS, args.seconds, seed=7, names=STEREO_VOICES)
+    if args.sets == "stereo":
+        with tempfile.TemporaryDirectory(prefix="tolk-diar-") as tmp:
+            proc, ws = start_tolk(Path(tmp), {})
+            try:
+                mixed, multi = await stream_stereo(ws, call, args.pace)
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(timeout=120)
+        rows = stereo_rows(call, mixed, multi)
+        save_report("diarization-stereo", render_stereo(rows, args), {"stereo": [asdict(r) for r in rows]})
+        return 0
     with tempfile.TemporaryDirectory(prefix="tolk-diar-") as tmp:
         data = Path(tmp)
         proc, ws = start_tolk(data, {})
         try:
             root = psutil.Process(proc.pid)
+            stereo = await stream_stereo(ws, call, args.pace) if args.sets == "all" else None
             off = await stream_all(ws, convs, args.pace, diarize=False)
             cpu0 = diarizer_cpu(root)
             on = await stream_all(ws, convs, args.pace, diarize=True)
@@ -187,8 +275,12 @@ async def main_async(args: argparse.Namespace) -> int:
             print(f"errors ({n} speakers, {kind}): {run.errors}", file=sys.stderr)
     lat = {"off": [x for r in off for x in r.final_latencies()], "on": [x for r in on for x in r.final_latencies()]}
     report = render(rows, lat, hold, cpu / audio if audio else float("nan"), args)
+    srows = stereo_rows(call, *stereo) if stereo else []
+    if srows:
+        report += "\n" + render_stereo(srows, args)
     save_report("diarization", report, {"rows": [asdict(r) for r in rows], "latencies": lat, "hold": hold,
-                                        "diarizer_cpu_s": cpu, "audio_s": audio})
+                                        "diarizer_cpu_s": cpu, "audio_s": audio,
+                                        "stereo": [asdict(r) for r in srows]})
     return 0
 
 
@@ -196,6 +288,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seconds", type=float, default=60.0, help="length of each conversation")
     p.add_argument("--pace", type=float, default=1.0, help="x real time")
+    p.add_argument("--sets", choices=("all", "conversations", "stereo"), default="all",
+                   help="the six conversations, the stereo call (mixed and multichannel), or both")
     args = p.parse_args()
     started = time.monotonic()
     code = asyncio.run(main_async(args))

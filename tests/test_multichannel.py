@@ -9,6 +9,7 @@ import asyncio
 import base64
 import io
 import json
+import wave
 from typing import Any
 
 import aiohttp
@@ -60,8 +61,21 @@ def check_channels_text(texts: dict[Any, str], left: Any, right: Any) -> None:
 
 async def test_native_stereo_pcm_one_pipeline_per_channel(tolk: Running) -> None:
     """Interleaved s16 stereo: each channel's finals read its own clip (none of the other's words), partials,
-    finals and words say their channel, and the session ends with one `done`."""
-    run = await stream_pcm(tolk.ws, stereo(), RATE, pace=1.5, channels=2, timeout=120)
+    finals and words say their channel, and the session ends with one `done`; broken multichannel sessions
+    started beside it end alone."""
+
+    async def broken() -> list[str]:
+        await asyncio.sleep(2.0)
+        codes = []
+        for start, frames in (({"channels": 2}, [bytes(6)]), ({"channels": 2, "encoding": "ogg_opus"}, [b"OggS" * 64]),
+                              ({"channels": 3}, [bytes(3 * 2 * 1600), {"type": "bogus"}])):
+            err, _ = await _refused(tolk.ws, start, frames)
+            codes.append(err["code"])
+        return codes
+
+    run, codes = await asyncio.gather(stream_pcm(tolk.ws, stereo(), RATE, pace=1.5, channels=2, timeout=120),
+                                      broken())
+    assert codes == ["invalid_frame", "invalid_audio", "unknown_type"], codes
     assert not run.errors and run.done, run.errors
     assert run.started["channels"] == 2
     check_channels_text(by_channel(run), 0, 1)
@@ -156,6 +170,26 @@ async def test_deepgram_sdk_multichannel(tolk: Running) -> None:
     interims = {m.channel_index[0] for m in run.of("Results") if not m.is_final}
     assert interims == {0, 1}
     assert all(m.channel[1] == 2 for m in run.of("UtteranceEnd")), run.of("UtteranceEnd")
+
+
+async def test_deepgram_sdk_multichannel_wav_file(tolk: Running) -> None:
+    """A stereo WAV streamed header first, `multichannel=true` without `channels` or `encoding`: the channel count
+    comes from the file, as at Deepgram."""
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(2)
+        w.setsampwidth(2)
+        w.setframerate(RATE)
+        w.writeframes(stereo())
+    run = await stream_deepgram(deepgram_client(tolk.http), buf.getvalue(), RATE * 4, pace=2.0, multichannel="true",
+                                language="en")
+    assert run.of("Metadata")[0].channels == 2
+    texts: dict[int, list[str]] = {}
+    for m in run.finals:
+        assert m.channel_index[1] == 2, m.channel_index
+        if m.channel.alternatives[0].transcript:
+            texts.setdefault(m.channel_index[0], []).append(m.channel.alternatives[0].transcript)
+    check_channels_text({c: " ".join(t) for c, t in texts.items()}, 0, 1)
 
 
 async def test_deepgram_multichannel_bad_input(tolk: Running) -> None:

@@ -3,7 +3,8 @@
 One `StreamDecoder` per session, fed frame by frame as they arrive: the actors behind the edge never see
 anything but PCM. The containers are parsed here, incrementally and in bounded memory (an Ogg page is at most
 64 KiB; a WebM element over `MAX_ELEMENT` is refused, and uninteresting ones are skipped without being held);
-each Opus packet is then decoded by FFmpeg's decoder through PyAV and resampled to 16 kHz mono. No thread and no
+each Opus packet is then decoded by FFmpeg's decoder through PyAV and resampled to 16 kHz mono (or, for a
+multichannel session, 16 kHz with its channels kept, interleaved). No thread and no
 blocking read: a frame is decoded when it arrives, so nothing waits for FFmpeg's probing, and a malformed stream
 is an `AudioFormatError` for that session alone.
 

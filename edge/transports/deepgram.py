@@ -343,8 +343,7 @@ class DeepgramSession(SocketSession):
         seconds = self.live.published / 2 / self.sample_rate if self.sample_rate else 0.0
         await self.ws.send_json({
             "type": "Metadata", "transaction_key": "deprecated", "request_id": self.request_id, "sha256": "",
-            "created": self.created, "duration": round(seconds, 3), "channels": self.channels if
-            self.opts.multichannel else self.opts.channels,
+            "created": self.created, "duration": round(seconds, 3), "channels": self.opts.channels,
             "models": [MODEL_UUID], "model_info": {MODEL_UUID: _model_info(self.services, self.opts.language)},
         })
 
