@@ -59,9 +59,11 @@ def _quiet_cut(x: np.ndarray, at: int, search: int) -> int:
 
 
 def build(n_speakers: int, turn_s: tuple[float, float], seconds: float, seed: int = 0,
-          gap_s: tuple[float, float] = (0.25, 0.7), names: tuple[str, ...] = VOICES) -> Conversation:
+          gap_s: tuple[float, float] = (0.25, 0.7), names: tuple[str, ...] = VOICES, wrap: bool = True) -> Conversation:
     """About `seconds` of `n_speakers` (the first of `names`) taking turns of `turn_s` seconds (uniform), never one
-    speaker twice in a row, each speaker's audio consumed in order (wrapping round when a clip runs out)."""
+    speaker twice in a row, each speaker's audio consumed in order (wrapping round when a clip runs out; without
+    `wrap`, the conversation ends there instead: a speaker saying the same sentence again is no conversation, and
+    STT, which reads each final after the same speaker's last, takes the repeat for a loop and blanks it)."""
     rng = random.Random(seed)
     by_name = {c.name: c for c in clips("en")}
     voices: list[Clip] = [by_name[n] for n in names[:n_speakers]]
@@ -77,7 +79,12 @@ def build(n_speakers: int, turn_s: tuple[float, float], seconds: float, seed: in
         x = audio[name]
         want = int(rng.uniform(*turn_s) * RATE)
         if pos[name] + want + RATE // 2 > len(x):
-            pos[name] = 0
+            if not wrap:
+                if len(x) - pos[name] < RATE:
+                    break
+                want = len(x) - pos[name]
+            else:
+                pos[name] = 0
         a = pos[name]
         b = _quiet_cut(x, min(a + want, len(x)), int(0.3 * RATE))
         if b - a < int(0.5 * RATE):

@@ -87,13 +87,15 @@ async def test_native_stereo_pcm_one_pipeline_per_channel(tolk: Running) -> None
         assert seqs == sorted(seqs) and len(seqs) == len(set(seqs))
 
 
-async def test_native_stereo_ogg_opus(tolk: Running) -> None:
-    """A stereo Ogg Opus stream (a recorder's), decoded at the edge with its channels kept."""
+async def test_native_stereo_ogg_opus_with_speakers(tolk: Running) -> None:
+    """A stereo Ogg Opus stream (a recorder's), decoded at the edge with its channels kept; with `diarize` too,
+    speakers are numbered within each channel (one voice per channel here: each channel's is S1)."""
     samples = np.frombuffer(stereo(), "<i2")
     ogg = encode_audio(samples, RATE, "ogg", "libopus", bitrate=48000, channels=2)
     run = SessionRun()
     async with aiohttp.ClientSession() as http, http.ws_connect(tolk.ws) as ws:
-        await ws.send_json({"type": "start", "encoding": "ogg_opus", "language": "en", "channels": 2})
+        await ws.send_json({"type": "start", "encoding": "ogg_opus", "language": "en", "channels": 2,
+                            "diarize": True})
         assert (await ws.receive_json(timeout=30))["type"] == "started"
         for i in range(0, len(ogg), 4000):
             await ws.send_bytes(ogg[i:i + 4000])
@@ -109,6 +111,12 @@ async def test_native_stereo_ogg_opus(tolk: Running) -> None:
                 run.results.append(data)
     assert run.done and not run.errors, run.errors
     check_channels_text(by_channel(run), 0, 1)
+    labels: dict[int, set[str]] = {}
+    for r in run.results:
+        if r["type"] in ("final", "speakers") and r["text"]:
+            assert "speaker" in r, r
+            labels.setdefault(r["channel"], set()).update(w["speaker"] for w in r["words"] if w["speaker"])
+    assert labels.get(0) == {"S1"} and labels.get(1, {"S1"}) == {"S1"}, labels
 
 
 async def _refused(url: str, start: dict[str, Any], then: list[Any] | None = None) -> tuple[dict[str, Any], Any]:
