@@ -183,13 +183,7 @@ async def test_deepgram_sdk_multichannel(tolk: Running) -> None:
 async def test_deepgram_sdk_multichannel_wav_file(tolk: Running) -> None:
     """A stereo WAV streamed header first, `multichannel=true` without `channels` or `encoding`: the channel count
     comes from the file, as at Deepgram."""
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as w:
-        w.setnchannels(2)
-        w.setsampwidth(2)
-        w.setframerate(RATE)
-        w.writeframes(stereo())
-    run = await stream_deepgram(deepgram_client(tolk.http), buf.getvalue(), RATE * 4, pace=2.0, multichannel="true",
+    run = await stream_deepgram(deepgram_client(tolk.http), stereo_wav(), RATE * 4, pace=2.0, multichannel="true",
                                 language="en")
     assert run.of("Metadata")[0].channels == 2
     texts: dict[int, list[str]] = {}
@@ -198,6 +192,31 @@ async def test_deepgram_sdk_multichannel_wav_file(tolk: Running) -> None:
         if m.channel.alternatives[0].transcript:
             texts.setdefault(m.channel_index[0], []).append(m.channel.alternatives[0].transcript)
     check_channels_text({c: " ".join(t) for c, t in texts.items()}, 0, 1)
+
+
+def stereo_wav() -> bytes:
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(2)
+        w.setsampwidth(2)
+        w.setframerate(RATE)
+        w.writeframes(stereo())
+    return buf.getvalue()
+
+
+async def test_deepgram_sdk_prerecorded_multichannel(tolk: Running) -> None:
+    """Pre-recorded `multichannel=true`: `results.channels[i]` per channel (each its own clip's words), utterances
+    tagged with their channel, `metadata.channels` 2; without it, one channel of both mixed."""
+    api = deepgram_client(tolk.http)
+    audio = stereo_wav()
+    multi, mixed = await asyncio.gather(
+        api.listen.v1.media.transcribe_file(request=audio, model="nova-3", language="en", multichannel=True,
+                                            utterances=True),
+        api.listen.v1.media.transcribe_file(request=audio, model="nova-3", language="en"))
+    assert multi.metadata.channels == 2 and len(multi.results.channels) == 2
+    check_channels_text({i: ch.alternatives[0].transcript for i, ch in enumerate(multi.results.channels)}, 0, 1)
+    assert {u.channel for u in multi.results.utterances} == {0, 1}
+    assert mixed.metadata.channels == 1 and len(mixed.results.channels) == 1
 
 
 async def test_deepgram_multichannel_bad_input(tolk: Running) -> None:

@@ -17,12 +17,14 @@ import tempfile
 import threading
 import time
 import uuid
+import wave
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import av
 
 from actors.runtime.media import SourceChunk, SourceEnded, read_source
+from edge.audio.pcm import MAX_CHANNELS
 from edge.core import replay
 from edge.core.errors import ApiError
 from edge.core.metrics import EdgeMetrics
@@ -58,6 +60,54 @@ def probe(path: str) -> float:
         raise
     except (av.error.FFmpegError, ValueError, StopIteration) as exc:
         raise ApiError(415, "unsupported_media", f"not audio FFmpeg can decode ({exc.__class__.__name__})") from None
+
+
+def split_file(path: str, out_dir: str | None) -> list[str]:
+    """A file's channels as 16 kHz 16-bit mono WAVs, one per channel, written as it decodes (a multichannel
+    upload is transcribed channel by channel). ApiError 415 when it does not decode, 400 over MAX_CHANNELS."""
+    paths: list[str] = []
+    writers: list[wave.Wave_write] = []
+    try:
+        with av.open(path) as container:
+            audio = next((s for s in container.streams if s.type == "audio"), None)
+            if audio is None:
+                raise ApiError(415, "unsupported_media", "the file has no audio stream")
+            resampler: av.AudioResampler | None = None
+            for packet in container.demux(audio):
+                for frame in packet.decode():
+                    if not isinstance(frame, av.AudioFrame):
+                        continue
+                    if resampler is None:
+                        channels = len(frame.layout.channels)
+                        if channels > MAX_CHANNELS:
+                            raise ApiError(400, "invalid_channels", f"the file has {channels} channels; at most "
+                                           f"{MAX_CHANNELS} are transcribed one by one")
+                        resampler = av.AudioResampler(format="s16", layout=frame.layout, rate=16000)
+                        for _ in range(channels):
+                            fd, out = tempfile.mkstemp(prefix="tolk-channel-", suffix=".wav", dir=out_dir)
+                            os.close(fd)
+                            paths.append(out)
+                            w = wave.open(out, "wb")
+                            w.setnchannels(1)
+                            w.setsampwidth(2)
+                            w.setframerate(16000)
+                            writers.append(w)
+                    for out_frame in resampler.resample(frame):
+                        pcm = out_frame.to_ndarray().reshape(-1, len(writers))
+                        for c, w in enumerate(writers):
+                            w.writeframes(pcm[:, c].astype("<i2").tobytes())
+    except ApiError:
+        for p in paths:
+            remove(p)
+        raise
+    except (av.error.FFmpegError, ValueError) as exc:
+        for p in paths:
+            remove(p)
+        raise ApiError(415, "unsupported_media", f"not audio FFmpeg can decode ({exc.__class__.__name__})") from None
+    finally:
+        for w in writers:
+            w.close()
+    return paths
 
 
 def remove(path: str) -> None:
@@ -138,6 +188,19 @@ class FileJobs:
             elif r.kind is ResultKind.SPEAKERS and r.utterance_id in cues:
                 cues[r.utterance_id] = Cue.of(r)
         return list(cues.values()), lang
+
+    async def transcribe_channels(self, path: str, language: str, owner: str = "",
+                                  diarize: bool = False) -> list[tuple[list[Cue], str]]:
+        """Each channel of the file transcribed on its own (Deepgram's pre-recorded `multichannel`): the channels
+        are split into WAVs of their own on a thread, then run as files side by side."""
+        loop = asyncio.get_running_loop()
+        paths = await loop.run_in_executor(self.threads, split_file, path, self.cfg.upload_dir or None)
+        try:
+            return list(await asyncio.gather(*(self.transcribe(p, language, owner=owner, diarize=diarize)
+                                               for p in paths)))
+        finally:
+            for p in paths:
+                remove(p)
 
     async def run(self, path: str, language: str, targets: tuple[str, ...], prompt: str = "",
                   owner: str = "", diarize: bool = False) -> AsyncIterator[ClientResult]:

@@ -379,9 +379,6 @@ _STATUS = {400: (400, "Bad Request"), 401: (401, "INVALID_AUTH"), 413: (413, "PA
 async def prerecorded(services: Services, request: web.Request) -> web.StreamResponse:
     """`POST /v1/listen` with the audio as the body: the whole transcript in Deepgram's response shape."""
     opts = Options.parse(request.query)
-    if opts.multichannel:
-        raise _bad("multichannel is supported on the live WebSocket (wss://…/v1/listen?multichannel=true); "
-                   "pre-recorded audio is transcribed as one channel: leave multichannel out to have it mixed down")
     if request.content_type == "application/json":
         body = await request.content.read(65536)
         with contextlib.suppress(ValueError):
@@ -389,30 +386,42 @@ async def prerecorded(services: Services, request: web.Request) -> web.StreamRes
                 raise _bad("remote audio ({\"url\": …}) is not supported by this server: it makes no outbound "
                            "requests. Send the audio itself as the request body")
         raise _bad("send the audio as the request body (Content-Type: audio/* or application/octet-stream)")
+    owner = request.get(auth.TOKEN, "")
     async with services.files.upload() as up:
         await upload.body(request, up)
         duration = await up.duration()
-        cues, language = await services.files.transcribe(up.path, opts.language, owner=request.get(auth.TOKEN, ""),
-                                                         diarize=opts.diarize)
-    return web.json_response(response(services, str(uuid.uuid4()), cues, language, duration,
+        if opts.multichannel:  # each channel on its own, as Deepgram does: results.channels[i]
+            per_channel = await services.files.transcribe_channels(up.path, opts.language, owner=owner,
+                                                                   diarize=opts.diarize)
+        else:
+            per_channel = [await services.files.transcribe(up.path, opts.language, owner=owner,
+                                                           diarize=opts.diarize)]
+    return web.json_response(response(services, str(uuid.uuid4()), per_channel, duration,
                                       utterances=request.query.get("utterances", "").lower() in _TRUE))
 
 
-def response(services: Services, request_id: str, cues: list[Cue], language: str, duration: float,
+def response(services: Services, request_id: str, per_channel: list[tuple[list[Cue], str]], duration: float,
              utterances: bool = False) -> dict[str, Any]:
-    ordered = monotonic(cues)
-    words = [w for c in ordered for w in c.words]
-    channel: dict[str, Any] = {"alternatives": [_alternative(" ".join(c.text for c in ordered), words)]}
-    if language and language != "auto":
-        channel["detected_language"] = language
-    results: dict[str, Any] = {"channels": [channel]}
+    """`per_channel`: each channel's cues and language (one entry: the file mixed down to one channel)."""
+    channels: list[dict[str, Any]] = []
+    spoken: list[dict[str, Any]] = []
+    for i, (cues, language) in enumerate(per_channel):
+        ordered = monotonic(cues)
+        words = [w for c in ordered for w in c.words]
+        channel: dict[str, Any] = {"alternatives": [_alternative(" ".join(c.text for c in ordered), words)]}
+        if language and language != "auto":
+            channel["detected_language"] = language
+        channels.append(channel)
+        spoken += [{"id": str(uuid.uuid4()), "start": c.start, "end": c.end, "channel": i,
+                    **_alternative(c.text, c.words)} for c in ordered]
+    results: dict[str, Any] = {"channels": channels}
     if utterances:
-        results["utterances"] = [{"id": str(uuid.uuid4()), "start": c.start, "end": c.end, "channel": 0,
-                                  **_alternative(c.text, c.words)} for c in ordered]
+        results["utterances"] = sorted(spoken, key=lambda u: (u["start"], u["channel"]))
+    language = next((lang for _, lang in per_channel if lang and lang != "auto"), "auto")
     return {
         "metadata": {"transaction_key": "deprecated", "request_id": request_id, "sha256": "", "created": _now_iso(),
-                     "duration": round(duration, 3), "channels": 1, "models": [MODEL_UUID],
-                     "model_info": {MODEL_UUID: _model_info(services, language or "auto")}},
+                     "duration": round(duration, 3), "channels": len(channels), "models": [MODEL_UUID],
+                     "model_info": {MODEL_UUID: _model_info(services, language)}},
         "results": results,
     }
 
