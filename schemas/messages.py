@@ -273,6 +273,9 @@ class SessionRecord(_Msg, frozen=True):
     # Who started it (edge.auth identity: "key:<hash>" or "sub:<subject>"; "" with authentication off): its
     # transcript, export and resume answer no one else. Uploads get a record too (status "file").
     owner: str = ""
+    # Audio channels, each its own pipeline stream (`<session>=c<i>`) when more than one: such a session is not
+    # resumable, and a resume is told so.
+    channels: int = 1
 
 
 class SegmenterCheckpoint(_Msg, frozen=True):

@@ -9,6 +9,7 @@ import asyncio
 import base64
 import io
 import json
+import uuid
 import wave
 from typing import Any
 
@@ -142,6 +143,14 @@ async def test_native_bad_multichannel_input_is_refused_clearly(tolk: Running) -
     err, _ = await _refused(tolk.ws, {"channels": 2, "session_id": "mc-resume", "resume_from": 3,
                                       "resume_token": "x"})
     assert err["code"] == "unsupported_channels" and "resumed" in err["message"], err
+    # A multichannel session that dropped is not resumed, even by a start that leaves `channels` out.
+    sid = f"mc-once-{uuid.uuid4().hex[:8]}"
+    async with aiohttp.ClientSession() as http, http.ws_connect(tolk.ws) as ws:
+        await ws.send_json({"type": "start", "language": "en", "channels": 2, "session_id": sid})
+        started = await ws.receive_json(timeout=30)
+        await ws.send_bytes(bytes(6400))
+    err, _ = await _refused(tolk.ws, {"session_id": sid, "resume_from": 0, "resume_token": started["resume_token"]})
+    assert err["code"] == "unsupported_channels" and "was multichannel" in err["message"], err
     # Half a stereo frame (6 bytes of s16 stereo): the session ends with invalid_frame, 1007.
     err, (_, close) = await _refused(tolk.ws, {"channels": 2}, [bytes(6)])
     assert err["code"] == "invalid_frame" and "2 interleaved channels" in err["message"], err

@@ -196,6 +196,9 @@ class LiveSession:
                 # A wrong token gets the same answer as no session: ids cannot be probed.
                 raise ProtocolError(ErrorCode.UNKNOWN_SESSION, f"no session {sid} to resume with that resume_token "
                                     "(sessions are kept for an hour); start a new one")
+            if rec.channels > 1:
+                raise ProtocolError(ErrorCode.UNSUPPORTED_CHANNELS, f"session {sid} was multichannel: multichannel "
+                                    "sessions cannot be resumed; start a new one")
             if (rec.sample_rate, rec.encoding) != (start.sample_rate, start.encoding):
                 raise ProtocolError(ErrorCode.INVALID_START, f"resume with the session's sample_rate "
                                     f"({rec.sample_rate}) and encoding ({rec.encoding.value})")
@@ -203,7 +206,8 @@ class LiveSession:
         status = "closed" if rec is not None and rec.status == "closed" else "streaming"  # (a finished one: replay)
         new = SessionRecord(session_id=sid, status=status, sample_rate=start.sample_rate, encoding=start.encoding,
                             language=start.language, partition=s.pipeline.partition(sid), created_at=created,
-                            updated_at=now, edge=s.instance, epoch=epoch, resume_key=key, owner=self.token)
+                            updated_at=now, edge=s.instance, epoch=epoch, resume_key=key, owner=self.token,
+                            channels=start.channels)
         try:
             await s.sessions.claim(new, revision)
         except Conflict:
