@@ -73,6 +73,21 @@ def test_prompts_of_mixed_lengths_in_one_batch(tiny: WhisperEngine) -> None:
         assert r.words and " ".join(w.word for w in r.words).split() == r.text.split()
 
 
+def test_a_final_over_the_full_window_reads_a_soft_head_as_offline_whisper_does(tiny: WhisperEngine) -> None:
+    """Unscripted speech that starts mid-phrase ("… finish it, he just decided to fail it instead"): decoded with
+    timestamp tokens, as offline Whisper decodes, over the full window, the head is read; the same final over a
+    fitted window (no timestamps there) still reads the rest, with word timings inside the audio."""
+    c = clip("en_conversational_multilingual_ipa_us_2")
+    full = tiny.transcribe_batch([SttRequest(audio(c), "en", word_timestamps=True)], window_s=30)[0]
+    assert full.text.lower().startswith("finish it"), full.text
+    assert " ".join(w.word for w in full.words).split() == full.text.split()
+    assert all(0 <= w.start <= w.end <= c.seconds + 0.5 for w in full.words)
+    fitted = tiny.transcribe_batch([SttRequest(audio(c), "en", word_timestamps=True)], window_s=15)[0]
+    assert "decided to fail it instead" in fitted.text, fitted.text
+    partial = tiny.transcribe_batch([SttRequest(audio(c), "en")], window_s=30)[0]
+    assert "decided to fail it instead" in partial.text and not partial.words
+
+
 def test_fitted_window_keeps_accuracy(tiny: WhisperEngine) -> None:
     cs = [c for c in clips("en") if c.seconds < 14]
     pairs = [(c.reference, tiny.transcribe_batch([SttRequest(audio(c), "en")], window_s=10)[0].text) for c in cs]

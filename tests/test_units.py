@@ -9,7 +9,14 @@ import pytest
 from actors.runtime.partition import owned_partitions, partition_for, valid_session_id
 from actors.runtime.settings import SettingsError, load
 from actors.stt.finals import EarlyDecodes, PromptContext, early_key
-from actors.stt.guards import collapse_repeats, compression_ratio, looped, reject_reason, repeated_head
+from actors.stt.guards import (
+    collapse_repeats,
+    compression_ratio,
+    looped,
+    reject_reason,
+    repeated_edge,
+    repeated_head,
+)
 from loadtest.wer import Counts, corpus_wer, counts, normalise
 from schemas import Segment, SegmentKind
 
@@ -23,6 +30,20 @@ def test_a_final_does_not_start_with_what_the_last_one_said() -> None:
     assert repeated_head("This Tuesday is election day, and".split(), "so " + before) == 5
     assert repeated_head("After months of debate".split(), before) == 0
     assert repeated_head("Good morning.".split(), "") == 0
+
+
+def test_a_word_cut_at_the_boundary_is_not_said_by_both_finals() -> None:
+    """Seen streaming the unscripted dev clip: "… a lot different than me." then "me uh acoustic corpus", the "me"
+    ending 0.4 s into a final whose speech began 0.8 s in (its pre-roll, read with the left context)."""
+    before = "I have a cold so this probably sounds a lot different than me."
+    head = "me uh acoustic corpus.".split()
+    assert repeated_edge(head, [0.40, 0.60, 1.04, 1.50], before, onset=0.8 + 0.25) == 1
+    # the same word said after the speech began is the speaker's
+    assert repeated_edge(head, [1.30, 1.50, 1.90, 2.20], before, onset=0.8 + 0.25) == 0
+    # two words, in order, at the previous final's very end; not a word from earlier in it
+    assert repeated_edge("than me, uh".split(), [0.2, 0.4, 0.6], before, onset=1.0) == 2
+    assert repeated_edge("cold, uh".split(), [0.2, 0.4], before, onset=1.0) == 0
+    assert repeated_edge(head, [0.4, 0.6, 1.0, 1.5], "", onset=1.0) == 0
 
 
 def test_a_phrase_looped_on_in_more_words_than_the_speech_holds_is_dropped() -> None:

@@ -26,12 +26,12 @@ from actors.runtime.executor import BoundedExecutor
 from actors.stt import vocabulary
 from actors.stt.engine import WhisperEngine, WhisperOptions
 from actors.stt.finals import EarlyDecodes, LeftContexts, PromptContext, early_key
-from actors.stt.guards import looped, repeated_head
+from actors.stt.guards import looped, repeated_edge, repeated_head
 from actors.stt.interface import SpeechToText, SttRequest, SttResult, WordTiming
 from actors.stt.langlock import LanguageLock
 from actors.stt.load import FinalLoad, partial_pause
 from actors.stt.models import resolve
-from actors.stt.support import supported
+from actors.stt.support import MARGIN_S, supported
 from schemas import Endpoint, ResultKind, Segment, SegmentKind, Transcript, TranslationCatalog, Word, stream_of
 from schemas.translation import speech_wanted
 
@@ -741,8 +741,12 @@ class SttActor(Actor):
         return _with_words(r, r.words[:i] + r.words[j:])
 
     def _not_again(self, seg: Segment, r: SttResult) -> SttResult:
-        """`r` less a leading phrase the session's previous finals already said (guards.repeated_head)."""
-        k = repeated_head([w.word for w in r.words], self.context.prompt(seg.session_id, r.language))
+        """`r` less a leading phrase the session's previous finals already said (guards.repeated_head), or the
+        previous final's last words read again before this one's speech begins (guards.repeated_edge)."""
+        before = self.context.prompt(seg.session_id, r.language)
+        onset = seg.speech_start - seg.start + MARGIN_S
+        k = (repeated_head([w.word for w in r.words], before)
+             or repeated_edge([w.word for w in r.words], [w.end for w in r.words], before, onset))
         if not k:
             return r
         REPEATED.labels(self.pool.name).inc(k)

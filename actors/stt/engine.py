@@ -241,12 +241,21 @@ class WhisperEngine:
         encoded = self.model.encode(np.stack([pad_or_trim(m, width) for m in mels]))
         languages, probs = self._languages(requests, encoded)
         tokenizers = [self._tokenizer(lang) for lang in languages]
+        # Finals over Whisper's whole 30 s window are decoded as offline Whisper decodes, with timestamp tokens:
+        # in that mode it keeps a phrase cut at an utterance's edge ("… different than the…" where the
+        # no-timestamps mode writes "… than me.") and a soft head it otherwise skips. Over a fitted window the
+        # timestamps are out of what it was trained on (it stops early, "… by 25-30" for "… 25 to 30 years"), and
+        # partials want no extra tokens: those keep the no-timestamps mode, and so does a batch mixing both
+        # (CTranslate2 decodes one mode per call, and a second call would cost the first partial its latency).
+        timestamps = width >= N_FRAMES and all(r.word_timestamps for r in requests)
         prompts = [
-            [*([tok.sot_prev, *ctx] if ctx else []), *tok.sot_sequence, tok.no_timestamps, *pre]
+            [*([tok.sot_prev, *ctx] if ctx else []), *tok.sot_sequence,
+             tok.timestamp_begin if timestamps else tok.no_timestamps, *pre]
             for tok, ctx, pre in zip(tokenizers, contexts, prefixes, strict=True)
         ]
         longest = max(len(r.audio) for r in requests) / SAMPLE_RATE
-        budget = int(longest * self.opts.tokens_per_second) + 16
+        # + a timestamp pair per segment (a segment lasts a few seconds) in that mode
+        budget = int(longest * (self.opts.tokens_per_second + (1.0 if timestamps else 0.0))) + 16
         max_length = min(self.model.max_length, len(prompts[0]) + budget)
         outputs = self.model.model.generate(
             encoded,
@@ -264,11 +273,16 @@ class WhisperEngine:
         tokens_out: list[list[int]] = []
         for out, tok, lang, prob, pre, req in zip(outputs, tokenizers, languages, probs, prefixes, requests,
                                                  strict=True):
-            tokens = [t for t in out.sequences_ids[0] if t < tok.eot]
+            ids = out.sequences_ids[0]
+            if timestamps and ids[:1] == [tok.timestamp_begin]:  # the prompt's first timestamp comes back
+                ids = ids[1:]
+            tokens = [t for t in ids if t < tok.eot]
+            # the score is per token generated, timestamps included (as faster-whisper computes the average)
+            n = sum(t != tok.eot for t in ids)
             if pre and tokens[: len(pre)] == pre:  # the forced prefix comes back first
                 tokens = tokens[len(pre):]
-            n = len(tokens)
-            avg_logprob = (out.scores[0] * n) / (n + 1) if n else -10.0  # as faster-whisper computes it
+                n -= len(pre)
+            avg_logprob = (out.scores[0] * n) / (n + 1) if tokens and n > 0 else -10.0
             text = collapse_repeats(tok.decode(tokens).strip().lstrip(CLOSING_PUNCTUATION).strip())
             reason = reject_reason(
                 text,

@@ -27,6 +27,23 @@ def repeated_head(words: Sequence[str], before: str, min_run: int = 4, lookback:
     return 0
 
 
+def repeated_edge(words: Sequence[str], ends: Sequence[float], before: str, onset: float, max_k: int = 3) -> int:
+    """How many leading words of a final say again, in order, the last words of the session's previous final
+    while they also end before this final's speech onset (`onset`: seconds into its audio, timing error included),
+    in the pre-roll or the left context the previous final already read: a word cut in two at the boundary comes
+    out of both finals ("… a lot different than me." then "me uh acoustic corpus"). A repeat said after the onset
+    is the speaker's and stays; a longer one is `repeated_head`'s. 0 when there is none."""
+    def norm(w: str) -> str:
+        return w.strip(".,;:!?¿¡\"'«»()-…").lower()
+
+    prev = [w for w in (norm(x) for x in before.split()) if w][-max_k:]
+    head = [norm(w) for w in words]
+    for k in range(min(max_k, len(head), len(prev)), 0, -1):
+        if head[:k] == prev[-k:] and all(e <= onset for e in ends[:k]):
+            return k
+    return 0
+
+
 def looped(words: Sequence[str], speech_s: float, min_run: int = 4, max_rate: float = 5.0) -> tuple[int, int] | None:
     """The words (start, end) of a final that loop: a phrase of at least `min_run` words said again at once, and
     whatever follows that goes on repeating it, in a final with more words than its speech could hold (over
