@@ -9,6 +9,7 @@ import asyncio
 import base64
 import io
 import json
+import re
 import uuid
 import wave
 from typing import Any
@@ -86,6 +87,13 @@ async def test_native_stereo_pcm_one_pipeline_per_channel(tolk: Running) -> None
     for channel in (0, 1):  # each channel's results in its own seq order
         seqs = [r["seq"] for r in run.results if r["channel"] == channel]
         assert seqs == sorted(seqs) and len(seqs) == len(set(seqs))
+    # The export merges the channels in time order; the channel is each cue's speaker.
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{tolk.http}/v1/sessions/{run.session_id}/transcript?format=vtt") as resp:
+            vtt = await resp.text()
+            assert resp.status == 200, vtt
+    voices = {v: " ".join(re.findall(rf"<v {v}>(.*?)</v>", vtt, re.DOTALL)).replace("\n", " ") for v in ("ch0", "ch1")}
+    check_channels_text(voices, "ch0", "ch1")
 
 
 async def test_native_stereo_ogg_opus_with_speakers(tolk: Running) -> None:

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import secrets
 import tempfile
 import threading
@@ -22,13 +23,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import av
+import msgspec
 
 from actors.runtime.media import SourceChunk, SourceEnded, read_source
 from edge.audio.pcm import MAX_CHANNELS
 from edge.core import replay
 from edge.core.errors import ApiError
 from edge.core.metrics import EdgeMetrics
-from edge.core.pipeline import Pipeline
+from edge.core.pipeline import Pipeline, lane_stream
 from edge.core.records import Listeners, Sessions
 from edge.http.formats import Cue
 from edge.settings import EdgeSettings
@@ -108,6 +110,16 @@ def split_file(path: str, out_dir: str | None) -> list[str]:
         for w in writers:
             w.close()
     return paths
+
+
+def _on_channel(r: ClientResult, channel: int, sid: str) -> ClientResult:
+    """One channel's final as its multichannel session's export shows it: tagged with the channel, which is the
+    speaker (`ch0`; with diarization within each channel, `ch0 S1`), so SRT / WebVTT say who spoke."""
+    def who(speaker: str) -> str:
+        return f"ch{channel} {speaker}" if speaker else f"ch{channel}"
+
+    words = tuple(msgspec.structs.replace(w, speaker=who(w.speaker)) for w in r.words)
+    return msgspec.structs.replace(r, session_id=sid, channel=channel, speaker=who(r.speaker), words=words)
 
 
 def remove(path: str) -> None:
@@ -286,15 +298,26 @@ class FileJobs:
         carry their speakers."""
         if not await self._owns(sid, who):
             return []
-        stored = replay.finals(await replay.stored(self.pipeline.bus, sid))
+        rec, _ = await self.sessions.get(sid)
+        if rec is not None and rec.channels > 1:  # each channel's stream, merged in time order
+            merged = [_on_channel(r, c, sid) for c in range(rec.channels)
+                      for r in await self._stream_finals(lane_stream(sid, c))]
+            return sorted(merged, key=lambda r: (r.start, r.channel))
+        return await self._stream_finals(sid)
+
+    async def _stream_finals(self, stream: str) -> list[ClientResult]:
+        stored = replay.finals(await replay.stored(self.pipeline.bus, stream))
         finals = [client_result(t, t.text, t.text) for t in stored]
         if any(t.diarize for t in stored):
-            finals = replay.labelled(finals, await replay.speakers(self.pipeline.bus, sid))
+            finals = replay.labelled(finals, await replay.speakers(self.pipeline.bus, stream))
         return finals
 
     async def _owns(self, sid: str, who: str) -> bool:
         if sid.startswith("ch="):
             return True  # a channel run: channels are every authenticated listener's
+        lane = re.fullmatch(r"(.+)=c\d", sid)
+        if lane:  # one audio channel of a multichannel session: its session's owner's
+            sid = lane.group(1)
         rec, _ = await self.sessions.get(sid)
         if rec is None:
             return not who  # no record (expired, or from before owners were kept): open only when auth is off

@@ -35,6 +35,7 @@ from edge.audio.pcm import split_channels
 from edge.core import replay
 from edge.core.commands import Configure, Start, check_audio
 from edge.core.errors import Close, ErrorCode, ProtocolError
+from edge.core.pipeline import lane_stream
 from edge.core.records import Conflict
 from edge.core.services import Services
 from schemas import ClientResult, ResultKind, SessionRecord
@@ -61,11 +62,6 @@ class Started:
 
 
 Tell = Callable[[ProtocolError], Awaitable[None]]
-
-
-def lane_stream(session_id: str, channel: int) -> str:
-    """The pipeline's stream of one channel of a multichannel session (`=` is outside clients' session ids)."""
-    return f"{session_id}=c{channel}"
 
 
 @dataclass

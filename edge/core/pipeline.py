@@ -17,6 +17,12 @@ from schemas import AudioChunk, ClientResult, DecodeError, Encoding, decode, res
 log = logging.getLogger("tolk.edge.pipeline")
 
 
+def lane_stream(session_id: str, channel: int) -> str:
+    """The pipeline's stream of one channel of a multichannel session (`=` is outside clients' session ids, so no
+    client can start or resume one, and subjects and KV keys take it)."""
+    return f"{session_id}=c{channel}"
+
+
 class Pipeline:
     def __init__(self, bus: Bus, partitions: int) -> None:
         self.bus, self.partitions = bus, partitions
