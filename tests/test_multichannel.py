@@ -96,6 +96,24 @@ async def test_native_stereo_pcm_one_pipeline_per_channel(tolk: Running) -> None
     check_channels_text(voices, "ch0", "ch1")
 
 
+async def test_python_client_multichannel(tolk: Running) -> None:
+    """`tolk_client.connect(..., channels=2)`: results say their `audio_channel`, each channel's seqs counted on
+    their own (none dropped as already seen)."""
+    import tolk_client
+
+    pcm = stereo()
+    texts: dict[int, list[str]] = {}
+    async with tolk_client.connect(tolk.http, language="en", channels=2) as s:
+        for i in range(0, len(pcm), 6400):  # 100 ms of both channels, at 4x real time
+            await s.send(pcm[i:i + 6400])
+            await asyncio.sleep(0.025)
+        await s.stop()
+        async for r in s:
+            if r.is_final and r.text:
+                texts.setdefault(r.audio_channel, []).append(r.text)
+    check_channels_text({c: " ".join(t) for c, t in texts.items()}, 0, 1)
+
+
 async def test_native_stereo_ogg_opus_with_speakers(tolk: Running) -> None:
     """A stereo Ogg Opus stream (a recorder's), decoded at the edge with its channels kept; with `diarize` too,
     speakers are numbered within each channel (one voice per channel here: each channel's is S1)."""

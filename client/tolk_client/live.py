@@ -45,7 +45,7 @@ class LiveSession:
                  encoding: str = "pcm_s16le", session_id: str | None = None, translate_partials: bool = False,
                  token: str | None = None, reconnect: bool = True, resume_within_s: float = 30.0,
                  buffer_s: float = 30.0, on_state: Callable[[str], None] | None = None, diarize: bool = False,
-                 max_speakers: int | None = None) -> None:
+                 max_speakers: int | None = None, channels: int = 1) -> None:
         self.url = _net.ws_url(url)
         self.token = token
         self.settings: dict[str, Any] = {"sample_rate": sample_rate, "encoding": encoding, "language": language}
@@ -53,9 +53,13 @@ class LiveSession:
             self.settings |= {"targets": list(targets), "translate_partials": translate_partials}
         if diarize:  # speaker labels; `speakers` results (Kind.SPEAKERS) correct a final's labels
             self.settings |= {"diarize": True, **({"max_speakers": max_speakers} if max_speakers else {})}
+        if channels > 1:  # interleaved audio, one pipeline per channel; such a session cannot be resumed
+            self.settings["channels"] = channels
+            reconnect = False
         self.session_id = session_id or ""
         self.resume_token = ""
         self.last_seq = 0
+        self._last_seqs: dict[int, int] = {}  # a multichannel session's seqs count per audio channel
         self.resumes = 0
         self.done = False
         self.errors: list[TolkError] = []  # reported by the server without ending the session
@@ -64,7 +68,7 @@ class LiveSession:
         self.resume_within_s = resume_within_s  # the server's TOLK_RESUME_GRACE_S
         self._buffer: deque[bytes] = deque()
         self._buffered = 0
-        self._buffer_max = int(buffer_s * sample_rate * (2 if encoding == "pcm_s16le" else 4)) \
+        self._buffer_max = int(buffer_s * sample_rate * channels * (2 if encoding == "pcm_s16le" else 4)) \
             if encoding.startswith("pcm") else 4 << 20
         self._http: aiohttp.ClientSession | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
@@ -216,8 +220,9 @@ class LiveSession:
             kind = data.get("type")
             if kind in ("partial", "final"):
                 r = Result.from_json(data)
-                if r.seq > self.last_seq:  # a replayed one already seen is dropped
-                    self.last_seq = r.seq
+                if r.seq > self._last_seqs.get(r.audio_channel, 0):  # a replayed one already seen is dropped
+                    self._last_seqs[r.audio_channel] = r.seq
+                    self.last_seq = self._last_seqs.get(0, 0)
                     await self._results.put(r)
             elif kind == "speakers":  # a correction of a final already delivered: same seq
                 await self._results.put(Result.from_json(data))

@@ -46,9 +46,10 @@ class Result:
     endpoint: str = ""
     latency_ms: float = 0.0
     replay: bool = False  # a channel's history, sent on subscribe
-    channel: str = ""
+    channel: str = ""  # a broadcast channel's results: its name
     speaker: str = ""  # diarized sessions: who said (most of) it; "" until known (`speakers_late`)
     speakers_late: bool = False
+    audio_channel: int = 0  # a multichannel session's results: the audio channel (0-based) it is of
 
     @property
     def is_final(self) -> bool:
@@ -56,6 +57,7 @@ class Result:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Result:
+        channel = d.get("channel")  # a broadcast channel's name, or a multichannel session's audio channel
         return cls(
             kind=Kind(d["type"]), session_id=str(d["session_id"]), utterance_id=int(d["utterance_id"]),
             seq=int(d["seq"]), text=str(d.get("text", "")), stable_text=str(d.get("stable_text", "")),
@@ -66,8 +68,9 @@ class Result:
             translations=dict(d.get("translations") or {}),
             translation_errors=dict(d.get("translation_errors") or {}),
             endpoint=str(d.get("endpoint") or ""), latency_ms=float(d.get("latency_ms") or 0.0),
-            replay=bool(d.get("replay", False)), channel=str(d.get("channel") or ""),
+            replay=bool(d.get("replay", False)), channel=channel if isinstance(channel, str) else "",
             speaker=str(d.get("speaker") or ""), speakers_late=bool(d.get("speakers_late", False)),
+            audio_channel=channel if isinstance(channel, int) and not isinstance(channel, bool) else 0,
         )
 
 
