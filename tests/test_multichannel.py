@@ -10,8 +10,11 @@ import base64
 import io
 import json
 import re
+import subprocess
+import sys
 import uuid
 import wave
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -29,6 +32,7 @@ pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.e2e]
 
 WER_BOUND = 0.15
 RATE = 16000
+TOLK = str(Path(sys.executable).parent / "tolk")
 
 
 def clip(prefix: str) -> Clip:
@@ -270,6 +274,151 @@ async def test_deepgram_multichannel_bad_input(tolk: Running) -> None:
                             "&sample_rate=16000") as resp:
             body = await resp.json()
             assert resp.status == 400 and body["err_code"] == "Bad Request" and "channels" in body["err_msg"], body
+
+
+# ---------------------------------------------------------------------------------------------------- Uploads
+def _form(audio: bytes, name: str, **fields: str) -> aiohttp.FormData:
+    form = aiohttp.FormData()
+    form.add_field("file", audio, filename=name)
+    for key, value in {"language": "en", **fields}.items():
+        form.add_field(key, value)
+    return form
+
+
+async def _upload(http: aiohttp.ClientSession, url: str, audio: bytes, name: str, **fields: str) -> Any:
+    async with http.post(f"{url}/v1/transcriptions", data=_form(audio, name, **fields)) as resp:
+        body = await (resp.json() if resp.content_type == "application/json" else resp.text())
+        assert resp.status == 200, body
+        return body
+
+
+async def _upload_events(http: aiohttp.ClientSession, url: str, audio: bytes, **fields: str) -> list[tuple[str, Any]]:
+    """`stream=true`: the server-sent events, as (event, data)."""
+    events: list[tuple[str, Any]] = []
+    async with http.post(f"{url}/v1/transcriptions", data=_form(audio, "call.wav", stream="true", **fields)) as resp:
+        assert resp.status == 200, await resp.text()
+        event = "message"
+        async for raw in resp.content:
+            line = raw.decode().rstrip("\r\n")
+            if line.startswith("event:"):
+                event = line[6:].strip()
+            elif line.startswith("data:"):
+                events.append((event, json.loads(line[5:])))
+    return events
+
+
+def _srt_by_voice(srt: str) -> dict[str, str]:
+    """An SRT's cue texts by their `ch0: ` prefix (a cue's second line goes with its first)."""
+    out: dict[str, list[str]] = {}
+    for block in srt.strip().split("\n\n"):
+        text = " ".join(block.splitlines()[2:])
+        who, _, said = text.partition(": ")
+        out.setdefault(who, []).append(said)
+    return {who: " ".join(t) for who, t in out.items()}
+
+
+async def test_native_upload_transcribes_each_channel(tolk: Running) -> None:
+    """`POST /v1/transcriptions` with `channels=2`: a stereo WAV (verbose_json), the same call as stereo Ogg Opus
+    (SRT) and streamed (server-sent events, then its export) each come back per channel, every segment, word,
+    event and cue tagged with its channel and each channel's text its own clip's; without `channels` the file is
+    mixed down as before."""
+    wav_file = stereo_wav()
+    ogg = encode_audio(np.frombuffer(stereo(), "<i2"), RATE, "ogg", "libopus", bitrate=48000, channels=2)
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as http:
+        verbose, srt, events, mixed = await asyncio.gather(
+            _upload(http, tolk.http, wav_file, "call.wav", channels="2", response_format="verbose_json"),
+            _upload(http, tolk.http, ogg, "call.ogg", channels="2", response_format="srt"),
+            _upload_events(http, tolk.http, wav_file, channels="2"),
+            _upload(http, tolk.http, wav_file, "call.wav", response_format="verbose_json"))
+        # verbose_json: each channel's own text, and every segment and word says its channel (its speaker too)
+        check_channels_text({c["channel"]: c["text"] for c in verbose["channels"]}, 0, 1)
+        assert {s["channel"] for s in verbose["segments"]} == {0, 1}, verbose["segments"]
+        for seg in verbose["segments"]:
+            assert seg["speaker"] == f"ch{seg['channel']}", seg
+            assert seg["words"] and all(w["channel"] == seg["channel"] for w in seg["words"]), seg
+        # SRT of the Opus file: the channel is each cue's speaker prefix
+        check_channels_text(_srt_by_voice(srt), "ch0", "ch1")
+        # Streamed: events carry their channel under one session id; `done` holds each channel's text
+        finals = [d for e, d in events if e == "final"]
+        assert {d["session_id"] for d in finals} == {finals[0]["session_id"]}
+        texts: dict[int, list[str]] = {}
+        for d in finals:
+            assert all(w["channel"] == d["channel"] for w in d["words"]), d
+            if d["text"]:
+                texts.setdefault(d["channel"], []).append(d["text"])
+        check_channels_text({c: " ".join(t) for c, t in texts.items()}, 0, 1)
+        assert {d["channel"] for e, d in events if e == "partial"} == {0, 1}
+        done = [d for e, d in events if e == "done"]
+        assert len(done) == 1 and events[-1][0] == "done", [e for e, _ in events]
+        check_channels_text({c["channel"]: c["text"] for c in done[0]["channels"]}, 0, 1)
+        # ... and the streamed upload's export merges its channels, each cue's voice its channel
+        export = f"{tolk.http}/v1/sessions/{finals[0]['session_id']}/transcript"
+        async with http.get(f"{export}?format=vtt") as resp:
+            vtt = await resp.text()
+            assert resp.status == 200, vtt
+        async with http.get(f"{export}?format=verbose_json") as resp:
+            exported = await resp.json()
+        check_channels_text({c["channel"]: c["text"] for c in exported["channels"]}, 0, 1)
+        assert all(s["speaker"] == f"ch{s['channel']}" for s in exported["segments"]), exported["segments"]
+    voices = {v: " ".join(re.findall(rf"<v {v}>(.*?)</v>", vtt, re.DOTALL)).replace("\n", " ") for v in ("ch0", "ch1")}
+    check_channels_text(voices, "ch0", "ch1")
+    # Without `channels`: one transcript of both sides mixed, as before (no channel anywhere)
+    assert mixed["text"] and "channels" not in mixed, mixed
+    assert all("channel" not in s and "speaker" not in s for s in mixed["segments"]), mixed
+
+
+async def test_native_upload_bad_channels_are_refused_clearly(tolk: Running) -> None:
+    """Out of range, not a number, or another count than the file's: a 400 in the API's error shape before anything
+    is transcribed (a stream is refused before its events start); the WebSocket upload's error message likewise."""
+    mono = io.BytesIO()
+    with wave.open(mono, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(RATE)
+        w.writeframes(LEFT.pcm16()[0][:RATE * 2])
+    cases = [(stereo_wav(), {"channels": "9"}, "unsupported_channels", "1-8"),
+             (stereo_wav(), {"channels": "two"}, "unsupported_channels", "1-8"),
+             (stereo_wav(), {"channels": "0"}, "unsupported_channels", "1-8"),
+             (mono.getvalue(), {"channels": "2"}, "invalid_channels", "has 1 channel"),
+             (stereo_wav(), {"channels": "3"}, "invalid_channels", "has 2 channels"),
+             (stereo_wav(), {"channels": "3", "stream": "true"}, "invalid_channels", "has 2 channels")]
+    async with aiohttp.ClientSession() as http:
+        for audio, fields, code, says in cases:
+            async with http.post(f"{tolk.http}/v1/transcriptions", data=_form(audio, "x.wav", **fields)) as resp:
+                body = await resp.json()
+                assert resp.status == 400 and body["error"]["code"] == code, (fields, resp.status, body)
+                assert says in body["error"]["message"], body
+        for start, code in (({"channels": 9}, "unsupported_channels"), ({"channels": 3}, "invalid_channels")):
+            async with http.ws_connect(tolk.http.replace("http", "ws") + "/v1/transcriptions/ws") as ws:
+                await ws.send_json({"type": "file", "language": "en", **start})
+                if code == "invalid_channels":
+                    audio = stereo_wav()
+                    for i in range(0, len(audio), 65536):
+                        await ws.send_bytes(audio[i:i + 65536])
+                    await ws.send_json({"type": "end"})
+                err = await ws.receive_json(timeout=60)
+                assert err["type"] == "error" and err["code"] == code, (start, err)
+
+
+async def test_tolk_listen_prints_each_lines_channel(tolk: Running, tmp_path: Path) -> None:
+    """`tolk listen --file call.wav --channels 2`: a multichannel session, every final line starting with its
+    channel (`[ch0] `), each channel's lines its own clip's; a count the file does not have is a clear error."""
+    path = tmp_path / "call.wav"
+    path.write_bytes(stereo_wav())
+    out = await asyncio.to_thread(
+        subprocess.run, [TOLK, "listen", "--url", tolk.http, "--file", str(path), "--language", "en", "--channels",
+                         "2", "--pace", "2"], capture_output=True, text=True, timeout=240, check=False)
+    assert out.returncode == 0, out.stderr
+    finals = [line for line in out.stdout.splitlines() if not line.startswith("… ")]
+    assert finals and all(re.match(r"\[ch[01]\] ", line) for line in finals), out.stdout
+    partials = [line for line in out.stdout.splitlines() if line.startswith("… ")]
+    assert partials and all(re.match(r"… \[ch[01]\] ", line) for line in partials), out.stdout
+    texts = {c: " ".join(line[6:] for line in finals if line.startswith(f"[ch{c}] ")) for c in (0, 1)}
+    check_channels_text(texts, 0, 1)
+    bad = await asyncio.to_thread(
+        subprocess.run, [TOLK, "listen", "--url", tolk.http, "--file", str(path), "--channels", "3"],
+        capture_output=True, text=True, timeout=60, check=False)
+    assert bad.returncode == 1 and "has 2 channels, not 3" in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
 
 
 # ---------------------------------------------------------------------------------------------------- Speechmatics

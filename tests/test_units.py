@@ -151,6 +151,37 @@ def test_subtitle_formats_are_ordered_and_well_formed() -> None:
     assert "olá" in translated
 
 
+def test_a_multichannel_files_cues_say_their_channel() -> None:
+    """A multichannel upload's finals (`channel_cue`): each cue's speaker is its channel (`ch1`, `ch1 S2` with
+    diarization) in SRT / WebVTT, JSON segments and words carry `channel`, and each channel's own text is given
+    apart from the time-ordered one; one-channel output is as before."""
+    from edge.core.files import channel_cue
+    from edge.http.formats import Cue, render
+    from schemas import ClientResult, ResultKind, Word
+
+    def final(channel: int, start: float, text: str, speaker: str = "") -> ClientResult:
+        words = tuple(Word(w, start + i * 0.4, start + i * 0.4 + 0.3, 0.9, speaker=speaker)
+                      for i, w in enumerate(text.split()))
+        return ClientResult("file-x", 1, 1, ResultKind.FINAL, text, start=start, end=start + 2.0, words=words,
+                            speaker=speaker, channel=channel)
+
+    cues = [channel_cue(final(0, 0.0, "hello there")), channel_cue(final(1, 1.0, "good morning", "S2")),
+            channel_cue(final(0, 3.5, "how are you"))]
+    body, _ = render(cues, "verbose_json")
+    assert isinstance(body, dict)
+    assert [(s["channel"], s["speaker"]) for s in body["segments"]] == [(0, "ch0"), (1, "ch1 S2"), (0, "ch0")]
+    assert all(w["channel"] == s["channel"] for s in body["segments"] for w in s["words"])
+    assert body["channels"] == [{"channel": 0, "text": "hello there how are you"},
+                                {"channel": 1, "text": "good morning"}]
+    assert render(cues, "json")[0] == {"text": "hello there good morning how are you", "channels": body["channels"]}
+    srt, _ = render(cues, "srt")
+    assert isinstance(srt, str) and "ch0: hello there" in srt and "ch1 S2: good morning" in srt
+    vtt, _ = render(cues, "vtt")
+    assert isinstance(vtt, str) and "<v ch1 S2>good morning</v>" in vtt
+    mono, _ = render([Cue.of(final(0, 0.0, "hello there"))], "verbose_json")
+    assert isinstance(mono, dict) and "channels" not in mono and "channel" not in mono["segments"][0]
+
+
 def test_webvtt_escapes_markup_and_wraps_long_cues() -> None:
     """What a subtitle parser (webvtt-py) reads back is the text as said; no cue has more than two lines of 42
     characters; a long cue is split at its words' times, a translation's in proportion to its length."""

@@ -16,8 +16,9 @@ RATE = 16000
 CHUNK_S = 0.1
 
 
-def decode_file(path: str | Path) -> bytes:
-    """The whole file as 16 kHz mono s16le."""
+def decode_file(path: str | Path, channels: int = 1) -> bytes:
+    """The whole file as 16 kHz s16le: mono (mixed down), or with `channels` > 1 the file's channels interleaved
+    (ValueError when it has another count)."""
     import av
 
     out = bytearray()
@@ -25,20 +26,26 @@ def decode_file(path: str | Path) -> bytes:
         stream = next((s for s in container.streams if s.type == "audio"), None)
         if stream is None:
             raise ValueError(f"{path}: no audio stream")
-        resampler = av.AudioResampler(format="s16", layout="mono", rate=RATE)
+        resampler: av.AudioResampler | None = None
         for frame in container.decode(stream):
             assert isinstance(frame, av.AudioFrame)  # decoding an audio stream
+            if resampler is None:
+                has = len(frame.layout.channels)
+                if channels > 1 and has != channels:
+                    raise ValueError(f"{path} has {has} channel{'s' if has != 1 else ''}, not {channels}")
+                resampler = av.AudioResampler(format="s16", layout="mono" if channels == 1 else frame.layout,
+                                              rate=RATE)
             for f in resampler.resample(frame):
                 out += f.to_ndarray().tobytes()
-        for f in resampler.resample(None):
+        for f in resampler.resample(None) if resampler else ():
             out += f.to_ndarray().tobytes()
     return bytes(out)
 
 
-async def file_chunks(path: str | Path, pace: float = 1.0) -> AsyncIterator[bytes]:
-    """The file in 100 ms chunks at `pace` × real time (1: like a microphone)."""
-    pcm = await asyncio.to_thread(decode_file, path)
-    step = int(RATE * CHUNK_S) * 2
+async def file_chunks(path: str | Path, pace: float = 1.0, channels: int = 1) -> AsyncIterator[bytes]:
+    """The file in 100 ms chunks at `pace` × real time (1: like a microphone); `channels` as in decode_file."""
+    pcm = await asyncio.to_thread(decode_file, path, channels)
+    step = int(RATE * CHUNK_S) * 2 * channels
     t0 = time.monotonic()
     for i, off in enumerate(range(0, len(pcm), step)):
         if pace > 0:
@@ -87,9 +94,11 @@ def devices() -> list[dict[str, Any]]:
     return out
 
 
-async def device_chunks(device: int | str | None = None, system_audio: bool = False) -> AsyncIterator[bytes]:
-    """Live capture in 100 ms chunks. `system_audio`: the default output's monitor, through PulseAudio's
-    PortAudio device with PULSE_SOURCE pointing at the monitor (how PortAudio reaches a Pulse source)."""
+async def device_chunks(device: int | str | None = None, system_audio: bool = False,
+                        channels: int = 1) -> AsyncIterator[bytes]:
+    """Live capture in 100 ms chunks (`channels` interleaved). `system_audio`: the default output's monitor,
+    through PulseAudio's PortAudio device with PULSE_SOURCE pointing at the monitor (how PortAudio reaches a
+    Pulse source)."""
     sd = _sounddevice()
     if system_audio or (isinstance(device, str) and device.endswith(".monitor")):
         os.environ["PULSE_SOURCE"] = device if isinstance(device, str) else default_monitor()
@@ -105,7 +114,7 @@ async def device_chunks(device: int | str | None = None, system_audio: bool = Fa
     def callback(indata: Any, frames: int, t: Any, status: Any) -> None:
         loop.call_soon_threadsafe(put, bytes(indata))
 
-    stream = sd.RawInputStream(samplerate=RATE, channels=1, dtype="int16", blocksize=int(RATE * CHUNK_S),
+    stream = sd.RawInputStream(samplerate=RATE, channels=channels, dtype="int16", blocksize=int(RATE * CHUNK_S),
                                device=device, callback=callback)
     with stream:
         while True:

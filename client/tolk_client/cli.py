@@ -36,6 +36,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     src.add_argument("--system-audio", action="store_true", help="what this computer plays (the output's monitor)")
     listen.add_argument("--pace", type=float, default=1.0, help="with --file: × real time (0: as fast as possible)")
     listen.add_argument("--diarize", action="store_true", help="label who speaks (S1, S2...) before each final")
+    listen.add_argument("--channels", type=int, default=1,
+                        help="transcribe each of the audio's N channels on its own (a stereo call: one side each); "
+                             "every line says its channel (ch0, ch1...). Default 1: mixed down")
     sub.add_parser("devices", help="input devices, system-audio monitors included")
     try:
         from tolk_client.desktop.app import add_parser
@@ -49,27 +52,36 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
 class Screen:
     """Partials rewritten in place on a terminal (greyed), plain lines otherwise; finals kept."""
 
-    def __init__(self, out: TextIO = sys.stdout) -> None:
+    def __init__(self, out: TextIO = sys.stdout, multichannel: bool = False) -> None:
         self.out = out
         self.tty = out.isatty()
         self.partial = False
+        self.multichannel = multichannel  # results carry their audio channel: shown on each line
+
+    def who(self, r: Result) -> str:
+        """`ch1`, `S2`, `ch1 S2` (diarized within a channel; `?` until labelled) or "": whose line it is."""
+        tags = [f"ch{r.audio_channel}"] if self.multichannel else []
+        if r.speaker or r.speakers_late:
+            tags.append(r.speaker or "?")
+        return " ".join(tags)
 
     def show(self, r: Result) -> None:
         if r.kind is Kind.SPEAKERS:  # the labels of a final already printed, corrected
-            self.out.write(f"  (speaker of \"{r.text[:40]}\": {r.speaker})\n")
+            self.out.write(f"  (speaker of \"{r.text[:40]}\": {self.who(r)})\n")
             self.out.flush()
             return
+        channel = f"[ch{r.audio_channel}] " if self.multichannel else ""
         if not r.is_final:
             if self.tty:
-                self.out.write(f"\r\x1b[K\x1b[2m{r.text}\x1b[0m")
+                self.out.write(f"\r\x1b[K\x1b[2m{channel}{r.text}\x1b[0m")
                 self.partial = True
             else:
-                self.out.write(f"… {r.text}\n")
+                self.out.write(f"… {channel}{r.text}\n")
         else:
             if self.partial:
                 self.out.write("\r\x1b[K")
                 self.partial = False
-            who = f"[{r.speaker or '?'}] " if r.speaker or r.speakers_late else ""
+            who = f"[{self.who(r)}] " if self.who(r) else ""
             if r.text or r.replay:
                 self.out.write(f"{'(earlier) ' if r.replay else ''}{who}{r.text}\n")
             for lang, text in r.translations.items():
@@ -80,7 +92,7 @@ class Screen:
 async def _live(args: argparse.Namespace, targets: list[str], chunks: AsyncIterator[bytes], screen: Screen,
                 srt: SrtWriter | None) -> int:
     async with LiveSession(args.url, language=args.language, targets=targets, token=args.token,
-                           diarize=getattr(args, "diarize", False)) as s:
+                           diarize=getattr(args, "diarize", False), channels=getattr(args, "channels", 1)) as s:
         async def pump() -> None:
             try:
                 async for chunk in chunks:
@@ -118,16 +130,19 @@ async def _channel(args: argparse.Namespace, targets: list[str], screen: Screen,
 
 def listen(args: argparse.Namespace) -> int:
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
-    screen = Screen()
+    if not 1 <= args.channels <= 8 or (args.channels > 1 and args.channel):
+        print("tolk listen: --channels is 1-8, for audio this sends (not with --channel)", file=sys.stderr)
+        return 2
+    screen = Screen(multichannel=args.channels > 1)
     srt = SrtWriter(args.output) if args.output else None
     try:
         if args.channel:
             return asyncio.run(_channel(args, targets, screen, srt))
         if args.file:
-            chunks = audio.file_chunks(args.file, args.pace)
+            chunks = audio.file_chunks(args.file, args.pace, args.channels)
         else:
             device: int | str | None = int(args.device) if args.device and args.device.isdigit() else args.device
-            chunks = audio.device_chunks(device, system_audio=args.system_audio)
+            chunks = audio.device_chunks(device, system_audio=args.system_audio, channels=args.channels)
         return asyncio.run(_live(args, targets, chunks, screen, srt))
     except TolkError as err:
         print(f"tolk listen: {err}", file=sys.stderr)

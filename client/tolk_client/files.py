@@ -22,7 +22,7 @@ class FileDone:
 
 
 def _form(path: str | Path, language: str, targets: Sequence[str], response_format: str,
-          stream: bool) -> aiohttp.FormData:
+          stream: bool, channels: int = 1) -> aiohttp.FormData:
     form = aiohttp.FormData()
     form.add_field("file", Path(path).read_bytes(), filename=Path(path).name)
     form.add_field("language", language)
@@ -31,6 +31,8 @@ def _form(path: str | Path, language: str, targets: Sequence[str], response_form
         form.add_field("targets", ",".join(targets))
     if stream:
         form.add_field("stream", "true")
+    if channels > 1:  # the file's channel count: each channel transcribed on its own
+        form.add_field("channels", str(channels))
     return form
 
 
@@ -45,10 +47,13 @@ async def _raise_for(resp: aiohttp.ClientResponse) -> None:
 
 
 async def transcribe(url: str, path: str | Path, *, language: str = "auto", targets: Sequence[str] = (),
-                     response_format: str = "json", token: str | None = None) -> dict[str, Any] | str:
-    """The whole transcript of a file: a dict for json/verbose_json, text for text/srt/vtt."""
+                     response_format: str = "json", token: str | None = None,
+                     channels: int = 1) -> dict[str, Any] | str:
+    """The whole transcript of a file: a dict for json/verbose_json, text for text/srt/vtt. `channels`: the
+    file's count, to have each channel transcribed on its own (every segment says its `channel`)."""
     async with aiohttp.ClientSession(headers=_net.headers(token)) as http, http.post(
-            _net.http_url(url, "/v1/transcriptions"), data=_form(path, language, targets, response_format, False),
+            _net.http_url(url, "/v1/transcriptions"),
+            data=_form(path, language, targets, response_format, False, channels),
             timeout=aiohttp.ClientTimeout(total=None)) as resp:
         await _raise_for(resp)
         if response_format in ("json", "verbose_json"):
@@ -59,10 +64,12 @@ async def transcribe(url: str, path: str | Path, *, language: str = "auto", targ
 
 async def stream(url: str, path: str | Path, *, language: str = "auto", targets: Sequence[str] = (),
                  response_format: str = "verbose_json",
-                 token: str | None = None) -> AsyncIterator[Result | FileDone]:
-    """Partials and finals as the file is transcribed (server-sent events), then FileDone."""
+                 token: str | None = None, channels: int = 1) -> AsyncIterator[Result | FileDone]:
+    """Partials and finals as the file is transcribed (server-sent events), then FileDone. `channels` as in
+    `transcribe`: results then say their `audio_channel`."""
     async with aiohttp.ClientSession(headers=_net.headers(token)) as http, http.post(
-            _net.http_url(url, "/v1/transcriptions"), data=_form(path, language, targets, response_format, True),
+            _net.http_url(url, "/v1/transcriptions"),
+            data=_form(path, language, targets, response_format, True, channels),
             timeout=aiohttp.ClientTimeout(total=None, sock_read=120)) as resp:
         await _raise_for(resp)
         event, data = "message", ""

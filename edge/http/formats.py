@@ -20,14 +20,17 @@ class Cue:
     words: list[dict[str, Any]] = field(default_factory=list)
     translations: dict[str, str] = field(default_factory=dict)
     speaker: str = ""  # diarized: who said (most of) it
+    channel: int | None = None  # a multichannel upload's: the audio channel (0-based) it was heard on
 
     @classmethod
-    def of(cls, r: ClientResult | Transcript) -> Cue:
-        """A final as a cue: from its first voiced moment (`speech_start`) to its end."""
+    def of(cls, r: ClientResult | Transcript, channel: int | None = None) -> Cue:
+        """A final as a cue: from its first voiced moment (`speech_start`) to its end. `channel`: given for a
+        multichannel file only (a result's own `channel` is 0 on one channel too), on the cue and its words."""
+        on = {"channel": channel} if channel is not None else {}
         words = [{"word": w.word, "start": w.start, "end": w.end, "probability": w.probability,
-                  **({"speaker": w.speaker} if w.speaker else {})} for w in r.words]
+                  **({"speaker": w.speaker} if w.speaker else {}), **on} for w in r.words]
         return cls(r.speech_start or r.start, r.end, r.text, words, dict(r.translations),
-                   r.speaker if isinstance(r, ClientResult) else "")
+                   r.speaker if isinstance(r, ClientResult) else "", channel)
 
 
 def by_speaker(cues: Sequence[Cue]) -> list[Cue]:
@@ -48,7 +51,7 @@ def by_speaker(cues: Sequence[Cue]) -> list[Cue]:
             start = c.start if k == 0 else float(run[0]["start"])
             end = c.end if k == len(runs) - 1 else float(runs[k + 1][0]["start"])
             out.append(Cue(start, end, " ".join(str(w["word"]).strip() for w in run), run, {},
-                           str(run[0].get("speaker") or c.speaker)))
+                           str(run[0].get("speaker") or c.speaker), c.channel))
     return out
 
 
@@ -59,7 +62,8 @@ def monotonic(cues: Sequence[Cue]) -> list[Cue]:
     for c in sorted((c for c in cues if c.text.strip()), key=lambda c: (c.start, c.end)):
         start = max(c.start, last_end)
         end = max(c.end, start + 0.001)
-        out.append(Cue(round(start, 3), round(end, 3), c.text.strip(), c.words, c.translations, c.speaker))
+        out.append(Cue(round(start, 3), round(end, 3), c.text.strip(), c.words, c.translations, c.speaker,
+                       c.channel))
         last_end = end
     return out
 
@@ -95,7 +99,7 @@ def captions(cues: Sequence[Cue], translation: str | None = None) -> list[Cue]:
         text = c.translations.get(translation, c.text) if translation else c.text
         rows = lines(text)
         if len(rows) <= CUE_LINES:
-            out.append(Cue(c.start, c.end, "\n".join(rows), speaker=c.speaker))
+            out.append(Cue(c.start, c.end, "\n".join(rows), speaker=c.speaker, channel=c.channel))
             continue
         parts = [rows[i:i + CUE_LINES] for i in range(0, len(rows), CUE_LINES)]
         counts = [sum(len(r.split()) for r in part) for part in parts]
@@ -111,7 +115,7 @@ def captions(cues: Sequence[Cue], translation: str | None = None) -> list[Cue]:
             else:
                 end = c.start + (c.end - c.start) * min(1.0, done / total)
             end = min(c.end - 0.001 * (len(parts) - 1 - k), max(end, start + 0.001))
-            out.append(Cue(round(start, 3), round(end, 3), "\n".join(part), speaker=c.speaker))
+            out.append(Cue(round(start, 3), round(end, 3), "\n".join(part), speaker=c.speaker, channel=c.channel))
             start = end
     return out
 
@@ -145,10 +149,20 @@ def text(cues: Sequence[Cue]) -> str:
     return " ".join(c.text for c in monotonic(cues))
 
 
+def by_channel(cues: Sequence[Cue]) -> list[dict[str, Any]]:
+    """A multichannel file's text per channel (`[{"channel", "text"}]`, in channel order; [] for one channel): the
+    time-ordered text of all channels interleaves people talking over each other."""
+    channels = sorted({c.channel for c in cues if c.channel is not None})
+    return [{"channel": ch, "text": text([c for c in cues if c.channel == ch])} for ch in channels]
+
+
 def render(cues: Sequence[Cue], fmt: str, language: str = "", duration: float = 0.0,
            translation: str | None = None) -> tuple[str | dict[str, Any], str]:
-    """(body, content type) for `fmt` (one of FORMATS)."""
+    """(body, content type) for `fmt` (one of FORMATS). A multichannel file's JSON says each segment's (and
+    word's) `channel`, and gives each channel's own text under `channels`."""
     ordered = monotonic(cues)
+    per_channel = by_channel(cues)
+    channels: dict[str, Any] = {"channels": per_channel} if per_channel else {}
     if fmt == "srt":
         return srt(ordered, translation), "application/x-subrip; charset=utf-8"
     if fmt == "vtt":
@@ -159,15 +173,19 @@ def render(cues: Sequence[Cue], fmt: str, language: str = "", duration: float = 
         return {
             "task": "transcribe", "duration": round(duration, 3), "text": text(ordered),
             "segments": [{"type": "transcript.text.segment", "id": f"seg_{i}", "start": c.start, "end": c.end,
-                          "text": c.text, "speaker": c.speaker or None}
+                          "text": c.text, "speaker": c.speaker or None,
+                          **({"channel": c.channel} if c.channel is not None else {})}
                          for i, c in enumerate(monotonic(by_speaker(ordered)))],
+            **channels,
         }, "application/json"
     if fmt == "verbose_json":
         return {
             "task": "transcribe", "language": language, "duration": round(duration, 3), "text": text(ordered),
             "segments": [{"id": i, "start": c.start, "end": c.end, "text": c.text, "words": c.words,
                           **({"translations": c.translations} if c.translations else {}),
-                          **({"speaker": c.speaker} if c.speaker else {})}
+                          **({"speaker": c.speaker} if c.speaker else {}),
+                          **({"channel": c.channel} if c.channel is not None else {})}
                          for i, c in enumerate(ordered)],
+            **channels,
         }, "application/json"
-    return {"text": text(ordered)}, "application/json"
+    return {"text": text(ordered), **channels}, "application/json"

@@ -205,7 +205,8 @@ function fileMode() {
     downloads.hidden = true;
     $("file-start").disabled = true;
     try {
-      const result = await transcribe({ file, language: language.value, targets: chosen, view, onStatus: say });
+      const result = await transcribe({ file, language: language.value, targets: chosen, view, onStatus: say,
+                                        channels: Number($("file-channels").value) });
       job = { ...result, name: file.name.replace(/\.[^.]+$/, "") || "transcript" };
       window.tolk.file = job;
       say(`Done: ${view.finals.length} caption(s).`);

@@ -4,6 +4,14 @@
 const NAMES = new Intl.DisplayNames([navigator.language || "en"], { type: "language" });
 export const languageName = (code) => { try { return NAMES.of(code) || code; } catch { return code; } };
 
+/** A multichannel session's (or file's) audio channel, 0-based; null otherwise (a broadcast channel's
+ * results carry its name, a string, under the same key). Its results number utterances and seqs per channel. */
+const audioChannel = (r) => (Number.isInteger(r.channel) ? r.channel : null);
+const resultKey = (r) => {
+  const ch = audioChannel(r);
+  return ch === null ? `${r.session_id}:${r.seq}` : `${r.session_id}:c${ch}:${r.seq}`;
+};
+
 export class CaptionView {
   constructor(root) {
     this.root = root;
@@ -42,7 +50,7 @@ export class CaptionView {
 
   /** A result of /v1/listen (or the file SSE stream). `meta` is merged into the record kept in `finals`. */
   show(r, meta = {}) {
-    const key = `${r.session_id}:${r.seq}`;
+    const key = resultKey(r);
     if (this.seen.has(key)) return;  // a replayed final already shown (channel reconnect)
     this.seen.add(key);
     if (r.type === "partial") return this.partial(r);
@@ -67,10 +75,13 @@ export class CaptionView {
     const li = el("li", meta.replay ? "replay" : "");
     li.dataset.seq = String(r.seq);
     li.dataset.utterance = String(r.utterance_id);
+    const ch = audioChannel(r);
+    if (ch !== null) li.dataset.channel = String(ch);
     li.append(...this.cells(r.text, r.translations || {}, r.translation_errors || {}, r.language));
     if (r.speaker || r.speakers_late) li.firstElementChild.prepend(el("span", "speaker", r.speaker || "?"));
+    if (ch !== null) li.firstElementChild.prepend(el("span", "channel", `ch${ch}`));  // before the speaker
     this.log.append(li);
-    this.finals.push({ key: `${r.session_id}:${r.seq}`, seq: r.seq, session_id: r.session_id, text: r.text,
+    this.finals.push({ key: resultKey(r), seq: r.seq, session_id: r.session_id, text: r.text,
                        translations: r.translations || {}, errors: r.translation_errors || {},
                        start: r.start, end: r.end, language: r.language, ...meta });
     while (this.log.children.length > 500) this.log.firstElementChild.remove();  // a long session stays light
@@ -79,10 +90,17 @@ export class CaptionView {
 
   /** A `speakers` result: the final of that utterance was labelled (again); its speaker shown anew. */
   relabel(r) {
-    const li = this.log.querySelector(`li[data-utterance="${r.utterance_id}"]`);
+    const ch = audioChannel(r);
+    const li = this.log.querySelector(`li[data-utterance="${r.utterance_id}"]` +
+                                      (ch === null ? "" : `[data-channel="${ch}"]`));
     const tag = li?.querySelector(".speaker");
     if (tag) tag.textContent = r.speaker || "?";
-    else if (li) li.firstElementChild.prepend(el("span", "speaker", r.speaker || "?"));
+    else if (li) {
+      const speaker = el("span", "speaker", r.speaker || "?");
+      const label = li.firstElementChild.querySelector(".channel");  // the channel stays first
+      if (label) label.after(speaker);
+      else li.firstElementChild.prepend(speaker);
+    }
   }
 
   cells(text, translations, errors, language) {

@@ -3,12 +3,14 @@
 
 import { api } from "./api.js";
 
-export async function transcribe({ file, language, targets, view, onStatus, signal }) {
+/** `channels` > 1: the recording's channel count, each channel transcribed on its own (results say `channel`). */
+export async function transcribe({ file, language, targets, view, onStatus, signal, channels = 1 }) {
   const form = new FormData();
   form.append("file", file);
   form.append("language", language);
   form.append("stream", "true");
   if (targets.length) form.append("targets", targets.join(","));
+  if (channels > 1) form.append("channels", String(channels));
   view.clear();
   view.setTargets(targets);
   onStatus(`Uploading ${file.name}…`);

@@ -12,9 +12,9 @@ import re
 import aiohttp
 from aiohttp import web
 
-from edge.core.commands import parse_language, parse_targets
+from edge.core.commands import check_channels, parse_language, parse_targets
 from edge.core.errors import ApiError, Close, ErrorCode, ProtocolError
-from edge.core.files import FileJobs
+from edge.core.files import FileJobs, channel_cue, check_count
 from edge.core.services import Services
 from edge.http import auth
 from edge.http.formats import DIARIZED, FORMATS, Cue, render
@@ -25,6 +25,18 @@ from schemas import ResultKind
 
 _SESSION = re.compile(r"^[A-Za-z0-9_=-]{1,80}$")
 WS_CLOSE = {413: Close.TOO_BIG, 415: Close.UNSUPPORTED_DATA, 503: Close.TRY_AGAIN}  # an upload's HTTP status
+
+
+def _channels(value: str) -> int:
+    """The form's `channels`: 1-8, as a live `start`'s (checked by the same code); with more than one, the file
+    must have that many (checked once it is probed)."""
+    count: object = value
+    with contextlib.suppress(ValueError):
+        count = int(value)
+    try:
+        return check_channels(count, ErrorCode.UNSUPPORTED_CHANNELS)
+    except ProtocolError as err:
+        raise ApiError(400, err.code.value, err.message, "channels") from None
 
 
 def _options(fields: dict[str, str]) -> tuple[str, str, bool, tuple[str, ...], bool]:
@@ -62,12 +74,15 @@ class FileRoutes:
         async with self.files.upload() as up:
             fields = await upload.multipart(request, up)
             fmt, language, stream, targets, diarize = _options(fields)
+            channels = _channels(fields.get("channels", "1"))
             await self._served(language, targets)
             duration = await up.duration()
+            if channels > 1:  # a wrong count is a 400 now, not an error event of a stream already answered 200
+                check_count(channels, up.channels)
             if stream:
-                return await self._sse(request, up.path, language, targets, fmt, duration)
+                return await self._sse(request, up.path, language, targets, fmt, duration, channels)
             cues, lang = await self.files.transcribe(up.path, language, targets, owner=request.get(auth.TOKEN, ""),
-                                                     diarize=diarize)
+                                                     diarize=diarize, channels=channels)
             return _body(*render(cues, fmt, lang, duration))
 
     async def _served(self, language: str, targets: tuple[str, ...]) -> None:
@@ -78,18 +93,22 @@ class FileRoutes:
             raise ApiError(400, err.code.value, err.message, "targets") from None
 
     async def _sse(self, request: web.Request, path: str, language: str, targets: tuple[str, ...], fmt: str,
-                   duration: float) -> web.StreamResponse:
+                   duration: float, channels: int = 1) -> web.StreamResponse:
         cues: list[Cue] = []
+        owner = request.get(auth.TOKEN, "")
+        multi = channels > 1
+        results = self.files.run_channels(path, language, targets, owner=owner, channels=channels) if multi else \
+            self.files.run(path, language, targets, owner=owner)
         async with EventStream(request, self.cfg.sse_ping_s) as sse:
             try:
-                async for r in self.files.run(path, language, targets, owner=request.get(auth.TOKEN, "")):
+                async for r in results:
                     if r.kind is ResultKind.END:
                         body, _ = render(cues, fmt if fmt in ("json", "verbose_json") else "json", language, duration)
                         await sse.send(event(body if isinstance(body, dict) else {"text": body}, "done"))
                         break
                     if r.kind is ResultKind.FINAL and r.text:
-                        cues.append(Cue.of(r))
-                    await sse.send(event(render_result(r, targets=targets), r.kind.value))
+                        cues.append(channel_cue(r) if multi else Cue.of(r))
+                    await sse.send(event(render_result(r, targets=targets, multichannel=multi), r.kind.value))
             except ApiError as err:
                 self.services.metrics.error(err.code)
                 await sse.send(event({"code": err.code, "message": err.message}, "error"))
@@ -106,6 +125,7 @@ class FileRoutes:
                     raise ApiError(400, "invalid_start", 'send {"type":"file"} first')
                 language = parse_language(first.get("language", "auto"), ErrorCode.UNSUPPORTED_LANGUAGE)
                 targets = parse_targets(first.get("targets", []), ErrorCode.INVALID_TARGETS)
+                channels = check_channels(first.get("channels", 1), ErrorCode.UNSUPPORTED_CHANNELS)
                 await self._served(language, targets)
                 chunks: asyncio.Queue[bytes] = asyncio.Queue()
 
@@ -121,14 +141,19 @@ class FileRoutes:
 
                 await up.store(read)
                 duration = await up.duration()
+                if channels > 1:
+                    check_count(channels, up.channels)
+                owner, multi = request.get(auth.TOKEN, ""), channels > 1
+                results = self.files.run_channels(up.path, language, targets, owner=owner, channels=channels) \
+                    if multi else self.files.run(up.path, language, targets, owner=owner)
                 await ws.send_json({"type": "started", "duration": round(duration, 3), "language": language,
-                                    "targets": list(targets)})
-                async for r in self.files.run(up.path, language, targets, owner=request.get(auth.TOKEN, "")):
+                                    "targets": list(targets), **({"channels": channels} if multi else {})})
+                async for r in results:
                     if r.kind is ResultKind.END:
                         await ws.send_json({"type": "done", "session_id": r.session_id})
                         await ws.close(code=Close.NORMAL, message=b"done")
                         break
-                    await ws.send_json(render_result(r, targets=targets))
+                    await ws.send_json(render_result(r, targets=targets, multichannel=multi))
         except ProtocolError as err:
             await self._ws_fail(ws, err.code.value, err.message, Close.POLICY)
         except ApiError as err:
@@ -158,4 +183,6 @@ class FileRoutes:
         if not finals:
             raise ApiError(404, "not_found", f"no finished transcript for {sid} (kept 1 h)")
         language = next((t.language for t in finals if t.language), "")
-        return _body(*render([Cue.of(t) for t in finals], fmt, language, max(t.end for t in finals), translation))
+        multi = await self.files.channels(sid) > 1  # its JSON's segments and words say their channel
+        cues = [Cue.of(t, t.channel if multi else None) for t in finals]
+        return _body(*render(cues, fmt, language, max(t.end for t in finals), translation))
