@@ -281,6 +281,32 @@ async def test_file_upload_streams_and_downloads_subtitles(browser: Browser, sta
     assert not page.errors, page.errors  # type: ignore[attr-defined]
 
 
+async def test_file_upload_per_channel_labels_each_line(browser: Browser, stack: Running, tmp_path: Path) -> None:
+    """A stereo call with "2, each on its own" picked: every caption line shows its channel (`ch0`, `ch1`) before
+    its text, and each channel's lines read its own clip (finals of both channels kept, though their seqs repeat)."""
+    from tests.test_multichannel import check_channels_text, stereo_wav
+
+    upload = tmp_path / "call.wav"
+    upload.write_bytes(stereo_wav())
+    page = await open_page(browser, stack.http + "/#file")
+    await page.set_input_files("#file-input", str(upload))
+    await page.select_option("#file-language", "en")
+    await page.select_option("#file-channels", "2")
+    await page.click("#file-start")
+    await page.wait_for_function("document.querySelector('#file-status').textContent.startsWith('Done')",
+                                 timeout=120_000)
+    lines = await page.eval_on_selector_all("#file-captions li", """lis => lis.map(li => ({
+        channel: li.dataset.channel, label: li.querySelector('.channel')?.textContent,
+        first: li.querySelector('.cell.src').firstElementChild?.className}))""")
+    assert lines and all(x["label"] == f"ch{x['channel']}" and x["first"] == "channel" for x in lines), lines
+    texts: dict[int, list[str]] = {}
+    for f in await page_finals(page, "file"):
+        texts.setdefault(int(f["key"].split(":c")[1].split(":")[0]), []).append(f["text"])
+    check_channels_text({c: " ".join(t) for c, t in texts.items()}, 0, 1)
+    await shot(page, "file-channels")
+    assert not page.errors, page.errors  # type: ignore[attr-defined]
+
+
 async def test_phone_screen_keyboard_and_large_captions(browser: Browser, stack: Running) -> None:
     page = await open_page(browser, stack.http + "/", viewport={"width": 390, "height": 844}, is_mobile=True,
                            has_touch=True, device_scale_factor=2)
