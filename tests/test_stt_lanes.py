@@ -9,7 +9,7 @@ from actors.runtime.actor import RuntimeSettings
 from actors.runtime.bus import Bus
 from actors.runtime.consumer import Delivery
 from actors.stt.actor import FULL_WINDOW_EXTRA, SttActor, SttSettings
-from actors.stt.engine import WhisperEngine, WhisperOptions
+from actors.stt.engine import SttResult, WhisperEngine, WhisperOptions, WordTiming
 from actors.stt.models import resolve
 from schemas import Segment, SegmentKind
 
@@ -88,9 +88,9 @@ async def test_finals_use_the_full_window_only_where_it_costs_little(bus: Bus) -
             stt.partial_lane.shutdown()
 
 
-def _partial(session: str, utterance: int, seq: int) -> Delivery[Segment]:
+def _partial(session: str, utterance: int, seq: int, end: float = 0.5) -> Delivery[Segment]:
     seg = Segment(session_id=session, utterance_id=utterance, seq=seq, final_index=utterance,
-                  kind=SegmentKind.PARTIAL, audio=b"\0\0" * 8000, start=0.0, end=0.5, language="en",
+                  kind=SegmentKind.PARTIAL, audio=b"\0\0" * int(16000 * end), start=0.0, end=end, language="en",
                   speech_end_wall=float(seq), partition=0)
     return Delivery(seg, raw=None)  # type: ignore[arg-type]  # settling None fails quietly (suppressed)
 
@@ -116,6 +116,26 @@ async def test_an_utterance_whose_final_is_queued_still_shows_its_first_partial(
         again = _partial("c", 1, 4)
         stt._partials.append(again)
         assert await stt._fresh_partials() == [] and stt._first_partials([stt._finals[-1]]) == [again]
+    finally:
+        stt.final_lane.shutdown()
+        stt.partial_lane.shutdown()
+
+
+async def test_a_first_partial_that_reads_as_nothing_shows_its_finals_words(bus: Bus) -> None:
+    """Seen in test_e2e under load: "uh I I still think it's a very good team…" — the first partial, decoded with
+    its final, read as nothing on its 1.5 s, so the utterance showed no text before its final. It shows the final's
+    words that end within its audio; one of another utterance, or with no such words, stays empty."""
+    stt = SttActor(bus, RuntimeSettings(), SttSettings(), pools.load({}).serving("en"))
+    try:
+        final, first, other = _delivery("a", 1, 9, 16000 * 3, False), _partial("a", 1, 5, 1.5), _partial("b", 1, 5, 1.5)
+        words = [WordTiming(w, a, b, 0.9) for w, a, b in (("very", 0.2, 0.6), ("good", 0.6, 1.2), ("team", 1.3, 2.0))]
+        decoded = SttResult("very good team", "en", 0.0, -0.2, words)
+        empty = SttResult("", "en", 0.0, -10.0, rejected="empty")
+        out = stt._filled_first_partials([first, other, final], [empty, empty, decoded])
+        assert out[0].text == "very good" and out[0].words == []
+        assert out[1].text == "" and out[2] is decoded
+        late = _partial("a", 1, 5, 0.3)
+        assert stt._filled_first_partials([late, final], [empty, decoded])[0].text == ""
     finally:
         stt.final_lane.shutdown()
         stt.partial_lane.shutdown()

@@ -615,6 +615,8 @@ class SttActor(Actor):
             return
         finally:
             self._inflight = [d for d in self._inflight if d not in batch]
+        if lane is self.final_lane:
+            results = self._filled_first_partials(batch, results)
         todo = self._translating(batch, results) if lane is self.final_lane else []
         # Sessions with nothing to translate (and first partials) go out before the second decode; a session with a
         # final to translate keeps its items together, in order.
@@ -625,6 +627,19 @@ class SttActor(Actor):
             results = await self._speech_translate(todo, requests, results, window_s, beam_size)
             rest = [i for i, d in enumerate(batch) if d.msg.session_id in waiting]
             await self._settle([batch[i] for i in rest], [requests[i] for i in rest], [results[i] for i in rest])
+
+    def _filled_first_partials(self, batch: list[Delivery[Segment]], results: list[SttResult]) -> list[SttResult]:
+        """A first partial decoded with its own final that reads as nothing on its shorter audio (a filler, a soft
+        head Whisper drops until it hears what follows) shows the final's words within its audio instead, as an
+        early decode's partial does (_show_first_partial): the user still sees the utterance start first."""
+        finals = {(d.msg.session_id, d.msg.utterance_id): (d.msg, r) for d, r in zip(batch, results, strict=True)
+                  if d.msg.kind is SegmentKind.FINAL and not d.msg.speculative and r.words}
+        out = list(results)
+        for i, (d, r) in enumerate(zip(batch, results, strict=True)):
+            hit = finals.get((d.msg.session_id, d.msg.utterance_id))
+            if d.msg.kind is SegmentKind.PARTIAL and not r.text and hit is not None:
+                out[i] = self._prefix(hit[1], d.msg.end - hit[0].start)
+        return out
 
     async def _settle(self, batch: list[Delivery[Segment]], requests: list[SttRequest],
                       results: list[SttResult]) -> None:
