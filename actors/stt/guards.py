@@ -11,16 +11,18 @@ def compression_ratio(text: str) -> float:
     return len(raw) / max(1, len(zlib.compress(raw)))
 
 
+def _norm(word: str) -> str:
+    """A word as the repeat guards compare it: case and surrounding punctuation aside."""
+    return word.strip(".,;:!?¿¡\"'«»()-").lower()
+
+
 def repeated_head(words: Sequence[str], before: str, min_run: int = 4, lookback: int = 40) -> int:
     """How many leading words of a final repeat, in order, a run of at least `min_run` of the session's last
     `lookback` words already published: Whisper copying its prompt, or reading a left context again, starts a
     final with a phrase the previous one ended with ("Good morning. This Tuesday is election day. Good morning.
     This Tuesday is election day. After months..."). 0 when it does not."""
-    def norm(w: str) -> str:
-        return w.strip(".,;:!?¿¡\"'«»()-").lower()
-
-    prev = [norm(w) for w in before.split()][-lookback:]
-    head = [norm(w) for w in words]
+    prev = [_norm(w) for w in before.split()][-lookback:]
+    head = [_norm(w) for w in words]
     for k in range(min(len(head), len(prev)), min_run - 1, -1):
         if any(prev[i:i + k] == head[:k] for i in range(len(prev) - k + 1)):
             return k
@@ -33,11 +35,8 @@ def repeated_edge(words: Sequence[str], ends: Sequence[float], before: str, onse
     in the pre-roll or the left context the previous final already read: a word cut in two at the boundary comes
     out of both finals ("… a lot different than me." then "me uh acoustic corpus"). A repeat said after the onset
     is the speaker's and stays; a longer one is `repeated_head`'s. 0 when there is none."""
-    def norm(w: str) -> str:
-        return w.strip(".,;:!?¿¡\"'«»()-…").lower()
-
-    prev = [w for w in (norm(x) for x in before.split()) if w][-max_k:]
-    head = [norm(w) for w in words]
+    prev = [w for w in (_norm(x) for x in before.split()) if w][-max_k:]
+    head = [_norm(w) for w in words]
     for k in range(min(max_k, len(head), len(prev)), 0, -1):
         if head[:k] == prev[-k:] and all(e <= onset for e in ends[:k]):
             return k
@@ -53,7 +52,7 @@ def looped(words: Sequence[str], speech_s: float, min_run: int = 4, max_rate: fl
     None when there is no such loop."""
     if speech_s <= 0 or len(words) <= max_rate * speech_s:
         return None
-    norm = [w.strip(".,;:!?¿¡\"'«»()-").lower() for w in words]
+    norm = [_norm(w) for w in words]
     for i in range(len(norm)):
         for n in range(min_run, (len(norm) - i) // 2 + 1):
             if norm[i:i + n] == norm[i + n:i + 2 * n]:

@@ -378,23 +378,18 @@ class FileJobs:
             await thread
 
     # ------------------------------------------------------------------ finished sessions
-    async def finals(self, sid: str, who: str) -> list[ClientResult]:
-        """A finished session's finals, for its owner only; anyone else is told what a missing one tells (ids may
-        be guessable). With authentication off every caller is "" and so is every owner. A diarized session's
-        carry their speakers."""
-        if not await self._owns(sid, who):
-            return []
+    async def finals(self, sid: str, who: str) -> tuple[list[ClientResult], int]:
+        """A finished session's finals, for its owner only, and its audio channels (a multichannel one's exported
+        cues say their channel); anyone else is told what a missing one tells (ids may be guessable). With
+        authentication off every caller is "" and so is every owner. A diarized session's carry their speakers."""
         rec, _ = await self.sessions.get(sid)
+        if not await self._owns(sid, who, rec):
+            return [], 1
         if rec is not None and rec.channels > 1:  # each channel's stream, merged in time order
             merged = [_on_channel(r, c, sid) for c in range(rec.channels)
                       for r in await self._stream_finals(lane_stream(sid, c))]
-            return sorted(merged, key=lambda r: (r.start, r.channel))
-        return await self._stream_finals(sid)
-
-    async def channels(self, sid: str) -> int:
-        """A session's audio channels (1 when unknown): a multichannel one's exported cues say their channel."""
-        rec, _ = await self.sessions.get(sid)
-        return rec.channels if rec is not None else 1
+            return sorted(merged, key=lambda r: (r.start, r.channel)), rec.channels
+        return await self._stream_finals(sid), 1
 
     async def _stream_finals(self, stream: str) -> list[ClientResult]:
         stored = replay.finals(await replay.stored(self.pipeline.bus, stream))
@@ -403,13 +398,13 @@ class FileJobs:
             finals = replay.labelled(finals, await replay.speakers(self.pipeline.bus, stream))
         return finals
 
-    async def _owns(self, sid: str, who: str) -> bool:
+    async def _owns(self, sid: str, who: str, rec: SessionRecord | None) -> bool:
+        """`rec`: the session's record, already read."""
         if sid.startswith("ch="):
             return True  # a channel run: channels are every authenticated listener's
         lane = re.fullmatch(r"(.+)=c\d", sid)
         if lane:  # one audio channel of a multichannel session: its session's owner's
-            sid = lane.group(1)
-        rec, _ = await self.sessions.get(sid)
+            rec, _ = await self.sessions.get(lane.group(1))
         if rec is None:
             return not who  # no record (expired, or from before owners were kept): open only when auth is off
         return bool(rec.owner == who)

@@ -179,10 +179,10 @@ class FileRoutes:
             raise ApiError(400, "invalid_session_id", "not a session id")
         if fmt not in FORMATS:
             raise ApiError(400, "invalid_request", f"format must be one of {', '.join(FORMATS)}")
-        finals = await self.files.finals(sid, request.get(auth.TOKEN, ""))
+        finals, channels = await self.files.finals(sid, request.get(auth.TOKEN, ""))
         if not finals:
             raise ApiError(404, "not_found", f"no finished transcript for {sid} (kept 1 h)")
         language = next((t.language for t in finals if t.language), "")
-        multi = await self.files.channels(sid) > 1  # its JSON's segments and words say their channel
+        multi = channels > 1  # its JSON's segments and words say their channel
         cues = [Cue.of(t, t.channel if multi else None) for t in finals]
         return _body(*render(cues, fmt, language, max(t.end for t in finals), translation))
