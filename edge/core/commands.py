@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import math
 import re
 from dataclasses import dataclass
@@ -172,3 +174,19 @@ def check_audio(data: bytes, encoding: Encoding, max_frame: int, channels: int =
         raise ProtocolError(
             ErrorCode.INVALID_FRAME, f"{what} frames must be a multiple of {width} bytes, got {len(data)}"
         )
+
+
+def decode_base64(data: Any, max_frame: int, what: str = '"data"') -> bytes:
+    """Audio sent as base64 in a JSON message (native `audio`, Speechmatics' `AddChannelAudio`): `what` names the
+    field in the errors; the size is bounded before decoding."""
+    if not isinstance(data, str):
+        raise ProtocolError(ErrorCode.INVALID_BASE64, f"{what} must be a base64 string")
+    if len(data) > (max_frame * 4) // 3 + 4:
+        raise ProtocolError(ErrorCode.FRAME_TOO_LARGE, f"audio frame larger than {max_frame} bytes")
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ProtocolError(ErrorCode.INVALID_BASE64, f"malformed base64: {exc}") from exc
+    if len(raw) > max_frame:
+        raise ProtocolError(ErrorCode.FRAME_TOO_LARGE, f"audio frame of {len(raw)} bytes exceeds {max_frame}")
+    return raw

@@ -5,8 +5,6 @@ Kept free of aiohttp and NATS so every rule (and every error code) is unit-testa
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import re
 import time
@@ -26,6 +24,7 @@ from edge.core.commands import (
     check_channels,
     check_diarization,
     check_endpointing,
+    decode_base64,
     parse_language,
     parse_targets,
     parse_vocabulary,
@@ -184,20 +183,6 @@ def parse_configure(obj: dict[str, Any]) -> Configure:
         diarize = obj.get("diarize")
     return Configure(targets, language, partials, endpoint_ms, max_s, vocabulary, diarize,
                      max_speakers if "max_speakers" in obj else None)
-
-
-def decode_base64(data: Any, max_frame: int) -> bytes:
-    if not isinstance(data, str):
-        raise ProtocolError(ErrorCode.INVALID_BASE64, '"data" must be a base64 string')
-    if len(data) > (max_frame * 4) // 3 + 4:
-        raise ProtocolError(ErrorCode.FRAME_TOO_LARGE, f"audio frame larger than {max_frame} bytes")
-    try:
-        raw = base64.b64decode(data, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise ProtocolError(ErrorCode.INVALID_BASE64, f"malformed base64: {exc}") from exc
-    if len(raw) > max_frame:
-        raise ProtocolError(ErrorCode.FRAME_TOO_LARGE, f"audio frame of {len(raw)} bytes exceeds {max_frame}")
-    return raw
 
 
 def render_result(r: ClientResult, now: float | None = None, targets: tuple[str, ...] = (),

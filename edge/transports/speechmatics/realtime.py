@@ -11,8 +11,6 @@ accepted and ignored, and what is refused.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import dataclasses
 import json
 import logging
@@ -27,6 +25,7 @@ from edge.core.commands import (
     Start,
     check_channels,
     check_diarization,
+    decode_base64,
     parse_language,
     parse_targets,
     parse_vocabulary,
@@ -196,16 +195,7 @@ class SpeechmaticsSession(SocketSession):
     async def _channel_audio(self, msg: dict[str, Any]) -> None:
         """AddChannelAudio: base64 audio of one channel, acknowledged per channel with ChannelAudioAdded."""
         channel = self._channel(msg, "AddChannelAudio")
-        data = msg.get("data")
-        limit = self.limits.max_frame_bytes
-        if not isinstance(data, str):
-            raise ProtocolError(ErrorCode.INVALID_BASE64, "AddChannelAudio needs data (base64 audio)")
-        if len(data) > limit * 4 // 3 + 4:
-            raise ProtocolError(ErrorCode.FRAME_TOO_LARGE, f"AddChannelAudio data larger than {limit} bytes")
-        try:
-            audio = base64.b64decode(data, validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise ProtocolError(ErrorCode.INVALID_BASE64, f"AddChannelAudio data: malformed base64: {exc}") from None
+        audio = decode_base64(msg.get("data"), self.limits.max_frame_bytes, "AddChannelAudio data")
         await self.live.push_channel(channel, audio)
         label = self.labels[channel]
         self.channel_seq[label] = self.channel_seq.get(label, 0) + 1
