@@ -15,7 +15,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge.audio.decoders import MAX_ELEMENT, AudioFormatError, OggOpusDecoder, WebmOpusDecoder, decoder_for
+from edge.audio.decoders import (
+    MAX_ELEMENT,
+    MAX_PENDING,
+    AudioFormatError,
+    OggOpusDecoder,
+    WebmOpusDecoder,
+    container_channels,
+    decoder_for,
+)
 from loadtest.client import stream_pcm
 from loadtest.compressed import opus, stream_encoded
 from loadtest.speech import Clip, clips, encode_audio
@@ -109,6 +117,26 @@ def test_every_api_mixes_channels_down_alike() -> None:
     raw = PcmDecoder("linear16", 2)
     data = stereo.astype("<i2").tobytes()
     assert b"".join(raw.feed(data[i:i + 333]) for i in range(0, len(data), 333)) == want
+
+
+def test_container_channels_however_the_header_is_cut() -> None:
+    """A file's channel count (Deepgram's `multichannel=true` without `channels`) is read from its header whatever
+    sizes its first messages have, one byte at a time included: undecided (None) until the header is in, then
+    the count; a WAV's fmt after another chunk too; 0 where the file does not say; never undecided past the
+    bound."""
+    fmt = struct.pack("<HHIIHH", 1, 2, 16000, 64000, 4, 16)
+    wav = (b"RIFF" + struct.pack("<I", 0) + b"WAVE" + b"LIST" + struct.pack("<I", 5) + b"tolk!\0" +
+           b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"data" + struct.pack("<I", 0) + bytes(64))
+    head = b"OpusHead" + struct.pack("<BBHIhB", 1, 3, 0, 48000, 0, 0)
+    ogg = b"OggS" + bytes([0, 2]) + bytes(20) + bytes([1, len(head)]) + head + bytes(64)
+    webm = opus(clip(), "webm")[:4096]
+    # `header`: how many bytes decide (the count's own bytes included: a WAV's at fmt + 10, an OpusHead's at 9).
+    for data, header, want in ((wav, wav.index(b"fmt ") + 12, 2), (ogg, 28 + 10, 3),
+                               (opus(clip(), "ogg")[:4096], 28 + 10, 1), (webm, 1, 0), (b"ID3\x04" + bytes(64), 1, 0)):
+        for n in range(len(data)):
+            assert container_channels(data[:n]) == (None if n < header else want), (want, n)
+    assert container_channels(b"RIFF" + bytes(4) + b"WAVE" + b"JUNK" + struct.pack("<I", 1 << 20)
+                              + bytes(MAX_PENDING)) == 0
 
 
 def test_webm_resumes_after_its_header() -> None:

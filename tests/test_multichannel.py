@@ -223,6 +223,27 @@ async def test_deepgram_sdk_multichannel_wav_file(tolk: Running) -> None:
     check_deepgram_channels(run)
 
 
+async def test_deepgram_multichannel_wav_header_in_pieces(tolk: Running) -> None:
+    """The same without the SDK, the WAV's header cut into 4-byte messages (a client may send it in any pieces):
+    the session waits for the whole header and still reads 2 channels from it."""
+    wav = stereo_wav()[:44 + RATE * 2 * 2 * 4]  # the header and 4 s: both speakers are in by then
+    messages: list[dict[str, Any]] = []
+    async with aiohttp.ClientSession() as http, \
+            http.ws_connect(f"{tolk.ws}?model=nova-3&multichannel=true&language=en") as ws:
+        for i in range(0, 44, 4):
+            await ws.send_bytes(wav[i:i + 4])
+        for i in range(44, len(wav), RATE):
+            await ws.send_bytes(wav[i:i + RATE])
+        await ws.send_str(json.dumps({"type": "CloseStream"}))
+        while not messages or messages[-1]["type"] != "Metadata":
+            messages.append(await ws.receive_json(timeout=60))
+    assert not [m for m in messages if m["type"] == "Error"], messages
+    assert messages[-1]["channels"] == 2
+    finals = [m for m in messages if m["type"] == "Results" and m["is_final"]]
+    assert all(m["channel_index"][1] == 2 for m in finals), finals
+    assert {m["channel_index"][0] for m in finals if m["channel"]["alternatives"][0]["transcript"]} == {0, 1}
+
+
 def check_deepgram_channels(run: DeepgramRun) -> None:
     """Every final says it is one of 2 channels, and each channel's finals read as its own clip."""
     texts: dict[int, list[str]] = {}

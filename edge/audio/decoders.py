@@ -431,6 +431,45 @@ class SniffingDecoder(StreamDecoder):
         return self.inner.feed(data)
 
 
+def container_channels(head: bytes) -> int | None:
+    """The channel count a file's header declares (a WAV's fmt chunk, an Ogg Opus stream's OpusHead), from the
+    file's first bytes however the client cut them into messages: None while more bytes could still tell (the
+    caller buffers and asks again; never once `MAX_PENDING` bytes are in, so what it holds is bounded), else the
+    count, 0 where the file does not say (another container, WebM, a count of 0, a header over the bound)."""
+    magic = head[:4]
+    found = _wav_channels(head) if b"RIFF".startswith(magic) else _ogg_channels(head) if b"OggS".startswith(magic) \
+        else 0
+    if found is None and len(head) >= MAX_PENDING:
+        return 0
+    return found
+
+
+def _wav_channels(head: bytes) -> int | None:
+    if len(head) < 12:
+        return None
+    if head[8:12] != b"WAVE":
+        return 0
+    pos = 12  # the chunks, walked as WavDecoder does: fmt need not come first (JUNK, LIST, … may precede it)
+    while len(head) >= pos + 8:
+        cid, size = head[pos:pos + 4], struct.unpack_from("<I", head, pos + 4)[0]
+        if cid == b"fmt ":
+            return int.from_bytes(head[pos + 10:pos + 12], "little") if len(head) >= pos + 12 else None
+        if cid == b"data":
+            return 0  # data before any fmt: WavDecoder refuses it
+        pos += 8 + size + (size & 1)
+    return None
+
+
+def _ogg_channels(head: bytes) -> int | None:
+    """The first page's first packet is the OpusHead (RFC 7845), its channel count at byte 9."""
+    if len(head) < 27:
+        return None
+    at = 27 + head[26]
+    if len(head) < at + 10:
+        return None
+    return head[at + 9] if head[at:at + 8] == b"OpusHead" else 0
+
+
 def decoder_for(encoding: str, channels: int = 1) -> StreamDecoder:
     """The decoder of a compressed encoding name (`COMPRESSED`, `mulaw`, `file`); `channels` > 1: a multichannel
     session's, whose output keeps that many channels interleaved (µ-law samples are expanded one by one, so

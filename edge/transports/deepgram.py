@@ -23,6 +23,7 @@ from typing import Any
 
 from aiohttp import web
 
+from edge.audio.decoders import container_channels
 from edge.audio.pcm import ENCODINGS, MAX_CHANNELS, MAX_RATE, MIN_RATE, PcmDecoder
 from edge.core.commands import Start, parse_vocabulary
 from edge.core.errors import ApiError, ErrorCode, ProtocolError
@@ -205,6 +206,8 @@ class DeepgramSession(SocketSession):
         # UtteranceEnd waits, and when that final arrived (monotonic).
         self.word_end: dict[int, tuple[float, int]] = {}
         self.word_end_at: dict[int, float] = {}
+        # multichannel=true, no `channels`, a file: its first messages, held until its header says how many.
+        self.head: list[bytes] = []
 
     async def opened(self) -> None:
         # Raw audio and Opus: the session starts now; no `encoding`: at the first frame (a WAV, Ogg Opus or WebM
@@ -234,11 +237,11 @@ class DeepgramSession(SocketSession):
             await self._close_stream()
             return
         if self.phase is Phase.AWAIT_START:
-            channels = self.channels
             if self.opts.multichannel and not self.opts.channels_given:  # as many as the container says
-                channels = container_channels(data) or 1
-                self.opts = dataclasses.replace(self.opts, channels=channels)
-            await self._open("file", channels)
+                self.head.append(data)
+                await self._open_file(final=False)
+                return
+            await self._open("file", self.channels)
         if self.pcm is None:
             await self.live.push(data)
         else:
@@ -249,6 +252,19 @@ class DeepgramSession(SocketSession):
             pcm = self.pcm.feed(data)
             if pcm:
                 await self.live.push(pcm)
+        await self._utterance_end()
+
+    async def _open_file(self, final: bool) -> None:
+        """Opens a multichannel file session once the messages held in `head` tell its channel count (or `final`:
+        no more will come; the file does not say: one), then pushes them as they came."""
+        found = container_channels(b"".join(self.head))
+        if found is None and not final:
+            return  # the header is not all in yet (container_channels bounds the wait)
+        self.opts = dataclasses.replace(self.opts, channels=found or 1)
+        await self._open("file", self.channels)
+        head, self.head = self.head, []
+        for data in head:
+            await self.live.push(data)
         await self._utterance_end()
 
     async def on_text(self, text: str) -> None:
@@ -271,6 +287,8 @@ class DeepgramSession(SocketSession):
                                       "send audio, KeepAlive, Finalize or CloseStream"))
 
     async def _close_stream(self) -> None:
+        if self.phase is Phase.AWAIT_START and self.head:  # a file's first bytes, its header short
+            await self._open_file(final=True)
         if self.phase is Phase.STREAMING:
             await self.live.stop()
         elif self.phase is Phase.AWAIT_START:  # no audio at all (a file awaited): nothing to flush
@@ -346,18 +364,6 @@ class DeepgramSession(SocketSession):
             "created": self.created, "duration": round(seconds, 3), "channels": self.opts.channels,
             "models": [MODEL_UUID], "model_info": {MODEL_UUID: _model_info(self.services, self.opts.language)},
         })
-
-
-def container_channels(head: bytes) -> int | None:
-    """The channel count a WAV's fmt chunk or an Ogg Opus stream's OpusHead declares in the first bytes of a file,
-    where they are (a multichannel stream without `channels`: Deepgram reads it from the container)."""
-    if head[:4] == b"RIFF" and head[8:16] == b"WAVEfmt " and len(head) >= 24:
-        return int.from_bytes(head[22:24], "little") or None
-    if head[:4] == b"OggS" and len(head) >= 27:
-        at = 27 + head[26]
-        if head[at:at + 8] == b"OpusHead" and len(head) > at + 9:
-            return head[at + 9] or None
-    return None
 
 
 def live(services: Services) -> socket.Handler:
