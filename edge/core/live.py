@@ -333,28 +333,28 @@ class LiveSession:
         """Takes effect from the next utterance (one already being transcribed keeps its settings). `confirm` gets
         the whole new configuration before any result is rendered with it, never after one."""
         assert self.start is not None
+        start = self.start
         if c.targets is not None or c.language is not None:  # refused whole: the session keeps its settings
-            await self.services.translations.check(self.start.language if c.language is None else c.language,
+            await self.services.translations.check(start.language if c.language is None else c.language,
                                                    self.targets if c.targets is None else c.targets, keep_open=True)
-        if c.language is not None and c.language != self.start.language:
-            self.start = dataclasses.replace(self.start, language=c.language)
-            await self._record(self.phase.value)
-        if c.endpoint_ms is not None or c.max_utterance_s is not None:  # the chunks carry it from now on
-            self.start = dataclasses.replace(
-                self.start, endpoint_ms=self.start.endpoint_ms if c.endpoint_ms is None else c.endpoint_ms,
-                max_utterance_s=self.start.max_utterance_s if c.max_utterance_s is None else c.max_utterance_s)
-        if c.vocabulary is not None:
-            self.start = dataclasses.replace(self.start, vocabulary=c.vocabulary)
+        diarize, max_speakers = start.diarize, start.max_speakers
         if c.diarize is not None or c.max_speakers is not None:
-            diarize = self.start.diarize if c.diarize is None else c.diarize
+            diarize = start.diarize if c.diarize is None else c.diarize
             if c.max_speakers and not diarize:
                 raise ProtocolError(ErrorCode.INVALID_CONFIGURE, "max_speakers needs diarization on")
-            self.start = dataclasses.replace(self.start, diarize=diarize, max_speakers=(
-                self.start.max_speakers if c.max_speakers is None else c.max_speakers) if diarize else 0)
+            max_speakers = (start.max_speakers if c.max_speakers is None else c.max_speakers) if diarize else 0
+        # Left out (None): kept. The chunks carry the new settings from now on.
+        self.start = dataclasses.replace(
+            start, language=start.language if c.language is None else c.language,
+            endpoint_ms=start.endpoint_ms if c.endpoint_ms is None else c.endpoint_ms,
+            max_utterance_s=start.max_utterance_s if c.max_utterance_s is None else c.max_utterance_s,
+            vocabulary=start.vocabulary if c.vocabulary is None else c.vocabulary,
+            diarize=diarize, max_speakers=max_speakers)
+        if self.start.language != start.language:
+            await self._record(self.phase.value)
         targets = self.targets if c.targets is None else c.targets
         partials = self.translate_partials if c.translate_partials is None else c.translate_partials
-        for lane in self.lanes:
-            await self.services.listeners.put(lane.stream, "owner", targets, partials)
+        await self._listen(targets, partials)
         await confirm(Configure(targets, self.start.language, partials, self.start.endpoint_ms,
                                 self.start.max_utterance_s, self.start.vocabulary, self.start.diarize,
                                 self.start.max_speakers))
@@ -362,8 +362,12 @@ class LiveSession:
 
     async def announce(self) -> None:
         """(Re)writes this client's listener record: what the translator translates this stream into."""
+        await self._listen(self.targets, self.translate_partials)
+
+    async def _listen(self, targets: tuple[str, ...], partials: bool) -> None:
+        """Every lane's listener record, with these targets."""
         for lane in self.lanes:
-            await self.services.listeners.put(lane.stream, "owner", self.targets, self.translate_partials)
+            await self.services.listeners.put(lane.stream, "owner", targets, partials)
 
     async def _publish(self, lane: Lane, data: bytes, end: bool, flush: bool = False) -> None:
         assert self.start is not None
