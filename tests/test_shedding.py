@@ -16,6 +16,7 @@ from actors.runtime import pools, topology
 from actors.runtime.actor import HEARTBEAT_BUCKET
 from actors.runtime.bus import Bus
 from actors.runtime.partition import partition_for
+from edge.core.heartbeats import Heartbeats
 from schemas import ActorHeartbeat, AudioChunk, ClientResult, ResultKind, Segment, SegmentKind, decode, encode
 from tests.conftest import edge_server
 
@@ -145,3 +146,13 @@ async def test_measured_capacity_refuses_the_session_that_would_overload_the_poo
                 assert err["code"] == "overloaded" and "90% busy" in err["message"], err
     finally:
         await kv.delete(key)
+
+
+async def test_a_start_judges_one_heartbeat_read(bus: Bus) -> None:
+    """A start's translation check and admission read the heartbeats through one `once()` view of the edge's cache:
+    both see the same read, made once, however often the cache itself re-reads meanwhile."""
+    beats = Heartbeats(bus, ttl_s=0.0)  # a cache that re-reads on every call
+    assert await beats.read() is not await beats.read()
+    once = beats.once()
+    first = await once.read()
+    assert await once.read() is first

@@ -14,29 +14,29 @@ import logging
 import time
 
 from actors.runtime import pools
-from actors.runtime.actor import heartbeats
 from actors.runtime.bus import Bus
 from edge.core.errors import ErrorCode, ProtocolError
+from edge.core.heartbeats import Beats, Heartbeats
 from edge.core.registry import Registry
 from edge.settings import EdgeSettings
 
 log = logging.getLogger("tolk.edge.admission")
 
 REGISTERING_S = 10.0  # an admitted session counts as live this long before the registry has it
-BEATS_TTL_S = 2.0  # heartbeats re-read at most this often, however many sessions start at once
 
 
 class Admission:
-    def __init__(self, bus: Bus, cfg: EdgeSettings, registry: Registry) -> None:
-        self.bus, self.cfg, self.registry = bus, cfg, registry
+    def __init__(self, bus: Bus, cfg: EdgeSettings, registry: Registry, beats: Heartbeats) -> None:
+        self.bus, self.cfg, self.registry, self.beats = bus, cfg, registry, beats
         self.pools = pools.load()  # a new session is shed on the backlog of the pool its language goes to
         self._backlog: dict[str, tuple[float, int]] = {}
-        self._loads: tuple[float, list[dict[str, str]]] = (-BEATS_TTL_S, [])
         # pool → session → (when admitted, its channels), until registered
         self._admitted: dict[str, dict[str, tuple[float, int]]] = {}
 
-    async def admit(self, token: str = "", language: str = "auto", session_id: str = "", channels: int = 1) -> None:
-        """`channels`: a multichannel session runs that many pipelines, and costs that many sessions' capacity."""
+    async def admit(self, token: str = "", language: str = "auto", session_id: str = "", channels: int = 1,
+                    beats: Beats | None = None) -> None:
+        """`channels`: a multichannel session runs that many pipelines, and costs that many sessions' capacity;
+        `beats`: the start's heartbeat read, shared with its translation check."""
         per_token = self.cfg.max_sessions_per_token
         if token and per_token and self.registry.per_token(token) >= per_token:
             raise ProtocolError(ErrorCode.TOO_MANY_SESSIONS, f"this API token already has {per_token} sessions "
@@ -44,13 +44,14 @@ class Admission:
         if self.cfg.max_sessions and len(self.registry.sessions) >= self.cfg.max_sessions:
             raise ProtocolError(ErrorCode.OVERLOADED, f"this server is at its limit of {self.cfg.max_sessions} "
                                 "sessions; try again shortly")
-        await self.within_capacity(language, session_id, channels)
+        await self.within_capacity(language, session_id, channels, beats)
         backlog = await self.stt_backlog(language)
         if self.cfg.shed_backlog and backlog > self.cfg.shed_backlog:
             raise ProtocolError(ErrorCode.OVERLOADED, f"speech recognition is {backlog} utterances behind; try "
                                 "again shortly")
 
-    async def within_capacity(self, language: str = "auto", session_id: str = "", channels: int = 1) -> None:
+    async def within_capacity(self, language: str = "auto", session_id: str = "", channels: int = 1,
+                              beats: Beats | None = None) -> None:
         """Refuses a session the pool's measured capacity cannot hold: one more session at the measured cost, on
         top of the larger of the pool's busy (every edge's sessions, once they speak) and what this edge's live
         sessions cost (a burst of starts shows no busy until they speak). With no cost measured yet (a fresh
@@ -59,7 +60,7 @@ class Admission:
         if limit <= 0:
             return
         pool = self.pools.route(language).name
-        loads = [i for i in await self._stt_loads() if i.get("pool") == pool]
+        loads = [i for i in await self._stt_loads(beats) if i.get("pool") == pool]
         if not loads:
             return
         busy = sum(_number(i, "final_busy") for i in loads)
@@ -87,19 +88,15 @@ class Admission:
                 if self.pools.route(s.language or "auto").name == pool}
         return {**{sid: n for sid, (_, n) in admitted.items()}, **live}
 
-    async def _stt_loads(self) -> list[dict[str, str]]:
-        """What each ready STT replica announced about its load (cached BEATS_TTL_S; none if NATS cannot say)."""
-        at, loads = self._loads
-        if time.monotonic() - at < BEATS_TTL_S:
-            return loads
+    async def _stt_loads(self, beats: Beats | None) -> list[dict[str, str]]:
+        """What each ready STT replica announced about its load (none if NATS cannot say), read through `beats` (a
+        session start's one read) or else the edge's cache."""
         try:
-            beats = await heartbeats(self.bus)
-            loads = [b.info for b in beats if b.actor == "stt" and b.ready and "final_busy" in b.info]
+            read = await (beats or self.beats).read()
         except Exception as exc:
             log.warning("stt load unknown: %s", exc)
-            loads = []
-        self._loads = (time.monotonic(), loads)
-        return loads
+            return []
+        return [b.info for b in read if b.actor == "stt" and b.ready and "final_busy" in b.info]
 
     async def stt_backlog(self, language: str = "auto") -> int:
         """Finals not yet handed to any STT replica of the pool serving `language` (cached 2 s per pool; 0 if

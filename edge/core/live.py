@@ -140,8 +140,9 @@ class LiveSession:
             raise ProtocolError(ErrorCode.SESSION_IN_USE, f"session {sid} is already streaming")
         if not resuming:
             # A target no translator serves is refused now, not held and sent back untranslated with every final.
-            await s.translations.check(start.language, start.targets)
-            await s.admission.admit(self.token, start.language, sid, start.channels)
+            beats = s.beats.once()  # one heartbeat read for both: the translators' catalogs, the STT replicas' load
+            await s.translations.check(start.language, start.targets, beats=beats)
+            await s.admission.admit(self.token, start.language, sid, start.channels, beats=beats)
         elif start.channels > 1:  # a multichannel session is not resumable: its connection was its life
             raise ProtocolError(ErrorCode.UNSUPPORTED_CHANNELS, "multichannel sessions cannot be resumed; start a "
                                 "new one")

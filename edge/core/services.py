@@ -11,6 +11,7 @@ from typing import Any
 from actors.runtime.bus import Bus
 from edge.core.admission import Admission
 from edge.core.files import FileJobs
+from edge.core.heartbeats import Heartbeats
 from edge.core.metrics import EdgeMetrics
 from edge.core.pipeline import Pipeline
 from edge.core.records import Channels, Listeners, Sessions
@@ -35,17 +36,19 @@ class Services:
     metrics: EdgeMetrics
     files: FileJobs
     translations: Translations  # which pairs the translators serve: targets are checked against it
+    beats: Heartbeats  # the actors' heartbeats, one cached read for the edge (a start hands its read to both above)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     @classmethod
     def build(cls, bus: Bus, cfg: EdgeSettings, instance: str, partitions: int) -> Services:
         registry, sessions, listeners = Registry(), Sessions(bus), Listeners(bus, instance)
-        pipeline, metrics = Pipeline(bus, partitions), EdgeMetrics()
-        return cls(cfg=cfg, bus=bus, instance=instance, registry=registry, admission=Admission(bus, cfg, registry),
+        pipeline, metrics, beats = Pipeline(bus, partitions), EdgeMetrics(), Heartbeats(bus)
+        return cls(cfg=cfg, bus=bus, instance=instance, registry=registry,
+                   admission=Admission(bus, cfg, registry, beats),
                    sessions=sessions, listeners=listeners, channels=Channels(bus), pipeline=pipeline,
                    detached=Detached(sessions, listeners, pipeline, cfg.resume_grace_s), metrics=metrics,
                    files=FileJobs(cfg, pipeline, sessions, listeners, metrics, instance),
-                   translations=Translations(bus))
+                   translations=Translations(beats), beats=beats)
 
     def background(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """A task owned by the edge (kept referenced until done, awaited on close): connection clean-ups that

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from actors.runtime.actor import heartbeats
 from edge.core.commands import Subscribe
 from edge.core.errors import ApiError
 from edge.core.services import Services
@@ -37,7 +35,6 @@ class NativeRoutes:
         self.services = services
         self.hub = ChannelHub(services.bus, services.pipeline)
         self.others = others
-        self._ready_cache: tuple[float, dict[str, int]] = (0.0, {})
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -101,14 +98,10 @@ class NativeRoutes:
         return web.json_response(body, status=200 if ok else 503)
 
     async def _alive_actors(self) -> dict[str, int]:
-        """Ready actor instances by name, from heartbeats in KV (cached for 2 s)."""
-        at, counts = self._ready_cache
-        if time.monotonic() - at < 2.0:
-            return counts
-        counts = {}
+        """Ready actor instances by name, from the edge's heartbeat read (at most 2 s old)."""
+        counts: dict[str, int] = {}
         with contextlib.suppress(Exception):
-            for beat in await heartbeats(self.services.bus):
+            for beat in await self.services.beats.read():
                 if beat.ready:
                     counts[beat.actor] = counts.get(beat.actor, 0) + 1
-        self._ready_cache = (time.monotonic(), counts)
         return counts
