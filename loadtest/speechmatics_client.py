@@ -60,10 +60,12 @@ class PacedReader:
 async def stream_sdk(url: str, data: bytes, *, bytes_per_s: float | None = None, pace: float = 1.0,
                      language: str = "en", encoding: str | None = "pcm_s16le", sample_rate: int = 16000,
                      chunk_size: int = 3200, enable_partials: bool = True, targets: list[str] | None = None,
-                     translate_partials: bool = False, max_delay: float | None = 2.0, token: str | None = None,
+                     translate_partials: bool = False, max_delay: float | None = None, token: str | None = None,
                      timeout: float = 180.0) -> SmRun:
     """Stream `data` (raw PCM, or a whole file with `encoding=None`) through `speechmatics.client.WebsocketClient`
-    at `url` (e.g. ws://host:port/v2: the SDK appends /<language>)."""
+    at `url` (e.g. ws://host:port/v2: the SDK appends /<language>). `max_delay` is left out unless given: Tolk
+    honours it by cutting utterances that long (docs/vendors/speechmatics.md), which a benchmark of the server's
+    own endpointing must not do."""
     from speechmatics.client import WebsocketClient
     from speechmatics.models import (
         AudioSettings,

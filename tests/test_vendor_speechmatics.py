@@ -13,6 +13,7 @@ import aiohttp
 import numpy as np
 import pytest
 
+from edge.transports.speechmatics.realtime import DECODE_S, max_utterance_for
 from loadtest.speech import Clip, clips, encode_audio
 from loadtest.speechmatics_client import SmRun, stream_sdk
 from loadtest.wer import corpus_wer
@@ -22,6 +23,7 @@ pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.e2e]
 
 KEY = "sm-test-key"
 WER_BOUND = 0.15
+CUT_WER_BOUND = 0.25  # speech cut every 2 s (max_delay): Whisper gets less context
 
 
 @pytest.fixture(scope="module")
@@ -317,5 +319,35 @@ async def test_end_of_utterance_silence_trigger(stack: Running) -> None:
     for bad in (3.0, 0.05, "0.5"):
         config = {"language": "en", "conversation_config": {"end_of_utterance_silence_trigger": bad}}
         messages, code = await exchange(stack, [start(transcription_config=config)])
+        assert messages[-1]["message"] == "Error" and messages[-1]["type"] == "invalid_config", messages
+        assert code == 1003
+
+
+async def test_max_delay_cuts_finals_on_continuous_speech(stack: Running) -> None:
+    """#35: `max_delay` is the session's longest utterance (max_delay less a final's decode, at least Tolk's 2 s
+    floor): on read speech through the SDK no final covers more than about 2 s with max_delay 2.0, and without it
+    (Tolk's 15 s cap) finals run on to the pauses; nearly the same words either way; bad max_delay: invalid_config."""
+    assert max_utterance_for(None) == 0.0 and max_utterance_for(0.7) == max_utterance_for(2.0) == 2.0
+    assert max_utterance_for(4.0) == 4.0 - DECODE_S
+    clip = next(c for c in clips("en") if c.name.startswith("en_librispeech_2412"))  # 11.7 s read, few pauses
+    pcm, rate = clip.pcm16()
+    later = json.dumps({"message": "SetRecognitionConfig", "transcription_config": {"max_delay": 2.0}})
+    capped, plain, (configured, code) = await asyncio.gather(*(
+        stream_sdk(sm_url(stack), pcm, bytes_per_s=rate * 2, pace=2.0, sample_rate=rate, enable_partials=False,
+                   max_delay=delay, token=KEY) for delay in (2.0, None)),
+        exchange(stack, [start(), later, pcm, json.dumps({"message": "EndOfStream", "last_seq_no": 1})]))
+    assert code == 1000
+    spans = []
+    for finals, bound in ((capped.finals(), CUT_WER_BOUND), (plain.finals(), WER_BOUND),
+                          ([m for m in configured if m["message"] == "AddTranscript"], CUT_WER_BOUND)):
+        spans.append([m["metadata"]["end_time"] - m["metadata"]["start_time"] for m in finals])
+        text = " ".join(m["metadata"]["transcript"] for m in finals)
+        assert corpus_wer([(clip.reference, text)]) <= bound, text  # nothing lost or doubled at the cuts
+    assert not capped.error and not plain.error, (capped.error, plain.error)
+    # The words' span: within the 2 s utterance (SetRecognitionConfig: from the next utterance, here the first).
+    assert max(spans[0]) <= 2.0 + 0.05 and max(spans[2]) <= 2.0 + 0.05, spans
+    assert max(spans[1]) > 3.0 and len(spans[0]) > len(spans[1]), spans
+    for bad in (0.5, 4.5, "2"):
+        messages, code = await exchange(stack, [start(transcription_config={"language": "en", "max_delay": bad})])
         assert messages[-1]["message"] == "Error" and messages[-1]["type"] == "invalid_config", messages
         assert code == 1003

@@ -22,6 +22,7 @@ from aiohttp import web
 
 from edge.audio.pcm import MAX_RATE, MIN_RATE
 from edge.core.commands import (
+    Configure,
     Start,
     check_channels,
     check_diarization,
@@ -36,7 +37,7 @@ from edge.core.services import Services
 from edge.http import auth
 from edge.transports import socket
 from edge.transports.socket import SocketSession
-from schemas import ENDPOINT_MS_RANGE, ClientResult, Encoding, Endpoint, ResultKind
+from schemas import ENDPOINT_MS_RANGE, MAX_UTTERANCE_S_RANGE, ClientResult, Encoding, Endpoint, ResultKind
 
 log = logging.getLogger("tolk.edge.speechmatics")
 
@@ -44,6 +45,9 @@ FORMAT = "2.9"
 SPEAKER = "UU"  # Speechmatics' "unknown speaker": without `diarization: "speaker"` (or a final sent before its labels)
 RAW_ENCODINGS = {"pcm_s16le": Encoding.PCM_S16LE, "pcm_f32le": Encoding.PCM_F32LE, "mulaw": Encoding.PCM_S16LE}
 MIN_DELAY, MAX_DELAY = 0.7, 4.0  # Speechmatics' documented range for max_delay
+# What a final takes to decode once its utterance is cut (STT on CPU, typical): max_delay less this is the longest
+# utterance, so the utterance's first word is final about max_delay after it was said (max_utterance_for).
+DECODE_S = 0.5
 MAX_TRIGGER = 2.0  # ...and for end_of_utterance_silence_trigger (0 is off); Tolk's own floor is ENDPOINT_MS_RANGE's
 
 # Speechmatics' error types and the close code that follows each (its realtime API reference).
@@ -161,7 +165,15 @@ class SpeechmaticsSession(SocketSession):
                 raise SpeechmaticsError("invalid_message", "SetRecognitionConfig needs a transcription_config")
             if "language" in config and config["language"] != self.live.language:
                 raise SpeechmaticsError("invalid_config", "the language cannot change during a session")
+            before = self.max_delay
             self._session_options(config)
+            if self.max_delay != before and self.phase is Phase.STREAMING:
+                async def reconfigured(_: Configure) -> None:
+                    return None
+
+                await self.live.configure(Configure(targets=None, language=None, translate_partials=None,
+                                                    max_utterance_s=max_utterance_for(self.max_delay)),
+                                          reconfigured)  # from the next utterance
         elif kind == "ForceEndOfUtterance":
             if self.phase is Phase.AWAIT_START:
                 raise SpeechmaticsError("protocol_error", "ForceEndOfUtterance before StartRecognition")
@@ -258,7 +270,8 @@ class SpeechmaticsSession(SocketSession):
         self.labels = _channel_labels(config)
         self.channel_speakers = bool(self.labels) and not diarize
         return Start(rate, encoding, language, None, targets, translate_partials, codec=codec,
-                     endpoint_ms=round(self.eou_trigger * 1000), vocabulary=_vocabulary(config.get("additional_vocab")),
+                     endpoint_ms=round(self.eou_trigger * 1000), max_utterance_s=max_utterance_for(self.max_delay),
+                     vocabulary=_vocabulary(config.get("additional_vocab")),
                      diarize=diarize, max_speakers=max_speakers, channels=max(1, len(self.labels)))
 
     async def _served(self, start: Start) -> Start:
@@ -381,6 +394,20 @@ def _vocabulary(vocab: Any) -> tuple[str, ...]:
         return parse_vocabulary(terms, ErrorCode.INVALID_VOCABULARY)
     except ProtocolError as err:
         raise SpeechmaticsError("invalid_config", f"additional_vocab: {err.message}") from None
+
+
+def max_utterance_for(max_delay: float | None) -> float:
+    """The session's longest utterance for Speechmatics' `max_delay` (0: the server's, where it is left out).
+
+    Speechmatics returns a word's final at most max_delay after the word; Tolk finalises whole utterances, so an
+    utterance's first word waits for its cut plus the decode. Cutting at max_delay less the decode keeps that
+    within max_delay, down to Tolk's shortest cap (MAX_UTTERANCE_S_RANGE, 2 s): under 2.5 s a word may wait up to
+    about 2.5 s. Words before a pause wait for the endpoint (200 ms once the utterance is 40 % of its cap) plus the
+    decode. `max_delay_mode` changes nothing here: Tolk does not hold entities back."""
+    if max_delay is None:
+        return 0.0
+    lo, hi = MAX_UTTERANCE_S_RANGE
+    return round(min(hi, max(lo, max_delay - DECODE_S)), 3)
 
 
 def _silence_trigger(conversation: Any) -> float:
