@@ -375,12 +375,8 @@ class LiveSession:
         lane.chunk_seq += 1
         lane.published += len(data)
         lane.ended = lane.ended or end
-        await self.services.pipeline.publish(lane.stream, lane.chunk_seq, data, sample_rate=self.start.sample_rate,
-                                             encoding=self.start.encoding, language=self.start.language, end=end,
-                                             flush=flush, endpoint_ms=self.start.endpoint_ms,
-                                             max_utterance_s=self.start.max_utterance_s,
-                                             vocabulary=self.start.vocabulary, prompt=self.start.prompt,
-                                             diarize=self.start.diarize, max_speakers=self.start.max_speakers)
+        await self.services.pipeline.publish_session(lane.stream, lane.chunk_seq, data, self.start, end=end,
+                                                     flush=flush)
 
     async def _record(self, status: str) -> bool:
         """Writes this session's KV record, unless a newer connection resumed it. False when it was not written."""

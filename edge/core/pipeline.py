@@ -12,6 +12,7 @@ from nats.aio.subscription import Subscription
 
 from actors.runtime.bus import Bus
 from actors.runtime.partition import partition_for
+from edge.core.commands import Start
 from schemas import AudioChunk, ClientResult, DecodeError, Encoding, decode, results_subject
 
 log = logging.getLogger("tolk.edge.pipeline")
@@ -42,6 +43,15 @@ class Pipeline:
             received_at=time.time(), end=end, prompt=prompt, flush=flush, endpoint_ms=endpoint_ms,
             max_utterance_s=max_utterance_s, vocabulary=vocabulary, diarize=diarize, max_speakers=max_speakers,
         ), self.partition(sid))
+
+    async def publish_session(self, sid: str, seq: int, data: bytes, start: Start, *, end: bool = False,
+                              flush: bool = False) -> None:
+        """`publish` with a live session's settings, its `Start` as configured now: every chunk carries them all,
+        so a setting added to `Start` and `AudioChunk` is passed here once, not by each caller."""
+        await self.publish(sid, seq, data, sample_rate=start.sample_rate, encoding=start.encoding,
+                           language=start.language, end=end, prompt=start.prompt, flush=flush,
+                           endpoint_ms=start.endpoint_ms, max_utterance_s=start.max_utterance_s,
+                           vocabulary=start.vocabulary, diarize=start.diarize, max_speakers=start.max_speakers)
 
     async def results(self, stream_id: str, deliver: Callable[[ClientResult], Awaitable[None] | None],
                       pending: int = 65536) -> Subscription:
