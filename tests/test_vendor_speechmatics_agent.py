@@ -174,6 +174,8 @@ async def test_segments_turns_and_sentences_on_the_wire(tolk: Running) -> None:
     ([start(transcription_config={"language": "en", "emit_sentences": "yes"})], "invalid_config", 1003),
     ([start(transcription_config={"language": "en", "model": 7})], "invalid_model", 1003),
     ([json.dumps({"message": "GetSpeakers"})], "protocol_error", 4007),
+    (['{"message": "GetSpeaker\\u0073"}'], "protocol_error", 4007),  # read as JSON reads it: GetSpeakers
+    ([json.dumps({"opts": {"message": "GetSpeakers"}, "message": "AddAudio"})], "invalid_message", 1003),  # not nested
     ([start(), json.dumps({"message": "ForceEndOfUtterance", "timestamp": "soon"})], "invalid_message", 1003),
     ([start(transcription_config={"language": "xx"})], "invalid_model", 1003),
 ])

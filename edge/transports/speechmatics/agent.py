@@ -49,7 +49,11 @@ class AgentSession(SpeechmaticsSession):
 
     # ------------------------------------------------------------------ client messages
     async def on_text(self, text: str) -> None:
-        kind = _peek(text)
+        try:
+            msg = json.loads(text)
+        except ValueError:
+            msg = None  # the realtime session reports what is not a JSON object with a "message"
+        kind = msg.get("message") if isinstance(msg, dict) else None
         if kind == "GetSpeakers":
             if self.phase is Phase.AWAIT_START:
                 raise SpeechmaticsError("protocol_error", "GetSpeakers before StartRecognition")
@@ -57,8 +61,8 @@ class AgentSession(SpeechmaticsSession):
                 {"label": label, "speaker_identifiers": []} for label in self.speakers]})
             return
         if kind == "ForceEndOfUtterance":
-            _timestamp(text)  # where the application's VAD heard the end: the flush travels with the audio
-        await super().on_text(text)
+            _timestamp(msg)  # where the application's VAD heard the end: the flush travels with the audio
+        await super().on_text(text)  # (realtime.py's on_text takes the text, and parses its own copy)
 
     def _parse_start(self, msg: dict[str, Any]) -> Start:
         turn = msg.get("turn_config", {})
@@ -125,18 +129,8 @@ class AgentSession(SpeechmaticsSession):
             await self.ws.send_json({"message": kind, "metadata": {"start_time": end, "end_time": end}})
 
 
-def _peek(text: str) -> str:
-    """The message type, if `text` is a JSON object with one; the realtime session reports what is not."""
-    m = re.search(r'"message"\s*:\s*"(\w+)"', text)
-    return m.group(1) if m else ""
-
-
-def _timestamp(text: str) -> None:
-    try:
-        msg = json.loads(text)
-    except ValueError:
-        return  # the realtime session reports it
-    ts = msg.get("timestamp") if isinstance(msg, dict) else None
+def _timestamp(msg: dict[str, Any]) -> None:
+    ts = msg.get("timestamp")
     if ts is not None and (isinstance(ts, bool) or not isinstance(ts, int | float) or not math.isfinite(ts)
                            or ts < 0):
         raise SpeechmaticsError("invalid_message", "ForceEndOfUtterance timestamp must be seconds >= 0")
