@@ -308,38 +308,57 @@ class WhisperEngine:
         """Whisper's own translate task: each request's speech, in its (known) language, read out in English, in
         one encoder + one `generate` call for the batch (a second decode of a final's audio; no prompt, no left
         context, no word timings). "" where the model is English-only, the language is English or unknown, or a
-        guard rejects the output (silence, a loop)."""
-        from faster_whisper.audio import pad_or_trim
+        guard rejects the output (a loop) over the full window too.
 
+        A fitted window is further from Whisper's training for this task than for transcription: a long final
+        can come out as a loop there (a word stuttered to the end, blanked by the guard: the whole sentence lost)
+        that the full 30 s window reads. Those get one more decode over it; only they pay for it."""
         out = [""] * len(requests)
         todo = [i for i, r in enumerate(requests)
                 if self.multilingual and r.language not in ("", "auto", "en") and len(r.audio)]
-        if not todo:
-            return out
-        mels = [self._mel(requests[i].audio) for i in todo]
+        beam = beam_size or self.opts.beam_size
+        texts = self._translate([requests[i] for i in todo], window_s, beam)
+        longest = max((len(requests[i].audio) // HOP for i in todo), default=0)
+        fitted = self.window_frames(min(N_FRAMES, longest), window_s) < N_FRAMES
+        again = [k for k, t in enumerate(texts) if t is None] if fitted else []
+        for k, text in zip(again, self._translate([requests[todo[k]] for k in again], N_FRAMES / 100, beam),
+                           strict=True):
+            texts[k] = text
+        for i, text in zip(todo, texts, strict=True):
+            out[i] = text or ""
+        return out
+
+    def _translate(self, requests: list[SttRequest], window_s: float, beam_size: int) -> list[str | None]:
+        """The translate task over `requests` in one call: each one's English, or None where a guard refused it."""
+        from faster_whisper.audio import pad_or_trim
+
+        if not requests:
+            return []
+        mels = [self._mel(r.audio) for r in requests]
         frames = [min(N_FRAMES, m.shape[-1]) for m in mels]
         encoded = self.model.encode(np.stack([pad_or_trim(m, self.window_frames(max(frames), window_s))
                                               for m in mels]))
-        tokenizers = [self._tokenizer(requests[i].language, "translate") for i in todo]
+        tokenizers = [self._tokenizer(r.language, "translate") for r in requests]
         prompts = [[*tok.sot_sequence, tok.no_timestamps] for tok in tokenizers]
-        longest = max(len(requests[i].audio) for i in todo) / SAMPLE_RATE
+        longest = max(len(r.audio) for r in requests) / SAMPLE_RATE
         # English runs a little longer in tokens than the speech it translates: 1.5x the transcription's budget
         budget = int(longest * self.opts.tokens_per_second * 1.5) + 16
         outputs = self.model.model.generate(
-            encoded, prompts, beam_size=beam_size or self.opts.beam_size, patience=1.0, length_penalty=1.0,
+            encoded, prompts, beam_size=beam_size, patience=1.0, length_penalty=1.0,
             max_length=min(self.model.max_length, len(prompts[0]) + budget), return_scores=True,
             return_no_speech_prob=True, suppress_blank=True, suppress_tokens=[-1],
         )
-        for i, res, tok in zip(todo, outputs, tokenizers, strict=True):
+        texts: list[str | None] = []
+        for res, tok in zip(outputs, tokenizers, strict=True):
             tokens = [t for t in res.sequences_ids[0] if t < tok.eot]
             n = len(tokens)
             avg_logprob = (res.scores[0] * n) / (n + 1) if n else -10.0
             text = collapse_repeats(tok.decode(tokens).strip())
-            # only a loop is refused: the transcription already judged speech there, and a translation's
-            # confidence runs lower than a transcript's
+            # only a loop (or nothing) is refused: the transcription already judged speech there, and a
+            # translation's confidence runs lower than a transcript's
             reason = reject_reason(text, 0.0, avg_logprob, 1.0, -math.inf, self.opts.compression_threshold)
-            out[i] = "" if reason else text
-        return out
+            texts.append(None if reason else text)
+        return texts
 
     def _languages(self, requests: list[SttRequest], encoded: object) -> tuple[list[str], list[float]]:
         if not self.multilingual:
