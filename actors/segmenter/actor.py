@@ -27,7 +27,7 @@ from actors.runtime.partition import owned_partitions
 from actors.segmenter.audio import Resampler, decode_pcm, to_int16_bytes
 from actors.segmenter.held import Held, HeldChunks, Resume
 from actors.segmenter.segmenter import Cut, SegmenterConfig, UtteranceSegmenter
-from actors.segmenter.vad import FRAME, DualVad, SileroModel, Vote, WebRtcStream
+from actors.segmenter.vad import FRAME, SILERO_SURE, DualVad, SileroModel, Vote, WebRtcStream
 from schemas import (
     AudioChunk,
     Endpoint,
@@ -60,6 +60,9 @@ class SegmenterSettings:
     vad_vote: Vote = Vote.AND
     webrtc_aggressiveness: int = 2
     silero_threshold: float = 0.5
+    # A frame Silero is this sure of is speech though webrtcvad says not (hoarse, breathy voices; vad.DualVad).
+    # Above 1: off, webrtcvad vetoes every frame under the `and` vote.
+    vad_silero_sure: float = SILERO_SURE
     # Both VADs hear the audio through a slow peak gain (up to 40 dB; STT gets the audio as sent): without it
     # speech peaking under about -50 dBFS (a distant or quietly set microphone) is silence to Silero.
     vad_gain: bool = True
@@ -209,6 +212,7 @@ class SegmenterActor(Actor):
                 self.silero.stream(self.cfg.silero_threshold),
                 self.cfg.vad_vote,
                 self.cfg.vad_gain,
+                self.cfg.vad_silero_sure,
             )
             state = SessionState(chunk, UtteranceSegmenter(vad, self.seg_config), partition)
             checkpoint = await self._checkpoint(chunk.session_id)

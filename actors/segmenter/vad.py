@@ -20,6 +20,7 @@ SAMPLE_RATE = 16000
 FRAME = 512  # 32 ms: Silero's native window at 16 kHz
 _WEBRTC_SAMPLES = 480  # webrtcvad takes 10/20/30 ms frames: judge the first 30 ms of each window
 _SILERO_CONTEXT = 64
+SILERO_SURE = 0.9  # DualVad: Silero this sure is speech whatever webrtcvad says (TOLK_VAD_SILERO_SURE)
 
 
 class VadStream(Protocol):
@@ -122,19 +123,28 @@ class SileroStream:
 
 class DualVad:
     """Both detectors always run (so each keeps its state); the vote decides. With `gain` (TOLK_VAD_GAIN) both
-    hear the frame through one slow peak gain."""
+    hear the frame through one slow peak gain.
 
-    def __init__(self, webrtc: VadStream, silero: VadStream, vote: Vote, gain: bool = True) -> None:
+    `sure` (TOLK_VAD_SILERO_SURE): a frame Silero is this sure of is speech whatever webrtcvad says, under the
+    votes that need both. webrtcvad reads band energies and misses hoarse or breathy voices that Silero hears at
+    0.95+ (a speaker with a cold: "hopefully the recording levels" lost between two finals), while the noise and
+    music it is there to veto do not make Silero that sure (docs/benchmarks.md#unscripted-speech). Above 1: off."""
+
+    def __init__(self, webrtc: VadStream, silero: SileroStream, vote: Vote, gain: bool = True,
+                 sure: float = SILERO_SURE) -> None:
         self._webrtc = webrtc
         self._silero = silero
         self._vote = vote
         self._gain = PeakGain() if gain else None
+        self._sure = sure
 
     def speech(self, frame: np.ndarray, active: bool) -> bool:
         if self._gain is not None:
             frame = self._gain(frame)
         w = self._webrtc.speech(frame, active)
         s = self._silero.speech(frame, active)
+        if not w and s and self._vote in (Vote.AND, Vote.HYSTERESIS) and self._certain():
+            return True
         match self._vote:
             case Vote.AND:
                 return w and s
@@ -146,6 +156,9 @@ class DualVad:
                 return w
             case Vote.HYSTERESIS:
                 return (w or s) if active else (w and s)
+
+    def _certain(self) -> bool:
+        return self._silero.last_probability >= self._sure
 
     def reset(self) -> None:
         self._webrtc.reset()
