@@ -29,6 +29,8 @@ CLOSE = 0.25  # normalised edit distance that always counts as the term
 SOUNDS_CLOSE = 0.5  # ...and when the two sound alike (same Soundex)
 MIN_FUZZY = 4  # shorter terms only match exactly (letters, case and spaces ignored): "Sie" is not "see"
 UNSURE = 0.6  # a near miss is corrected only where one of its words came out less probable than this
+FAR = 0.4  # ...and a farther one (two letters in five: "chant" for "chad", "supposed" for "disposed")...
+GUESS = 0.35  # ...only where the model all but guessed one of its words
 _LETTERS = re.compile(r"[^\w]|_", re.UNICODE)
 _TRAIL = re.compile(r"[^\w]+$", re.UNICODE)
 _LEAD = re.compile(r"^[^\w]+", re.UNICODE)
@@ -55,6 +57,15 @@ def soundex(word: str) -> str:
     return (out + "000")[:4]
 
 
+@lru_cache(maxsize=256)
+def glossary(vocabulary: tuple[str, ...]) -> str:
+    """The terms as Whisper's prompt reads them (`SttRequest.hotwords`): a list that ends as a sentence does.
+    Without the full stop Whisper reads the speech as the list's continuation: it writes it in the list's style
+    (lower case, unpunctuated) and skips the speech's first words where they repeat the list's last term ("Giancarlo
+    Fisichella perdeu…" came out "perdeu…", "Alright, so…" as "so…")."""
+    return f"{', '.join(vocabulary)}." if vocabulary else ""
+
+
 @dataclasses.dataclass(frozen=True)
 class Term:
     text: str  # as the user wrote it
@@ -73,28 +84,48 @@ def terms(vocabulary: tuple[str, ...]) -> tuple[Term, ...]:
     return tuple(out)
 
 
-def _match(span: str, term: Term, fuzzy: bool) -> float | None:
-    """How far the span is from the term (0 = the same letters), or None when it is not that term."""
+def _match(span: str, term: Term, probability: float, words: int) -> float | None:
+    """How far the span (of `words` words) is from the term (0 = the same letters), or None when it is not that
+    term; the less sure the model was of the span's words (`probability`, its least probable one's), the farther
+    it may be: one word for a one-word term (across words, "a chat" is two letters in five from "Plat Chat")."""
     if span == term.key:
         return 0.0
-    if not fuzzy or len(term.key) < MIN_FUZZY or not span:
+    if probability >= UNSURE or len(term.key) < MIN_FUZZY or not span:
         return None
     distance = Levenshtein.normalized_distance(span, term.key)
-    if distance <= CLOSE or (distance <= SOUNDS_CLOSE and soundex(span) == term.sound):
+    if distance <= CLOSE or (distance <= SOUNDS_CLOSE and soundex(span) == term.sound) \
+            or (distance <= FAR and probability < GUESS and words == term.words == 1):
         return distance
     return None
 
 
-def _spans(tokens: Sequence[str], vocab: tuple[Term, ...], unsure: Sequence[bool] | None = None
+def _glued(tokens: Sequence[str], probability: Sequence[float]) -> list[float]:
+    """Each token's probability, a word written in pieces ("old" "-sposed": one word to the reader) taking its
+    least probable piece's: the model's doubt about a word is in whichever piece it guessed."""
+    out = list(probability)
+    i = 0
+    while i < len(tokens):
+        j = i + 1
+        while j < len(tokens) and tokens[j].startswith("-"):
+            j += 1
+        low = min(out[i:j])
+        out[i:j] = [low] * (j - i)
+        i = j
+    return out
+
+
+def _spans(tokens: Sequence[str], vocab: tuple[Term, ...], probability: Sequence[float] | None = None
            ) -> list[tuple[int, int, Term]]:
-    """Non-overlapping (start, end, term) over the tokens, closest first; near misses only over `unsure` words."""
+    """Non-overlapping (start, end, term) over the tokens, closest first; near misses only where the words'
+    `probability` says the model was unsure (none given: exact spellings only)."""
     found: list[tuple[float, int, int, Term]] = []
     keys = [key(t) for t in tokens]
+    sure = _glued(tokens, probability) if probability is not None else [1.0] * len(tokens)
     for term in vocab:
         for n in range(max(1, term.words - 1), term.words + 2):
             for i in range(len(tokens) - n + 1):
                 span = "".join(keys[i:i + n])
-                d = _match(span, term, unsure is not None and any(unsure[i:i + n]))
+                d = _match(span, term, min(sure[i:i + n]), n)
                 if d is not None and " ".join(tokens[i:i + n]) != term.text:
                     found.append((d, i, i + n, term))
     taken: list[tuple[int, int, Term]] = []
@@ -131,7 +162,7 @@ def correct_words(words: Sequence[WordTiming], vocabulary: tuple[str, ...]) -> l
     vocab = terms(vocabulary)
     if not vocab or not words:
         return None
-    spans = _spans([w.word for w in words], vocab, [w.probability < UNSURE for w in words])
+    spans = _spans([w.word.strip() for w in words], vocab, [w.probability for w in words])
     if not spans:
         return None
     return _replaced(words, spans, lambda run, term: WordTiming(
