@@ -588,7 +588,7 @@ class SttActor(Actor):
             # partials stay cheap; a session's own text wins over its initial prompt (OpenAI `prompt`)
             prompt=(self.context.prompt(seg.session_id, language) or seg.prompt) if final else "",
             context=left if context else None,
-            hotwords=", ".join(seg.vocabulary),
+            hotwords=vocabulary.glossary(seg.vocabulary),
         )
 
     async def _transcribe(self, lane: BoundedExecutor, batch: list[Delivery[Segment]], window_s: float,

@@ -7,6 +7,7 @@ one CTranslate2 call and decoded in one `generate` with a per-item prompt (so la
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 import time
@@ -143,7 +144,7 @@ class WhisperEngine:
         """The vocabulary's tokens, whole, then the prompt's last tokens, cut to a length bucket: CTranslate2
         decodes a batch together only when every prompt has the same length, so a few fixed lengths keep
         sessions batched (a vocabulary that fits no bucket with the text so far is sent alone)."""
-        head = self._ids(hotwords)[:MAX_HOTWORD_TOKENS] if hotwords.strip() else []
+        head = list(_glossary_ids(self.model.hf_tokenizer, hotwords)) if hotwords.strip() else []
         ids = self._ids(prompt) if prompt.strip() and self.opts.prompt_tokens > 0 else []
         if not head and not ids:
             return []
@@ -444,3 +445,11 @@ def _after_prefix(alignment: list[dict[str, Any]], prefix_len: int) -> list[dict
     while out and not out[0]["word"].strip().strip(CLOSING_PUNCTUATION):
         out.pop(0)
     return out
+
+
+@functools.lru_cache(maxsize=256)
+def _glossary_ids(tokenizer: Any, hotwords: str) -> tuple[int, ...]:
+    """A vocabulary's prompt tokens (at most MAX_HOTWORD_TOKENS), once per vocabulary: every request of a session
+    carries the same one."""
+    ids: list[int] = tokenizer.encode(" " + hotwords.strip(), add_special_tokens=False).ids
+    return tuple(ids[:MAX_HOTWORD_TOKENS])
