@@ -1,14 +1,16 @@
 """A session's vocabulary, spelled as given.
 
-The glossary in Whisper's prompt (`SttRequest.hotwords`) makes the model *prefer* a name, but a small model often
-still writes what it heard: "Plant Chat" for "Plat Chat", "Abby" for "Abbie", "side show" for "Sideshow". So the
-text is corrected too. A run of one to three recognised words with the term's letters (case, spaces and
-punctuation aside) always becomes the term. One that spells *nearly* the same (a normalised edit distance of at
-most 0.25, one letter in four; 0.5 when they also sound alike by Soundex) becomes it only where the model was
+The glossary in Whisper's prompt (`SttRequest.hotwords`, as `glossary` writes it) makes the model *prefer* a name,
+but a small model often still writes what it heard: "Plant Chat" for "Plat Chat", "Abby" for "Abbie", "side show"
+for "Sideshow". So the text is corrected too. A run of one to three recognised words with the term's letters (case,
+spaces and punctuation aside) always becomes the term. One that spells *nearly* the same (a normalised edit distance
+of at most 0.25, one letter in four; 0.5 when they also sound alike by Soundex) becomes it only where the model was
 unsure of one of those words (probability under 0.6): a misheard name comes out unsure, a word said and heard
-("had", never "Chad") does not. Partials carry no word probabilities, so they get exact matches only; their final
-gets the rest. `loadtest.vocabulary` measures both sides: recall of the terms, and that a vocabulary of words nobody
-said changes nothing.
+("had", never "Chad") does not. A one-word term may be further off (0.4, two letters in five: "chant" for "chad",
+"supposed" for "disposed") where the model all but guessed the word (under 0.35). A word Whisper wrote in pieces
+("old" "-sposed") is as unsure as its least sure piece. Partials carry no word probabilities, so they get exact
+matches only; their final gets the rest. `loadtest.vocabulary` measures both sides: recall of the terms, and that a
+vocabulary of words nobody said changes nothing.
 """
 
 from __future__ import annotations
