@@ -4,8 +4,9 @@ Each speaker is a running sum of the embeddings of the speech given to them (wei
 centroid is the duration-weighted mean voice. A span joins the closest speaker when their cosine similarity is
 at least `threshold`; otherwise it starts a new cluster (when the span is long enough for its voice to be
 trusted), else it joins the closest. A cluster becomes a speaker with 4 s of speech; labels S1, S2... follow
-that order (order of appearance). A label given to speech can change later (a short cluster turns out to be a
-new speaker, or two clusters merge): the actor then republishes that utterance's labels as a correction.
+that order (order of appearance). After each final, clusters that turn out to be one voice merge, a small one
+more readily (SessionVoices.settle). A label given to speech can change later (a short cluster turns out to be
+a new speaker, or two clusters merge): the actor then republishes that utterance's labels as a correction.
 
 Change points inside an utterance come from adjacent windows: where the voice in the `window` before a point
 and the `window` after it are less alike than `threshold`, at a local minimum, at least `min_turn` from the
@@ -77,19 +78,40 @@ class SessionVoices:
         return best, max(0.0, sims[best])
 
     def settle(self) -> None:
-        """Merges clusters grown alike, then makes speakers of clusters with enough speech (numbered in order)."""
+        """Merges clusters that turn out to be one voice, then makes speakers of clusters with enough speech
+        (numbered in order of appearance).
+
+        Two clusters merge when their voices grew `merge_threshold` alike, or when one of them holds under
+        `establish_s` of speech and they are `threshold` alike: the rule `assign` applies to a span, applied again
+        with the evidence the session has gathered since (a voice's first words, or the end of one turn glued to
+        the start of the next, often started a cluster of their own before the voice's centroid was known). The
+        first voice is labelled S1 before it is established, so the first words are not unlabelled; if another
+        voice is established while that provisional S1 holds under half `establish_s` (a cough, or the ~1.5 s span a
+        change point cuts off the start of a final, mixing the end of one turn with the start of the next), it was
+        no voice: S1 passes to the established one and the small cluster is labelled as its closest speaker, like
+        any other. A first voice with more speech keeps S1 (it is likely a person who spoke first, briefly)."""
         again = True
         while again:
             again = False
             alive = self.alive()
             for a, b in ((a, b) for a in alive for b in alive if b > a):
-                if float(self.centroid(a) @ self.centroid(b)) >= self.merge_threshold:
+                sim = float(self.centroid(a) @ self.centroid(b))
+                small = min(self.weights[a], self.weights[b]) < self.establish_s
+                if sim >= self.merge_threshold or (small and sim >= self.threshold):
                     self.sums[a] = self.sums[a] + self.sums[b]
                     self.weights[a] += self.weights[b]
                     self.merged[b] = a
-                    self.numbers.pop(b, None)  # its label retires; what it labelled is corrected to a's
+                    number = self.numbers.pop(b, None)  # b's label retires (its speech is corrected to a's)...
+                    if number is not None and a not in self.numbers:
+                        self.numbers[a] = number  # ...unless a had none: then a carries it on
                     again = True
                     break
+        grown = [i for i in self.alive() if self.weights[i] >= self.establish_s]
+        if len(self.numbers) == 1 and grown:
+            (first, number), = self.numbers.items()
+            if self.weights[first] < self.establish_s / 2:
+                del self.numbers[first]
+                self.numbers[grown[0]] = number
         for i in self.alive():
             if i not in self.numbers and len(self.numbers) < self.max_speakers and \
                     (self.weights[i] >= self.establish_s or not self.numbers):
