@@ -2,6 +2,7 @@
 
     python -m loadtest.translate [--engines fast,opus] [--device auto] [--sessions 1 8 32] [--skip-actor]
     python -m loadtest.translate --quality [--model base] [--languages de fr es pt]
+    python -m loadtest.translate --windows 15 20 30 [--model base] [--languages de fr es pt]
 
 1. Engines: the corpus' sentences (human transcripts and reference translations of ../shared/data/speech)
    in batches of 1, 8, 16 and 32 → sentences/s and per-batch latency p50/p95, per engine and pair.
@@ -15,6 +16,8 @@
 `--quality` instead scores speech translation (issue #36): chrF against the FLORES references of the corpus'
 FLEURS clips, per pair, of Whisper's translate task offline (each whole clip in one call) and of the `en`
 translations the same clips get streamed through `tolk up` with that model, by the engine that served them.
+`--windows` replays the streamed path in-process (segmenter cuts, one translate decode per final) over encoder
+windows of at least each given length: chrF, its ratio to offline, and the CPU seconds that decode costs per final.
 """
 
 from __future__ import annotations
@@ -260,6 +263,74 @@ async def quality_streaming(model: str, languages: tuple[str, ...]) -> dict[str,
     return out
 
 
+def _finals(c: Any, silero: Any) -> list[np.ndarray]:
+    """The clip's finals' audio as the segmenter actor cuts them (100 ms chunks, default settings)."""
+    from actors.segmenter.segmenter import SegmenterConfig, UtteranceSegmenter
+    from actors.segmenter.vad import DualVad, Vote, WebRtcStream
+
+    pcm, rate = c.pcm16()
+    audio = np.frombuffer(pcm, "<i2").astype(np.float32) / 32768
+    seg = UtteranceSegmenter(DualVad(WebRtcStream(2), silero.stream(0.5), Vote("and"), gain=True), SegmenterConfig())
+    cuts = []
+    for i in range(0, len(audio), rate // 10):
+        cuts += seg.push(audio[i : i + rate // 10], i / rate)
+    cuts += seg.flush(len(audio) / rate)
+    return [x.audio for x in cuts if x.final]
+
+
+def windows(args: argparse.Namespace) -> None:
+    """Streamed speech translation replayed in-process, window by window: each clip cut into finals as the
+    segmenter cuts it, each final translated alone (as STT does) over an encoder window of at least `w` s, beam 5;
+    chrF per pair, the ratio to offline (each whole clip over 30 s), and CPU seconds per final of that decode. No
+    NATS, no load: the window's own effect, without the finals lane's tier changes."""
+    from sacrebleu.metrics.chrf import CHRF
+
+    from actors.segmenter.vad import SileroModel
+    from actors.stt.actor import SttSettings
+    from actors.stt.engine import WhisperEngine, WhisperOptions
+    from actors.stt.interface import SttRequest
+    from actors.stt.models import resolve
+
+    engine = WhisperEngine(resolve(args.model, SttSettings().model_cache),
+                           WhisperOptions(cpu_threads=os.cpu_count() or 2, workers=1))
+    silero = SileroModel()
+    refs = en_references()
+    rows = []
+    for lang in args.languages:
+        chosen = [c for c in clips(lang) if c.name in refs]
+        gold = [[refs[c.name] for c in chosen]]
+        whole = [SttRequest(np.frombuffer(c.pcm16()[0], "<i2").astype(np.float32) / 32768.0, lang) for c in chosen]
+        offline = CHRF().corpus_score([engine.translate_batch([r], 30.0, 5)[0] for r in whole], gold).score
+        finals = [_finals(c, silero) for c in chosen]
+        n = sum(len(f) for f in finals)
+        for w in args.windows:
+            cpu, hyps = 0.0, []
+            for pieces in finals:
+                began = time.process_time()
+                english = [engine.translate_batch([SttRequest(a, lang)], w, 5)[0] for a in pieces]
+                hyps.append(" ".join(t for t in english if t))
+                cpu += time.process_time() - began
+            score = CHRF().corpus_score(hyps, gold).score
+            rows.append((lang, len(chosen), n, w, score, offline, cpu / n))
+            print(f"  {lang}→en, {n} finals, window ≥{w:.0f} s: chrF {score:.1f} (offline {offline:.1f}, "
+                  f"{score / offline:.2f}), {cpu / n:.2f} CPU s per final", flush=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    lines = [f"# Speech translation by encoder window, replayed in-process ({stamp}, {os.cpu_count()} CPUs, "
+             f"model {args.model})", "", "`python -m loadtest.translate " + " ".join(sys.argv[1:]) + "`", "",
+             "Each FLEURS clip cut into finals by the segmenter, each final translated alone by Whisper's translate",
+             "task (beam 5) over a window fitted to it but not under the one named; offline: each whole clip, 30 s.",
+             "CPU: process CPU seconds of the translate decode per final (both cores; others shared the box).", "",
+             "| pair | clips | finals | window ≥ s | chrF | offline | ratio | CPU s / final |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += [f"| {lang}→en | {k} | {n} | {w:.0f} | {score:.1f} | {off:.1f} | {score / off:.2f} | {cpu:.2f} |"
+              for lang, k, n, w, score, off, cpu in rows]
+    report = "\n".join(lines) + "\n"
+    print("\n" + report)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "translate-windows-latest.md").write_text(report)
+
+
 def quality(args: argparse.Namespace) -> None:
     languages = tuple(args.languages)
     print(f"offline, Whisper {args.model} translate task:", flush=True)
@@ -300,7 +371,12 @@ def main() -> None:
                    help="speech translation: chrF of Whisper's translate task offline vs streamed, per pair and engine")
     p.add_argument("--model", default="base", help="--quality: the multilingual STT model")
     p.add_argument("--languages", nargs="+", default=list(QUALITY_LANGUAGES), help="--quality: source languages")
+    p.add_argument("--windows", type=float, nargs="+", default=[],
+                   help="speech translation replayed in-process over encoder windows of at least these seconds")
     args = p.parse_args()
+    if args.windows:
+        windows(args)
+        return
     if args.quality:
         quality(args)
         return

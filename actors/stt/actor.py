@@ -156,7 +156,7 @@ class SttSettings:
     speech_translate_poll_s: float = 5.0
     # The translate task's encoder window is never fitted under this many seconds (the final's own window where
     # wider). Over the loaded tier's 15 s it read 20 FLEURS clips in 4 languages ~1 chrF worse than over 20 s, at
-    # ~0.2 s less CPU per final (python -m loadtest.translate --windows); the full 30 s read them no better than
+    # ~0.2 s less CPU per final (python -m loadtest.translate --windows); the full 30 s read them about as well as
     # 20 s and costs ~0.8 s more.
     speech_translate_window_s: float = 20.0
 
