@@ -21,6 +21,13 @@ and a longer call of two other people (the radio address and the spontaneous rec
 `diarize: true` (a diarization set, scored as above), and as two channels with `channels: 2` (one pipeline per
 channel, the channel is the speaker): words whose channel is the side of the call their turn was on.
 
+**In-process replay** (`--replay [--seeds N]`): no `tolk up` and no STT: the same conversations and the mixed
+calls (plus N more of each conversation kind, other seeds and other voices) are cut into finals by the real
+segmenter, and the actor's own labelling (SessionLabels, settings from TOLK_DIARIZER_*) runs on the real GE2E
+encoder; the score is the share of speech time (50 ms steps, corrections applied) whose label maps to the speaker
+talking, and speakers found vs present. About a minute; for trying a clustering change or a setting against every
+set before the benchmark proper (diarization-replay-<stamp>.md).
+
 Printed and saved under loadtest/reports/ (diarization-<stamp>.md, -latest.md, raw data as JSON).
 """
 
@@ -30,6 +37,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import random
 import signal
 import subprocess
 import sys
@@ -43,7 +51,7 @@ from typing import Any
 import psutil
 
 from loadtest.client import SessionRun, stream_pcm
-from loadtest.conversation import Conversation, build, call_tracks, final_words, interleave, reference_at, score
+from loadtest.conversation import RATE, Conversation, build, call_tracks, final_words, interleave, reference_at, score
 from loadtest.mic import command, machine, pct, save_report, start_tolk
 
 SCENARIOS = [(2, "long"), (3, "long"), (4, "long"), (2, "short"), (3, "short"), (4, "short")]
@@ -302,15 +310,120 @@ async def main_async(args: argparse.Namespace) -> int:
     return 0
 
 
+@dataclass
+class ReplayRow:
+    set: str
+    seconds: float
+    present: int
+    found: int
+    right: float  # share of speech time labelled with the speaker talking
+    corrections: int
+
+
+def replay_sets(seeds: int) -> list[tuple[str, Conversation]]:
+    """The benchmark's conversations and mixed calls, then `seeds` more of each conversation kind, each round with
+    the voices in another order (so 2- and 3-speaker sets hear other people too)."""
+    from loadtest.conversation import VOICES
+
+    sets = [(f"{n} {kind}", build(n, TURNS[kind], 60.0, seed=10 + i)) for i, (n, kind) in enumerate(SCENARIOS)]
+    sets += [(f"mixed call: {name}", conv) for name, conv in calls()]
+    for k in range(seeds):
+        names = list(VOICES)
+        random.Random(k).shuffle(names)
+        sets += [(f"{n} {kind}, seed {200 + 6 * k + i}", build(n, TURNS[kind], 60.0, seed=200 + 6 * k + i,
+                                                                names=tuple(names)))
+                 for i, (n, kind) in enumerate(SCENARIOS)]
+    return sets
+
+
+def replay_one(conv: Conversation, encoder: Any, silero: Any, cfg: Any) -> tuple[int, float, int]:
+    """Speakers found, share of speech time right, corrections: `conv` through the real segmenter and the
+    diarizer's labelling, in process."""
+    import numpy as np
+
+    from actors.diarizer.actor import SessionLabels
+    from actors.diarizer.clusters import SessionVoices
+    from actors.segmenter.segmenter import SegmenterConfig, UtteranceSegmenter
+    from actors.segmenter.vad import DualVad, Vote, WebRtcStream
+    from schemas import Segment, SegmentKind, SpeakerTurns
+
+    x = np.frombuffer(conv.pcm, "<i2").astype(np.float32) / 32768
+    seg = UtteranceSegmenter(DualVad(WebRtcStream(2), silero.stream(0.5), Vote.AND), SegmenterConfig())
+    cuts = [c for i in range(0, len(x), 1600) for c in seg.push(x[i:i + 1600], wall=i / RATE)]
+    cuts += seg.flush(wall=len(x) / RATE)
+    session = SessionLabels(SessionVoices(max_speakers=cfg.diarizer_max_speakers, threshold=cfg.threshold,
+                                          merge_threshold=cfg.diarizer_merge_threshold,
+                                          establish_s=cfg.diarizer_establish_s), 0)
+    labelled: dict[int, SpeakerTurns] = {}
+    corrections = 0
+    for u, c in enumerate([c for c in cuts if c.final], 1):
+        out = session.label(encoder, Segment(
+            session_id="r", utterance_id=u, seq=u, final_index=u, kind=SegmentKind.FINAL,
+            audio=(c.audio * 32768).astype("<i2").tobytes(), start=c.start, end=c.end, language="en",
+            speech_end_wall=0.0, partition=0, diarize=True), cfg)
+        corrections += len(out) - 1
+        labelled.update((t.utterance_id, t) for t in out)
+    step = 0.05
+    hyp: dict[int, str] = {}
+    for t in labelled.values():
+        for sp in t.spans:
+            hyp.update((i, sp.speaker) for i in range(int(sp.start / step), int(sp.end / step)) if sp.speaker)
+    pairs = [(tr.speaker, hyp[i]) for tr in conv.turns for i in range(int(tr.start / step), int(tr.end / step))
+             if i in hyp]
+    overlap: dict[str, dict[str, int]] = {}
+    for ref, h in pairs:
+        overlap.setdefault(h, {}).setdefault(ref, 0)
+        overlap[h][ref] += 1
+    mapping = {h: max(refs, key=lambda r: refs[r]) for h, refs in overlap.items()}
+    right = sum(1 for ref, h in pairs if mapping[h] == ref) / len(pairs) if pairs else 0.0
+    return len(overlap), right, corrections
+
+
+def replay(args: argparse.Namespace) -> int:
+    from actors.diarizer.actor import DiarizerSettings, load_encoder
+    from actors.runtime import settings
+    from actors.segmenter.vad import SileroModel
+
+    cfg = settings.load(DiarizerSettings)
+    encoder, silero = load_encoder(cfg), SileroModel()
+    rows = []
+    for name, conv in replay_sets(args.seeds):
+        found, right, corrections = replay_one(conv, encoder, silero, cfg)
+        rows.append(ReplayRow(name, round(conv.seconds, 1), len(conv.speakers), found, right, corrections))
+        print(f"{name}: {found} of {len(conv.speakers)} found, {100 * right:.1f} %", file=sys.stderr)
+    counted = sum(1 for r in rows if r.found == r.present)
+    report = "\n".join([
+        "# Tolk speaker labels, replayed in process",
+        "",
+        f"- command: `{command('loadtest.diarization')}`",
+        f"- machine: {machine()}",
+        f"- settings: threshold {cfg.threshold:.3f} (sensitivity {cfg.diarizer_sensitivity:g}), merge "
+        f"{cfg.diarizer_merge_threshold:g}, establish {cfg.diarizer_establish_s:g} s; real segmenter and GE2E, no STT: "
+        "speech time scored, not words",
+        "",
+        "| set | seconds | speakers | found | speech time to the right speaker | corrections |",
+        "|---|---:|---:|---:|---:|---:|",
+        *(f"| {r.set} | {r.seconds:.0f} | {r.present} | {r.found} | {100 * r.right:.1f} % | {r.corrections} |"
+          for r in rows),
+        "",
+        f"diarization-replay right_count={counted}/{len(rows)} "
+        f"mean_right={100 * sum(r.right for r in rows) / len(rows):.1f}%",
+    ]) + "\n"
+    save_report("diarization-replay", report, {"rows": [asdict(r) for r in rows]})
+    return 0
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seconds", type=float, default=60.0, help="length of each conversation")
     p.add_argument("--pace", type=float, default=1.0, help="x real time")
     p.add_argument("--sets", choices=("all", "conversations", "stereo"), default="all",
                    help="the six conversations, the stereo call (mixed and multichannel), or both")
+    p.add_argument("--replay", action="store_true", help="cluster in process, no tolk up (see above)")
+    p.add_argument("--seeds", type=int, default=0, help="--replay: rounds of more conversations, other voices")
     args = p.parse_args()
     started = time.monotonic()
-    code = asyncio.run(main_async(args))
+    code = replay(args) if args.replay else asyncio.run(main_async(args))
     print(f"took {time.monotonic() - started:.0f} s", file=sys.stderr)
     return code
 
