@@ -63,6 +63,8 @@ def test_a_word_the_model_all_but_guessed_may_be_further_off() -> None:
     assert spoken(correct_words(guessed, ("Chad", "sloth"))) == "less Chad like than a slaw."  # 3 in 5: no
     unsure = said(("less", 0.99), ("chant", 0.5), ("like", 0.8))
     assert correct_words(unsure, ("Chad",)) is None
+    # base wrote "Fisich" for Fichte: four letters in ten from Fisichella, but a shorter word, not a misspelling
+    assert correct_words(said(("como", 0.97), ("Goat,", 0.68), ("Fisich,", 0.26)), ("Fisichella",)) is None
     pieces = said(("not", 0.98), ("an", 0.89), ("old", 0.52), ("-sposed", 0.64), ("young", 0.96), ("man.", 1.0))
     assert spoken(correct_words(pieces, ("disposed",))) == "not an old -disposed young man."
     assert correct_words(said(("old", 0.95), ("-sposed", 0.64)), ("disposed",)) is None

@@ -7,10 +7,10 @@ spaces and punctuation aside) always becomes the term. One that spells *nearly* 
 of at most 0.25, one letter in four; 0.5 when they also sound alike by Soundex) becomes it only where the model was
 unsure of one of those words (probability under 0.6): a misheard name comes out unsure, a word said and heard
 ("had", never "Chad") does not. A one-word term may be further off (0.4, two letters in five: "chant" for "chad",
-"supposed" for "disposed") where the model all but guessed the word (under 0.35). A word Whisper wrote in pieces
-("old" "-sposed") is as unsure as its least sure piece. Partials carry no word probabilities, so they get exact
-matches only; their final gets the rest. `loadtest.vocabulary` measures both sides: recall of the terms, and that a
-vocabulary of words nobody said changes nothing.
+"supposed" for "disposed") where the model all but guessed a word of about its length (under 0.35). A word Whisper
+wrote in pieces ("old" "-sposed") is as unsure as its least sure piece. Partials carry no word probabilities, so
+they get exact matches only; their final gets the rest. `loadtest.vocabulary` measures both sides: recall of the
+terms, and that a vocabulary of words nobody said changes nothing.
 """
 
 from __future__ import annotations
@@ -89,14 +89,16 @@ def terms(vocabulary: tuple[str, ...]) -> tuple[Term, ...]:
 def _match(span: str, term: Term, probability: float, words: int) -> float | None:
     """How far the span (of `words` words) is from the term (0 = the same letters), or None when it is not that
     term; the less sure the model was of the span's words (`probability`, its least probable one's), the farther
-    it may be: one word for a one-word term (across words, "a chat" is two letters in five from "Plat Chat")."""
+    it may be: one word for a one-word term, of about its length (across words, "a chat" is two letters in five
+    from "Plat Chat"; a garbled "Fisich" for Fichte is not the start of "Fisichella")."""
     if span == term.key:
         return 0.0
     if probability >= UNSURE or len(term.key) < MIN_FUZZY or not span:
         return None
     distance = Levenshtein.normalized_distance(span, term.key)
     if distance <= CLOSE or (distance <= SOUNDS_CLOSE and soundex(span) == term.sound) \
-            or (distance <= FAR and probability < GUESS and words == term.words == 1):
+            or (distance <= FAR and probability < GUESS and words == term.words == 1
+                and abs(len(span) - len(term.key)) <= 1):
         return distance
     return None
 
