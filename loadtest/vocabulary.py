@@ -11,6 +11,7 @@ Three passes over the dev clips through a real `tolk up` (2x real time, 3 sessio
 2. each clip with its own missed words as `vocabulary`: recall = share of their occurrences now in the finals
    (goal ≥ 85 %);
 3. each clip with every *other* clip's missed words (an unrelated vocabulary): WER against pass 1 (goal ≤ +0.01).
+Each missed word is printed with what pass 2 wrote in its place ("'chad' -> 'less chant like'", "[ ]": left out).
 The report is printed and saved under loadtest/reports/; the last line is `recall=R wer_delta_unrelated=D`.
 """
 
@@ -83,6 +84,32 @@ def recall(pairs: list[tuple[str, str, list[str]]], language: str) -> tuple[floa
     return (found / total if total else float("nan")), total
 
 
+def heard_as(reference: str, hypothesis: str, term: str, language: str) -> str:
+    """What the hypothesis has where the reference says the term (its first occurrence; aligned words, normalised),
+    with a word either side: what the term came out as, to see why a vocabulary did not bring it."""
+    ref, hyp = normalise(reference, language), normalise(hypothesis, language)
+    key = normalise(term, language)
+    at = next((i for i in range(len(ref)) if key and ref[i:i + len(key)] == key), None)
+    if at is None or not hyp:
+        return ""
+    out = jiwer.process_words(" ".join(ref), " ".join(hyp))
+    hyp_at: list[int] = []
+    kinds: set[str] = set()
+    for chunk in out.alignments[0]:
+        for k in range(chunk.ref_start_idx, chunk.ref_end_idx):
+            if at <= k < at + len(key):
+                lo = chunk.hyp_start_idx + (k - chunk.ref_start_idx if chunk.type in ("equal", "substitute") else 0)
+                hyp_at.append(min(lo, chunk.hyp_end_idx))
+                kinds.add(chunk.type)
+    if not hyp_at:
+        return ""
+    words = out.hypotheses[0]
+    if kinds == {"delete"}:  # left out: the words around the gap
+        return " ".join([*words[max(0, hyp_at[0] - 1):hyp_at[0]], "[ ]", *words[hyp_at[0]:hyp_at[0] + 1]])
+    lo, hi = max(0, min(hyp_at) - 1), min(len(words), max(hyp_at) + 2)
+    return " ".join(words[lo:hi])
+
+
 async def transcribe(url: str, cs: list[Clip], vocab: dict[str, list[str]]) -> dict[str, str]:
     sem = asyncio.Semaphore(3)
 
@@ -114,8 +141,8 @@ async def run_group(url: str, group: str) -> Row:
         return corpus_wer([(c.reference, hyps[c.name]) for c in cs], lang)
 
     for c in cs:
-        if terms[c.name]:
-            print(f"  {c.name}: {terms[c.name]} -> {own[c.name][:160]!r}", flush=True)
+        for term in terms[c.name]:
+            print(f"  {c.name}: {term!r} -> {heard_as(c.reference, own[c.name], term, c.language)!r}", flush=True)
     return Row(group, len(cs), sum(len(t) for t in terms.values()), occurrences, without, with_vocab, wer(base),
                wer(own), wer(unrelated))
 

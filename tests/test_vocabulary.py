@@ -124,3 +124,13 @@ def test_the_glossary_ends_as_a_sentence_so_whisper_does_not_skip_its_last_term(
                                           SttRequest(audio, "en", True, hotwords=glossary(("alright",)))], 30.0, 5)
     assert not bare.text.lower().startswith("alright"), bare.text
     assert listed.text.lower().startswith("alright"), listed.text
+
+
+def test_the_benchmark_shows_what_a_missed_word_came_out_as() -> None:
+    """loadtest.vocabulary prints, per missed word, what the finals have in its place."""
+    from loadtest.vocabulary import heard_as
+
+    assert heard_as("From Bunker Hill to Baghdad, the men", "from Bucker Hill to Baghdad, the men", "Bunker",
+                    "en") == "from bucker hill"
+    assert heard_as("Giancarlo Fisichella perdeu o controle", "perdeu o controle", "Fisichella", "pt") == "[ ] perdeu"
+    assert heard_as("less chad like than a sloth", "less chad like than a sloth", "chad", "en") == "less chad like"
