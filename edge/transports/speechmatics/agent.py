@@ -14,7 +14,6 @@ the session's segments carried. docs/vendors/speechmatics.md#voice-agents-get-v2
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from typing import Any
@@ -48,12 +47,7 @@ class AgentSession(SpeechmaticsSession):
         self.speakers: list[str] = []  # labels the segments carried, in order of appearance (GetSpeakers)
 
     # ------------------------------------------------------------------ client messages
-    async def on_text(self, text: str) -> None:
-        try:
-            msg = json.loads(text)
-        except ValueError:
-            msg = None  # the realtime session reports what is not a JSON object with a "message"
-        kind = msg.get("message") if isinstance(msg, dict) else None
+    async def on_message(self, kind: str, msg: dict[str, Any]) -> None:
         if kind == "GetSpeakers":
             if self.phase is Phase.AWAIT_START:
                 raise SpeechmaticsError("protocol_error", "GetSpeakers before StartRecognition")
@@ -62,7 +56,7 @@ class AgentSession(SpeechmaticsSession):
             return
         if kind == "ForceEndOfUtterance":
             _timestamp(msg)  # where the application's VAD heard the end: the flush travels with the audio
-        await super().on_text(text)  # (realtime.py's on_text takes the text, and parses its own copy)
+        await super().on_message(kind, msg)
 
     def _parse_start(self, msg: dict[str, Any]) -> Start:
         turn = msg.get("turn_config", {})

@@ -143,7 +143,10 @@ class SpeechmaticsSession(SocketSession):
             raise SpeechmaticsError("invalid_message", f"messages must be JSON: {exc}") from None
         if not isinstance(msg, dict) or not isinstance(msg.get("message"), str):
             raise SpeechmaticsError("invalid_message", 'messages must be JSON objects with a string "message"')
-        kind = msg["message"]
+        await self.on_message(msg["message"], msg)
+
+    async def on_message(self, kind: str, msg: dict[str, Any]) -> None:
+        """One client message, parsed and checked once by `on_text` (a variant's extra messages go first)."""
         if kind == "StartRecognition":
             if self.phase is not Phase.AWAIT_START:
                 raise SpeechmaticsError("protocol_error", "StartRecognition was already received")
